@@ -1,0 +1,282 @@
+//! ConvNeXt (Liu et al., "A ConvNet for the 2020s", <https://arxiv.org/abs/2201.03545>), as timm implements it.
+//!
+//! Parameter paths equal timm's `convnext_*` state-dict keys (`stem.0.weight`, `stages.1.blocks.0.conv_dw.weight`,
+//! `stages.1.blocks.0.mlp.fc1.weight`, `stages.1.blocks.0.gamma`, …), so a timm checkpoint saved as safetensors
+//! loads without a renaming table. The small variants (atto … nano) use timm's `conv_mlp` blocks: channels-first
+//! LayerNorm and 1×1 convolutions; tiny, small and base use channels-last LayerNorm and linear layers.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+use crate::drop_path::{block_rates, drop_path};
+use crate::layer_norm::{LayerNorm2d, LayerNormLast, CONVNEXT_EPS};
+use crate::{Error, Result};
+
+/// The named ConvNeXt variants, smallest first.
+pub const VARIANTS: [&str; 7] =
+    ["convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small", "convnext_base"];
+
+/// A ConvNeXt backbone's shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConvNextConfig {
+    /// Blocks per stage.
+    pub depths: Vec<usize>,
+    /// Channels per stage.
+    pub dims: Vec<i64>,
+    /// Blocks with 1×1 convolutions and channels-first LayerNorm (timm's `conv_mlp`), instead of linear layers.
+    pub conv_mlp: bool,
+    /// Depthwise convolution kernel size.
+    pub kernel_size: i64,
+    /// Initial value of the per-channel layer scale (`gamma`).
+    pub layer_scale_init: f64,
+    /// Stochastic depth rate of the last block; earlier blocks ramp up linearly from 0.
+    pub drop_path_rate: f64,
+}
+
+impl ConvNextConfig {
+    fn preset(depths: [usize; 4], dims: [i64; 4], conv_mlp: bool) -> Self {
+        Self {
+            depths: depths.to_vec(),
+            dims: dims.to_vec(),
+            conv_mlp,
+            kernel_size: 7,
+            layer_scale_init: 1e-6,
+            drop_path_rate: 0.0,
+        }
+    }
+    pub fn atto() -> Self {
+        Self::preset([2, 2, 6, 2], [40, 80, 160, 320], true)
+    }
+    pub fn femto() -> Self {
+        Self::preset([2, 2, 6, 2], [48, 96, 192, 384], true)
+    }
+    pub fn pico() -> Self {
+        Self::preset([2, 2, 6, 2], [64, 128, 256, 512], true)
+    }
+    pub fn nano() -> Self {
+        Self::preset([2, 2, 8, 2], [80, 160, 320, 640], true)
+    }
+    pub fn tiny() -> Self {
+        Self::preset([3, 3, 9, 3], [96, 192, 384, 768], false)
+    }
+    pub fn small() -> Self {
+        Self::preset([3, 3, 27, 3], [96, 192, 384, 768], false)
+    }
+    pub fn base() -> Self {
+        Self::preset([3, 3, 27, 3], [128, 256, 512, 1024], false)
+    }
+
+    /// The preset named as timm names it (`convnext_atto` … `convnext_base`).
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "convnext_atto" => Self::atto(),
+            "convnext_femto" => Self::femto(),
+            "convnext_pico" => Self::pico(),
+            "convnext_nano" => Self::nano(),
+            "convnext_tiny" => Self::tiny(),
+            "convnext_small" => Self::small(),
+            "convnext_base" => Self::base(),
+            _ => {
+                return Err(Error::UnknownArchitecture {
+                    name: name.to_string(),
+                    known: VARIANTS.iter().map(|v| v.to_string()).collect(),
+                })
+            }
+        })
+    }
+
+    pub fn with_drop_path_rate(mut self, rate: f64) -> Self {
+        self.drop_path_rate = rate;
+        self
+    }
+
+    /// Channels of the last stage, i.e. of the features the head sees.
+    pub fn num_features(&self) -> i64 {
+        *self.dims.last().unwrap_or(&0)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let invalid = |key: &str, reason: String| Err(Error::InvalidSetting { key: key.into(), reason });
+        if self.depths.is_empty() || self.depths.len() != self.dims.len() {
+            return invalid("depths", format!("{} stages of depths but {} of dims", self.depths.len(), self.dims.len()));
+        }
+        if !(0.0..1.0).contains(&self.drop_path_rate) {
+            return invalid("drop_path_rate", format!("{} is not in [0, 1)", self.drop_path_rate));
+        }
+        if self.kernel_size % 2 == 0 {
+            return invalid("kernel_size", format!("{} is not odd", self.kernel_size));
+        }
+        Ok(())
+    }
+}
+
+fn conv_config(padding: i64, stride: i64, groups: i64) -> nn::ConvConfig {
+    nn::ConvConfig {
+        padding,
+        stride,
+        groups,
+        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    }
+}
+
+fn linear_config() -> nn::LinearConfig {
+    nn::LinearConfig {
+        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    }
+}
+
+/// The inverted-bottleneck MLP of a block, on channels-first or channels-last tensors.
+#[derive(Debug)]
+enum Mlp {
+    /// 1×1 convolutions on NCHW (timm `ConvMlp`).
+    Conv { fc1: nn::Conv2D, fc2: nn::Conv2D },
+    /// Linear layers on NHWC (timm `Mlp`).
+    Linear { fc1: nn::Linear, fc2: nn::Linear },
+}
+
+#[derive(Debug)]
+enum BlockNorm {
+    ChannelsFirst(LayerNorm2d),
+    ChannelsLast(LayerNormLast),
+}
+
+/// One ConvNeXt block: depthwise 7×7 conv → LayerNorm → Linear(4C) → GELU → Linear(C) → layer scale → residual.
+#[derive(Debug)]
+pub struct Block {
+    conv_dw: nn::Conv2D,
+    norm: BlockNorm,
+    mlp: Mlp,
+    gamma: Tensor,
+    drop_path_rate: f64,
+}
+
+impl Block {
+    fn new(p: nn::Path, dim: i64, cfg: &ConvNextConfig, drop_path_rate: f64) -> Self {
+        let k = cfg.kernel_size;
+        let conv_dw = nn::conv2d(&p / "conv_dw", dim, dim, k, conv_config(k / 2, 1, dim));
+        let hidden = 4 * dim;
+        let (norm, mlp) = if cfg.conv_mlp {
+            let norm = BlockNorm::ChannelsFirst(LayerNorm2d::new(&p / "norm", dim, CONVNEXT_EPS));
+            let mlp = Mlp::Conv {
+                fc1: nn::conv2d(&p / "mlp" / "fc1", dim, hidden, 1, conv_config(0, 1, 1)),
+                fc2: nn::conv2d(&p / "mlp" / "fc2", hidden, dim, 1, conv_config(0, 1, 1)),
+            };
+            (norm, mlp)
+        } else {
+            let norm = BlockNorm::ChannelsLast(LayerNormLast::new(&p / "norm", dim, CONVNEXT_EPS));
+            let mlp = Mlp::Linear {
+                fc1: nn::linear(&p / "mlp" / "fc1", dim, hidden, linear_config()),
+                fc2: nn::linear(&p / "mlp" / "fc2", hidden, dim, linear_config()),
+            };
+            (norm, mlp)
+        };
+        let gamma = p.var("gamma", &[dim], nn::Init::Const(cfg.layer_scale_init));
+        Self { conv_dw, norm, mlp, gamma, drop_path_rate }
+    }
+}
+
+impl ModuleT for Block {
+    /// # Shapes
+    /// `[N, C, H, W]` → `[N, C, H, W]`
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let ys = xs.apply(&self.conv_dw);
+        let ys = match (&self.norm, &self.mlp) {
+            (BlockNorm::ChannelsFirst(norm), Mlp::Conv { fc1, fc2 }) => {
+                norm.forward(&ys).apply(fc1).gelu("none").apply(fc2) * self.gamma.reshape([1, -1, 1, 1])
+            }
+            (BlockNorm::ChannelsLast(norm), Mlp::Linear { fc1, fc2 }) => {
+                let ys = norm.forward(&ys.permute([0, 2, 3, 1])).apply(fc1).gelu("none").apply(fc2);
+                (ys * &self.gamma).permute([0, 3, 1, 2])
+            }
+            _ => unreachable!("Block::new pairs channels-first norms with conv MLPs"),
+        };
+        drop_path(&ys, self.drop_path_rate, train) + xs
+    }
+}
+
+/// A stage: an optional downsampling layer (LayerNorm + 2×2 stride-2 conv) and its blocks.
+#[derive(Debug)]
+pub struct Stage {
+    downsample: Option<(LayerNorm2d, nn::Conv2D)>,
+    pub blocks: Vec<Block>,
+}
+
+impl ModuleT for Stage {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut ys = match &self.downsample {
+            Some((norm, conv)) => norm.forward(xs).apply(conv),
+            None => xs.shallow_clone(),
+        };
+        for block in &self.blocks {
+            ys = block.forward_t(&ys, train);
+        }
+        ys
+    }
+}
+
+/// The ConvNeXt backbone: a 4×4 stride-4 patchify stem and four stages. Output stride 32.
+#[derive(Debug)]
+pub struct ConvNext {
+    stem_conv: nn::Conv2D,
+    stem_norm: LayerNorm2d,
+    pub stages: Vec<Stage>,
+    pub config: ConvNextConfig,
+}
+
+impl ConvNext {
+    /// Builds the backbone under `p` (use the VarStore root for timm's key names).
+    pub fn new(p: &nn::Path, config: &ConvNextConfig) -> Result<Self> {
+        config.validate()?;
+        let dims = &config.dims;
+        let stem_conv = nn::conv2d(p / "stem" / "0", 3, dims[0], 4, conv_config(0, 4, 1));
+        let stem_norm = LayerNorm2d::new(p / "stem" / "1", dims[0], CONVNEXT_EPS);
+        let rates = block_rates(&config.depths, config.drop_path_rate);
+        let stages = (0..dims.len())
+            .map(|i| {
+                let sp = p / "stages" / i;
+                let downsample = (i > 0).then(|| {
+                    let ds = &sp / "downsample";
+                    (
+                        LayerNorm2d::new(&ds / "0", dims[i - 1], CONVNEXT_EPS),
+                        nn::conv2d(&ds / "1", dims[i - 1], dims[i], 2, conv_config(0, 2, 1)),
+                    )
+                });
+                let blocks = (0..config.depths[i])
+                    .map(|j| Block::new(&sp / "blocks" / j, dims[i], config, rates[i][j]))
+                    .collect();
+                Stage { downsample, blocks }
+            })
+            .collect();
+        Ok(Self { stem_conv, stem_norm, stages, config: config.clone() })
+    }
+
+    /// Parameter-path prefixes of the encoder in forward order, one per freezable unit (the stem, each
+    /// downsampling layer, each block): `--freeze 0.5` freezes the first half of these.
+    pub fn unit_prefixes(&self) -> Vec<String> {
+        let mut units = vec!["stem.".to_string()];
+        for (i, stage) in self.stages.iter().enumerate() {
+            if stage.downsample.is_some() {
+                units.push(format!("stages.{i}.downsample."));
+            }
+            units.extend((0..stage.blocks.len()).map(|j| format!("stages.{i}.blocks.{j}.")));
+        }
+        units
+    }
+}
+
+impl ModuleT for ConvNext {
+    /// # Shapes
+    /// `[N, 3, H, W]` → `[N, dims[3], H/32, W/32]`
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let mut ys = self.stem_norm.forward(&xs.apply(&self.stem_conv));
+        for stage in &self.stages {
+            ys = stage.forward_t(&ys, train);
+        }
+        ys
+    }
+}

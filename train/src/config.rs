@@ -1,0 +1,324 @@
+//! The training configuration: defaults, a YAML/TOML/JSON file, and command-line overrides, merged in that order
+//! and checked. Unknown keys are rejected by name. The resolved config is what a run saves before step 0.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::data::{AugmentConfig, Normalize};
+use crate::{Error, Result};
+
+/// What is trained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    #[default]
+    Classify,
+}
+
+impl Task {
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Classify => "classify",
+        }
+    }
+}
+
+/// The optimiser.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    AdamW,
+    Sgd,
+}
+
+/// How much of the encoder is frozen: a fraction of its units (stem, downsamplers, blocks) from the input side.
+/// `true` is 1, `false` is 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Freeze(pub f64);
+
+impl FromStr for Freeze {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let value = match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" => 1.0,
+            "false" | "no" => 0.0,
+            other => other.parse::<f64>().map_err(|_| format!("'{s}' is not true, false or a fraction"))?,
+        };
+        if !(0.0..=1.0).contains(&value) {
+            return Err(format!("{value} is not a fraction in [0, 1]"));
+        }
+        Ok(Freeze(value))
+    }
+}
+
+impl<'de> Deserialize<'de> for Freeze {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Bool(b) => Ok(Freeze(if b { 1.0 } else { 0.0 })),
+            Value::Number(n) => Freeze::from_str(&n.to_string()).map_err(serde::de::Error::custom),
+            Value::String(s) => Freeze::from_str(&s).map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!("freeze: {other} is not true, false or a fraction"))),
+        }
+    }
+}
+
+/// Every setting of a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub task: Task,
+    /// Dataset root (ImageFolder layout).
+    pub data: PathBuf,
+    /// `convnext_atto` … `convnext_base`.
+    pub model: String,
+    /// A safetensors file with timm-named weights (a timm checkpoint saved locally, or a kiln checkpoint).
+    pub weights: Option<PathBuf>,
+    pub freeze: Freeze,
+    pub epochs: usize,
+    pub batch: usize,
+    /// Peak learning rate, reached after warm-up.
+    pub lr: f64,
+    pub optimizer: OptimizerKind,
+    pub weight_decay: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    pub warmup_epochs: f64,
+    /// Learning rate at the end of the cosine schedule.
+    pub min_lr: f64,
+    pub label_smoothing: f64,
+    /// Maximum global gradient norm; 0 disables clipping.
+    pub grad_clip: f64,
+    /// Keep an exponential moving average of the weights and evaluate/save it.
+    pub ema: bool,
+    pub ema_decay: f64,
+    /// Mixed precision (fp16 autocast with loss scaling); used on CUDA only.
+    pub amp: bool,
+    pub img_size: u32,
+    /// Image decoding threads.
+    pub workers: usize,
+    /// libtorch intra-op threads; 0 keeps libtorch's default.
+    pub threads: usize,
+    pub seed: u64,
+    /// Stop after this many epochs without a better validation metric; 0 disables early stopping.
+    pub patience: usize,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Fractions of train used as val / test when those folders are missing.
+    pub val_split: f64,
+    pub test_split: f64,
+    pub drop_path_rate: f64,
+    pub drop_rate: f64,
+    pub augment: AugmentConfig,
+    pub normalize: Normalize,
+    /// Runs go to `<project>/<task>/<name>`.
+    pub project: PathBuf,
+    /// Run name; by default the first free of `exp`, `exp2`, `exp3`, …
+    pub name: Option<String>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            task: Task::Classify,
+            data: PathBuf::new(),
+            model: "convnext_tiny".into(),
+            weights: None,
+            freeze: Freeze(0.0),
+            epochs: 30,
+            batch: 32,
+            lr: 1e-3,
+            optimizer: OptimizerKind::AdamW,
+            weight_decay: 0.05,
+            momentum: 0.9,
+            warmup_epochs: 1.0,
+            min_lr: 1e-6,
+            label_smoothing: 0.1,
+            grad_clip: 0.0,
+            ema: false,
+            ema_decay: 0.9998,
+            amp: true,
+            img_size: 224,
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            threads: 0,
+            seed: 0,
+            patience: 0,
+            device: "auto".into(),
+            val_split: 0.1,
+            test_split: 0.1,
+            drop_path_rate: 0.1,
+            drop_rate: 0.0,
+            augment: AugmentConfig::default(),
+            normalize: Normalize::default(),
+            project: PathBuf::from("runs"),
+            name: None,
+        }
+    }
+}
+
+/// Reads a config file (`.yaml`/`.yml`, `.toml` or `.json`) as a JSON value.
+pub fn read_config_file(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let reason = |e: &dyn std::fmt::Display| Error::Config { path: path.to_path_buf(), reason: e.to_string() };
+    let value: Value = match ext.as_str() {
+        "yaml" | "yml" => serde_yaml::from_str(&text).map_err(|e| reason(&e))?,
+        "toml" => toml::from_str(&text).map_err(|e| reason(&e))?,
+        "json" => serde_json::from_str(&text).map_err(|e| reason(&e))?,
+        _ => return Err(reason(&"unknown config format (use .yaml, .yml, .toml or .json)")),
+    };
+    match value {
+        Value::Object(_) => Ok(value),
+        Value::Null => Ok(Value::Object(Map::new())),
+        _ => Err(reason(&"the config must be a mapping of keys to values")),
+    }
+}
+
+/// Merges `overrides` into `base` key by key (nested mappings merge recursively).
+pub fn merge(base: &mut Value, overrides: &Value) {
+    match (base, overrides) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+impl TrainConfig {
+    /// Defaults ← `file` ← `overrides` (a JSON object of keys set on the command line), then validated.
+    pub fn resolve(file: Option<&Path>, overrides: &Value) -> Result<Self> {
+        let mut value = serde_json::to_value(TrainConfig::default()).expect("the default config serialises");
+        if let Some(path) = file {
+            merge(&mut value, &read_config_file(path)?);
+        }
+        merge(&mut value, overrides);
+        let source = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("<command line>"));
+        let config: TrainConfig =
+            serde_json::from_value(value).map_err(|e| Error::Config { path: source, reason: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a config saved by a run (every key present).
+    pub fn load(path: &Path) -> Result<Self> {
+        let config: TrainConfig = serde_json::from_value(read_config_file(path)?)
+            .map_err(|e| Error::Config { path: path.to_path_buf(), reason: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, reason: String| Err(Error::InvalidSetting { key: key.into(), reason });
+        if self.data.as_os_str().is_empty() {
+            return bad("data", "no dataset given (--data DIR)".into());
+        }
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1".into());
+        }
+        if self.batch == 0 {
+            return bad("batch", "must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", format!("{} is not a positive number", self.lr));
+        }
+        if self.img_size < 32 || self.img_size % 32 != 0 {
+            return bad("img_size", format!("{} is not a multiple of 32 (ConvNeXt's output stride)", self.img_size));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad("label_smoothing", format!("{} is not in [0, 1)", self.label_smoothing));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad("ema_decay", format!("{} is not in [0, 1)", self.ema_decay));
+        }
+        if self.grad_clip < 0.0 || self.weight_decay < 0.0 || self.warmup_epochs < 0.0 || self.min_lr < 0.0 {
+            return bad("grad_clip/weight_decay/warmup_epochs/min_lr", "must not be negative".into());
+        }
+        let [lo, hi] = self.augment.scale;
+        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
+            return bad("augment.scale", format!("[{lo}, {hi}] is not a range within (0, 1]"));
+        }
+        let [lo, hi] = self.augment.ratio;
+        if !(0.0 < lo && lo <= hi) {
+            return bad("augment.ratio", format!("[{lo}, {hi}] is not a positive range"));
+        }
+        if self.normalize.std.iter().any(|s| *s <= 0.0) {
+            return bad("normalize.std", "must be positive".into());
+        }
+        kiln_models::ConvNextConfig::from_name(&self.model)?;
+        Ok(())
+    }
+
+    /// The YAML text a run saves as `config.yaml`.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("the config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "data: /d\nepochs: 7\nlr: 0.01\naugment:\n  hflip: 0.0\nfreeze: 0.5\n").unwrap();
+        let c = TrainConfig::resolve(Some(&file), &json!({"lr": 0.002, "batch": 8})).unwrap();
+        assert_eq!((c.epochs, c.batch, c.lr), (7, 8, 0.002));
+        assert_eq!(c.augment.hflip, 0.0);
+        assert_eq!(c.augment.color_jitter, AugmentConfig::default().color_jitter, "nested defaults kept");
+        assert_eq!(c.freeze, Freeze(0.5));
+        assert_eq!(c.model, "convnext_tiny");
+
+        let toml_file = dir.path().join("c.toml");
+        std::fs::write(&toml_file, "data = \"/d\"\nfreeze = true\n[augment]\nscale = [0.5, 1.0]\n").unwrap();
+        let t = TrainConfig::resolve(Some(&toml_file), &json!({})).unwrap();
+        assert_eq!(t.freeze, Freeze(1.0));
+        assert_eq!(t.augment.scale, [0.5, 1.0]);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(&file, "data: /d\nlearning_rate: 0.1\n").unwrap();
+        let err = TrainConfig::resolve(Some(&file), &json!({})).unwrap_err().to_string();
+        assert!(err.contains("c.yaml") && err.contains("learning_rate"), "{err}");
+        std::fs::write(&file, "data: /d\naugment:\n  flip: 1\n").unwrap();
+        let err = TrainConfig::resolve(Some(&file), &json!({})).unwrap_err().to_string();
+        assert!(err.contains("flip"), "{err}");
+    }
+
+    #[test]
+    fn saved_config_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = TrainConfig::resolve(None, &json!({"data": "/x", "model": "convnext_atto", "ema": true})).unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, c.to_yaml()).unwrap();
+        assert_eq!(TrainConfig::load(&path).unwrap(), c);
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        for (overrides, key) in [
+            (json!({"data": "/d", "img_size": 100}), "img_size"),
+            (json!({"data": "/d", "epochs": 0}), "epochs"),
+            (json!({"data": "/d", "model": "vit"}), "vit"),
+            (json!({"data": "/d", "freeze": 2}), "freeze"),
+            (json!({}), "data"),
+        ] {
+            let err = TrainConfig::resolve(None, &overrides).unwrap_err().to_string();
+            assert!(err.contains(key), "{overrides}: {err}");
+        }
+        assert_eq!("false".parse::<Freeze>().unwrap(), Freeze(0.0));
+        assert!("half".parse::<Freeze>().is_err());
+    }
+}

@@ -1,0 +1,259 @@
+//! Augmentation and normalisation: an RGB8 image in, a normalised CHW f32 tensor's data out.
+//!
+//! Training: random resized crop (as torchvision's `RandomResizedCrop`), horizontal flip, colour jitter
+//! (brightness, contrast, saturation). Evaluation: the whole image resized to the square input size. Resizing is
+//! antialiased (bilinear convolution, `fast_image_resize`); flip, jitter and normalisation run in one pass.
+
+use std::cell::RefCell;
+
+use fast_image_resize as fir;
+use image::RgbImage;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// ImageNet mean and standard deviation (RGB, on 0..1 values), timm's defaults for ConvNeXt.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Training-time augmentation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Range of the crop's area as a fraction of the image's.
+    pub scale: [f64; 2],
+    /// Range of the crop's aspect ratio (width / height), sampled log-uniformly.
+    pub ratio: [f64; 2],
+    /// Probability of a horizontal flip.
+    pub hflip: f64,
+    /// Strength of brightness, contrast and saturation jitter: each factor is drawn from [1 - s, 1 + s].
+    pub color_jitter: f64,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self { scale: [0.08, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0], hflip: 0.5, color_jitter: 0.4 }
+    }
+}
+
+/// Per-channel normalisation `(x / 255 - mean) / std`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalize {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for Normalize {
+    fn default() -> Self {
+        Self { mean: IMAGENET_MEAN, std: IMAGENET_STD }
+    }
+}
+
+/// What to do to an image before it becomes a tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transform {
+    Train(AugmentConfig),
+    Eval,
+}
+
+/// A crop rectangle in source pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Crop {
+    pub left: f64,
+    pub top: f64,
+    pub width: f64,
+    pub height: f64,
+}
+
+/// torchvision's RandomResizedCrop parameters: up to 10 tries at a crop of random area and aspect ratio that fits,
+/// then a centre crop with the aspect ratio clamped to the range.
+pub fn random_resized_crop(width: u32, height: u32, scale: [f64; 2], ratio: [f64; 2], rng: &mut impl Rng) -> Crop {
+    let (w, h) = (width as f64, height as f64);
+    let area = w * h;
+    let (log_lo, log_hi) = (ratio[0].ln(), ratio[1].ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(scale[0]..=scale[1]);
+        let aspect = if log_hi > log_lo { rng.random_range(log_lo..=log_hi).exp() } else { ratio[0] };
+        let cw = (target * aspect).sqrt().round();
+        let ch = (target / aspect).sqrt().round();
+        if cw >= 1.0 && ch >= 1.0 && cw <= w && ch <= h {
+            let left = rng.random_range(0.0..=(w - cw));
+            let top = rng.random_range(0.0..=(h - ch));
+            return Crop { left: left.floor(), top: top.floor(), width: cw, height: ch };
+        }
+    }
+    let in_ratio = w / h;
+    let (cw, ch) = if in_ratio < ratio[0] {
+        (w, (w / ratio[0]).round())
+    } else if in_ratio > ratio[1] {
+        ((h * ratio[1]).round(), h)
+    } else {
+        (w, h)
+    };
+    Crop { left: ((w - cw) / 2.0).floor(), top: ((h - ch) / 2.0).floor(), width: cw, height: ch }
+}
+
+thread_local! {
+    static RESIZER: RefCell<fir::Resizer> = RefCell::new(fir::Resizer::new());
+}
+
+/// Resizes `crop` of `image` to `size`×`size` RGB8 with antialiased bilinear filtering.
+pub fn resize_crop(image: &RgbImage, crop: Crop, size: u32) -> Vec<u8> {
+    let (w, h) = image.dimensions();
+    let src = fir::images::ImageRef::new(w, h, image.as_raw(), fir::PixelType::U8x3)
+        .expect("an RgbImage's buffer matches its dimensions");
+    let mut dst = fir::images::Image::new(size, size, fir::PixelType::U8x3);
+    let options = fir::ResizeOptions::new()
+        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear))
+        .crop(crop.left, crop.top, crop.width, crop.height);
+    RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).expect("same pixel type, valid crop");
+    dst.into_vec()
+}
+
+/// Brightness, contrast and saturation factors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Jitter {
+    brightness: f32,
+    contrast: f32,
+    saturation: f32,
+}
+
+impl Jitter {
+    const NONE: Jitter = Jitter { brightness: 1.0, contrast: 1.0, saturation: 1.0 };
+
+    fn sample(strength: f64, rng: &mut impl Rng) -> Self {
+        if strength <= 0.0 {
+            return Self::NONE;
+        }
+        let lo = (1.0 - strength).max(0.0);
+        let mut factor = || rng.random_range(lo..=1.0 + strength) as f32;
+        Jitter { brightness: factor(), contrast: factor(), saturation: factor() }
+    }
+}
+
+fn gray(r: f32, g: f32, b: f32) -> f32 {
+    0.299 * r + 0.587 * g + 0.114 * b
+}
+
+/// Writes `pixels` (`size`×`size` RGB8, row-major) as normalised CHW floats into `out` (length 3·size²),
+/// mirrored when `flip`, with the jitter applied on 0..1 values before normalisation.
+fn write_chw(pixels: &[u8], size: usize, flip: bool, jitter: Jitter, norm: &Normalize, out: &mut [f32]) {
+    let plane = size * size;
+    assert_eq!(out.len(), 3 * plane, "output buffer must hold 3 x size x size floats");
+    let mean_gray = if jitter.contrast != 1.0 {
+        let sum: f32 = pixels.chunks_exact(3).map(|p| gray(p[0] as f32, p[1] as f32, p[2] as f32)).sum();
+        jitter.brightness * sum / (plane as f32 * 255.0)
+    } else {
+        0.0
+    };
+    let scale = [1.0 / (255.0 * norm.std[0]), 1.0 / (255.0 * norm.std[1]), 1.0 / (255.0 * norm.std[2])];
+    let offset = [norm.mean[0] / norm.std[0], norm.mean[1] / norm.std[1], norm.mean[2] / norm.std[2]];
+    let (out_r, rest) = out.split_at_mut(plane);
+    let (out_g, out_b) = rest.split_at_mut(plane);
+    for y in 0..size {
+        let row = &pixels[y * size * 3..(y + 1) * size * 3];
+        for x in 0..size {
+            let sx = if flip { size - 1 - x } else { x };
+            let p = &row[sx * 3..sx * 3 + 3];
+            let mut rgb = [p[0] as f32, p[1] as f32, p[2] as f32];
+            if jitter != Jitter::NONE {
+                let b = jitter.brightness;
+                let mut v = rgb.map(|c| (c * b / 255.0).clamp(0.0, 1.0));
+                v = v.map(|c| ((c - mean_gray) * jitter.contrast + mean_gray).clamp(0.0, 1.0));
+                let g = gray(v[0], v[1], v[2]);
+                v = v.map(|c| ((c - g) * jitter.saturation + g).clamp(0.0, 1.0));
+                rgb = v.map(|c| c * 255.0);
+            }
+            let i = y * size + x;
+            out_r[i] = rgb[0] * scale[0] - offset[0];
+            out_g[i] = rgb[1] * scale[1] - offset[1];
+            out_b[i] = rgb[2] * scale[2] - offset[2];
+        }
+    }
+}
+
+/// Applies `transform` to `image` and writes the normalised `3 × size × size` CHW result into `out`.
+pub fn transform_into(
+    image: &RgbImage,
+    size: u32,
+    transform: &Transform,
+    norm: &Normalize,
+    rng: &mut impl Rng,
+    out: &mut [f32],
+) {
+    let (w, h) = image.dimensions();
+    match transform {
+        Transform::Eval => {
+            let full = Crop { left: 0.0, top: 0.0, width: w as f64, height: h as f64 };
+            write_chw(&resize_crop(image, full, size), size as usize, false, Jitter::NONE, norm, out);
+        }
+        Transform::Train(cfg) => {
+            let crop = random_resized_crop(w, h, cfg.scale, cfg.ratio, rng);
+            let flip = rng.random_bool(cfg.hflip.clamp(0.0, 1.0));
+            let jitter = Jitter::sample(cfg.color_jitter, rng);
+            write_chw(&resize_crop(image, crop, size), size as usize, flip, jitter, norm, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn halves(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, _| if x < w / 2 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) })
+    }
+
+    fn bounds(norm: &Normalize, c: usize) -> (f32, f32) {
+        ((0.0 - norm.mean[c]) / norm.std[c], (1.0 - norm.mean[c]) / norm.std[c])
+    }
+
+    #[test]
+    fn crops_fit_the_image_and_respect_the_ranges() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for (w, h) in [(640, 480), (32, 500), (1, 1), (300, 300)] {
+            for _ in 0..200 {
+                let c = random_resized_crop(w, h, [0.08, 1.0], [0.75, 4.0 / 3.0], &mut rng);
+                assert!(c.left >= 0.0 && c.top >= 0.0 && c.width >= 1.0 && c.height >= 1.0, "{c:?}");
+                assert!(c.left + c.width <= w as f64 && c.top + c.height <= h as f64, "{c:?} in {w}x{h}");
+            }
+        }
+    }
+
+    #[test]
+    fn training_transform_keeps_shape_and_value_range() {
+        let norm = Normalize::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let image = RgbImage::from_fn(97, 61, |x, y| image::Rgb([(x * 2) as u8, (y * 4) as u8, ((x + y) % 256) as u8]));
+        let strong = AugmentConfig { color_jitter: 0.9, ..Default::default() };
+        for _ in 0..20 {
+            let mut out = vec![f32::NAN; 3 * 40 * 40];
+            transform_into(&image, 40, &Transform::Train(strong.clone()), &norm, &mut rng, &mut out);
+            for c in 0..3 {
+                let (lo, hi) = bounds(&norm, c);
+                let plane = &out[c * 1600..(c + 1) * 1600];
+                assert!(plane.iter().all(|v| v.is_finite() && *v >= lo - 1e-5 && *v <= hi + 1e-5), "channel {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn eval_is_deterministic_and_flip_mirrors() {
+        let norm = Normalize::default();
+        let image = halves(64, 32);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut a = vec![0.0; 3 * 16 * 16];
+        let mut b = vec![0.0; 3 * 16 * 16];
+        transform_into(&image, 16, &Transform::Eval, &norm, &mut rng, &mut a);
+        transform_into(&image, 16, &Transform::Eval, &norm, &mut rng, &mut b);
+        assert_eq!(a, b);
+        let (red_lo, red_hi) = bounds(&norm, 0);
+        assert!((a[0] - red_hi).abs() < 1e-4, "left is red");
+        assert!((a[15] - red_lo).abs() < 1e-4, "right has no red");
+
+        let flip_only = AugmentConfig { scale: [1.0, 1.0], ratio: [2.0, 2.0], hflip: 1.0, color_jitter: 0.0 };
+        let mut f = vec![0.0; 3 * 16 * 16];
+        transform_into(&image, 16, &Transform::Train(flip_only), &norm, &mut rng, &mut f);
+        assert!((f[0] - red_lo).abs() < 1e-4 && (f[15] - red_hi).abs() < 1e-4, "flipped: red on the right");
+    }
+}

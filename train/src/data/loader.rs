@@ -1,0 +1,267 @@
+//! Batches for training and evaluation: images decoded and augmented on the fly on a pool of worker threads,
+//! a bounded number of batches prepared ahead, unreadable files skipped and counted.
+//!
+//! Nothing is cached: memory holds at most `prefetch + 1` batches whatever the dataset's size.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+use tch::Tensor;
+
+use super::augment::{transform_into, Normalize, Transform};
+use super::decode::decode_rgb;
+use super::image_folder::Sample;
+
+/// Files that could not be decoded, each recorded once with its reason.
+#[derive(Debug, Default)]
+pub struct SkipLog {
+    entries: Mutex<BTreeMap<PathBuf, String>>,
+}
+
+impl SkipLog {
+    /// Records an unreadable file; true the first time this path is seen.
+    pub fn record(&self, path: &Path, reason: String) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.insert(path.to_path_buf(), reason).is_none()
+    }
+
+    pub fn count(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// (path, reason) of every skipped file, sorted by path.
+    pub fn entries(&self) -> Vec<(PathBuf, String)> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.iter().map(|(p, r)| (p.clone(), r.clone())).collect()
+    }
+}
+
+/// How a loader batches and prepares images.
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub img_size: u32,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+    pub seed: u64,
+}
+
+/// One batch: `images` `[N, 3, S, S]` f32 normalised, `labels` `[N]` i64, and the files they came from.
+pub struct Batch {
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub paths: Vec<PathBuf>,
+}
+
+/// Produces batches of a list of samples; each call to [`Loader::epoch`] is one pass.
+pub struct Loader {
+    samples: Arc<Vec<Sample>>,
+    transform: Transform,
+    norm: Normalize,
+    config: LoaderConfig,
+    pool: Arc<rayon::ThreadPool>,
+    skips: Arc<SkipLog>,
+}
+
+/// A stateless 64-bit mix (splitmix64's finaliser): per-sample seeds independent of thread scheduling.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+impl Loader {
+    pub fn new(
+        samples: Vec<Sample>,
+        transform: Transform,
+        norm: Normalize,
+        config: LoaderConfig,
+        skips: Arc<SkipLog>,
+    ) -> std::result::Result<Self, rayon::ThreadPoolBuildError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.workers.max(1))
+            .thread_name(|i| format!("kiln-data-{i}"))
+            .build()?;
+        Ok(Self { samples: Arc::new(samples), transform, norm, config, pool: Arc::new(pool), skips })
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Batches per epoch.
+    pub fn num_batches(&self) -> usize {
+        self.samples.len().div_ceil(self.config.batch_size.max(1))
+    }
+
+    pub fn skips(&self) -> &Arc<SkipLog> {
+        &self.skips
+    }
+
+    /// Starts one pass over the samples, shuffled with `(seed, epoch)` when `shuffle`. Batches that lost
+    /// unreadable images are smaller; a batch in which no image could be read is not produced.
+    pub fn epoch(&self, epoch: usize, shuffle: bool) -> EpochIter {
+        let mut order: Vec<usize> = (0..self.samples.len()).collect();
+        let epoch_seed = mix(self.config.seed ^ mix(epoch as u64 + 1));
+        if shuffle {
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
+        }
+        let (tx, rx) = sync_channel(self.config.prefetch.max(1));
+        let samples = Arc::clone(&self.samples);
+        let pool = Arc::clone(&self.pool);
+        let skips = Arc::clone(&self.skips);
+        let (transform, norm, size) = (self.transform.clone(), self.norm, self.config.img_size);
+        let batch_size = self.config.batch_size.max(1);
+        let handle = std::thread::Builder::new()
+            .name("kiln-loader".into())
+            .spawn(move || {
+                let per = 3 * size as usize * size as usize;
+                for chunk in order.chunks(batch_size) {
+                    let mut data = vec![0f32; chunk.len() * per];
+                    let ok: Vec<bool> = pool.install(|| {
+                        data.par_chunks_mut(per)
+                            .zip(chunk.par_iter())
+                            .map(|(out, &i)| {
+                                let sample = &samples[i];
+                                match decode_rgb(&sample.path) {
+                                    Ok(image) => {
+                                        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(epoch_seed ^ i as u64));
+                                        transform_into(&image, size, &transform, &norm, &mut rng, out);
+                                        true
+                                    }
+                                    Err(reason) => {
+                                        skips.record(&sample.path, reason);
+                                        false
+                                    }
+                                }
+                            })
+                            .collect()
+                    });
+                    let kept: Vec<usize> = (0..chunk.len()).filter(|&k| ok[k]).collect();
+                    if kept.is_empty() {
+                        continue;
+                    }
+                    if kept.len() < chunk.len() {
+                        data = kept.iter().flat_map(|&k| data[k * per..(k + 1) * per].iter().copied()).collect();
+                    }
+                    let n = kept.len() as i64;
+                    let s = size as i64;
+                    let labels: Vec<i64> = kept.iter().map(|&k| samples[chunk[k]].label as i64).collect();
+                    let batch = Batch {
+                        images: Tensor::from_slice(&data).view([n, 3, s, s]),
+                        labels: Tensor::from_slice(&labels),
+                        paths: kept.iter().map(|&k| samples[chunk[k]].path.clone()).collect(),
+                    };
+                    if tx.send(batch).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the loader thread");
+        EpochIter { rx: Some(rx), handle: Some(handle) }
+    }
+}
+
+/// The batches of one pass, in order. Dropping it stops the producer.
+pub struct EpochIter {
+    rx: Option<Receiver<Batch>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Iterator for EpochIter {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        self.rx.take();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::augment::AugmentConfig;
+
+    fn write_images(dir: &Path, n: usize) -> Vec<Sample> {
+        (0..n)
+            .map(|i| {
+                let path = dir.join(format!("{i}.png"));
+                image::RgbImage::from_pixel(20, 10, image::Rgb([i as u8 * 10, 0, 0])).save(&path).unwrap();
+                Sample { path, label: i % 2 }
+            })
+            .collect()
+    }
+
+    fn loader(samples: Vec<Sample>, transform: Transform, skips: Arc<SkipLog>) -> Loader {
+        let config = LoaderConfig { batch_size: 4, img_size: 8, workers: 2, prefetch: 2, seed: 9 };
+        Loader::new(samples, transform, Normalize::default(), config, skips).unwrap()
+    }
+
+    #[test]
+    fn batches_cover_every_sample_once_and_shuffle_reproducibly() {
+        let dir = tempfile::tempdir().unwrap();
+        let samples = write_images(dir.path(), 10);
+        let l = loader(samples, Transform::Train(AugmentConfig::default()), Arc::default());
+        assert_eq!(l.num_batches(), 3);
+        let batches: Vec<Batch> = l.epoch(0, true).collect();
+        assert_eq!(batches.iter().map(|b| b.paths.len()).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert_eq!(batches[0].images.size(), vec![4, 3, 8, 8]);
+        let mut seen: Vec<PathBuf> = batches.iter().flat_map(|b| b.paths.clone()).collect();
+        let order = seen.clone();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 10);
+        let again: Vec<PathBuf> = l.epoch(0, true).flat_map(|b| b.paths).collect();
+        assert_eq!(order, again, "same seed and epoch, same order");
+        let next: Vec<PathBuf> = l.epoch(1, true).flat_map(|b| b.paths).collect();
+        assert_ne!(order, next, "another epoch, another order");
+        let first_again: Vec<Batch> = l.epoch(0, true).collect();
+        assert!(first_again[0].images.equal(&batches[0].images), "augmentation is reproducible");
+    }
+
+    #[test]
+    fn unreadable_files_are_skipped_and_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut samples = write_images(dir.path(), 5);
+        let empty = dir.path().join("empty.jpg");
+        std::fs::write(&empty, b"").unwrap();
+        samples.push(Sample { path: empty.clone(), label: 0 });
+        let skips = Arc::new(SkipLog::default());
+        let l = loader(samples, Transform::Eval, Arc::clone(&skips));
+        for epoch in 0..2 {
+            let n: usize = l.epoch(epoch, false).map(|b| b.paths.len()).sum();
+            assert_eq!(n, 5);
+        }
+        assert_eq!(skips.count(), 1);
+        assert_eq!(skips.entries()[0].0, empty);
+    }
+
+    #[test]
+    fn dropping_an_epoch_early_stops_the_producer() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = loader(write_images(dir.path(), 40), Transform::Eval, Arc::default());
+        let mut it = l.epoch(0, false);
+        assert!(it.next().is_some());
+        drop(it);
+    }
+}

@@ -1,0 +1,10 @@
+//! Data: the ImageFolder layout, decoding, augmentation, and the batch loader.
+
+pub mod augment;
+pub mod decode;
+pub mod image_folder;
+pub mod loader;
+
+pub use augment::{AugmentConfig, Normalize, Transform};
+pub use image_folder::{ImageFolder, Sample, Split, SplitRatios};
+pub use loader::{Batch, Loader, LoaderConfig, SkipLog};

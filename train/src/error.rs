@@ -1,0 +1,46 @@
+//! The one error type of kiln-train.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while preparing data, training, evaluating or writing a run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("dataset {root}: {reason}")]
+    Dataset { root: PathBuf, reason: String },
+
+    #[error("dataset {root}: split '{split}' has class folders {found:?}, but 'train' has {expected:?}")]
+    ClassMismatch { root: PathBuf, split: String, expected: Vec<String>, found: Vec<String> },
+
+    #[error("dataset {root}: no readable image in split '{split}' ({skipped} skipped as unreadable)")]
+    NoReadableImages { root: PathBuf, split: String, skipped: usize },
+
+    #[error("config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+
+    #[error("invalid setting {key}: {reason}")]
+    InvalidSetting { key: String, reason: String },
+
+    #[error("device '{requested}': {reason}")]
+    Device { requested: String, reason: String },
+
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+
+    #[error("plot {path}: {reason}")]
+    Plot { path: PathBuf, reason: String },
+
+    #[error("training diverged at epoch {epoch}, step {step}: the loss is {loss}")]
+    Diverged { epoch: usize, step: usize, loss: f64 },
+
+    #[error(transparent)]
+    Model(#[from] kiln_models::Error),
+
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// kiln-train's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
