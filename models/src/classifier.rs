@@ -98,7 +98,8 @@ impl ImageClassifier {
     pub fn with_backbone(p: &nn::Path, config: &ClassifierConfig, backbone: &ConvNextConfig) -> Result<Self> {
         Self::check(config)?;
         let backbone = ConvNext::new(p, backbone)?;
-        let head = ClassifierHead::new(&(p / "head"), backbone.config.num_features(), config.num_classes, config.drop_rate);
+        let head =
+            ClassifierHead::new(&(p / "head"), backbone.config.num_features(), config.num_classes, config.drop_rate);
         Ok(Self { backbone, head, config: config.clone() })
     }
 
@@ -139,17 +140,15 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let model = ImageClassifier::new(&vs.root(), &ClassifierConfig::new(name, 1000)).unwrap();
             let count: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
-            assert!(
-                (count as f64 / 1e6 - millions).abs() < 0.01,
-                "{name}: {count} parameters, timm has {millions}M"
-            );
+            assert!((count as f64 / 1e6 - millions).abs() < 0.01, "{name}: {count} parameters, timm has {millions}M");
             let cfg = &model.backbone.config;
             let xs = Tensor::zeros([2, 3, 64, 96], (Kind::Float, Device::Cpu));
             let features = tch::no_grad(|| model.backbone.forward_t(&xs, false));
             assert_eq!(features.size(), vec![2, cfg.num_features(), 2, 3], "{name}");
             if name == "convnext_atto" || name == "convnext_tiny" {
-                let small = ImageClassifier::new(&nn::VarStore::new(Device::Cpu).root(), &ClassifierConfig::new(name, 5))
-                    .unwrap();
+                let small =
+                    ImageClassifier::new(&nn::VarStore::new(Device::Cpu).root(), &ClassifierConfig::new(name, 5))
+                        .unwrap();
                 let logits = tch::no_grad(|| small.forward_t(&xs, false));
                 assert_eq!(logits.size(), vec![2, 5]);
             }

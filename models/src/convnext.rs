@@ -14,8 +14,15 @@ use crate::layer_norm::{LayerNorm2d, LayerNormLast, CONVNEXT_EPS};
 use crate::{Error, Result};
 
 /// The named ConvNeXt variants, smallest first.
-pub const VARIANTS: [&str; 7] =
-    ["convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small", "convnext_base"];
+pub const VARIANTS: [&str; 7] = [
+    "convnext_atto",
+    "convnext_femto",
+    "convnext_pico",
+    "convnext_nano",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+];
 
 /// A ConvNeXt backbone's shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,7 +106,10 @@ impl ConvNextConfig {
     fn validate(&self) -> Result<()> {
         let invalid = |key: &str, reason: String| Err(Error::InvalidSetting { key: key.into(), reason });
         if self.depths.is_empty() || self.depths.len() != self.dims.len() {
-            return invalid("depths", format!("{} stages of depths but {} of dims", self.depths.len(), self.dims.len()));
+            return invalid(
+                "depths",
+                format!("{} stages of depths but {} of dims", self.depths.len(), self.dims.len()),
+            );
         }
         if !(0.0..1.0).contains(&self.drop_path_rate) {
             return invalid("drop_path_rate", format!("{} is not in [0, 1)", self.drop_path_rate));

@@ -59,11 +59,8 @@ fn list(f: &mut fmt::Formatter<'_>, what: &str, items: &[String]) -> fmt::Result
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shapes: Vec<String> = self
-            .shapes
-            .iter()
-            .map(|(name, model, file)| format!("{name} (model {model:?}, file {file:?})"))
-            .collect();
+        let shapes: Vec<String> =
+            self.shapes.iter().map(|(name, model, file)| format!("{name} (model {model:?}, file {file:?})")).collect();
         list(f, "with other shapes", &shapes)?;
         list(f, "missing from the file", &self.missing)?;
         list(f, "unexpected in the file", &self.unexpected)

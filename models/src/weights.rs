@@ -34,8 +34,10 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if !path.is_file() {
         return Err(Error::WeightsFile { path: path.to_path_buf(), reason: "no such file".into() });
     }
-    Tensor::read_safetensors(path)
-        .map_err(|e| Error::WeightsFile { path: path.to_path_buf(), reason: format!("not a readable safetensors file: {e}") })
+    Tensor::read_safetensors(path).map_err(|e| Error::WeightsFile {
+        path: path.to_path_buf(),
+        reason: format!("not a readable safetensors file: {e}"),
+    })
 }
 
 /// Copies `tensors` into the variables of `vs` by name, converting dtype and device.
@@ -135,8 +137,7 @@ mod tests {
         let path = dir.path().join("w.safetensors");
         let a = nn::VarStore::new(Device::Cpu);
         model(&a, 3);
-        let mut named: Vec<(String, Tensor)> =
-            a.variables().into_iter().filter(|(n, _)| n != "stem.0.bias").collect();
+        let mut named: Vec<(String, Tensor)> = a.variables().into_iter().filter(|(n, _)| n != "stem.0.bias").collect();
         named.push(("extra.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
         Tensor::write_safetensors(&named, &path).unwrap();
 

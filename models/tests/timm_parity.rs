@@ -25,12 +25,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 fn check_case(case: &str, conv_mlp: bool) {
     let dir = fixture().join(case);
     let vs = nn::VarStore::new(Device::Cpu);
-    let backbone = ConvNextConfig {
-        depths: vec![1, 1, 2, 1],
-        dims: vec![8, 16, 24, 32],
-        conv_mlp,
-        ..ConvNextConfig::atto()
-    };
+    let backbone =
+        ConvNextConfig { depths: vec![1, 1, 2, 1], dims: vec![8, 16, 24, 32], conv_mlp, ..ConvNextConfig::atto() };
     let model = ImageClassifier::with_backbone(&vs.root(), &ClassifierConfig::new("custom", 5), &backbone).unwrap();
     let report = load_safetensors(&vs, &dir.join("model.safetensors"), HeadPolicy::Strict).unwrap();
     assert_eq!(report.loaded, 65);

@@ -60,8 +60,10 @@ impl<'de> Deserialize<'de> for Freeze {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         match Value::deserialize(d)? {
             Value::Bool(b) => Ok(Freeze(if b { 1.0 } else { 0.0 })),
-            Value::Number(n) => Freeze::from_str(&n.to_string()).map_err(serde::de::Error::custom),
-            Value::String(s) => Freeze::from_str(&s).map_err(serde::de::Error::custom),
+            Value::Number(n) => {
+                Freeze::from_str(&n.to_string()).map_err(|e| serde::de::Error::custom(format!("freeze: {e}")))
+            }
+            Value::String(s) => Freeze::from_str(&s).map_err(|e| serde::de::Error::custom(format!("freeze: {e}"))),
             other => Err(serde::de::Error::custom(format!("freeze: {other} is not true, false or a fraction"))),
         }
     }

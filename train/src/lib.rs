@@ -1,1 +1,23 @@
+//! kiln-train: everything that trains, on libtorch.
+//!
+//! 1. Resolve a [`TrainConfig`] from defaults, a YAML/TOML file and overrides ([`TrainConfig::resolve`]).
+//! 2. Train: [`classify::train`] creates `runs/classify/<name>/`, saves the config, trains with validation each
+//!    epoch, writes `results.csv`, `weights/{best,last}.safetensors`, curves, and tests the best checkpoint.
+//! 3. Later: [`classify::resume`], [`classify::evaluate_run`] (`kiln val` / `kiln test`), [`classify::predict`].
 
+pub mod checkpoint;
+pub mod classify;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod metrics;
+pub mod optim;
+pub mod plots;
+pub mod progress;
+pub mod run_dir;
+
+pub use config::{Task, TrainConfig};
+pub use error::{Error, Result};
+pub use run_dir::{RunDir, Which};

@@ -102,9 +102,12 @@ pub fn resize_crop(image: &RgbImage, crop: Crop, size: u32) -> Vec<u8> {
     let src = fir::images::ImageRef::new(w, h, image.as_raw(), fir::PixelType::U8x3)
         .expect("an RgbImage's buffer matches its dimensions");
     let mut dst = fir::images::Image::new(size, size, fir::PixelType::U8x3);
-    let options = fir::ResizeOptions::new()
-        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear))
-        .crop(crop.left, crop.top, crop.width, crop.height);
+    let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear)).crop(
+        crop.left,
+        crop.top,
+        crop.width,
+        crop.height,
+    );
     RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).expect("same pixel type, valid crop");
     dst.into_vec()
 }

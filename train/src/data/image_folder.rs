@@ -14,7 +14,7 @@ use crate::{Error, Result};
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
 
 /// A dataset split.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -183,11 +183,7 @@ fn scan_split(root: &Path, dir: &Path, class_names: &[String]) -> Result<Vec<Sam
         if samples.len() == before {
             return Err(Error::Dataset {
                 root: root.to_path_buf(),
-                reason: format!(
-                    "class folder {} has no images ({})",
-                    class_dir.display(),
-                    IMAGE_EXTENSIONS.join(", ")
-                ),
+                reason: format!("class folder {} has no images ({})", class_dir.display(), IMAGE_EXTENSIONS.join(", ")),
             });
         }
     }
@@ -195,7 +191,13 @@ fn scan_split(root: &Path, dir: &Path, class_names: &[String]) -> Result<Vec<Sam
 }
 
 /// Moves a seeded, per-class (stratified) `val` and `test` fraction out of `train`.
-fn split_off(train: &mut Vec<Sample>, num_classes: usize, val: f64, test: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
+fn split_off(
+    train: &mut Vec<Sample>,
+    num_classes: usize,
+    val: f64,
+    test: f64,
+    seed: u64,
+) -> (Vec<Sample>, Vec<Sample>) {
     if val == 0.0 && test == 0.0 {
         return (Vec::new(), Vec::new());
     }

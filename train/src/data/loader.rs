@@ -206,7 +206,7 @@ mod tests {
         (0..n)
             .map(|i| {
                 let path = dir.join(format!("{i}.png"));
-                image::RgbImage::from_pixel(20, 10, image::Rgb([i as u8 * 10, 0, 0])).save(&path).unwrap();
+                image::RgbImage::from_pixel(20, 10, image::Rgb([(i * 10 % 256) as u8, 0, 0])).save(&path).unwrap();
                 Sample { path, label: i % 2 }
             })
             .collect()

@@ -1,0 +1,13 @@
+//! Image classification: model set-up, the training loop, evaluation, reports and prediction.
+
+pub mod evaluate;
+pub mod model;
+pub mod predict;
+pub mod report;
+pub mod results;
+pub mod setup;
+pub mod trainer;
+
+pub use predict::{predict, PredictOptions, Prediction};
+pub use report::{evaluate_run, EvalOptions, SplitReport};
+pub use trainer::{resume, train, TrainOutcome};

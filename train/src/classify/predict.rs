@@ -1,0 +1,148 @@
+//! `kiln predict`: a run's checkpoint on image files and folders, with libtorch; top-k classes per image.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind};
+
+use kiln_models::weights::{load_into, HeadPolicy};
+
+use super::model::build_classifier;
+use super::setup::{make_loader, prepare_runtime};
+use crate::checkpoint;
+use crate::config::TrainConfig;
+use crate::data::image_folder::IMAGE_EXTENSIONS;
+use crate::data::{Sample, SkipLog, Transform};
+use crate::run_dir::{RunDir, Which};
+use crate::{Error, Result};
+
+/// Options of [`predict`].
+#[derive(Clone, Debug)]
+pub struct PredictOptions {
+    pub which: Which,
+    pub top_k: usize,
+    pub device: Option<String>,
+    pub batch: Option<usize>,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        Self { which: Which::Best, top_k: 5, device: None, batch: None }
+    }
+}
+
+/// One class and its probability.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClassScore {
+    pub class: String,
+    pub index: usize,
+    pub probability: f64,
+}
+
+/// The result for one image: its top classes, or why it could not be read.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Prediction {
+    pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top: Option<Vec<ClassScore>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// Expands folders (recursively, sorted) into their image files; files are kept as given.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let io = |source| Error::Io { path: dir.to_path_buf(), source };
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(io)?;
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if has_image_extension(&path) {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            walk(input, &mut files)?;
+        } else if input.exists() {
+            files.push(input.clone());
+        } else {
+            return Err(Error::Io { path: input.clone(), source: std::io::ErrorKind::NotFound.into() });
+        }
+    }
+    Ok(files)
+}
+
+/// Classifies every image under `inputs` with the run's checkpoint. Unreadable images get an error entry and the
+/// rest go on.
+pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Result<Vec<Prediction>> {
+    let mut config = TrainConfig::load(&run.config())?;
+    config.weights = None;
+    if let Some(batch) = options.batch {
+        config.batch = batch.max(1);
+    }
+    let device = prepare_runtime(&config, options.device.as_deref())?;
+    let ckpt = checkpoint::load(&run.checkpoint(options.which))?;
+    let class_names = ckpt.state.class_names.clone();
+    let vs = nn::VarStore::new(device);
+    let (model, _) = build_classifier(&vs, &config, class_names.len())?;
+    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
+
+    let files = expand_inputs(inputs)?;
+    let samples: Vec<Sample> = files.iter().map(|path| Sample { path: path.clone(), label: 0 }).collect();
+    let skips = Arc::new(SkipLog::default());
+    let loader = make_loader(&config, &samples, Transform::Eval, &skips)?;
+    let k = options.top_k.clamp(1, class_names.len());
+    let mut results: HashMap<PathBuf, Vec<ClassScore>> = HashMap::new();
+    tch::no_grad(|| -> Result<()> {
+        for batch in loader.epoch(0, false) {
+            let probs = model.forward_t(&batch.images.to_device(device), false).softmax(-1, Kind::Float);
+            let (values, indices) = probs.topk(k as i64, -1, true, true);
+            let values: Vec<Vec<f32>> = Vec::try_from(values.to_device(Device::Cpu))?;
+            let indices: Vec<Vec<i64>> = Vec::try_from(indices.to_device(Device::Cpu))?;
+            for ((path, vals), idxs) in batch.paths.into_iter().zip(values).zip(indices) {
+                let top = vals
+                    .iter()
+                    .zip(&idxs)
+                    .map(|(&p, &i)| ClassScore {
+                        class: class_names[i as usize].clone(),
+                        index: i as usize,
+                        probability: p as f64,
+                    })
+                    .collect();
+                results.insert(path, top);
+            }
+        }
+        Ok(())
+    })?;
+    let errors: HashMap<PathBuf, String> = skips.entries().into_iter().collect();
+    Ok(files
+        .into_iter()
+        .map(|path| {
+            let top = results.remove(&path);
+            let error = if top.is_none() {
+                Some(errors.get(&path).cloned().unwrap_or_else(|| "not processed".into()))
+            } else {
+                None
+            };
+            Prediction { path, top, error }
+        })
+        .collect())
+}

@@ -1,0 +1,100 @@
+//! Evaluating a finished run's checkpoint on a split (`kiln val`, `kiln test`, and the test pass after training):
+//! `<split>_metrics.json` and `<split>_confusion_matrix.png` in the run directory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tch::nn;
+
+use kiln_models::weights::{load_into, HeadPolicy};
+
+use super::evaluate::evaluate;
+use super::model::build_classifier;
+use super::setup::{make_loader, open_dataset, prepare_runtime};
+use crate::checkpoint;
+use crate::config::TrainConfig;
+use crate::data::{SkipLog, Split, Transform};
+use crate::fsutil::write_atomic;
+use crate::metrics::ClassificationMetrics;
+use crate::plots::plot_confusion_matrix;
+use crate::run_dir::{RunDir, Which};
+use crate::{Error, Result};
+
+/// The metrics of one checkpoint on one split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitReport {
+    pub split: Split,
+    pub checkpoint: PathBuf,
+    /// The epoch the checkpoint was saved at.
+    pub epoch: usize,
+    pub images: usize,
+    pub loss: f64,
+    pub metrics: ClassificationMetrics,
+    pub class_names: Vec<String>,
+    /// Rows are true classes, columns predicted classes.
+    pub confusion_matrix: Vec<Vec<u64>>,
+    /// Files skipped as unreadable, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Options of [`evaluate_run`].
+#[derive(Clone, Debug, Default)]
+pub struct EvalOptions {
+    pub which: Which,
+    /// Another dataset root with the same classes.
+    pub data: Option<PathBuf>,
+    pub device: Option<String>,
+}
+
+/// Loads the run's checkpoint and evaluates it on `split`, writing the report files into the run.
+pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result<SplitReport> {
+    let mut config = TrainConfig::load(&run.config())?;
+    if let Some(data) = &options.data {
+        config.data = data.clone();
+    }
+    config.weights = None;
+    let device = prepare_runtime(&config, options.device.as_deref())?;
+    let ckpt = checkpoint::load(&run.checkpoint(options.which))?;
+    let dataset = open_dataset(&config)?;
+    if dataset.class_names != ckpt.state.class_names {
+        return Err(Error::ClassMismatch {
+            root: config.data.clone(),
+            split: split.name().into(),
+            expected: ckpt.state.class_names.clone(),
+            found: dataset.class_names.clone(),
+        });
+    }
+    let samples = dataset.split(split);
+    if samples.is_empty() {
+        return Err(Error::Dataset { root: config.data.clone(), reason: format!("split '{split}' has no images") });
+    }
+    let vs = nn::VarStore::new(device);
+    let (model, _) = build_classifier(&vs, &config, dataset.num_classes())?;
+    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
+    let skips = Arc::new(SkipLog::default());
+    let loader = make_loader(&config, samples, Transform::Eval, &skips)?;
+    let eval = evaluate(&model, &loader, device, dataset.num_classes(), device.is_cuda() && config.amp)?;
+    if eval.images == 0 {
+        return Err(Error::NoReadableImages {
+            root: config.data.clone(),
+            split: split.name().into(),
+            skipped: skips.count(),
+        });
+    }
+    let report = SplitReport {
+        split,
+        checkpoint: ckpt.path.clone(),
+        epoch: ckpt.state.epoch,
+        images: eval.images,
+        loss: eval.loss,
+        metrics: eval.metrics,
+        class_names: dataset.class_names.clone(),
+        confusion_matrix: eval.confusion.rows(),
+        skipped: skips.entries(),
+    };
+    let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
+    write_atomic(&run.metrics(split.name()), &json)?;
+    plot_confusion_matrix(&eval.confusion, &dataset.class_names, &run.confusion_matrix(split.name()))?;
+    Ok(report)
+}

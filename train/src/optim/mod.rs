@@ -1,0 +1,11 @@
+//! Optimisation: optimisers, the learning-rate schedule, weight EMA and loss scaling.
+
+pub mod ema;
+pub mod grad_scaler;
+pub mod optimizer;
+pub mod schedule;
+
+pub use ema::Ema;
+pub use grad_scaler::GradScaler;
+pub use optimizer::{Optimizer, OptimizerConfig, Param};
+pub use schedule::CosineSchedule;

@@ -1,0 +1,121 @@
+//! A run's directory, `<project>/<task>/<name>/`, and the files in it.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Task;
+use crate::{Error, Result};
+
+/// Which checkpoint of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Which {
+    /// The epoch with the best validation metric.
+    #[default]
+    Best,
+    /// The last finished epoch (what `--resume` continues from).
+    Last,
+}
+
+impl std::str::FromStr for Which {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "best" => Ok(Which::Best),
+            "last" => Ok(Which::Last),
+            _ => Err(format!("'{s}' is not best or last")),
+        }
+    }
+}
+
+/// The files of a run.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates a new run directory. Without a name, the first free of `exp`, `exp2`, …; with a name that is
+    /// taken, the first free of `name2`, `name3`, …
+    pub fn create(project: &Path, task: Task, name: Option<&str>) -> Result<Self> {
+        let parent = project.join(task.name());
+        std::fs::create_dir_all(&parent).map_err(|source| Error::Io { path: parent.clone(), source })?;
+        let base = name.unwrap_or("exp");
+        for n in 1.. {
+            let candidate = if n == 1 { parent.join(base) } else { parent.join(format!("{base}{n}")) };
+            match std::fs::create_dir(&candidate) {
+                Ok(()) => {
+                    let run = Self { path: candidate };
+                    std::fs::create_dir_all(run.weights_dir())
+                        .map_err(|source| Error::Io { path: run.weights_dir(), source })?;
+                    return Ok(run);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(source) => return Err(Error::Io { path: candidate, source }),
+            }
+        }
+        unreachable!("the loop only ends by returning")
+    }
+
+    /// Opens an existing run (it must hold the `config.yaml` written when it started).
+    pub fn open(path: &Path) -> Result<Self> {
+        let run = Self { path: path.to_path_buf() };
+        if !run.config().is_file() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: "not a kiln run directory (no config.yaml)".into(),
+            });
+        }
+        Ok(run)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path.join("config.yaml")
+    }
+    pub fn dataset(&self) -> PathBuf {
+        self.path.join("dataset.json")
+    }
+    pub fn results(&self) -> PathBuf {
+        self.path.join("results.csv")
+    }
+    pub fn curves(&self) -> PathBuf {
+        self.path.join("curves.png")
+    }
+    pub fn weights_dir(&self) -> PathBuf {
+        self.path.join("weights")
+    }
+    pub fn checkpoint(&self, which: Which) -> PathBuf {
+        self.weights_dir().join(match which {
+            Which::Best => "best.safetensors",
+            Which::Last => "last.safetensors",
+        })
+    }
+    /// `<split>_metrics.json`.
+    pub fn metrics(&self, split: &str) -> PathBuf {
+        self.path.join(format!("{split}_metrics.json"))
+    }
+    /// `<split>_confusion_matrix.png`.
+    pub fn confusion_matrix(&self, split: &str) -> PathBuf {
+        self.path.join(format!("{split}_confusion_matrix.png"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_increment_and_open_needs_a_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RunDir::create(dir.path(), Task::Classify, None).unwrap();
+        let b = RunDir::create(dir.path(), Task::Classify, None).unwrap();
+        let c = RunDir::create(dir.path(), Task::Classify, Some("demo")).unwrap();
+        let d = RunDir::create(dir.path(), Task::Classify, Some("demo")).unwrap();
+        let names: Vec<_> = [&a, &b, &c, &d].iter().map(|r| r.path.file_name().unwrap().to_owned()).collect();
+        assert_eq!(names, ["exp", "exp2", "demo", "demo2"]);
+        assert!(a.weights_dir().is_dir());
+        assert!(a.path.starts_with(dir.path().join("classify")));
+        let err = RunDir::open(&a.path).unwrap_err().to_string();
+        assert!(err.contains("no config.yaml"), "{err}");
+        std::fs::write(a.config(), "data: x").unwrap();
+        assert!(RunDir::open(&a.path).is_ok());
+    }
+}
