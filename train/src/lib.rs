@@ -17,6 +17,7 @@ pub mod optim;
 pub mod plots;
 pub mod progress;
 pub mod run_dir;
+pub mod synthetic;
 
 pub use config::{Task, TrainConfig};
 pub use error::{Error, Result};

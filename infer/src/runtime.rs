@@ -1,0 +1,102 @@
+//! Finding and loading the ONNX Runtime shared library (`ort` with `load-dynamic`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::{Error, Result};
+
+/// The file name of the library inside a kiln deps directory.
+pub const LIBRARY_IN_DEPS: &str = "onnxruntime/libonnxruntime.so";
+
+/// The loaded runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrtRuntime {
+    pub path: PathBuf,
+    /// The version, from the library's build information (e.g. `1.31.1`).
+    pub version: Option<String>,
+    /// ONNX Runtime's build information string.
+    pub build_info: String,
+}
+
+/// Where the library is looked for, in order: `$ORT_DYLIB_PATH`, `$KILN_DEPS/onnxruntime/`, then
+/// `default_deps/onnxruntime/` (the deps directory the binary was built with).
+pub fn candidates(default_deps: Option<&Path>) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        paths.push(PathBuf::from(p));
+    }
+    if let Some(d) = std::env::var_os("KILN_DEPS") {
+        paths.push(PathBuf::from(d).join(LIBRARY_IN_DEPS));
+    }
+    if let Some(d) = default_deps {
+        paths.push(d.join(LIBRARY_IN_DEPS));
+    }
+    paths
+}
+
+/// The first candidate that exists.
+pub fn locate(default_deps: Option<&Path>) -> Result<PathBuf> {
+    let searched = candidates(default_deps);
+    searched.iter().find(|p| p.is_file()).cloned().ok_or(Error::RuntimeNotFound { searched })
+}
+
+/// The library's own version string (`OrtGetApiBase()->GetVersionString()`, e.g. `1.31.1`).
+pub fn library_version(path: &Path) -> Option<String> {
+    // SAFETY: loading ONNX Runtime runs no initialisers with preconditions, `OrtGetApiBase` has the signature
+    // declared in onnxruntime_c_api.h, and the string it returns is static and NUL-terminated.
+    unsafe {
+        let lib = libloading::Library::new(path).ok()?;
+        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").ok()?;
+        let base = get_base();
+        if base.is_null() {
+            return None;
+        }
+        let version = ((*base).GetVersionString)();
+        (!version.is_null()).then(|| std::ffi::CStr::from_ptr(version).to_string_lossy().into_owned())
+    }
+}
+
+static RUNTIME: OnceLock<std::result::Result<OrtRuntime, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime from `path` once per process (later calls return the first result).
+pub fn load(path: &Path) -> Result<OrtRuntime> {
+    RUNTIME
+        .get_or_init(|| {
+            // Loads the library and checks its API version; the Environment is built later, by the sessions.
+            drop(ort::init_from(path).map_err(|e| e.to_string())?);
+            let build_info = ort::info().to_string();
+            Ok(OrtRuntime { path: path.to_path_buf(), version: library_version(path), build_info })
+        })
+        .clone()
+        .map_err(|reason| Error::RuntimeLoad { path: path.to_path_buf(), reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_installed_library_reports_its_version() {
+        // `make` points ORT_DYLIB_PATH at the ONNX Runtime that scripts/deps.sh installed: then it must load.
+        match locate(None) {
+            Err(e) if std::env::var_os("ORT_DYLIB_PATH").is_none() => eprintln!("skipped: {e}"),
+            Err(e) => panic!("{e}"),
+            Ok(path) => {
+                let version = library_version(&path).expect("OrtGetApiBase answers");
+                assert!(version.starts_with("1."), "{version}");
+                let runtime = load(&path).unwrap();
+                assert_eq!(runtime.version, Some(version));
+            }
+        }
+        assert_eq!(library_version(Path::new("/nonexistent/libonnxruntime.so")), None);
+    }
+
+    #[test]
+    fn a_missing_library_lists_where_it_looked() {
+        let err = locate(Some(Path::new("/nonexistent/deps"))).map(|_| ());
+        if let Err(e) = err {
+            assert!(e.to_string().contains("/nonexistent/deps/onnxruntime/libonnxruntime.so"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! The command line: one module per command.
+
+mod demo;
+mod doctor;
+mod eval;
+mod output;
+mod predict;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// Train vision models on libtorch and ship them as ONNX.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model (or continue one with --resume).
+    Train(train::TrainArgs),
+    /// Evaluate a run's checkpoint on the validation split.
+    Val(eval::EvalArgs),
+    /// Evaluate a run's checkpoint on the test split.
+    Test(eval::EvalArgs),
+    /// Classify images with a run's checkpoint (libtorch).
+    Predict(predict::PredictArgs),
+    /// Show the libtorch, CUDA and ONNX Runtime this kiln uses.
+    Doctor,
+    /// Generate a procedural data set, train convnext_atto on it and test it.
+    Demo(demo::DemoArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Val(args) => eval::run(args, kiln_train::data::Split::Val),
+        Command::Test(args) => eval::run(args, kiln_train::data::Split::Test),
+        Command::Predict(args) => predict::run(args),
+        Command::Doctor => doctor::run(),
+        Command::Demo(args) => demo::run(args),
+    }
+}

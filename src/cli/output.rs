@@ -1,0 +1,133 @@
+//! How results are printed: metrics tables, prediction tables, JSON and CSV.
+
+use kiln_train::classify::{Prediction, SplitReport, TrainOutcome};
+use kiln_train::metrics::ClassificationMetrics;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+fn print_metrics(title: &str, m: &ClassificationMetrics, class_names: &[String]) {
+    println!("{title}");
+    print!(
+        "  accuracy {:.4}  precision {:.4}  recall {:.4}  f1 {:.4}",
+        m.accuracy, m.precision_macro, m.recall_macro, m.f1_macro
+    );
+    if let Some(s) = m.specificity {
+        print!("  specificity {s:.4}");
+    }
+    println!();
+    let width = class_names.iter().map(String::len).max().unwrap_or(5).max(5);
+    println!("  {:width$}  precision  recall      f1  support", "class");
+    for (name, c) in class_names.iter().zip(&m.per_class) {
+        println!("  {name:width$}  {:9.4}  {:6.4}  {:6.4}  {:7}", c.precision, c.recall, c.f1, c.support);
+    }
+}
+
+fn print_confusion(report: &SplitReport) {
+    let width = report.class_names.iter().map(String::len).max().unwrap_or(4).max(6);
+    println!("  confusion matrix (rows: true, columns: predicted)");
+    print!("  {:width$}", "");
+    for name in &report.class_names {
+        print!(" {name:>width$}");
+    }
+    println!();
+    for (name, row) in report.class_names.iter().zip(&report.confusion_matrix) {
+        print!("  {name:width$}");
+        for count in row {
+            print!(" {count:>width$}");
+        }
+        println!();
+    }
+}
+
+pub fn print_split_report(report: &SplitReport) {
+    let title = format!(
+        "{} split: {} images, checkpoint {} (epoch {}), loss {:.4}",
+        report.split,
+        report.images,
+        report.checkpoint.display(),
+        report.epoch,
+        report.loss
+    );
+    print_metrics(&title, &report.metrics, &report.class_names);
+    print_confusion(report);
+    if !report.skipped.is_empty() {
+        println!("  skipped {} unreadable image(s), e.g. {}", report.skipped.len(), report.skipped[0].0.display());
+    }
+}
+
+pub fn print_outcome(outcome: &TrainOutcome) {
+    println!(
+        "trained {} epoch(s) on {}{}; best epoch {}",
+        outcome.epochs,
+        outcome.device,
+        if outcome.stopped_early { " (stopped early)" } else { "" },
+        outcome.best_epoch
+    );
+    if let Some(test) = &outcome.test {
+        print_split_report(test);
+    } else if let Some(val) = &outcome.best_val {
+        println!("best validation accuracy {:.4}, f1 {:.4} (no test split)", val.accuracy, val.f1_macro);
+    }
+    if !outcome.skipped.is_empty() {
+        println!("skipped {} unreadable image(s):", outcome.skipped.len());
+        for (path, reason) in outcome.skipped.iter().take(10) {
+            println!("  {}: {reason}", path.display());
+        }
+    }
+    println!("run directory: {}", outcome.run.path.display());
+}
+
+pub fn print_predictions(predictions: &[Prediction], format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(predictions)?),
+        Format::Csv => {
+            println!("path,rank,class,probability,error");
+            for p in predictions {
+                match (&p.top, &p.error) {
+                    (Some(top), _) => {
+                        for (rank, c) in top.iter().enumerate() {
+                            println!(
+                                "{},{},{},{:.6},",
+                                csv_field(&p.path.display().to_string()),
+                                rank + 1,
+                                csv_field(&c.class),
+                                c.probability
+                            );
+                        }
+                    }
+                    (None, error) => println!(
+                        "{},,,,{}",
+                        csv_field(&p.path.display().to_string()),
+                        csv_field(error.as_deref().unwrap_or(""))
+                    ),
+                }
+            }
+        }
+        Format::Table => {
+            for p in predictions {
+                match (&p.top, &p.error) {
+                    (Some(top), _) => {
+                        let classes: Vec<String> =
+                            top.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect();
+                        println!("{}  {}", p.path.display(), classes.join(", "));
+                    }
+                    (None, error) => println!("{}  error: {}", p.path.display(), error.as_deref().unwrap_or("")),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}

@@ -1,0 +1,212 @@
+//! `kiln train`: a new run from flags and an optional config file, or `--resume RUN_DIR`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::{Map, Value};
+
+use kiln_train::config::{Freeze, OptimizerKind, Task};
+use kiln_train::{RunDir, TrainConfig};
+
+use super::output::print_outcome;
+
+#[derive(Args, Debug, Default)]
+pub struct TrainArgs {
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data"])]
+    pub resume: Option<PathBuf>,
+    /// What to train.
+    #[arg(long, value_enum, default_value = "classify")]
+    pub task: TaskArg,
+    /// Dataset root: ROOT/{train,val,test}/<class>/*.{jpg,png,...}
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// YAML, TOML or JSON file with config keys; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// convnext_atto | femto | pico | nano | tiny | small | base
+    #[arg(long)]
+    pub model: Option<String>,
+    /// timm-named weights (safetensors) to start from; a head for other classes is re-initialised.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Freeze the encoder: true, false, or the fraction of its blocks to freeze from the input side.
+    #[arg(long)]
+    pub freeze: Option<Freeze>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// Clip the global gradient norm to this value (0: off).
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Keep an EMA of the weights and evaluate and save it.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub ema: Option<bool>,
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
+    /// Mixed precision on CUDA (true/false).
+    #[arg(long)]
+    pub amp: Option<bool>,
+    #[arg(long)]
+    pub img_size: Option<u32>,
+    /// Image decoding threads.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// libtorch threads (0: libtorch's default).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop after this many epochs without improvement (0: off).
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub val_split: Option<f64>,
+    #[arg(long)]
+    pub test_split: Option<f64>,
+    #[arg(long)]
+    pub drop_path_rate: Option<f64>,
+    /// Runs go to PROJECT/<task>/<name>.
+    #[arg(long)]
+    pub project: Option<PathBuf>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Any config key, e.g. --set augment.hflip=0 (repeatable; values are YAML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum TaskArg {
+    #[default]
+    Classify,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum OptimizerArg {
+    Adamw,
+    Sgd,
+}
+
+fn insert_path(map: &mut Map<String, Value>, dotted: &str, value: Value) {
+    let mut parts = dotted.split('.').peekable();
+    let mut current = map;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            current.insert(part.to_string(), value);
+            return;
+        }
+        let entry = current.entry(part.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        current = entry.as_object_mut().expect("just made an object");
+    }
+}
+
+impl TrainArgs {
+    /// The keys given on the command line, as a JSON object to merge over the config file.
+    pub fn overrides(&self) -> anyhow::Result<Value> {
+        let mut map = Map::new();
+        let mut put = |key: &str, value: Option<Value>| {
+            if let Some(v) = value {
+                map.insert(key.to_string(), v);
+            }
+        };
+        let task = match self.task {
+            TaskArg::Classify => Task::Classify,
+        };
+        put("task", Some(serde_json::to_value(task)?));
+        put("data", self.data.as_ref().map(|p| Value::from(p.to_string_lossy().into_owned())));
+        put("model", self.model.clone().map(Value::from));
+        put("weights", self.weights.as_ref().map(|p| Value::from(p.to_string_lossy().into_owned())));
+        put("freeze", self.freeze.map(|f| Value::from(f.0)));
+        put("epochs", self.epochs.map(Value::from));
+        put("batch", self.batch.map(Value::from));
+        put("lr", self.lr.map(Value::from));
+        let optimizer = self.optimizer.map(|o| match o {
+            OptimizerArg::Adamw => OptimizerKind::AdamW,
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+        });
+        put("optimizer", optimizer.map(serde_json::to_value).transpose()?);
+        put("weight_decay", self.weight_decay.map(Value::from));
+        put("momentum", self.momentum.map(Value::from));
+        put("warmup_epochs", self.warmup_epochs.map(Value::from));
+        put("min_lr", self.min_lr.map(Value::from));
+        put("label_smoothing", self.label_smoothing.map(Value::from));
+        put("grad_clip", self.grad_clip.map(Value::from));
+        put("ema", self.ema.map(Value::from));
+        put("ema_decay", self.ema_decay.map(Value::from));
+        put("amp", self.amp.map(Value::from));
+        put("img_size", self.img_size.map(Value::from));
+        put("workers", self.workers.map(Value::from));
+        put("threads", self.threads.map(Value::from));
+        put("seed", self.seed.map(Value::from));
+        put("patience", self.patience.map(Value::from));
+        put("device", self.device.clone().map(Value::from));
+        put("val_split", self.val_split.map(Value::from));
+        put("test_split", self.test_split.map(Value::from));
+        put("drop_path_rate", self.drop_path_rate.map(Value::from));
+        put("project", self.project.as_ref().map(|p| Value::from(p.to_string_lossy().into_owned())));
+        put("name", self.name.clone().map(Value::from));
+        for item in &self.set {
+            let (key, raw) = item.split_once('=').with_context(|| format!("--set {item}: expected KEY=VALUE"))?;
+            let value: Value = serde_yaml::from_str(raw).with_context(|| format!("--set {item}: bad value"))?;
+            insert_path(&mut map, key.trim(), value);
+        }
+        Ok(Value::Object(map))
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let outcome = match &args.resume {
+        Some(dir) => kiln_train::classify::resume(RunDir::open(dir)?)?,
+        None => {
+            let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
+            kiln_train::classify::train(&config)?
+        }
+    };
+    print_outcome(&outcome);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_set_become_nested_overrides() {
+        let args = TrainArgs {
+            epochs: Some(3),
+            ema: Some(true),
+            set: vec!["augment.hflip=0".into(), "name=x".into()],
+            ..Default::default()
+        };
+        let v = args.overrides().unwrap();
+        assert_eq!(v["epochs"], 3);
+        assert_eq!(v["ema"], true);
+        assert_eq!(v["augment"]["hflip"], 0);
+        assert_eq!(v["name"], "x");
+        assert!(v.get("lr").is_none(), "unset flags do not override the config file");
+    }
+}
