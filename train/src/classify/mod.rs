@@ -10,4 +10,5 @@ pub mod trainer;
 
 pub use predict::{predict, PredictOptions, Prediction};
 pub use report::{evaluate_run, EvalOptions, SplitReport};
-pub use trainer::{resume, train, TrainOutcome};
+pub use results::EpochRecord;
+pub use trainer::{resume, resume_observed, train, train_observed, EpochCallback, TrainOutcome};

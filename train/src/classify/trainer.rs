@@ -2,6 +2,7 @@
 //! after each epoch, `results.csv`, `last` and `best` checkpoints, early stopping, and the test pass at the end.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,7 +37,10 @@ pub struct TrainOutcome {
     /// Epochs finished, counting those before a resume.
     pub epochs: usize,
     pub best_epoch: usize,
+    /// Early stopping ended the run before its last epoch.
     pub stopped_early: bool,
+    /// The epoch callback stopped the run (no test pass was made; `--resume` continues it).
+    pub interrupted: bool,
     pub best_val: Option<crate::metrics::ClassificationMetrics>,
     /// The best checkpoint on the test split (none when the test split is empty).
     pub test: Option<SplitReport>,
@@ -51,8 +55,16 @@ struct DatasetSummary<'a> {
     sources: &'a BTreeMap<String, crate::data::image_folder::SplitSource>,
 }
 
+/// Called after each epoch's checkpoints are written; `ControlFlow::Break` stops the run there.
+pub type EpochCallback<'a> = &'a mut dyn FnMut(&EpochRecord) -> ControlFlow<()>;
+
 /// Starts a new run: creates its directory, saves the resolved config, trains, tests.
 pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
+    train_observed(config, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`train`] with a callback after every epoch.
+pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<TrainOutcome> {
     config.validate()?;
     let device = prepare_runtime(config, None)?;
     let dataset = open_dataset(config)?;
@@ -65,11 +77,16 @@ pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
         sources: &dataset.sources,
     };
     write_atomic(&run.dataset(), &serde_json::to_vec_pretty(&summary).expect("serialises"))?;
-    Trainer::new(run, config.clone(), device, dataset, None)?.run()
+    Trainer::new(run, config.clone(), device, dataset, None)?.run(on_epoch)
 }
 
 /// Continues a run from its `last` checkpoint: weights, optimiser state, EMA, schedule position and epoch.
 pub fn resume(run: RunDir) -> Result<TrainOutcome> {
+    resume_observed(run, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`resume`] with a callback after every epoch.
+pub fn resume_observed(run: RunDir, on_epoch: EpochCallback) -> Result<TrainOutcome> {
     let config = TrainConfig::load(&run.config())?;
     let ckpt = checkpoint::load(&run.checkpoint(Which::Last))?;
     let device = prepare_runtime(&config, None)?;
@@ -82,7 +99,7 @@ pub fn resume(run: RunDir) -> Result<TrainOutcome> {
             found: dataset.class_names,
         });
     }
-    Trainer::new(run, config, device, dataset, Some(ckpt))?.run()
+    Trainer::new(run, config, device, dataset, Some(ckpt))?.run(on_epoch)
 }
 
 struct Trainer {
@@ -213,7 +230,7 @@ impl Trainer {
         Ok(())
     }
 
-    fn run(mut self) -> Result<TrainOutcome> {
+    fn run(mut self, on_epoch: EpochCallback) -> Result<TrainOutcome> {
         let epochs = self.config.epochs;
         if self.start_epoch >= epochs {
             return Err(Error::InvalidSetting {
@@ -231,7 +248,7 @@ impl Trainer {
             self.dataset.test.len(),
             self.run.path.display()
         );
-        let mut stopped_early = false;
+        let (mut stopped_early, mut interrupted) = (false, false);
         let mut best_val = None;
         for epoch in self.start_epoch..epochs {
             let (train_loss, lr, seconds, images_per_second) = self.train_epoch(epoch)?;
@@ -263,6 +280,10 @@ impl Trainer {
                 None => format!("train loss {train_loss:.4} (no val split)"),
             };
             eprintln!("epoch {}/{epochs} {summary} | {images_per_second:.1} img/s", epoch + 1);
+            if on_epoch(&record).is_break() {
+                interrupted = epoch + 1 < epochs;
+                break;
+            }
             let patience = self.config.patience;
             if patience > 0 && epoch + 1 - self.best_epoch >= patience && epoch + 1 < epochs {
                 eprintln!("early stop: no improvement for {patience} epochs (best epoch {})", self.best_epoch);
@@ -283,7 +304,7 @@ impl Trainer {
             );
         }
         let epochs_done = self.records.len();
-        let test = if self.dataset.test.is_empty() {
+        let test = if self.dataset.test.is_empty() || interrupted {
             None
         } else {
             Some(evaluate_run(
@@ -298,6 +319,7 @@ impl Trainer {
             epochs: epochs_done,
             best_epoch: self.best_epoch,
             stopped_early,
+            interrupted,
             best_val,
             test,
             skipped,

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -69,6 +70,7 @@ pub struct Loader {
     config: LoaderConfig,
     pool: Arc<rayon::ThreadPool>,
     skips: Arc<SkipLog>,
+    decoded: Arc<AtomicUsize>,
 }
 
 /// A stateless 64-bit mix (splitmix64's finaliser): per-sample seeds independent of thread scheduling.
@@ -90,7 +92,15 @@ impl Loader {
             .num_threads(config.workers.max(1))
             .thread_name(|i| format!("kiln-data-{i}"))
             .build()?;
-        Ok(Self { samples: Arc::new(samples), transform, norm, config, pool: Arc::new(pool), skips })
+        Ok(Self {
+            samples: Arc::new(samples),
+            transform,
+            norm,
+            config,
+            pool: Arc::new(pool),
+            skips,
+            decoded: Arc::default(),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -110,6 +120,11 @@ impl Loader {
         &self.skips
     }
 
+    /// Images decoded since the loader was made (all epochs).
+    pub fn decoded(&self) -> usize {
+        self.decoded.load(Ordering::Relaxed)
+    }
+
     /// Starts one pass over the samples, shuffled with `(seed, epoch)` when `shuffle`. Batches that lost
     /// unreadable images are smaller; a batch in which no image could be read is not produced.
     pub fn epoch(&self, epoch: usize, shuffle: bool) -> EpochIter {
@@ -122,6 +137,7 @@ impl Loader {
         let samples = Arc::clone(&self.samples);
         let pool = Arc::clone(&self.pool);
         let skips = Arc::clone(&self.skips);
+        let decoded = Arc::clone(&self.decoded);
         let (transform, norm, size) = (self.transform.clone(), self.norm, self.config.img_size);
         let batch_size = self.config.batch_size.max(1);
         let handle = std::thread::Builder::new()
@@ -135,6 +151,7 @@ impl Loader {
                             .zip(chunk.par_iter())
                             .map(|(out, &i)| {
                                 let sample = &samples[i];
+                                decoded.fetch_add(1, Ordering::Relaxed);
                                 match decode_rgb(&sample.path) {
                                     Ok(image) => {
                                         let mut rng = rand::rngs::StdRng::seed_from_u64(mix(epoch_seed ^ i as u64));
@@ -254,6 +271,23 @@ mod tests {
         }
         assert_eq!(skips.count(), 1);
         assert_eq!(skips.entries()[0].0, empty);
+    }
+
+    #[test]
+    fn a_slow_consumer_bounds_how_much_is_decoded_ahead() {
+        // Memory stays flat whatever the dataset's size: at most the batch being consumed, `prefetch` ready
+        // batches and one in preparation exist at any time.
+        let dir = tempfile::tempdir().unwrap();
+        let l = loader(write_images(dir.path(), 200), Transform::Eval, Arc::default());
+        let mut it = l.epoch(0, false);
+        let first = it.next().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let ahead = l.decoded();
+        assert!(ahead <= (1 + 2 + 1) * 4, "decoded {ahead} images while one batch of 4 was consumed");
+        assert!(ahead >= 2 * 4, "the prefetch queue fills up ({ahead})");
+        drop(first);
+        assert_eq!(it.map(|b| b.paths.len()).sum::<usize>(), 196);
+        assert_eq!(l.decoded(), 200);
     }
 
     #[test]

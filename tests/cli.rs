@@ -1,0 +1,139 @@
+//! The `kiln` binary, as a user runs it: doctor, config errors, train → val / test / predict, bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kiln(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(cwd).output().expect("kiln runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn doctor_reports_libtorch_and_onnx_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kiln(&["doctor"], dir.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("libtorch 2.11.0"), "{stdout}");
+    assert!(stdout.contains("CUDA: "), "{stdout}");
+    if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        assert!(stdout.contains("ONNX Runtime 1.31.1"), "{stdout}");
+    }
+}
+
+#[test]
+fn config_errors_name_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (3, 0, 0), 1);
+    let cfg = dir.path().join("train.yaml");
+    std::fs::write(&cfg, "model: convnext_atto\nlearning_rate: 0.1\n").unwrap();
+    let out = kiln(&["train", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()], dir.path());
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("train.yaml") && stderr.contains("learning_rate"), "{stderr}");
+    assert!(!dir.path().join("runs").exists(), "no run directory for a config that does not parse");
+
+    let out = kiln(&["train", "--data", "/nonexistent/data", "--epochs", "1"], dir.path());
+    assert!(text(&out).1.contains("/nonexistent/data: no such directory"), "{}", text(&out).1);
+
+    let out = kiln(&["train", "--data", data.to_str().unwrap(), "--device", "cuda:0"], dir.path());
+    if !tch::Cuda::is_available() {
+        assert!(text(&out).1.contains("CUDA is not available"), "{}", text(&out).1);
+    }
+
+    let bad = dir.path().join("bad.safetensors");
+    tch::Tensor::write_safetensors(&[("stem.0.weight", tch::Tensor::zeros([2, 2], tch::kind::FLOAT_CPU))], &bad)
+        .unwrap();
+    let out = kiln(
+        &["train", "--data", data.to_str().unwrap(), "--model", "convnext_atto", "--weights", bad.to_str().unwrap()],
+        dir.path(),
+    );
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("bad.safetensors") && stderr.contains("stem.0.weight (model [40, 3, 4, 4], file [2, 2])"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing from the file"), "{stderr}");
+}
+
+#[test]
+fn train_then_val_test_and_predict_from_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (12, 4, 4), 2);
+    let out = kiln(
+        &[
+            "train",
+            "--task",
+            "classify",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            "convnext_atto",
+            "--img-size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch",
+            "8",
+            "--name",
+            "cli",
+            "--set",
+            "augment.hflip=0",
+        ],
+        dir.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("test split: 12 images"), "{stdout}");
+    let run = dir.path().join("runs/classify/cli");
+    let saved = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(saved.contains("img_size: 32") && saved.contains("hflip: 0"), "{saved}");
+
+    let out = kiln(&["val", "--run", run.to_str().unwrap(), "--checkpoint", "last"], dir.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("val split: 12 images") && stdout.contains("accuracy"), "{stdout}");
+    assert!(run.join("val_metrics.json").is_file() && run.join("val_confusion_matrix.png").is_file());
+
+    let out = kiln(&["test", "--run", run.to_str().unwrap()], dir.path());
+    assert!(out.status.success() && text(&out).0.contains("test split"), "{}", text(&out).1);
+
+    std::fs::write(data.join("test/circle/broken.jpg"), b"not a jpeg").unwrap();
+    let out = kiln(
+        &[
+            "predict",
+            "--run",
+            run.to_str().unwrap(),
+            "--format",
+            "json",
+            "--top-k",
+            "2",
+            data.join("test").to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let predictions: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(predictions.len(), 13);
+    let broken: Vec<&serde_json::Value> = predictions.iter().filter(|p| p.get("error").is_some()).collect();
+    assert_eq!(broken.len(), 1);
+    assert!(broken[0]["path"].as_str().unwrap().ends_with("broken.jpg"));
+    for p in predictions.iter().filter(|p| p.get("top").is_some()) {
+        let top = p["top"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        let (p0, p1) = (top[0]["probability"].as_f64().unwrap(), top[1]["probability"].as_f64().unwrap());
+        assert!(p0 >= p1 && p0 <= 1.0 && p1 >= 0.0);
+    }
+    assert!(stderr.contains("1 of 13 image(s) could not be read"), "{stderr}");
+
+    let out = kiln(&["predict", "--run", run.to_str().unwrap(), "/nonexistent.png"], dir.path());
+    assert!(!out.status.success() && text(&out).1.contains("/nonexistent.png"), "{}", text(&out).1);
+    let out = kiln(&["val", "--run", dir.path().to_str().unwrap()], dir.path());
+    assert!(text(&out).1.contains("not a kiln run directory"), "{}", text(&out).1);
+}

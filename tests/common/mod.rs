@@ -1,0 +1,41 @@
+//! Helpers shared by the end-to-end tests: small generated data sets and configs.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use kiln_train::synthetic::{generate_shapes, ShapesSpec};
+use kiln_train::TrainConfig;
+
+/// A 3-class shapes set (circle, square, triangle) at 64 px with train/val/test folders.
+pub fn shapes(root: &Path, per_class: (usize, usize, usize), seed: u64) -> PathBuf {
+    let data = root.join("shapes");
+    generate_shapes(&data, &ShapesSpec { classes: 3, per_class, size: 64, seed, ..Default::default() }).unwrap();
+    data
+}
+
+/// A fast CPU config for convnext_atto at 64 px.
+pub fn quick_config(data: &Path, project: &Path, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        data: data.to_path_buf(),
+        model: "convnext_atto".into(),
+        epochs,
+        batch: 32,
+        lr: 2e-3,
+        warmup_epochs: 1.0,
+        drop_path_rate: 0.0,
+        img_size: 64,
+        workers: 2,
+        device: "cpu".into(),
+        project: project.to_path_buf(),
+        ..TrainConfig::default()
+    }
+}
+
+/// A PNG cut in half: its header decodes, its pixel data does not.
+pub fn write_truncated_png(path: &Path) {
+    let image = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 7]));
+    let mut bytes = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+    std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+}
