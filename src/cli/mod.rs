@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train a model (or continue one with --resume).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a run's checkpoint on the validation split.
     Val(eval::EvalArgs),
     /// Evaluate a run's checkpoint on the test split.
@@ -35,7 +35,7 @@ enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Val(args) => eval::run(args, kiln_train::data::Split::Val),
         Command::Test(args) => eval::run(args, kiln_train::data::Split::Test),
         Command::Predict(args) => predict::run(args),
