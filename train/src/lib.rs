@@ -22,3 +22,8 @@ pub mod synthetic;
 pub use config::{Task, TrainConfig};
 pub use error::{Error, Result};
 pub use run_dir::{RunDir, Which};
+
+/// The README's Rust examples, compiled as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

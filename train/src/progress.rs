@@ -60,9 +60,9 @@ impl EpochProgress {
         }
     }
 
-    /// Ends the epoch's bar and prints its summary line.
-    pub fn finish(self, summary: &str) {
+    /// Ends the epoch's bar (the caller prints the epoch's summary) and returns the seconds it took.
+    pub fn finish(self) -> f64 {
         self.bar.finish_and_clear();
-        eprintln!("{} {summary} ({:.1}s)", self.label, self.started.elapsed().as_secs_f64());
+        self.started.elapsed().as_secs_f64()
     }
 }

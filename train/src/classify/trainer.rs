@@ -279,7 +279,7 @@ impl Trainer {
                 ),
                 None => format!("train loss {train_loss:.4} (no val split)"),
             };
-            eprintln!("epoch {}/{epochs} {summary} | {images_per_second:.1} img/s", epoch + 1);
+            eprintln!("epoch {}/{epochs} {summary} | {images_per_second:.1} img/s, {seconds:.1}s", epoch + 1);
             if on_epoch(&record).is_break() {
                 interrupted = epoch + 1 < epochs;
                 break;
@@ -374,8 +374,8 @@ impl Trainer {
                 skipped: self.skips.count(),
             });
         }
+        progress.finish();
         let seconds = started.elapsed().as_secs_f64();
-        progress.finish(&format!("train loss {:.4}", loss_sum / images as f64));
         Ok((loss_sum / images as f64, lr, seconds, images as f64 / seconds.max(1e-9)))
     }
 
