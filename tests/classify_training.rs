@@ -131,3 +131,17 @@ fn a_dataset_with_no_readable_image_aborts_clearly() {
     assert!(matches!(err, Error::NoReadableImages { skipped: 6, .. }), "{err}");
     assert!(err.to_string().contains("no readable image"), "{err}");
 }
+
+#[test]
+fn early_stopping_ends_a_run_that_stops_improving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (8, 4, 0), 9);
+    let mut config = common::quick_config(&data, &dir.path().join("runs"), 6);
+    // A learning rate too small to change any prediction: validation never improves after epoch 1.
+    (config.lr, config.min_lr, config.warmup_epochs, config.patience) = (1e-12, 0.0, 0.0, 2);
+    let outcome = classify::train(&config).unwrap();
+    assert!(outcome.stopped_early);
+    assert_eq!((outcome.epochs, outcome.best_epoch), (3, 1));
+    assert_eq!(read_results(&outcome.run.results()).unwrap().len(), 3);
+    assert!(outcome.test.is_some(), "an early stop still tests the best checkpoint");
+}

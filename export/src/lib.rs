@@ -1,4 +1,16 @@
-//! kiln-export: writes trained kiln models as ONNX.
+//! kiln-export: writes ONNX models.
 //!
-//! The graph builder, metadata and precision passes land with the export issue; until then this crate holds
-//! no API, and `kiln export` is not a command yet.
+//! 1. Start a [`Graph`] for an opset and a compute precision (`F32`, or `F16` for `--half`).
+//! 2. Let the model's layers emit their nodes into it (`kiln-models`: `emit` beside each `forward`).
+//! 3. Declare the outputs, attach [`ModelMetadata`] and serialise with [`Graph::into_model`] and [`to_bytes`];
+//!    [`write_atomic`] puts the file in place.
+
+pub mod error;
+pub mod graph;
+pub mod metadata;
+pub mod write;
+
+pub use error::{Error, Result};
+pub use graph::{from_bytes, to_bytes, Attr, Dim, ElemType, Graph, Value, MAX_OPSET, MIN_OPSET};
+pub use metadata::{InputSpec, ModelMetadata, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION};
+pub use write::write_atomic;

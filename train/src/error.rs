@@ -38,6 +38,9 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] kiln_models::Error),
 
+    #[error(transparent)]
+    Export(#[from] kiln_export::Error),
+
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

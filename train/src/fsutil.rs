@@ -1,30 +1,15 @@
-//! Atomic file writes: a temp file beside the target, fsynced, then renamed over it.
+//! Atomic file writes (temp file beside the target, fsynced, renamed over it), with kiln-train's error type.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::{Error, Result};
 
 /// Writes `bytes` to `path` atomically: readers see the old file or the whole new one, never a partial file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
-}
-
-/// The temp path used for an atomic write of `path`: same directory, so the rename stays on one file system.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    kiln_export::write_atomic(path, bytes).map_err(|e| match e {
+        kiln_export::Error::Io { path, source } => Error::Io { path, source },
+        other => Error::Export(other),
+    })
 }
 
 #[cfg(test)]

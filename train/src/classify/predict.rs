@@ -14,7 +14,7 @@ use super::model::build_classifier;
 use super::setup::{make_loader, prepare_runtime};
 use crate::checkpoint;
 use crate::config::TrainConfig;
-use crate::data::image_folder::IMAGE_EXTENSIONS;
+use crate::data::image_folder::is_image;
 use crate::data::{Sample, SkipLog, Transform};
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
@@ -52,12 +52,6 @@ pub struct Prediction {
     pub error: Option<String>,
 }
 
-fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
-}
-
 /// Expands folders (recursively, sorted) into their image files; files are kept as given.
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -71,7 +65,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         for path in entries {
             if path.is_dir() {
                 walk(&path, out)?;
-            } else if has_image_extension(&path) {
+            } else if is_image(&path) {
                 out.push(path);
             }
         }

@@ -29,6 +29,9 @@ use crate::progress::{EpochProgress, StepStats};
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
 
+/// How much the validation score must rise to count as an improvement (best checkpoint, early stopping).
+const MIN_IMPROVEMENT: f64 = 1e-9;
+
 /// What a finished training run reports.
 #[derive(Clone, Debug)]
 pub struct TrainOutcome {
@@ -259,7 +262,7 @@ impl Trainer {
                 Some(e) => e.metrics.accuracy - 1e-6 * e.loss.min(1e5),
                 None => -train_loss,
             };
-            let improved = score > self.best_score;
+            let improved = score > self.best_score + MIN_IMPROVEMENT;
             if improved {
                 self.best_score = score;
                 self.best_epoch = epoch + 1;

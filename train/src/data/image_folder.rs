@@ -142,7 +142,8 @@ impl ImageFolder {
     }
 }
 
-fn is_image(path: &Path) -> bool {
+/// Whether `path` has one of the [`IMAGE_EXTENSIONS`].
+pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))

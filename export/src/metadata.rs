@@ -1,0 +1,146 @@
+//! The self-describing metadata kiln stores in an ONNX model's `metadata_props` under the key `kiln`, as JSON.
+//! The inference side reads only this, never the training config.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The `metadata_props` key holding [`ModelMetadata`] as JSON.
+pub const METADATA_KEY: &str = "kiln";
+/// The schema version this kiln writes and the newest it reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything needed to run the model: what it is, what it takes, what it returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    pub schema_version: u32,
+    pub kiln_version: String,
+    /// `classify` (later `detect`, `recognize`).
+    pub task: String,
+    /// Architecture family (`convnext`) and variant (`convnext_atto`).
+    pub architecture: String,
+    pub variant: String,
+    pub class_names: Vec<String>,
+    pub input: InputSpec,
+    pub outputs: Vec<OutputSpec>,
+    /// `fp32` or `fp16` (weights and compute).
+    pub precision: String,
+    pub opset: i64,
+    /// Where the weights came from: the checkpoint's epoch and validation metrics.
+    pub training: TrainingInfo,
+}
+
+/// The image input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub name: String,
+    /// `[N, C, H, W]`; `null` marks a dimension chosen at run time (a dynamic batch).
+    pub shape: Vec<Option<i64>>,
+    /// `NCHW`.
+    pub layout: String,
+    /// `float32` or `float16`.
+    pub dtype: String,
+    /// Channel order: `RGB`.
+    pub color: String,
+    /// How an image is brought to `size`: `stretch` (resize to exactly height × width, ignoring aspect ratio) or
+    /// `letterbox`.
+    pub resize: String,
+    /// `[height, width]`.
+    pub size: [u32; 2],
+    /// Pixel values are divided by 255, then normalised per channel: `(x / 255 - mean) / std`.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// One output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    pub name: String,
+    pub shape: Vec<Option<i64>>,
+    pub dtype: String,
+    /// What the values mean (e.g. "softmax probabilities over class_names").
+    pub meaning: String,
+}
+
+/// The checkpoint the model was exported from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingInfo {
+    pub epoch: usize,
+    /// Validation metrics of the checkpoint (task-specific keys).
+    pub metrics: Option<serde_json::Value>,
+}
+
+impl ModelMetadata {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("metadata serialises")
+    }
+
+    /// Parses metadata JSON; a newer schema version is an error naming both versions.
+    pub fn from_json(json: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Version {
+            schema_version: u32,
+        }
+        let version: Version = serde_json::from_str(json).map_err(|e| Error::Metadata(e.to_string()))?;
+        if version.schema_version > SCHEMA_VERSION {
+            return Err(Error::NewerSchema { found: version.schema_version, supported: SCHEMA_VERSION });
+        }
+        serde_json::from_str(json).map_err(|e| Error::Metadata(e.to_string()))
+    }
+
+    /// Reads the metadata of a parsed model, if it has kiln's.
+    pub fn from_model(model: &onnx_protobuf::ModelProto) -> Result<Option<Self>> {
+        model.metadata_props.iter().find(|p| p.key == METADATA_KEY).map(|p| Self::from_json(&p.value)).transpose()
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn example() -> ModelMetadata {
+    ModelMetadata {
+        schema_version: SCHEMA_VERSION,
+        kiln_version: "0.1.0".into(),
+        task: "classify".into(),
+        architecture: "convnext".into(),
+        variant: "convnext_atto".into(),
+        class_names: vec!["cat".into(), "dog".into()],
+        input: InputSpec {
+            name: "images".into(),
+            shape: vec![None, Some(3), Some(224), Some(224)],
+            layout: "NCHW".into(),
+            dtype: "float32".into(),
+            color: "RGB".into(),
+            resize: "stretch".into(),
+            size: [224, 224],
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        },
+        outputs: vec![OutputSpec {
+            name: "logits".into(),
+            shape: vec![None, Some(2)],
+            dtype: "float32".into(),
+            meaning: "class scores".into(),
+        }],
+        precision: "fp32".into(),
+        opset: 17,
+        training: TrainingInfo { epoch: 3, metrics: Some(serde_json::json!({"accuracy": 0.9})) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip() {
+        let m = example();
+        assert_eq!(ModelMetadata::from_json(&m.to_json()).unwrap(), m);
+    }
+
+    #[test]
+    fn a_newer_schema_names_both_versions() {
+        let mut v: serde_json::Value = serde_json::from_str(&example().to_json()).unwrap();
+        v["schema_version"] = 2.into();
+        let err = ModelMetadata::from_json(&v.to_string()).unwrap_err().to_string();
+        assert!(err.contains("version 2") && err.contains("(1)"), "{err}");
+    }
+}
