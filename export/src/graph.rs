@@ -189,7 +189,7 @@ impl Graph {
     }
 
     /// Runs `f` with node names prefixed by `scope` (e.g. a layer's parameter path).
-    pub fn scoped<T>(&mut self, scope: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    pub fn scoped<T, E>(&mut self, scope: &str, f: impl FnOnce(&mut Self) -> Result<T, E>) -> Result<T, E> {
         self.scope.push(scope.to_string());
         let result = f(self);
         self.scope.pop();

@@ -1,11 +1,13 @@
 //! Image classification: a ConvNeXt backbone and timm's `NormMlpClassifierHead` (pool → LayerNorm → dropout → fc).
 
+use kiln_export::{Attr, Graph, Value};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 use crate::convnext::{ConvNext, ConvNextConfig};
 use crate::layer_norm::{LayerNormLast, CONVNEXT_EPS};
+use crate::onnx::{self, join, path_of};
 use crate::{Error, Result};
 
 /// What a classifier is: its architecture (a timm variant name) and its head.
@@ -36,6 +38,7 @@ pub struct ClassifierHead {
     norm: LayerNormLast,
     fc: nn::Linear,
     drop_rate: f64,
+    name: String,
 }
 
 impl ClassifierHead {
@@ -51,7 +54,18 @@ impl ClassifierHead {
                 bias: true,
             },
         );
-        Self { norm, fc, drop_rate }
+        Self { norm, fc, drop_rate, name: path_of(p) }
+    }
+
+    /// ONNX of [`ClassifierHead::forward_t`] at inference (dropout is the identity): `[N, C, H, W]` → logits.
+    pub fn emit(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        let pooled = g.scoped(&self.name, |g| -> kiln_export::Result<Value> {
+            let pooled = g.op("GlobalAveragePool", &[x], vec![])?;
+            g.op("Flatten", &[&pooled], vec![Attr::Int("axis", 1)])
+        })?;
+        let normed = self.norm.emit(g, &pooled)?;
+        // MatMul + Add rather than Gemm: tract mistypes an fp16 Gemm.
+        onnx::linear(g, &join(&self.name, "fc"), &self.fc, &normed)
     }
 }
 
@@ -101,6 +115,12 @@ impl ImageClassifier {
         let head =
             ClassifierHead::new(&(p / "head"), backbone.config.num_features(), config.num_classes, config.drop_rate);
         Ok(Self { backbone, head, config: config.clone() })
+    }
+
+    /// Appends the model's inference graph to `g`: `images` `[N, 3, H, W]` → logits `[N, num_classes]`.
+    pub fn emit(&self, g: &mut Graph, images: &Value) -> Result<Value> {
+        let features = self.backbone.emit(g, images)?;
+        self.head.emit(g, &features)
     }
 
     /// Parameter-path prefixes of the encoder's units in forward order (see [`ConvNext::unit_prefixes`]).

@@ -5,12 +5,14 @@
 //! loads without a renaming table. The small variants (atto … nano) use timm's `conv_mlp` blocks: channels-first
 //! LayerNorm and 1×1 convolutions; tiny, small and base use channels-last LayerNorm and linear layers.
 
+use kiln_export::{Graph, Value};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 use crate::drop_path::{block_rates, drop_path};
 use crate::layer_norm::{LayerNorm2d, LayerNormLast, CONVNEXT_EPS};
+use crate::onnx::{self, join, path_of};
 use crate::{Error, Result};
 
 /// The named ConvNeXt variants, smallest first.
@@ -165,6 +167,9 @@ pub struct Block {
     mlp: Mlp,
     gamma: Tensor,
     drop_path_rate: f64,
+    dim: i64,
+    kernel_size: i64,
+    name: String,
 }
 
 impl Block {
@@ -188,7 +193,38 @@ impl Block {
             (norm, mlp)
         };
         let gamma = p.var("gamma", &[dim], nn::Init::Const(cfg.layer_scale_init));
-        Self { conv_dw, norm, mlp, gamma, drop_path_rate }
+        Self { conv_dw, norm, mlp, gamma, drop_path_rate, dim, kernel_size: k, name: path_of(&p) }
+    }
+
+    /// ONNX of [`Block::forward_t`] at inference (stochastic depth is the identity).
+    pub fn emit(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        let name = &self.name;
+        let k = self.kernel_size;
+        let y = onnx::conv2d(g, &join(name, "conv_dw"), &self.conv_dw, 1, k / 2, self.dim, x)?;
+        let y = match (&self.norm, &self.mlp) {
+            (BlockNorm::ChannelsFirst(norm), Mlp::Conv { fc1, fc2 }) => {
+                let y = norm.emit(g, &y)?;
+                let y = onnx::conv2d(g, &join(name, "mlp.fc1"), fc1, 1, 0, 1, &y)?;
+                let y = g.scoped(name, |g| onnx::gelu(g, &y))?;
+                let y = onnx::conv2d(g, &join(name, "mlp.fc2"), fc2, 1, 0, 1, &y)?;
+                let gamma = onnx::weight(g, &join(name, "gamma"), &self.gamma, Some(&[self.dim, 1, 1]))?;
+                g.scoped(name, |g| g.op("Mul", &[&y, &gamma], vec![]))?
+            }
+            (BlockNorm::ChannelsLast(norm), Mlp::Linear { fc1, fc2 }) => {
+                let y = g.scoped(name, |g| onnx::to_channels_last(g, &y))?;
+                let y = norm.emit(g, &y)?;
+                let y = onnx::linear(g, &join(name, "mlp.fc1"), fc1, &y)?;
+                let y = g.scoped(name, |g| onnx::gelu(g, &y))?;
+                let y = onnx::linear(g, &join(name, "mlp.fc2"), fc2, &y)?;
+                let gamma = onnx::weight(g, &join(name, "gamma"), &self.gamma, None)?;
+                g.scoped(name, |g| -> Result<Value> {
+                    let y = g.op("Mul", &[&y, &gamma], vec![])?;
+                    onnx::to_channels_first(g, &y)
+                })?
+            }
+            _ => unreachable!("Block::new pairs channels-first norms with conv MLPs"),
+        };
+        Ok(g.scoped(name, |g| g.op("Add", &[&y, x], vec![]))?)
     }
 }
 
@@ -216,6 +252,24 @@ impl ModuleT for Block {
 pub struct Stage {
     downsample: Option<(LayerNorm2d, nn::Conv2D)>,
     pub blocks: Vec<Block>,
+    name: String,
+}
+
+impl Stage {
+    /// ONNX of [`Stage::forward_t`] at inference.
+    pub fn emit(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        let mut y = match &self.downsample {
+            Some((norm, conv)) => {
+                let y = norm.emit(g, x)?;
+                onnx::conv2d(g, &join(&self.name, "downsample.1"), conv, 2, 0, 1, &y)?
+            }
+            None => x.clone(),
+        };
+        for block in &self.blocks {
+            y = block.emit(g, &y)?;
+        }
+        Ok(y)
+    }
 }
 
 impl ModuleT for Stage {
@@ -238,6 +292,7 @@ pub struct ConvNext {
     stem_norm: LayerNorm2d,
     pub stages: Vec<Stage>,
     pub config: ConvNextConfig,
+    name: String,
 }
 
 impl ConvNext {
@@ -261,10 +316,20 @@ impl ConvNext {
                 let blocks = (0..config.depths[i])
                     .map(|j| Block::new(&sp / "blocks" / j, dims[i], config, rates[i][j]))
                     .collect();
-                Stage { downsample, blocks }
+                Stage { downsample, blocks, name: path_of(&sp) }
             })
             .collect();
-        Ok(Self { stem_conv, stem_norm, stages, config: config.clone() })
+        Ok(Self { stem_conv, stem_norm, stages, config: config.clone(), name: path_of(p) })
+    }
+
+    /// ONNX of [`ConvNext::forward_t`] at inference: `[N, 3, H, W]` → `[N, dims[3], H/32, W/32]`.
+    pub fn emit(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        let y = onnx::conv2d(g, &join(&self.name, "stem.0"), &self.stem_conv, 4, 0, 1, x)?;
+        let mut y = self.stem_norm.emit(g, &y)?;
+        for stage in &self.stages {
+            y = stage.emit(g, &y)?;
+        }
+        Ok(y)
     }
 
     /// Parameter-path prefixes of the encoder in forward order, one per freezable unit (the stem, each

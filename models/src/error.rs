@@ -23,6 +23,9 @@ pub enum Error {
 
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+
+    #[error(transparent)]
+    Export(#[from] kiln_export::Error),
 }
 
 /// kiln-models' result type.

@@ -1,6 +1,10 @@
 //! Layer normalisation over the channel dimension, for channels-first (NCHW) and channels-last (…, C) tensors.
 
+use kiln_export::{Graph, Value};
 use tch::{nn, Tensor};
+
+use crate::onnx;
+use crate::Result;
 
 /// The epsilon timm's ConvNeXt uses in all its LayerNorms.
 pub const CONVNEXT_EPS: f64 = 1e-6;
@@ -12,13 +16,33 @@ pub struct LayerNorm2d {
     pub bias: Tensor,
     pub eps: f64,
     channels: i64,
+    name: String,
 }
 
 impl LayerNorm2d {
     pub fn new(p: nn::Path, channels: i64, eps: f64) -> Self {
         let weight = p.var("weight", &[channels], nn::Init::Const(1.0));
         let bias = p.var("bias", &[channels], nn::Init::Const(0.0));
-        Self { weight, bias, eps, channels }
+        Self { weight, bias, eps, channels, name: onnx::path_of(&p) }
+    }
+
+    /// ONNX of [`LayerNorm2d::forward`]: transpose, `LayerNormalization`, transpose back (opset ≥ 17), or the
+    /// decomposition over the channel axis.
+    pub fn emit(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        let c = self.channels;
+        if g.opset() >= 17 {
+            let w = onnx::weight(g, &onnx::join(&self.name, "weight"), &self.weight, None)?;
+            let b = onnx::weight(g, &onnx::join(&self.name, "bias"), &self.bias, None)?;
+            g.scoped(&self.name, |g| {
+                let nhwc = onnx::to_channels_last(g, x)?;
+                let y = onnx::layer_norm(g, &nhwc, &w, &b, self.eps, -1, true)?;
+                onnx::to_channels_first(g, &y)
+            })
+        } else {
+            let w = onnx::weight(g, &onnx::join(&self.name, "weight"), &self.weight, Some(&[c, 1, 1]))?;
+            let b = onnx::weight(g, &onnx::join(&self.name, "bias"), &self.bias, Some(&[c, 1, 1]))?;
+            g.scoped(&self.name, |g| onnx::layer_norm(g, x, &w, &b, self.eps, 1, false))
+        }
     }
 
     /// # Shapes
@@ -37,13 +61,21 @@ pub struct LayerNormLast {
     pub bias: Tensor,
     pub eps: f64,
     channels: i64,
+    name: String,
 }
 
 impl LayerNormLast {
     pub fn new(p: nn::Path, channels: i64, eps: f64) -> Self {
         let weight = p.var("weight", &[channels], nn::Init::Const(1.0));
         let bias = p.var("bias", &[channels], nn::Init::Const(0.0));
-        Self { weight, bias, eps, channels }
+        Self { weight, bias, eps, channels, name: onnx::path_of(&p) }
+    }
+
+    /// ONNX of [`LayerNormLast::forward`].
+    pub fn emit(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        let w = onnx::weight(g, &onnx::join(&self.name, "weight"), &self.weight, None)?;
+        let b = onnx::weight(g, &onnx::join(&self.name, "bias"), &self.bias, None)?;
+        g.scoped(&self.name, |g| onnx::layer_norm(g, x, &w, &b, self.eps, -1, true))
     }
 
     /// # Shapes

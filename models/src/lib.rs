@@ -3,6 +3,8 @@
 //! 1. Pick a backbone preset: [`ConvNextConfig::atto`] … [`ConvNextConfig::base`], or by timm name.
 //! 2. Build a task model under a `tch::nn::VarStore` root: [`ImageClassifier::new`].
 //! 3. Optionally load timm weights saved as safetensors: [`weights::load_safetensors`].
+//! 4. Emit the inference graph as ONNX: [`ImageClassifier::emit`] into a `kiln_export::Graph`; every layer's
+//!    `emit` sits beside its `forward`.
 //!
 //! Parameter names equal timm's state-dict keys, so checkpoints move between kiln and timm unchanged.
 
@@ -11,6 +13,7 @@ pub mod convnext;
 pub mod drop_path;
 pub mod error;
 pub mod layer_norm;
+pub mod onnx;
 pub mod weights;
 
 pub use classifier::{ClassifierConfig, ImageClassifier};

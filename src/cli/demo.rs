@@ -51,5 +51,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let outcome = kiln_train::classify::train(&config)?;
     print_outcome(&outcome);
+    let export = kiln_train::classify::export_run(&outcome.run, &kiln_train::classify::ExportOptions::default())?;
+    println!(
+        "ONNX model: {} ({:.1} MB, opset {})",
+        export.path.display(),
+        export.bytes as f64 / 1e6,
+        export.metadata.opset
+    );
     Ok(())
 }

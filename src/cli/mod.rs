@@ -3,6 +3,7 @@
 mod demo;
 mod doctor;
 mod eval;
+mod export;
 mod output;
 mod predict;
 mod train;
@@ -25,6 +26,9 @@ enum Command {
     Val(eval::EvalArgs),
     /// Evaluate a run's checkpoint on the test split.
     Test(eval::EvalArgs),
+    /// Export a run's checkpoint (`kiln export onnx --run DIR`).
+    #[command(subcommand)]
+    Export(export::ExportFormat),
     /// Classify images with a run's checkpoint (libtorch).
     Predict(predict::PredictArgs),
     /// Show the libtorch, CUDA and ONNX Runtime this kiln uses.
@@ -38,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Val(args) => eval::run(args, kiln_train::data::Split::Val),
         Command::Test(args) => eval::run(args, kiln_train::data::Split::Test),
+        Command::Export(format) => export::run(format),
         Command::Predict(args) => predict::run(args),
         Command::Doctor => doctor::run(),
         Command::Demo(args) => demo::run(args),

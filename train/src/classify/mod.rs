@@ -1,6 +1,7 @@
 //! Image classification: model set-up, the training loop, evaluation, reports and prediction.
 
 pub mod evaluate;
+pub mod export;
 pub mod model;
 pub mod predict;
 pub mod report;
@@ -8,6 +9,7 @@ pub mod results;
 pub mod setup;
 pub mod trainer;
 
+pub use export::{classifier_onnx, export_run, ExportOptions, ExportReport, GraphSpec};
 pub use predict::{predict, PredictOptions, Prediction};
 pub use report::{evaluate_run, EvalOptions, SplitReport};
 pub use results::EpochRecord;

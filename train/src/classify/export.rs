@@ -1,0 +1,171 @@
+//! `kiln export onnx`: a run's checkpoint as a self-describing ONNX model that computes what the libtorch model
+//! computes (logits and softmax probabilities), written atomically.
+
+use std::path::PathBuf;
+
+use kiln_export::{
+    Attr, Dim, ElemType, Graph, InputSpec, ModelMetadata, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION,
+};
+use kiln_models::weights::{load_into, HeadPolicy};
+use kiln_models::{ConvNextConfig, ImageClassifier};
+use tch::{nn, Device};
+
+use super::model::classifier_config;
+use crate::checkpoint;
+use crate::data::Normalize;
+use crate::fsutil::write_atomic;
+use crate::run_dir::{RunDir, Which};
+use crate::{Error, Result};
+
+/// ONNX's data type number for float32 (Cast's `to`).
+const ONNX_FLOAT: i64 = 1;
+/// ONNX's data type number for float16.
+const ONNX_FLOAT16: i64 = 10;
+
+/// How to export.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportOptions {
+    pub which: Which,
+    /// The file to write; by default `<run>/weights/<checkpoint>[-fp16].onnx`.
+    pub out: Option<PathBuf>,
+    pub opset: i64,
+    /// A batch dimension chosen at run time instead of 1.
+    pub dynamic_batch: bool,
+    /// fp16 weights and compute.
+    pub half: bool,
+    /// With `half`: fp16 graph inputs and outputs too (else they stay fp32, converted inside the graph).
+    pub half_io: bool,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self { which: Which::Best, out: None, opset: 17, dynamic_batch: false, half: false, half_io: false }
+    }
+}
+
+/// The graph's shape and preprocessing, independent of where the model came from.
+#[derive(Clone, Debug)]
+pub struct GraphSpec {
+    pub img_size: u32,
+    pub normalize: Normalize,
+    pub class_names: Vec<String>,
+    pub variant: String,
+    pub training: TrainingInfo,
+}
+
+/// What an export wrote.
+#[derive(Clone, Debug)]
+pub struct ExportReport {
+    pub path: PathBuf,
+    pub bytes: usize,
+    pub nodes: usize,
+    pub metadata: ModelMetadata,
+}
+
+fn dtype_name(elem: ElemType) -> &'static str {
+    match elem {
+        ElemType::F16 => "float16",
+        _ => "float32",
+    }
+}
+
+/// Builds the ONNX model of `model`: input `images` `[N, 3, S, S]`, outputs `logits` and `probs`, with metadata.
+pub fn classifier_onnx(
+    model: &ImageClassifier,
+    spec: &GraphSpec,
+    options: &ExportOptions,
+) -> Result<(Vec<u8>, ModelMetadata, usize)> {
+    let compute = if options.half { ElemType::F16 } else { ElemType::F32 };
+    let io = if options.half && options.half_io { ElemType::F16 } else { ElemType::F32 };
+    let mut g = Graph::new(options.opset, compute)?;
+    let batch = if options.dynamic_batch { Dim::Symbolic("batch".into()) } else { Dim::Fixed(1) };
+    let s = spec.img_size as i64;
+    let classes = spec.class_names.len() as i64;
+    let images = g.input("images", io, &[batch.clone(), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)])?;
+    let x = if io != compute { g.op("Cast", &[&images], vec![Attr::Int("to", ONNX_FLOAT16)])? } else { images };
+    let logits = model.emit(&mut g, &x)?;
+    let logits = if io != compute { g.op("Cast", &[&logits], vec![Attr::Int("to", ONNX_FLOAT)])? } else { logits };
+    let probs = g.op("Softmax", &[&logits], vec![Attr::Int("axis", -1)])?;
+    let out_dims = [batch.clone(), Dim::Fixed(classes)];
+    g.output(&logits, "logits", io, &out_dims)?;
+    g.output(&probs, "probs", io, &out_dims)?;
+    let nodes = g.node_count();
+    let batch_meta = if options.dynamic_batch { None } else { Some(1) };
+    let metadata = ModelMetadata {
+        schema_version: SCHEMA_VERSION,
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
+        task: "classify".into(),
+        architecture: "convnext".into(),
+        variant: spec.variant.clone(),
+        class_names: spec.class_names.clone(),
+        input: InputSpec {
+            name: "images".into(),
+            shape: vec![batch_meta, Some(3), Some(s), Some(s)],
+            layout: "NCHW".into(),
+            dtype: dtype_name(io).into(),
+            color: "RGB".into(),
+            resize: "stretch".into(),
+            size: [spec.img_size, spec.img_size],
+            mean: spec.normalize.mean,
+            std: spec.normalize.std,
+        },
+        outputs: vec![
+            OutputSpec {
+                name: "logits".into(),
+                shape: vec![batch_meta, Some(classes)],
+                dtype: dtype_name(io).into(),
+                meaning: "unnormalised class scores, one per class_names entry".into(),
+            },
+            OutputSpec {
+                name: "probs".into(),
+                shape: vec![batch_meta, Some(classes)],
+                dtype: dtype_name(io).into(),
+                meaning: "softmax probabilities over class_names".into(),
+            },
+        ],
+        precision: if options.half { "fp16" } else { "fp32" }.into(),
+        opset: options.opset,
+        training: spec.training.clone(),
+    };
+    let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
+    Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))
+}
+
+/// Exports a run's checkpoint. Everything is checked before anything is written; the file appears whole or not
+/// at all.
+pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
+    let ckpt_path = run.checkpoint(options.which);
+    let out = options.out.clone().unwrap_or_else(|| {
+        let stem = ckpt_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+        ckpt_path.with_file_name(format!("{stem}{}.onnx", if options.half { "-fp16" } else { "" }))
+    });
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::Io {
+            path: out.clone(),
+            source: std::io::Error::other("the output directory does not exist"),
+        });
+    }
+    Graph::new(options.opset, ElemType::F32)?;
+    let ckpt = checkpoint::load(&ckpt_path)?;
+    let config = &ckpt.state.config;
+    ConvNextConfig::from_name(&config.model)
+        .map_err(|e| Error::Checkpoint { path: ckpt_path.clone(), reason: e.to_string() })?;
+    let class_names = ckpt.state.class_names.clone();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ImageClassifier::new(&vs.root(), &classifier_config(config, class_names.len()))?;
+    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
+    let spec = GraphSpec {
+        img_size: config.img_size,
+        normalize: config.normalize,
+        class_names,
+        variant: config.model.clone(),
+        training: TrainingInfo {
+            epoch: ckpt.state.epoch,
+            metrics: ckpt.state.val_metrics.as_ref().map(|m| serde_json::to_value(m).expect("metrics serialise")),
+        },
+    };
+    let (bytes, metadata, nodes) = tch::no_grad(|| classifier_onnx(&model, &spec, options))?;
+    write_atomic(&out, &bytes)?;
+    Ok(ExportReport { path: out, bytes: bytes.len(), nodes, metadata })
+}
