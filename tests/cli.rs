@@ -132,6 +132,25 @@ fn train_then_val_test_and_predict_from_the_run() {
     }
     assert!(stderr.contains("1 of 13 image(s) could not be read"), "{stderr}");
 
+    let onnx = dir.path().join("cli.onnx");
+    let out = kiln(
+        &["export", "onnx", "--run", run.to_str().unwrap(), "--dynamic-batch", "--out", onnx.to_str().unwrap()],
+        dir.path(),
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("exported convnext_atto (3 classes, 32 px, fp32, opset 17") && onnx.is_file(), "{stdout}");
+    let out = kiln(&["export", "onnx", "--run", run.to_str().unwrap(), "--half-io"], dir.path());
+    assert!(!out.status.success() && text(&out).1.contains("--half"), "--half-io needs --half");
+    let out = kiln(&["export", "onnx", "--run", run.to_str().unwrap(), "--half", "--half-io"], dir.path());
+    assert!(out.status.success() && run.join("weights/best-fp16.onnx").is_file(), "{}", text(&out).1);
+    let model = kiln_export::from_bytes(&std::fs::read(run.join("weights/best-fp16.onnx")).unwrap()).unwrap();
+    let input_type = match &model.graph.input[0].type_.value {
+        Some(onnx_protobuf::type_proto::Value::TensorType(t)) => t.elem_type,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(input_type, 10, "--half-io makes the input float16");
+
     let out = kiln(&["predict", "--run", run.to_str().unwrap(), "/nonexistent.png"], dir.path());
     assert!(!out.status.success() && text(&out).1.contains("/nonexistent.png"), "{}", text(&out).1);
     let out = kiln(&["val", "--run", dir.path().to_str().unwrap()], dir.path());
