@@ -1,9 +1,35 @@
 //! kiln-infer: running kiln's ONNX models in production, on ONNX Runtime or tract. Never depends on libtorch.
 //!
-//! So far: locating and loading the ONNX Runtime library ([`runtime`]). Model sessions, preprocessing from
-//! metadata and the task wrappers come with the inference issue.
+//! 1. Open a model on a backend: [`Model::builder`]`().backend(Backend::Ort(Ep::Cpu)).threads(4).open(path)`.
+//!    ONNX Runtime is loaded from `ORT_DYLIB_PATH` or a kiln deps directory ([`runtime`]).
+//! 2. Wrap it in a task: [`Classifier::new`] reads class names and preprocessing from the model's metadata.
+//! 3. Predict: [`Classifier::predict`] (one decoded image), [`Classifier::predict_path`], [`Classifier::predict_batch`].
+//!
+//! ```no_run
+//! use kiln_infer::{Backend, Classifier, Ep, Model};
+//!
+//! # fn main() -> kiln_infer::Result<()> {
+//! let model = Model::builder().backend(Backend::Ort(Ep::Cpu)).threads(4).open("best.onnx")?;
+//! let classifier = Classifier::new(model)?;
+//! for score in classifier.predict_path("photo.jpg".as_ref(), 3)? {
+//!     println!("{} {:.3}", score.class, score.probability);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A model without kiln metadata opens in raw mode: give the preprocessing with [`ModelBuilder::raw`] and the class
+//! names with [`Classifier::with_classes`].
 
+pub mod backend;
+pub mod classifier;
 pub mod error;
+pub mod model;
+pub mod preprocess;
 pub mod runtime;
 
+pub use backend::{Backend, Ep};
+pub use classifier::{ClassScore, Classifier};
 pub use error::{Error, Result};
+pub use model::{Model, ModelBuilder, Output, TensorSpec};
+pub use preprocess::{Preprocess, Resize};

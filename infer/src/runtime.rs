@@ -57,19 +57,36 @@ pub fn library_version(path: &Path) -> Option<String> {
     }
 }
 
-static RUNTIME: OnceLock<std::result::Result<OrtRuntime, String>> = OnceLock::new();
+type Loaded = std::result::Result<(OrtRuntime, ort::environment::Environment), String>;
+static RUNTIME: OnceLock<Loaded> = OnceLock::new();
 
-/// Loads ONNX Runtime from `path` once per process (later calls return the first result).
-pub fn load(path: &Path) -> Result<OrtRuntime> {
+fn load_once(path: &Path) -> Result<&'static (OrtRuntime, ort::environment::Environment)> {
     RUNTIME
         .get_or_init(|| {
-            // Loads the library and checks its API version; the Environment is built later, by the sessions.
-            drop(ort::init_from(path).map_err(|e| e.to_string())?);
+            let env = ort::init_from(path)
+                .map_err(|e| e.to_string())?
+                .with_name("kiln")
+                .build()
+                .map_err(|e| e.to_string())?;
             let build_info = ort::info().to_string();
-            Ok(OrtRuntime { path: path.to_path_buf(), version: library_version(path), build_info })
+            Ok((OrtRuntime { path: path.to_path_buf(), version: library_version(path), build_info }, env))
         })
-        .clone()
-        .map_err(|reason| Error::RuntimeLoad { path: path.to_path_buf(), reason })
+        .as_ref()
+        .map_err(|reason| Error::RuntimeLoad { path: path.to_path_buf(), reason: reason.clone() })
+}
+
+/// Loads ONNX Runtime from `path` once per process (ONNX Runtime allows one environment per process; later calls
+/// return the first library, whatever their path).
+pub fn load(path: &Path) -> Result<OrtRuntime> {
+    load_once(path).map(|(runtime, _)| runtime.clone())
+}
+
+/// The process's ONNX Runtime environment, loading the library found by [`locate`] on first use.
+pub fn environment(default_deps: Option<&Path>) -> Result<&'static ort::environment::Environment> {
+    if let Some(Ok((_, env))) = RUNTIME.get() {
+        return Ok(env);
+    }
+    load_once(&locate(default_deps)?).map(|(_, env)| env)
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! Augmentation and normalisation: an RGB8 image in, a normalised CHW f32 tensor's data out.
 //!
 //! Training: random resized crop (as torchvision's `RandomResizedCrop`), horizontal flip, colour jitter
-//! (brightness, contrast, saturation). Evaluation: the whole image resized to the square input size. Resizing is
-//! antialiased (bilinear convolution, `fast_image_resize`); flip, jitter and normalisation run in one pass.
+//! (brightness, contrast, saturation). Evaluation: the whole image resized to the square input size, by the very
+//! code `kiln-infer` runs in production ([`Preprocess`]), so exported models see what validation saw. Resizing is
+//! antialiased (bilinear convolution); flip, jitter and normalisation run in one pass.
 
-use std::cell::RefCell;
-
-use fast_image_resize as fir;
 use image::RgbImage;
+pub use kiln_infer::preprocess::Crop;
+use kiln_infer::preprocess::{resize_region, Preprocess, Resize};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -55,15 +55,6 @@ pub enum Transform {
     Eval,
 }
 
-/// A crop rectangle in source pixels.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Crop {
-    pub left: f64,
-    pub top: f64,
-    pub width: f64,
-    pub height: f64,
-}
-
 /// torchvision's RandomResizedCrop parameters: up to 10 tries at a crop of random area and aspect ratio that fits,
 /// then a centre crop with the aspect ratio clamped to the range.
 pub fn random_resized_crop(width: u32, height: u32, scale: [f64; 2], ratio: [f64; 2], rng: &mut impl Rng) -> Crop {
@@ -90,26 +81,6 @@ pub fn random_resized_crop(width: u32, height: u32, scale: [f64; 2], ratio: [f64
         (w, h)
     };
     Crop { left: ((w - cw) / 2.0).floor(), top: ((h - ch) / 2.0).floor(), width: cw, height: ch }
-}
-
-thread_local! {
-    static RESIZER: RefCell<fir::Resizer> = RefCell::new(fir::Resizer::new());
-}
-
-/// Resizes `crop` of `image` to `size`×`size` RGB8 with antialiased bilinear filtering.
-pub fn resize_crop(image: &RgbImage, crop: Crop, size: u32) -> Vec<u8> {
-    let (w, h) = image.dimensions();
-    let src = fir::images::ImageRef::new(w, h, image.as_raw(), fir::PixelType::U8x3)
-        .expect("an RgbImage's buffer matches its dimensions");
-    let mut dst = fir::images::Image::new(size, size, fir::PixelType::U8x3);
-    let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear)).crop(
-        crop.left,
-        crop.top,
-        crop.width,
-        crop.height,
-    );
-    RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).expect("same pixel type, valid crop");
-    dst.into_vec()
 }
 
 /// Brightness, contrast and saturation factors.
@@ -186,14 +157,14 @@ pub fn transform_into(
     let (w, h) = image.dimensions();
     match transform {
         Transform::Eval => {
-            let full = Crop { left: 0.0, top: 0.0, width: w as f64, height: h as f64 };
-            write_chw(&resize_crop(image, full, size), size as usize, false, Jitter::NONE, norm, out);
+            let eval = Preprocess { size: [size, size], resize: Resize::Stretch, mean: norm.mean, std: norm.std };
+            eval.apply(image, out);
         }
         Transform::Train(cfg) => {
             let crop = random_resized_crop(w, h, cfg.scale, cfg.ratio, rng);
             let flip = rng.random_bool(cfg.hflip.clamp(0.0, 1.0));
             let jitter = Jitter::sample(cfg.color_jitter, rng);
-            write_chw(&resize_crop(image, crop, size), size as usize, flip, jitter, norm, out);
+            write_chw(&resize_region(image, crop, size, size), size as usize, flip, jitter, norm, out);
         }
     }
 }

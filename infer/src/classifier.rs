@@ -1,0 +1,122 @@
+//! Image classification from a kiln model's metadata: top-k classes with names and probabilities.
+
+use std::path::Path;
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::model::Model;
+use crate::preprocess::{decode_rgb, Preprocess};
+use crate::{Error, Result};
+
+/// One class and its probability.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClassScore {
+    pub class: String,
+    pub index: usize,
+    pub probability: f32,
+}
+
+/// A classifier over a [`Model`] whose metadata says `task: classify` (or a raw model with class names given).
+pub struct Classifier {
+    model: Model,
+    class_names: Vec<String>,
+    preprocess: Preprocess,
+    /// Index of the output holding probabilities, or of the logits when there is none.
+    output: usize,
+    softmax: bool,
+}
+
+impl Classifier {
+    /// Wraps a model with kiln classification metadata.
+    pub fn new(model: Model) -> Result<Self> {
+        let meta = model.metadata().ok_or_else(|| Error::NoMetadata { path: model.path().to_path_buf() })?;
+        if meta.task != "classify" {
+            return Err(Error::WrongTask {
+                path: model.path().to_path_buf(),
+                expected: "classify".into(),
+                found: meta.task.clone(),
+            });
+        }
+        let class_names = meta.class_names.clone();
+        Self::with_classes(model, class_names)
+    }
+
+    /// Wraps any classification model: `class_names` name its outputs' entries (a raw model needs
+    /// [`crate::ModelBuilder::raw`] preprocessing). An output named `probs` is used as is; otherwise the first
+    /// output is taken as logits and softmaxed.
+    pub fn with_classes(model: Model, class_names: Vec<String>) -> Result<Self> {
+        let preprocess =
+            model.preprocess().cloned().ok_or_else(|| Error::NoMetadata { path: model.path().to_path_buf() })?;
+        let (output, softmax) = match model.outputs().iter().position(|o| o.name == "probs") {
+            Some(i) => (i, false),
+            None => (0, true),
+        };
+        Ok(Self { model, class_names, preprocess, output, softmax })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// The top `k` classes of one decoded image, most probable first.
+    pub fn predict(&self, image: &RgbImage, k: usize) -> Result<Vec<ClassScore>> {
+        Ok(self.predict_batch(std::slice::from_ref(image), k)?.remove(0))
+    }
+
+    /// Decodes and classifies an image file.
+    pub fn predict_path(&self, path: &Path, k: usize) -> Result<Vec<ClassScore>> {
+        let image = decode_rgb(path).map_err(|reason| Error::Image { path: path.to_path_buf(), reason })?;
+        self.predict(&image, k)
+    }
+
+    /// The top `k` classes of each image. A model with a fixed batch size is run in chunks of that size.
+    pub fn predict_batch(&self, images: &[RgbImage], k: usize) -> Result<Vec<Vec<ClassScore>>> {
+        let per = self.preprocess.tensor_len();
+        let fixed = self.model.fixed_batch();
+        let mut results = Vec::with_capacity(images.len());
+        for group in images.chunks(fixed.unwrap_or(images.len().max(1))) {
+            // A fixed-batch model gets its batch filled up with zeros; only the group's rows are read back.
+            let batch = fixed.unwrap_or(group.len());
+            let mut input = vec![0.0; batch * per];
+            for (image, out) in group.iter().zip(input.chunks_mut(per)) {
+                self.preprocess.apply(image, out);
+            }
+            let outputs = self.model.run(&input, batch)?;
+            let scores = &outputs[self.output];
+            let classes = scores.data.len() / batch;
+            if classes != self.class_names.len() {
+                return Err(Error::InvalidInput(format!(
+                    "the model gives {classes} scores per image for {} class names",
+                    self.class_names.len()
+                )));
+            }
+            for row in scores.data.chunks(classes).take(group.len()) {
+                results.push(self.top_k(row, k));
+            }
+        }
+        Ok(results)
+    }
+
+    fn top_k(&self, row: &[f32], k: usize) -> Vec<ClassScore> {
+        let probs: Vec<f32> = if self.softmax {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+            let sum: f32 = exp.iter().sum();
+            exp.iter().map(|v| v / sum).collect()
+        } else {
+            row.to_vec()
+        };
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        order
+            .into_iter()
+            .take(k.max(1))
+            .map(|i| ClassScore { class: self.class_names[i].clone(), index: i, probability: probs[i] })
+            .collect()
+    }
+}

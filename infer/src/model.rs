@@ -1,0 +1,348 @@
+//! A loaded ONNX model, committed to a backend: [`Model::builder`] → [`ModelBuilder::open`] → [`Model::run`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_export::ModelMetadata;
+use onnx_protobuf::{tensor_shape_proto::dimension, type_proto, ValueInfoProto};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use tract_onnx::prelude::{tvec, Framework, InferenceModelExt, IntoRunnable, TypedRunnableModel};
+
+use crate::backend::{Backend, Ep};
+use crate::preprocess::Preprocess;
+use crate::{runtime, Error, Result};
+
+/// A graph input or output: name, dimensions (`None` where chosen at run time) and whether it is fp16.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<Option<usize>>,
+    pub half: bool,
+}
+
+fn tensor_spec(info: &ValueInfoProto) -> TensorSpec {
+    let (shape, elem) = match &info.type_.value {
+        Some(type_proto::Value::TensorType(t)) => (
+            t.shape
+                .dim
+                .iter()
+                .map(|d| match &d.value {
+                    Some(dimension::Value::DimValue(v)) if *v > 0 => Some(*v as usize),
+                    _ => None,
+                })
+                .collect(),
+            t.elem_type,
+        ),
+        _ => (Vec::new(), 0),
+    };
+    TensorSpec { name: info.name.clone(), shape, half: elem == 10 }
+}
+
+/// One output of a run, as f32 whatever the model's output type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+enum Engine {
+    /// ONNX Runtime's `run` needs `&mut Session`: calls on one model take turns (each run is itself parallel).
+    Ort(Mutex<Session>),
+    /// tract plans run through `&self`: concurrent calls run concurrently.
+    Tract(Arc<TypedRunnableModel>),
+}
+
+/// Chooses how a model is opened. `Model::builder().backend(Backend::Tract).threads(2).open("m.onnx")`.
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct ModelBuilder {
+    backend: Backend,
+    threads: Option<usize>,
+    raw: Option<Preprocess>,
+    ort_deps: Option<PathBuf>,
+}
+
+impl ModelBuilder {
+    /// ONNX Runtime with an execution provider (the default: CPU), or tract.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Intra-op threads for ONNX Runtime (tract runs on the calling thread).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+
+    /// Preprocessing for a model without kiln metadata (or to override it): input size, resize, mean and std.
+    pub fn raw(mut self, preprocess: Preprocess) -> Self {
+        self.raw = Some(preprocess);
+        self
+    }
+
+    /// A kiln deps directory to look for ONNX Runtime in, after `ORT_DYLIB_PATH` and `KILN_DEPS`.
+    pub fn ort_deps(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.ort_deps = Some(dir.into());
+        self
+    }
+
+    /// Loads the model on the chosen backend. An execution provider that cannot be registered is an error, never
+    /// a silent fallback to the CPU.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let file_err = |reason: String| Error::ModelFile { path: path.to_path_buf(), reason };
+        let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+        let proto = kiln_export::from_bytes(&bytes).map_err(|e| file_err(format!("not an ONNX model ({e})")))?;
+        if proto.graph.node.is_empty() || proto.graph.input.is_empty() {
+            return Err(file_err("not an ONNX model (no graph)".into()));
+        }
+        let metadata =
+            ModelMetadata::from_model(&proto).map_err(|source| Error::Metadata { path: path.to_path_buf(), source })?;
+        let input = tensor_spec(&proto.graph.input[0]);
+        let outputs: Vec<TensorSpec> = proto.graph.output.iter().map(tensor_spec).collect();
+        if input.shape.len() != 4 {
+            return Err(Error::Unsupported(format!(
+                "input '{}' has rank {}, expected NCHW",
+                input.name,
+                input.shape.len()
+            )));
+        }
+        let preprocess = match (self.raw, &metadata) {
+            (Some(raw), _) => Some(raw),
+            (None, Some(m)) => Some(Preprocess::from_metadata(m)?),
+            (None, None) => None,
+        };
+        if let Some(p) = &preprocess {
+            let fixed = [input.shape[2], input.shape[3]];
+            if fixed != [Some(p.size[0] as usize), Some(p.size[1] as usize)] && fixed.iter().all(Option::is_some) {
+                return Err(Error::InvalidInput(format!(
+                    "preprocessing makes {}x{} images but the model's input '{}' is {:?}",
+                    p.size[0], p.size[1], input.name, input.shape
+                )));
+            }
+        }
+        let started = Instant::now();
+        let engine = match &self.backend {
+            Backend::Ort(ep) => {
+                Engine::Ort(Mutex::new(ort_session(&bytes, ep, self.threads, self.ort_deps.as_deref())?))
+            }
+            Backend::Tract => Engine::Tract(tract_plan(&bytes)?),
+        };
+        Ok(Model {
+            path: path.to_path_buf(),
+            metadata,
+            preprocess,
+            backend: self.backend,
+            input,
+            outputs,
+            engine,
+            load_time: started.elapsed(),
+        })
+    }
+}
+
+fn ort_session(bytes: &[u8], ep: &Ep, threads: Option<usize>, deps: Option<&Path>) -> Result<Session> {
+    let env = runtime::environment(deps)?;
+    let mut builder =
+        Session::builder(env)?.with_optimization_level(GraphOptimizationLevel::All).map_err(ort::Error::from)?;
+    if let Some(n) = threads {
+        builder = builder.with_intra_threads(n).map_err(ort::Error::from)?;
+    }
+    let dispatch = match ep {
+        Ep::Cpu => None,
+        Ep::Cuda { device } => Some(ort::ep::CUDA::default().with_device_id(*device).build().error_on_failure()),
+        Ep::TensorRt { device, fp16, cache_dir } => {
+            let mut trt = ort::ep::TensorRT::default().with_device_id(*device).with_fp16(*fp16);
+            if let Some(dir) = cache_dir {
+                trt = trt.with_engine_cache(true).with_engine_cache_path(dir.display());
+            }
+            Some(trt.build().error_on_failure())
+        }
+    };
+    if let Some(dispatch) = dispatch {
+        builder = builder
+            .with_execution_providers([dispatch])
+            .map_err(|e| Error::EpUnavailable { ep: ep.provider_name().into(), reason: e.to_string() })?;
+    }
+    builder.commit_from_memory(bytes).map_err(|e| match ep {
+        Ep::Cpu => Error::Ort(e.to_string()),
+        _ => Error::EpUnavailable { ep: ep.provider_name().into(), reason: e.to_string() },
+    })
+}
+
+fn tract_plan(bytes: &[u8]) -> Result<Arc<TypedRunnableModel>> {
+    let tract = |e: tract_onnx::prelude::TractError| Error::Tract(format!("{e:#}"));
+    tract_onnx::onnx()
+        .model_for_read(&mut std::io::Cursor::new(bytes))
+        .map_err(tract)?
+        .into_optimized()
+        .map_err(tract)?
+        .into_runnable()
+        .map_err(tract)
+}
+
+/// A model ready to run. `Send + Sync`: share it between threads behind an `Arc`. On ONNX Runtime concurrent
+/// calls take turns on the one session (each run already uses `threads` cores); on tract they run in parallel.
+/// For more throughput from ONNX Runtime, open one model per worker.
+pub struct Model {
+    path: PathBuf,
+    metadata: Option<ModelMetadata>,
+    preprocess: Option<Preprocess>,
+    backend: Backend,
+    input: TensorSpec,
+    outputs: Vec<TensorSpec>,
+    engine: Engine,
+    load_time: Duration,
+}
+
+impl Model {
+    pub fn builder() -> ModelBuilder {
+        ModelBuilder::default()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model's kiln metadata; `None` for other ONNX files (raw mode).
+    pub fn metadata(&self) -> Option<&ModelMetadata> {
+        self.metadata.as_ref()
+    }
+
+    /// The preprocessing from the metadata or from [`ModelBuilder::raw`].
+    pub fn preprocess(&self) -> Option<&Preprocess> {
+        self.preprocess.as_ref()
+    }
+
+    /// The backend and execution provider in use (registration failures are errors, so this is what runs).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    pub fn input(&self) -> &TensorSpec {
+        &self.input
+    }
+
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// The batch size the model is fixed to, or `None` for a dynamic batch.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.input.shape[0]
+    }
+
+    /// How long creating the session took (graph optimisation; for TensorRT, engine building may also happen at
+    /// the first run).
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// Runs the model on `batch` images already preprocessed into `input` (`[batch, 3, H, W]`, f32).
+    pub fn run(&self, input: &[f32], batch: usize) -> Result<Vec<Output>> {
+        let [_, c, h, w] = [0, 1, 2, 3].map(|i| self.input.shape[i]);
+        let (c, h, w) = match (c, h, w, &self.preprocess) {
+            (Some(c), Some(h), Some(w), _) => (c, h, w),
+            (c, _, _, Some(p)) => (c.unwrap_or(3), p.size[0] as usize, p.size[1] as usize),
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "the model's input {:?} has free dimensions",
+                    self.input.shape
+                )))
+            }
+        };
+        if let Some(fixed) = self.fixed_batch() {
+            if batch != fixed {
+                return Err(Error::InvalidInput(format!("the model takes batches of {fixed}, not {batch}")));
+            }
+        }
+        if input.len() != batch * c * h * w {
+            return Err(Error::InvalidInput(format!(
+                "{} values for a batch of {batch} x {c} x {h} x {w} ({} expected)",
+                input.len(),
+                batch * c * h * w
+            )));
+        }
+        let shape = [batch, c, h, w];
+        match &self.engine {
+            Engine::Ort(session) => self.run_ort(session, input, shape),
+            Engine::Tract(plan) => self.run_tract(plan, input, shape),
+        }
+    }
+
+    fn run_ort(&self, session: &Mutex<Session>, input: &[f32], shape: [usize; 4]) -> Result<Vec<Output>> {
+        let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
+        let value: ort::value::DynValue = if self.input.half {
+            let data: Vec<half::f16> = input.iter().map(|&v| half::f16::from_f32(v)).collect();
+            ort::value::Tensor::from_array((shape, data))?.into_dyn()
+        } else {
+            ort::value::Tensor::from_array((shape, input.to_vec()))?.into_dyn()
+        };
+        let outputs = session.run(ort::inputs![self.input.name.as_str() => value])?;
+        self.outputs
+            .iter()
+            .map(|spec| {
+                let value = &outputs[spec.name.as_str()];
+                let (dims, data) = if spec.half {
+                    let (s, d) = value.try_extract_tensor::<half::f16>()?;
+                    (s.to_vec(), d.iter().map(|v| v.to_f32()).collect())
+                } else {
+                    let (s, d) = value.try_extract_tensor::<f32>()?;
+                    (s.to_vec(), d.to_vec())
+                };
+                Ok(Output { name: spec.name.clone(), shape: dims.iter().map(|&d| d as usize).collect(), data })
+            })
+            .collect()
+    }
+
+    fn run_tract(&self, plan: &Arc<TypedRunnableModel>, input: &[f32], shape: [usize; 4]) -> Result<Vec<Output>> {
+        let tract = |e: tract_onnx::prelude::TractError| Error::Tract(format!("{e:#}"));
+        let tensor = if self.input.half {
+            let data: Vec<half::f16> = input.iter().map(|&v| half::f16::from_f32(v)).collect();
+            tract_onnx::prelude::Tensor::from_shape(&shape, &data).map_err(tract)?
+        } else {
+            tract_onnx::prelude::Tensor::from_shape(&shape, input).map_err(tract)?
+        };
+        let results = plan.run(tvec!(tensor.into())).map_err(tract)?;
+        self.outputs
+            .iter()
+            .zip(results.iter())
+            .map(|(spec, value)| {
+                let value = value.cast_to::<f32>().map_err(tract)?;
+                let view = value.to_plain_array_view::<f32>().map_err(tract)?;
+                Ok(Output {
+                    name: spec.name.clone(),
+                    shape: view.shape().to_vec(),
+                    data: view.iter().copied().collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn a_model_can_be_shared_between_threads() {
+        assert_send_sync::<Model>();
+    }
+
+    #[test]
+    fn missing_and_non_onnx_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Model::builder().open(dir.path().join("nope.onnx")).err().unwrap().to_string();
+        assert!(err.contains("nope.onnx"), "{err}");
+        let junk = dir.path().join("junk.onnx");
+        std::fs::write(&junk, b"this is not protobuf at all \xff\xff").unwrap();
+        let err = Model::builder().backend(Backend::Tract).open(&junk).err().unwrap().to_string();
+        assert!(err.contains("junk.onnx") && err.contains("not an ONNX model"), "{err}");
+    }
+}

@@ -1,0 +1,231 @@
+//! Preprocessing shared by every task and by training's evaluation path: decode (any format, EXIF orientation,
+//! grayscale/palette/RGBA → RGB), resize (stretch or letterbox, antialiased), normalise, lay out as NCHW floats.
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use fast_image_resize as fir;
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use kiln_export::ModelMetadata;
+
+use crate::{Error, Result};
+
+/// Decodes `path` to RGB8: grayscale, palette, 16-bit and RGBA images are converted (alpha is dropped), and the
+/// EXIF orientation is applied. The error is a human-readable reason (the caller knows the path).
+pub fn decode_rgb(path: &Path) -> std::result::Result<RgbImage, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.len() == 0 {
+        return Err("empty file".into());
+    }
+    let reader = ImageReader::open(path).map_err(|e| e.to_string())?;
+    let reader = reader.with_guessed_format().map_err(|e| e.to_string())?;
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let orientation = decoder.orientation().map_err(|e| e.to_string())?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    image.apply_orientation(orientation);
+    Ok(match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// A rectangle of source pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Crop {
+    pub left: f64,
+    pub top: f64,
+    pub width: f64,
+    pub height: f64,
+}
+
+impl Crop {
+    /// The whole of an image.
+    pub fn full(image: &RgbImage) -> Self {
+        Crop { left: 0.0, top: 0.0, width: image.width() as f64, height: image.height() as f64 }
+    }
+}
+
+thread_local! {
+    static RESIZER: RefCell<fir::Resizer> = RefCell::new(fir::Resizer::new());
+}
+
+/// Resizes `crop` of `image` to `width`×`height` RGB8 (row-major) with antialiased bilinear filtering.
+pub fn resize_region(image: &RgbImage, crop: Crop, width: u32, height: u32) -> Vec<u8> {
+    let (w, h) = image.dimensions();
+    let src = fir::images::ImageRef::new(w, h, image.as_raw(), fir::PixelType::U8x3)
+        .expect("an RgbImage's buffer matches its dimensions");
+    let mut dst = fir::images::Image::new(width.max(1), height.max(1), fir::PixelType::U8x3);
+    let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear)).crop(
+        crop.left,
+        crop.top,
+        crop.width,
+        crop.height,
+    );
+    RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).expect("same pixel type, valid crop");
+    dst.into_vec()
+}
+
+/// How an image is brought to the model's input size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resize {
+    /// Resize to exactly the input size, ignoring the aspect ratio (what kiln's training evaluates on).
+    Stretch,
+    /// Keep the aspect ratio, fit inside the input size and pad the rest with grey (114).
+    Letterbox,
+}
+
+/// Where a letterboxed image landed inside the input: scale and offset, to map outputs back to the image.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Placement {
+    pub scale_x: f32,
+    pub scale_y: f32,
+    pub offset_x: u32,
+    pub offset_y: u32,
+}
+
+/// The grey letterboxing pads with.
+pub const LETTERBOX_FILL: u8 = 114;
+
+/// Everything between an image and the model's input tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    /// `[height, width]`.
+    pub size: [u32; 2],
+    pub resize: Resize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// The preprocessing a model's metadata describes.
+    pub fn from_metadata(metadata: &ModelMetadata) -> Result<Self> {
+        let input = &metadata.input;
+        if input.layout != "NCHW" || input.color != "RGB" {
+            return Err(Error::Unsupported(format!("input layout {} / colour {}", input.layout, input.color)));
+        }
+        let resize = match input.resize.as_str() {
+            "stretch" => Resize::Stretch,
+            "letterbox" => Resize::Letterbox,
+            other => return Err(Error::Unsupported(format!("resize mode '{other}'"))),
+        };
+        Ok(Self { size: input.size, resize, mean: input.mean, std: input.std })
+    }
+
+    /// Floats per image: `3 × height × width`.
+    pub fn tensor_len(&self) -> usize {
+        3 * self.size[0] as usize * self.size[1] as usize
+    }
+
+    /// Writes the normalised CHW tensor of `image` into `out` (length [`Preprocess::tensor_len`]) and returns where
+    /// the image was placed.
+    pub fn apply(&self, image: &RgbImage, out: &mut [f32]) -> Placement {
+        let [h, w] = self.size;
+        assert_eq!(out.len(), self.tensor_len(), "output buffer must hold 3 x height x width floats");
+        match self.resize {
+            Resize::Stretch => {
+                let pixels = resize_region(image, Crop::full(image), w, h);
+                normalize_chw(&pixels, w as usize, h as usize, &self.mean, &self.std, out);
+                let (iw, ih) = image.dimensions();
+                Placement { scale_x: w as f32 / iw as f32, scale_y: h as f32 / ih as f32, offset_x: 0, offset_y: 0 }
+            }
+            Resize::Letterbox => {
+                let (iw, ih) = image.dimensions();
+                let scale = (w as f32 / iw as f32).min(h as f32 / ih as f32);
+                let (rw, rh) = (
+                    ((iw as f32 * scale).round() as u32).clamp(1, w),
+                    ((ih as f32 * scale).round() as u32).clamp(1, h),
+                );
+                let (ox, oy) = ((w - rw) / 2, (h - rh) / 2);
+                let resized = resize_region(image, Crop::full(image), rw, rh);
+                let mut canvas = vec![LETTERBOX_FILL; (w * h * 3) as usize];
+                for y in 0..rh as usize {
+                    let dst = ((y + oy as usize) * w as usize + ox as usize) * 3;
+                    canvas[dst..dst + rw as usize * 3]
+                        .copy_from_slice(&resized[y * rw as usize * 3..(y + 1) * rw as usize * 3]);
+                }
+                normalize_chw(&canvas, w as usize, h as usize, &self.mean, &self.std, out);
+                Placement { scale_x: scale, scale_y: scale, offset_x: ox, offset_y: oy }
+            }
+        }
+    }
+}
+
+/// `(x / 255 - mean) / std` per channel, from row-major RGB8 to planar CHW.
+pub fn normalize_chw(pixels: &[u8], width: usize, height: usize, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+    let plane = width * height;
+    let scale = [1.0 / (255.0 * std[0]), 1.0 / (255.0 * std[1]), 1.0 / (255.0 * std[2])];
+    let offset = [mean[0] / std[0], mean[1] / std[1], mean[2] / std[2]];
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (i, p) in pixels.chunks_exact(3).enumerate() {
+        r[i] = p[0] as f32 * scale[0] - offset[0];
+        g[i] = p[1] as f32 * scale[1] - offset[1];
+        b[i] = p[2] as f32 * scale[2] - offset[2];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma, Rgba, RgbaImage};
+
+    const IMAGENET: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+
+    #[test]
+    fn grayscale_and_rgba_become_rgb_and_bad_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let gray = dir.path().join("g.png");
+        GrayImage::from_pixel(3, 2, Luma([77])).save(&gray).unwrap();
+        assert_eq!(decode_rgb(&gray).unwrap().get_pixel(1, 1).0, [77, 77, 77]);
+        let rgba = dir.path().join("a.png");
+        RgbaImage::from_pixel(2, 2, Rgba([10, 20, 30, 0])).save(&rgba).unwrap();
+        assert_eq!(decode_rgb(&rgba).unwrap().get_pixel(0, 0).0, [10, 20, 30]);
+        let empty = dir.path().join("e.jpg");
+        std::fs::write(&empty, b"").unwrap();
+        assert_eq!(decode_rgb(&empty).unwrap_err(), "empty file");
+        let text = dir.path().join("t.jpg");
+        std::fs::write(&text, b"hello").unwrap();
+        assert!(decode_rgb(&text).is_err());
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // A 2x1 JPEG-free check: the decoder reports orientation; apply_orientation rotates. Build an image whose
+        // left half is red and rotate it as orientation 6 (90° clockwise) would.
+        let mut img = DynamicImage::ImageRgb8(RgbImage::from_fn(4, 2, |x, _| {
+            if x < 2 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        }));
+        img.apply_orientation(image::metadata::Orientation::Rotate90);
+        assert_eq!((img.width(), img.height()), (2, 4));
+    }
+
+    #[test]
+    fn stretch_normalises_into_chw() {
+        let p = Preprocess { size: [4, 6], resize: Resize::Stretch, mean: IMAGENET.0, std: IMAGENET.1 };
+        let image = RgbImage::from_pixel(12, 8, image::Rgb([255, 0, 128]));
+        let mut out = vec![0.0; p.tensor_len()];
+        let placement = p.apply(&image, &mut out);
+        assert_eq!(placement.scale_x, 0.5);
+        let expect = |c: usize, v: f32| (v / 255.0 - IMAGENET.0[c]) / IMAGENET.1[c];
+        assert!((out[0] - expect(0, 255.0)).abs() < 1e-5);
+        assert!((out[24] - expect(1, 0.0)).abs() < 1e-5);
+        assert!((out[48] - expect(2, 128.0)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn letterbox_keeps_the_aspect_ratio_and_pads_with_grey() {
+        let p = Preprocess { size: [8, 8], resize: Resize::Letterbox, mean: [0.0; 3], std: [1.0; 3] };
+        let image = RgbImage::from_pixel(16, 8, image::Rgb([255, 255, 255]));
+        let mut out = vec![0.0; p.tensor_len()];
+        let placement = p.apply(&image, &mut out);
+        assert_eq!((placement.scale_x, placement.offset_x, placement.offset_y), (0.5, 0, 2));
+        let grey = LETTERBOX_FILL as f32 / 255.0;
+        assert!((out[0] - grey).abs() < 1e-6, "top rows are padding");
+        assert!((out[2 * 8] - 1.0).abs() < 1e-6, "the image starts at row 2");
+        assert!((out[6 * 8] - grey).abs() < 1e-6, "bottom rows are padding");
+    }
+}
