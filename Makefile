@@ -33,7 +33,7 @@ unit: deps
 test: lint unit
 
 bench: deps
-	$(CARGO) bench --locked --bench data_pipeline
+	$(CARGO) bench --locked --bench data_pipeline --bench infer
 
 clean-runs:
 	rm -rf runs

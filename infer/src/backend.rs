@@ -20,6 +20,21 @@ pub enum Ep {
 }
 
 impl Ep {
+    /// What the provider needs at run time, for error messages.
+    pub fn requirements(&self) -> &'static str {
+        match self {
+            Ep::Cpu => "nothing beyond ONNX Runtime",
+            Ep::Cuda { .. } => {
+                "a GPU build of ONNX Runtime (libonnxruntime_providers_cuda.so beside libonnxruntime.so, e.g. from the \
+                 onnxruntime-gpu wheel; point ORT_DYLIB_PATH at it), CUDA 13 and cuDNN 9 libraries, and an NVIDIA driver"
+            }
+            Ep::TensorRt { .. } => {
+                "a GPU build of ONNX Runtime (libonnxruntime_providers_tensorrt.so and libonnxruntime_providers_cuda.so; \
+                 point ORT_DYLIB_PATH at it), TensorRT 10 (libnvinfer.so.10), CUDA 13, cuDNN 9 and an NVIDIA driver"
+            }
+        }
+    }
+
     /// ONNX Runtime's name for the provider.
     pub fn provider_name(&self) -> &'static str {
         match self {

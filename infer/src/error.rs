@@ -23,8 +23,8 @@ pub enum Error {
     #[error("model {path} is a '{found}' model, not '{expected}'")]
     WrongTask { path: PathBuf, expected: String, found: String },
 
-    #[error("execution provider {ep} is not available: {reason}")]
-    EpUnavailable { ep: String, reason: String },
+    #[error("execution provider {ep} is not available: {reason} (it needs {needs})")]
+    EpUnavailable { ep: String, reason: String, needs: String },
 
     #[error("input: {0}")]
     InvalidInput(String),

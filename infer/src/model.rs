@@ -164,14 +164,16 @@ fn ort_session(bytes: &[u8], ep: &Ep, threads: Option<usize>, deps: Option<&Path
         }
     };
     if let Some(dispatch) = dispatch {
-        builder = builder
-            .with_execution_providers([dispatch])
-            .map_err(|e| Error::EpUnavailable { ep: ep.provider_name().into(), reason: e.to_string() })?;
+        builder = builder.with_execution_providers([dispatch]).map_err(|e| unavailable(ep, e.to_string()))?;
     }
     builder.commit_from_memory(bytes).map_err(|e| match ep {
         Ep::Cpu => Error::Ort(e.to_string()),
-        _ => Error::EpUnavailable { ep: ep.provider_name().into(), reason: e.to_string() },
+        _ => unavailable(ep, e.to_string()),
     })
+}
+
+fn unavailable(ep: &Ep, reason: String) -> Error {
+    Error::EpUnavailable { ep: ep.provider_name().into(), reason, needs: ep.requirements().into() }
 }
 
 fn tract_plan(bytes: &[u8]) -> Result<Arc<TypedRunnableModel>> {

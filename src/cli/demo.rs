@@ -58,5 +58,37 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         export.bytes as f64 / 1e6,
         export.metadata.opset
     );
+
+    let examples: Vec<PathBuf> = export
+        .metadata
+        .class_names
+        .iter()
+        .map(|class| args.out.join("shapes/test").join(class).join("00000.png"))
+        .collect();
+    println!("\n$ kiln infer --model {} --top-k 2 <one test image per class>", export.path.display());
+    super::infer::run(super::infer::InferArgs {
+        model: export.path.clone(),
+        backend: super::infer::BackendArgs {
+            backend: super::infer::Runtime::Ort,
+            ep: super::infer::EpArg::Cpu,
+            device: 0,
+            threads: None,
+        },
+        inputs: examples,
+        format: super::output::Format::Table,
+        top_k: 2,
+        batch: 1,
+    })?;
+    println!("\n$ kiln bench --model {} --backends ort-cpu,tract", export.path.display());
+    super::bench::run(super::bench::BenchArgs {
+        model: export.path,
+        backends: vec![kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), kiln_infer::Backend::Tract],
+        batch: vec![1],
+        warmup: 5,
+        iters: 50,
+        duration: None,
+        threads: None,
+        json: None,
+    })?;
     Ok(())
 }

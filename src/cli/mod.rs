@@ -1,9 +1,11 @@
 //! The command line: one module per command.
 
+mod bench;
 mod demo;
 mod doctor;
 mod eval;
 mod export;
+mod infer;
 mod output;
 mod predict;
 mod train;
@@ -31,6 +33,10 @@ enum Command {
     Export(export::ExportFormat),
     /// Classify images with a run's checkpoint (libtorch).
     Predict(predict::PredictArgs),
+    /// Classify images with an exported ONNX model (ONNX Runtime or tract).
+    Infer(infer::InferArgs),
+    /// Latency and throughput of an ONNX model per backend and batch size.
+    Bench(bench::BenchArgs),
     /// Show the libtorch, CUDA and ONNX Runtime this kiln uses.
     Doctor,
     /// Generate a procedural data set, train convnext_atto on it and test it.
@@ -44,6 +50,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Test(args) => eval::run(args, kiln_train::data::Split::Test),
         Command::Export(format) => export::run(format),
         Command::Predict(args) => predict::run(args),
+        Command::Infer(args) => infer::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Doctor => doctor::run(),
         Command::Demo(args) => demo::run(args),
     }

@@ -78,7 +78,10 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         } else if input.exists() {
             files.push(input.clone());
         } else {
-            return Err(Error::Io { path: input.clone(), source: std::io::ErrorKind::NotFound.into() });
+            return Err(Error::Io {
+                path: input.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            });
         }
     }
     Ok(files)

@@ -1,0 +1,190 @@
+//! `kiln bench`: latency and throughput of a model per backend, execution provider and batch size.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use kiln_infer::Backend;
+
+use super::infer::open_model;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_name = "FILE.onnx")]
+    pub model: PathBuf,
+    /// Comma-separated: ort-cpu, ort-cuda[:N], ort-tensorrt[:N][-fp16], tract.
+    #[arg(long, value_delimiter = ',', default_value = "ort-cpu,tract")]
+    pub backends: Vec<Backend>,
+    /// Comma-separated batch sizes (a model exported without --dynamic-batch runs only its own).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub batch: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed runs per row.
+    #[arg(long, default_value_t = 50, conflicts_with = "duration")]
+    pub iters: usize,
+    /// Seconds of timed runs per row, instead of --iters.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// ONNX Runtime intra-op threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also write the rows as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// One row of the table.
+#[derive(Debug, Serialize)]
+pub struct BenchRow {
+    pub backend: String,
+    pub batch: usize,
+    /// The execution provider in use, or why the row could not run.
+    pub status: String,
+    pub load_ms: Option<f64>,
+    /// The first run (TensorRT builds its engine here; ONNX Runtime allocates).
+    pub first_run_ms: Option<f64>,
+    pub runs: usize,
+    pub mean_ms: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub images_per_second: Option<f64>,
+}
+
+fn unavailable(backend: &Backend, batch: usize, reason: String) -> BenchRow {
+    BenchRow {
+        backend: backend.to_string(),
+        batch,
+        status: format!("unavailable: {reason}"),
+        load_ms: None,
+        first_run_ms: None,
+        runs: 0,
+        mean_ms: None,
+        p50_ms: None,
+        p90_ms: None,
+        p99_ms: None,
+        images_per_second: None,
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn bench_one(args: &BenchArgs, backend: &Backend) -> Vec<BenchRow> {
+    let model = match open_model(&args.model, backend.clone(), args.threads) {
+        Ok(m) => m,
+        Err(e) => return args.batch.iter().map(|&b| unavailable(backend, b, e.to_string())).collect(),
+    };
+    let load_ms = ms(model.load_time());
+    let per = match model.preprocess() {
+        Some(p) => p.tensor_len(),
+        None => return args.batch.iter().map(|&b| unavailable(backend, b, "no kiln metadata".into())).collect(),
+    };
+    let status = match backend {
+        Backend::Ort(ep) => ep.provider_name().to_string(),
+        Backend::Tract => "tract".to_string(),
+    };
+    let mut rows = Vec::new();
+    for &batch in &args.batch {
+        if let Some(fixed) = model.fixed_batch().filter(|&f| f != batch) {
+            rows.push(unavailable(
+                backend,
+                batch,
+                format!("the model has a fixed batch of {fixed} (export with --dynamic-batch)"),
+            ));
+            continue;
+        }
+        // A smooth pattern rather than zeros, so no runtime can shortcut it.
+        let input: Vec<f32> = (0..batch * per).map(|i| ((i % 97) as f32 / 48.5) - 1.0).collect();
+        let started = Instant::now();
+        if let Err(e) = model.run(&input, batch) {
+            rows.push(unavailable(backend, batch, e.to_string()));
+            continue;
+        }
+        let first = ms(started.elapsed());
+        for _ in 0..args.warmup {
+            let _ = model.run(&input, batch);
+        }
+        let mut times = Vec::new();
+        let deadline = args.duration.map(Duration::from_secs_f64);
+        let begin = Instant::now();
+        loop {
+            let t = Instant::now();
+            if let Err(e) = model.run(&input, batch) {
+                rows.push(unavailable(backend, batch, e.to_string()));
+                break;
+            }
+            times.push(ms(t.elapsed()));
+            let done = match deadline {
+                Some(d) => begin.elapsed() >= d,
+                None => times.len() >= args.iters.max(1),
+            };
+            if done {
+                break;
+            }
+        }
+        if times.is_empty() {
+            continue;
+        }
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        times.sort_by(f64::total_cmp);
+        rows.push(BenchRow {
+            backend: backend.to_string(),
+            batch,
+            status: status.clone(),
+            load_ms: Some(load_ms),
+            first_run_ms: Some(first),
+            runs: times.len(),
+            mean_ms: Some(mean),
+            p50_ms: Some(percentile(&times, 0.5)),
+            p90_ms: Some(percentile(&times, 0.9)),
+            p99_ms: Some(percentile(&times, 0.99)),
+            images_per_second: Some(batch as f64 * 1e3 / mean),
+        });
+    }
+    rows
+}
+
+pub fn print_table(rows: &[BenchRow]) {
+    println!(
+        "| backend | batch | EP in use | load ms | first run ms | mean ms | p50 ms | p90 ms | p99 ms | images/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.backend,
+            r.batch,
+            r.status,
+            f(r.load_ms),
+            f(r.first_run_ms),
+            f(r.mean_ms),
+            f(r.p50_ms),
+            f(r.p90_ms),
+            f(r.p99_ms),
+            r.images_per_second.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+        );
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for backend in &args.backends {
+        rows.extend(bench_one(&args, backend));
+    }
+    print_table(&rows);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&rows)?)?;
+    }
+    Ok(())
+}

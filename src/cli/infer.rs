@@ -1,0 +1,166 @@
+//! `kiln infer`: classify images with an exported ONNX model on ONNX Runtime or tract, streaming results.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use kiln_infer::preprocess::decode_rgb;
+use kiln_infer::{Backend, Classifier, Ep, Model};
+
+use super::output::Format;
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    Ort,
+    Tract,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpArg {
+    Cpu,
+    Cuda,
+    Tensorrt,
+}
+
+/// Which backend to open a model on, from the command line.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    #[arg(long, value_enum, default_value = "ort")]
+    pub backend: Runtime,
+    /// ONNX Runtime execution provider.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub ep: EpArg,
+    /// GPU number for cuda and tensorrt.
+    #[arg(long, default_value_t = 0)]
+    pub device: i32,
+    /// ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl BackendArgs {
+    pub fn backend(&self) -> Backend {
+        match (self.backend, self.ep) {
+            (Runtime::Tract, _) => Backend::Tract,
+            (Runtime::Ort, EpArg::Cpu) => Backend::Ort(Ep::Cpu),
+            (Runtime::Ort, EpArg::Cuda) => Backend::Ort(Ep::Cuda { device: self.device }),
+            (Runtime::Ort, EpArg::Tensorrt) => {
+                Backend::Ort(Ep::TensorRt { device: self.device, fp16: false, cache_dir: None })
+            }
+        }
+    }
+}
+
+/// Opens `path` on `backend`, looking for ONNX Runtime in the deps directory kiln was built with.
+pub fn open_model(path: &std::path::Path, backend: Backend, threads: Option<usize>) -> kiln_infer::Result<Model> {
+    let mut builder = Model::builder().backend(backend).ort_deps(env!("KILN_DEFAULT_DEPS"));
+    if let Some(n) = threads {
+        builder = builder.threads(n);
+    }
+    builder.open(path)
+}
+
+#[derive(Args, Debug)]
+pub struct InferArgs {
+    /// An ONNX model exported by kiln.
+    #[arg(long, value_name = "FILE.onnx")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// Image files and folders (searched recursively).
+    #[arg(required = true, value_name = "IMAGES_OR_DIRS")]
+    pub inputs: Vec<PathBuf>,
+    /// table, json (one JSON object per line) or csv.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    #[arg(long, default_value_t = 1)]
+    pub top_k: usize,
+    /// Images per run (a fixed-batch model is filled up to its own batch size).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+}
+
+pub fn run(args: InferArgs) -> anyhow::Result<()> {
+    let files = kiln_train::classify::predict::expand_inputs(&args.inputs)?;
+    let model = open_model(&args.model, args.backend.backend(), args.backend.threads)?;
+    eprintln!(
+        "{} on {} (loaded in {:.0} ms)",
+        args.model.display(),
+        model.backend(),
+        model.load_time().as_secs_f64() * 1e3
+    );
+    let classifier = Classifier::new(model)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if args.format == Format::Csv {
+        writeln!(out, "path,rank,class,probability,error")?;
+    }
+    let mut failed = 0;
+    for chunk in files.chunks(args.batch.max(1)) {
+        let mut images = Vec::with_capacity(chunk.len());
+        let mut paths = Vec::with_capacity(chunk.len());
+        for path in chunk {
+            match decode_rgb(path) {
+                Ok(image) => {
+                    images.push(image);
+                    paths.push(path);
+                }
+                Err(reason) => {
+                    failed += 1;
+                    write_error(&mut out, args.format, path, &reason)?;
+                }
+            }
+        }
+        if images.is_empty() {
+            continue;
+        }
+        for (path, top) in paths.iter().zip(classifier.predict_batch(&images, args.top_k)?) {
+            write_result(&mut out, args.format, path, &top)?;
+        }
+        out.flush()?;
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} image(s) could not be read", files.len());
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn write_result(
+    out: &mut impl Write,
+    format: Format,
+    path: &std::path::Path,
+    top: &[kiln_infer::ClassScore],
+) -> std::io::Result<()> {
+    let shown = path.display().to_string();
+    match format {
+        Format::Table => {
+            let classes: Vec<String> = top.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect();
+            writeln!(out, "{shown}  {}", classes.join(", "))
+        }
+        Format::Json => writeln!(out, "{}", serde_json::json!({"path": shown, "top": top})),
+        Format::Csv => {
+            for (rank, c) in top.iter().enumerate() {
+                writeln!(out, "{},{},{},{:.6},", csv_field(&shown), rank + 1, csv_field(&c.class), c.probability)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn write_error(out: &mut impl Write, format: Format, path: &std::path::Path, reason: &str) -> std::io::Result<()> {
+    let shown = path.display().to_string();
+    match format {
+        Format::Table => writeln!(out, "{shown}  error: {reason}"),
+        Format::Json => writeln!(out, "{}", serde_json::json!({"path": shown, "error": reason})),
+        Format::Csv => writeln!(out, "{},,,,{}", csv_field(&shown), csv_field(reason)),
+    }
+}
