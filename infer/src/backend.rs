@@ -45,7 +45,16 @@ impl Ep {
     }
 }
 
-/// The runtime and, for ONNX Runtime, the execution provider.
+/// The runtime and, for ONNX Runtime, the execution provider. Parses from and prints as the names `kiln bench`
+/// takes:
+///
+/// ```
+/// use kiln_infer::{Backend, Ep};
+///
+/// let backend: Backend = "ort-tensorrt:1-fp16".parse().unwrap();
+/// assert_eq!(backend, Backend::Ort(Ep::TensorRt { device: 1, fp16: true, cache_dir: None }));
+/// assert_eq!(backend.to_string(), "ort-tensorrt:1-fp16");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
     Ort(Ep),

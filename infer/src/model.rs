@@ -1,5 +1,6 @@
 //! A loaded ONNX model, committed to a backend: [`Model::builder`] → [`ModelBuilder::open`] → [`Model::run`].
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,7 +9,9 @@ use kiln_export::ModelMetadata;
 use onnx_protobuf::{tensor_shape_proto::dimension, type_proto, ValueInfoProto};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use tract_onnx::prelude::{tvec, Framework, InferenceModelExt, IntoRunnable, TypedRunnableModel};
+use tract_onnx::prelude::{
+    tvec, Datum, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, TypedRunnableModel,
+};
 
 use crate::backend::{Backend, Ep};
 use crate::preprocess::Preprocess;
@@ -52,7 +55,46 @@ enum Engine {
     /// ONNX Runtime's `run` needs `&mut Session`: calls on one model take turns (each run is itself parallel).
     Ort(Mutex<Session>),
     /// tract plans run through `&self`: concurrent calls run concurrently.
-    Tract(Arc<TypedRunnableModel>),
+    Tract(TractPlans),
+}
+
+/// tract optimises far better for concrete shapes than for a symbolic batch, so a dynamic-batch model gets one
+/// optimised plan per batch size, built on first use and kept.
+struct TractPlans {
+    model: InferenceModel,
+    plans: Mutex<HashMap<usize, Arc<TypedRunnableModel>>>,
+}
+
+impl TractPlans {
+    fn new(bytes: &[u8], input: &TensorSpec, first_batch: usize) -> Result<Self> {
+        let model = tract_onnx::onnx().model_for_read(&mut std::io::Cursor::new(bytes)).map_err(tract_error)?;
+        let plans = Self { model, plans: Mutex::new(HashMap::new()) };
+        if input.shape[1..].iter().all(Option::is_some) {
+            plans.plan(input, first_batch)?;
+        }
+        Ok(plans)
+    }
+
+    fn plan(&self, input: &TensorSpec, batch: usize) -> Result<Arc<TypedRunnableModel>> {
+        if let Some(plan) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&batch) {
+            return Ok(Arc::clone(plan));
+        }
+        let dims: Vec<usize> = std::iter::once(batch).chain(input.shape[1..].iter().map(|d| d.unwrap_or(1))).collect();
+        let dt = if input.half { half::f16::datum_type() } else { f32::datum_type() };
+        let plan = self
+            .model
+            .clone()
+            .with_input_fact(0, InferenceFact::dt_shape(dt, dims))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(tract_error)?;
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).insert(batch, Arc::clone(&plan));
+        Ok(plan)
+    }
+}
+
+fn tract_error(e: tract_onnx::prelude::TractError) -> Error {
+    Error::Tract(format!("{e:#}"))
 }
 
 /// Chooses how a model is opened. `Model::builder().backend(Backend::Tract).threads(2).open("m.onnx")`.
@@ -130,7 +172,7 @@ impl ModelBuilder {
             Backend::Ort(ep) => {
                 Engine::Ort(Mutex::new(ort_session(&bytes, ep, self.threads, self.ort_deps.as_deref())?))
             }
-            Backend::Tract => Engine::Tract(tract_plan(&bytes)?),
+            Backend::Tract => Engine::Tract(TractPlans::new(&bytes, &input, input.shape[0].unwrap_or(1))?),
         };
         Ok(Model {
             path: path.to_path_buf(),
@@ -174,17 +216,6 @@ fn ort_session(bytes: &[u8], ep: &Ep, threads: Option<usize>, deps: Option<&Path
 
 fn unavailable(ep: &Ep, reason: String) -> Error {
     Error::EpUnavailable { ep: ep.provider_name().into(), reason, needs: ep.requirements().into() }
-}
-
-fn tract_plan(bytes: &[u8]) -> Result<Arc<TypedRunnableModel>> {
-    let tract = |e: tract_onnx::prelude::TractError| Error::Tract(format!("{e:#}"));
-    tract_onnx::onnx()
-        .model_for_read(&mut std::io::Cursor::new(bytes))
-        .map_err(tract)?
-        .into_optimized()
-        .map_err(tract)?
-        .into_runnable()
-        .map_err(tract)
 }
 
 /// A model ready to run. `Send + Sync`: share it between threads behind an `Arc`. On ONNX Runtime concurrent
@@ -239,7 +270,7 @@ impl Model {
     }
 
     /// How long creating the session took (graph optimisation; for TensorRT, engine building may also happen at
-    /// the first run).
+    /// the first run; tract optimises a dynamic-batch model again at the first run of each new batch size).
     pub fn load_time(&self) -> Duration {
         self.load_time
     }
@@ -272,7 +303,7 @@ impl Model {
         let shape = [batch, c, h, w];
         match &self.engine {
             Engine::Ort(session) => self.run_ort(session, input, shape),
-            Engine::Tract(plan) => self.run_tract(plan, input, shape),
+            Engine::Tract(plans) => self.run_tract(&plans.plan(&self.input, batch)?, input, shape),
         }
     }
 
@@ -302,7 +333,7 @@ impl Model {
     }
 
     fn run_tract(&self, plan: &Arc<TypedRunnableModel>, input: &[f32], shape: [usize; 4]) -> Result<Vec<Output>> {
-        let tract = |e: tract_onnx::prelude::TractError| Error::Tract(format!("{e:#}"));
+        let tract = tract_error;
         let tensor = if self.input.half {
             let data: Vec<half::f16> = input.iter().map(|&v| half::f16::from_f32(v)).collect();
             tract_onnx::prelude::Tensor::from_shape(&shape, &data).map_err(tract)?

@@ -123,6 +123,9 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     if failed > 0 {
         eprintln!("{failed} of {} image(s) could not be read", files.len());
     }
+    if let Some(mib) = super::output::peak_rss_mib() {
+        eprintln!("{} image(s); peak resident memory {mib:.0} MiB", files.len());
+    }
     Ok(())
 }
 
