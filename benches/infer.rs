@@ -1,6 +1,6 @@
 //! Inference: preprocessing a 640×480 JPEG to a 224 px tensor, and convnext_atto at 224 px on ONNX Runtime (CPU)
-//! and tract: the bare session run at batch 1 against `Classifier::predict` on a decoded image (pre- and
-//! post-processing overhead) and on a file (decoding included).
+//! (one intra-op thread) and tract: the bare session run at batch 1 against `Classifier::predict` on a decoded
+//! image (pre- and post-processing overhead) and on a file (decoding included).
 //!
 //! `cargo bench --bench infer` (`make bench`); ORT_DYLIB_PATH must point at ONNX Runtime (the Makefile sets it).
 
@@ -65,7 +65,9 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     for (name, backend) in [("ort_cpu", Backend::Ort(Ep::Cpu)), ("tract", Backend::Tract)] {
-        let classifier = Classifier::new(Model::builder().backend(backend).open(&s.onnx).unwrap()).unwrap();
+        // One intra-op thread: on a small shared machine a multi-threaded session's run-to-run noise is larger
+        // than the overhead being measured.
+        let classifier = Classifier::new(Model::builder().backend(backend).threads(1).open(&s.onnx).unwrap()).unwrap();
         pre.apply(&decoded, &mut tensor);
         let mut group = c.benchmark_group(format!("convnext_atto_224_{name}"));
         group.throughput(Throughput::Elements(1));
