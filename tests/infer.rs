@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_infer::preprocess::decode_rgb;
-use kiln_infer::{Backend, Classifier, Ep, Error, Model, Preprocess, Resize};
+use kiln_infer::{Backend, ChannelOrder, Classifier, Ep, Error, Model, Preprocess, Resize};
 use kiln_train::classify::{self, export_run, predict, ExportOptions, PredictOptions};
 use kiln_train::RunDir;
 
@@ -114,7 +114,13 @@ fn raw_mode_and_bad_models_are_typed_errors() {
     assert!(matches!(Classifier::new(model), Err(Error::NoMetadata { .. })));
 
     let imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
-    let raw = Preprocess { size: [64, 64], resize: Resize::Stretch, mean: imagenet.0, std: imagenet.1 };
+    let raw = Preprocess {
+        size: [64, 64],
+        resize: Resize::Stretch,
+        mean: imagenet.0,
+        std: imagenet.1,
+        channels: ChannelOrder::Rgb,
+    };
     let model = Model::builder().backend(Backend::Ort(Ep::Cpu)).raw(raw.clone()).open(&bare).unwrap();
     let names = vec!["a".to_string(), "b".to_string(), "c".to_string()];
     let classifier = Classifier::with_classes(model, names.clone()).unwrap();

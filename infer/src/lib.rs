@@ -32,4 +32,4 @@ pub use backend::{Backend, Ep};
 pub use classifier::{ClassScore, Classifier};
 pub use error::{Error, Result};
 pub use model::{Model, ModelBuilder, Output, TensorSpec};
-pub use preprocess::{Preprocess, Resize};
+pub use preprocess::{ChannelOrder, Preprocess, Resize};

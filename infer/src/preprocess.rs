@@ -74,6 +74,15 @@ pub enum Resize {
     Letterbox,
 }
 
+/// The order of the colour channels the model expects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChannelOrder {
+    #[default]
+    Rgb,
+    /// Blue, green, red (models trained on OpenCV-loaded images); `mean` and `std` are then in BGR order too.
+    Bgr,
+}
+
 /// Where a letterboxed image landed inside the input: scale and offset, to map outputs back to the image.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Placement {
@@ -92,23 +101,30 @@ pub struct Preprocess {
     /// `[height, width]`.
     pub size: [u32; 2],
     pub resize: Resize,
+    /// Per-channel mean and standard deviation on 0..1 values, in the model's channel order.
     pub mean: [f32; 3],
     pub std: [f32; 3],
+    pub channels: ChannelOrder,
 }
 
 impl Preprocess {
     /// The preprocessing a model's metadata describes.
     pub fn from_metadata(metadata: &ModelMetadata) -> Result<Self> {
         let input = &metadata.input;
-        if input.layout != "NCHW" || input.color != "RGB" {
-            return Err(Error::Unsupported(format!("input layout {} / colour {}", input.layout, input.color)));
+        if input.layout != "NCHW" {
+            return Err(Error::Unsupported(format!("input layout {}", input.layout)));
         }
+        let channels = match input.color.as_str() {
+            "RGB" => ChannelOrder::Rgb,
+            "BGR" => ChannelOrder::Bgr,
+            other => return Err(Error::Unsupported(format!("colour order '{other}'"))),
+        };
         let resize = match input.resize.as_str() {
             "stretch" => Resize::Stretch,
             "letterbox" => Resize::Letterbox,
             other => return Err(Error::Unsupported(format!("resize mode '{other}'"))),
         };
-        Ok(Self { size: input.size, resize, mean: input.mean, std: input.std })
+        Ok(Self { size: input.size, resize, mean: input.mean, std: input.std, channels })
     }
 
     /// Floats per image: `3 × height × width`.
@@ -124,7 +140,7 @@ impl Preprocess {
         match self.resize {
             Resize::Stretch => {
                 let pixels = resize_region(image, Crop::full(image), w, h);
-                normalize_chw(&pixels, w as usize, h as usize, &self.mean, &self.std, out);
+                self.normalize(&pixels, w as usize, h as usize, out);
                 let (iw, ih) = image.dimensions();
                 Placement { scale_x: w as f32 / iw as f32, scale_y: h as f32 / ih as f32, offset_x: 0, offset_y: 0 }
             }
@@ -143,24 +159,44 @@ impl Preprocess {
                     canvas[dst..dst + rw as usize * 3]
                         .copy_from_slice(&resized[y * rw as usize * 3..(y + 1) * rw as usize * 3]);
                 }
-                normalize_chw(&canvas, w as usize, h as usize, &self.mean, &self.std, out);
+                self.normalize(&canvas, w as usize, h as usize, out);
                 Placement { scale_x: scale, scale_y: scale, offset_x: ox, offset_y: oy }
             }
         }
     }
 }
 
-/// `(x / 255 - mean) / std` per channel, from row-major RGB8 to planar CHW.
-pub fn normalize_chw(pixels: &[u8], width: usize, height: usize, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+impl Preprocess {
+    fn normalize(&self, pixels: &[u8], width: usize, height: usize, out: &mut [f32]) {
+        normalize_chw(pixels, width, height, &self.mean, &self.std, self.channels, out);
+    }
+}
+
+/// `(x / 255 - mean) / std` per channel, from row-major RGB8 to planar CHW in `order` (`mean` and `std` are in
+/// that order too).
+pub fn normalize_chw(
+    pixels: &[u8],
+    width: usize,
+    height: usize,
+    mean: &[f32; 3],
+    std: &[f32; 3],
+    order: ChannelOrder,
+    out: &mut [f32],
+) {
     let plane = width * height;
+    // Which RGB8 byte feeds each output plane.
+    let source = match order {
+        ChannelOrder::Rgb => [0, 1, 2],
+        ChannelOrder::Bgr => [2, 1, 0],
+    };
     let scale = [1.0 / (255.0 * std[0]), 1.0 / (255.0 * std[1]), 1.0 / (255.0 * std[2])];
     let offset = [mean[0] / std[0], mean[1] / std[1], mean[2] / std[2]];
-    let (r, rest) = out.split_at_mut(plane);
-    let (g, b) = rest.split_at_mut(plane);
+    let (c0, rest) = out.split_at_mut(plane);
+    let (c1, c2) = rest.split_at_mut(plane);
     for (i, p) in pixels.chunks_exact(3).enumerate() {
-        r[i] = p[0] as f32 * scale[0] - offset[0];
-        g[i] = p[1] as f32 * scale[1] - offset[1];
-        b[i] = p[2] as f32 * scale[2] - offset[2];
+        c0[i] = p[source[0]] as f32 * scale[0] - offset[0];
+        c1[i] = p[source[1]] as f32 * scale[1] - offset[1];
+        c2[i] = p[source[2]] as f32 * scale[2] - offset[2];
     }
 }
 
@@ -205,7 +241,13 @@ mod tests {
 
     #[test]
     fn stretch_normalises_into_chw() {
-        let p = Preprocess { size: [4, 6], resize: Resize::Stretch, mean: IMAGENET.0, std: IMAGENET.1 };
+        let p = Preprocess {
+            size: [4, 6],
+            resize: Resize::Stretch,
+            mean: IMAGENET.0,
+            std: IMAGENET.1,
+            channels: ChannelOrder::Rgb,
+        };
         let image = RgbImage::from_pixel(12, 8, image::Rgb([255, 0, 128]));
         let mut out = vec![0.0; p.tensor_len()];
         let placement = p.apply(&image, &mut out);
@@ -217,8 +259,28 @@ mod tests {
     }
 
     #[test]
+    fn bgr_models_get_blue_first() {
+        let p = Preprocess {
+            size: [2, 2],
+            resize: Resize::Stretch,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            channels: ChannelOrder::Bgr,
+        };
+        let mut out = vec![0.0; p.tensor_len()];
+        p.apply(&RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 51])), &mut out);
+        assert!((out[0] - 0.2).abs() < 1e-6 && out[4] == 0.0 && (out[8] - 1.0).abs() < 1e-6, "{out:?}");
+    }
+
+    #[test]
     fn letterbox_keeps_the_aspect_ratio_and_pads_with_grey() {
-        let p = Preprocess { size: [8, 8], resize: Resize::Letterbox, mean: [0.0; 3], std: [1.0; 3] };
+        let p = Preprocess {
+            size: [8, 8],
+            resize: Resize::Letterbox,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            channels: ChannelOrder::Rgb,
+        };
         let image = RgbImage::from_pixel(16, 8, image::Rgb([255, 255, 255]));
         let mut out = vec![0.0; p.tensor_len()];
         let placement = p.apply(&image, &mut out);

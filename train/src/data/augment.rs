@@ -7,7 +7,7 @@
 
 use image::RgbImage;
 pub use kiln_infer::preprocess::Crop;
-use kiln_infer::preprocess::{resize_region, Preprocess, Resize};
+use kiln_infer::preprocess::{resize_region, ChannelOrder, Preprocess, Resize};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -157,7 +157,13 @@ pub fn transform_into(
     let (w, h) = image.dimensions();
     match transform {
         Transform::Eval => {
-            let eval = Preprocess { size: [size, size], resize: Resize::Stretch, mean: norm.mean, std: norm.std };
+            let eval = Preprocess {
+                size: [size, size],
+                resize: Resize::Stretch,
+                mean: norm.mean,
+                std: norm.std,
+                channels: ChannelOrder::Rgb,
+            };
             eval.apply(image, out);
         }
         Transform::Train(cfg) => {
