@@ -18,6 +18,7 @@ pub mod plots;
 pub mod progress;
 pub mod run_dir;
 pub mod synthetic;
+pub mod tune;
 
 pub use config::{Task, TrainConfig};
 pub use error::{Error, Result};

@@ -1,0 +1,10 @@
+//! Hyperparameter tuning, Optuna-style: search spaces, samplers (TPE, random, grid).
+//!
+//! Studies with pruning and SQLite/PostgreSQL storage build on these (the tuning issue is in progress).
+
+pub mod parzen;
+pub mod sampler;
+pub mod space;
+
+pub use sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
+pub use space::{Distribution, SearchSpace};
