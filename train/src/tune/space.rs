@@ -41,7 +41,7 @@ impl Distribution {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Distribution::Float { low, high, log, step } => {
-                if !(low <= high) || !low.is_finite() || !high.is_finite() {
+                if !low.is_finite() || !high.is_finite() || low > high {
                     return Err(format!("float range [{low}, {high}] is empty"));
                 }
                 if *log && *low <= 0.0 {
