@@ -29,6 +29,9 @@ pub enum Error {
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
 
+    #[error("study storage {url}: {reason}")]
+    Storage { url: String, reason: String },
+
     #[error("plot {path}: {reason}")]
     Plot { path: PathBuf, reason: String },
 

@@ -7,7 +7,9 @@ pub mod parzen;
 pub mod pruner;
 pub mod sampler;
 pub mod space;
+pub mod storage;
 
 pub use pruner::{Curve, MedianPruner, NoPruner, Pruner, SuccessiveHalvingPruner};
 pub use sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
 pub use space::{Distribution, SearchSpace};
+pub use storage::{Direction, SqliteStorage, TrialRecord, TrialState};
