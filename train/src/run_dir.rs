@@ -41,6 +41,10 @@ impl RunDir {
         let base = name.unwrap_or("exp");
         for n in 1.. {
             let candidate = if n == 1 { parent.join(base) } else { parent.join(format!("{base}{n}")) };
+            // A name with a slash (`study/trial_3`) nests the run under its study.
+            if let Some(dir) = candidate.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+            }
             match std::fs::create_dir(&candidate) {
                 Ok(()) => {
                     let run = Self { path: candidate };

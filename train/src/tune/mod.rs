@@ -8,8 +8,10 @@ pub mod pruner;
 pub mod sampler;
 pub mod space;
 pub mod storage;
+pub mod study;
 
 pub use pruner::{Curve, MedianPruner, NoPruner, Pruner, SuccessiveHalvingPruner};
 pub use sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
 pub use space::{Distribution, SearchSpace};
 pub use storage::{Direction, SqliteStorage, TrialRecord, TrialState};
+pub use study::{default_space, run_study, PrunerKind, SamplerKind, StudyOptions, StudyOutcome};

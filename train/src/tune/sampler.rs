@@ -61,13 +61,14 @@ impl Sampler for RandomSampler {
 }
 
 /// Every combination of the categorical values and of `points` evenly spaced values per numerical parameter, in
-/// order; after the last, it starts over.
+/// order, combination `next` first; after the last, it starts over. A study starts it at the trial's number.
 pub struct GridSampler {
     pub points: usize,
+    pub next: usize,
 }
 
 impl Sampler for GridSampler {
-    fn sample(&mut self, space: &SearchSpace, history: &[Observation]) -> Params {
+    fn sample(&mut self, space: &SearchSpace, _history: &[Observation]) -> Params {
         let axes: Vec<(String, Vec<Value>)> = space
             .iter()
             .map(|(k, d)| {
@@ -93,7 +94,8 @@ impl Sampler for GridSampler {
             })
             .collect();
         let total: usize = axes.iter().map(|(_, v)| v.len()).product::<usize>().max(1);
-        let mut index = history.len() % total;
+        let mut index = self.next % total;
+        self.next += 1;
         axes.into_iter()
             .map(|(k, values)| {
                 let v = values[index % values.len()].clone();
@@ -353,7 +355,7 @@ mod tests {
             ("a".to_string(), Distribution::Categorical { choices: vec![json!(1), json!(2)] }),
             ("b".to_string(), Distribution::Int { low: 0, high: 2, step: 1, log: false }),
         ]);
-        let mut grid = GridSampler { points: 3 };
+        let mut grid = GridSampler { points: 3, next: 0 };
         let mut history = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..6 {

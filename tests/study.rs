@@ -1,0 +1,56 @@
+//! Studies end to end on SQLite: trials train, a failing trial is recorded FAIL and the study goes on, rerunning
+//! resumes to the new total, and the outputs are written.
+
+mod common;
+
+use kiln_train::tune::{run_study, Distribution, PrunerKind, SamplerKind, SearchSpace, StudyOptions, TrialState};
+
+#[test]
+fn a_study_runs_records_failures_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (6, 3, 0), 3);
+    let mut base = common::quick_config(&data, &dir.path().join("runs"), 2);
+    base.img_size = 32;
+    let space = SearchSpace::from([
+        // 100 px is not a multiple of 32: the trial that draws it fails, the study goes on.
+        ("img_size".to_string(), Distribution::Categorical { choices: vec![100.into(), 32.into()] }),
+        ("lr".to_string(), Distribution::Float { low: 1e-3, high: 3e-3, log: true, step: None }),
+    ]);
+    let mut options = StudyOptions {
+        trials: 3,
+        storage: dir.path().join("study.db"),
+        name: "shapes".into(),
+        sampler: SamplerKind::Grid,
+        pruner: PrunerKind::None,
+        space: Some(space),
+        heartbeat_timeout: std::time::Duration::from_secs(600),
+        worker: "test".into(),
+    };
+    let first = run_study(&base, &options).unwrap();
+    assert_eq!(first.ran, 3);
+    let states: Vec<TrialState> = first.trials.iter().map(|t| t.state).collect();
+    assert_eq!(states, [TrialState::Fail, TrialState::Complete, TrialState::Fail]);
+    assert!(first.trials[0].reason.as_deref().unwrap().contains("img_size"), "{:?}", first.trials[0].reason);
+    assert_eq!(first.trials[1].intermediate.len(), 2, "validation accuracy reported every epoch");
+    assert!(dir.path().join("runs/classify/shapes/trial_1/weights/best.safetensors").is_file());
+
+    options.trials = 5;
+    let second = run_study(&base, &options).unwrap();
+    assert_eq!(second.ran, 2, "only the missing trials run");
+    assert_eq!(second.trials.iter().map(|t| t.number).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    let best = second.best.as_ref().unwrap();
+    assert_eq!(best.params["img_size"], 32);
+    let best_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(second.dir.join("best_params.json")).unwrap()).unwrap();
+    assert_eq!(best_json["trial"], best.number);
+    let csv = std::fs::read_to_string(second.dir.join("trials.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 6);
+    assert!(csv.starts_with("number,state,value,params,intermediate,duration_s,reason"));
+
+    options.space = Some(SearchSpace::from([(
+        "learning_rate".to_string(),
+        Distribution::Float { low: 0.1, high: 1.0, log: false, step: None },
+    )]));
+    let err = run_study(&base, &options).unwrap_err().to_string();
+    assert!(err.contains("learning_rate") && err.contains("not a config key"), "{err}");
+}

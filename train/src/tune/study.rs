@@ -1,0 +1,272 @@
+//! Running a study: each trial samples parameters, applies them to the training config, trains while reporting
+//! validation accuracy every epoch (a pruner may stop it), and is recorded COMPLETE, PRUNED or FAIL (with the
+//! reason) in the storage; the study goes on after a failure. Rerunning with the same storage and name resumes:
+//! only the missing trials run.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::pruner::{Curve, MedianPruner, NoPruner, Pruner, SuccessiveHalvingPruner};
+use super::sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
+use super::space::{Distribution, SearchSpace};
+use super::storage::{Direction, SqliteStorage, TrialRecord, TrialState};
+use crate::classify::train_observed;
+use crate::config::{merge, TrainConfig};
+use crate::fsutil::write_atomic;
+use crate::{Error, Result};
+
+/// Which sampler a study uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SamplerKind {
+    #[default]
+    Tpe,
+    Random,
+    Grid,
+}
+
+/// Which pruner a study uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrunerKind {
+    #[default]
+    Median,
+    Halving,
+    None,
+}
+
+/// How to run a study.
+#[derive(Clone, Debug)]
+pub struct StudyOptions {
+    /// The study's total number of trials (resuming runs only the missing ones).
+    pub trials: usize,
+    /// The SQLite file.
+    pub storage: PathBuf,
+    pub name: String,
+    pub sampler: SamplerKind,
+    pub pruner: PrunerKind,
+    /// The search space; by default [`default_space`].
+    pub space: Option<SearchSpace>,
+    /// RUNNING trials without a heartbeat for this long are marked FAIL (their worker died).
+    pub heartbeat_timeout: Duration,
+    pub worker: String,
+}
+
+/// The default space for classification: learning rate (log), weight decay (log), batch size, drop-path rate,
+/// colour-jitter strength.
+pub fn default_space() -> SearchSpace {
+    SearchSpace::from([
+        ("lr".to_string(), Distribution::Float { low: 1e-4, high: 1e-2, log: true, step: None }),
+        ("weight_decay".to_string(), Distribution::Float { low: 1e-4, high: 1e-1, log: true, step: None }),
+        ("batch".to_string(), Distribution::Categorical { choices: vec![16.into(), 32.into(), 64.into()] }),
+        ("drop_path_rate".to_string(), Distribution::Float { low: 0.0, high: 0.3, log: false, step: None }),
+        ("augment.color_jitter".to_string(), Distribution::Float { low: 0.0, high: 0.4, log: false, step: None }),
+    ])
+}
+
+/// The base config with `params` set (dotted keys reach nested settings), validated.
+pub fn apply_params(base: &TrainConfig, params: &Params) -> Result<TrainConfig> {
+    let mut value = serde_json::to_value(base).expect("the config serialises");
+    for (key, v) in params {
+        let mut nested = v.clone();
+        for part in key.rsplit('.') {
+            nested = Value::Object(serde_json::Map::from_iter([(part.to_string(), nested)]));
+        }
+        merge(&mut value, &nested);
+    }
+    let config: TrainConfig = serde_json::from_value(value)
+        .map_err(|e| Error::InvalidSetting { key: "search space".into(), reason: e.to_string() })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// What a study ended with.
+#[derive(Clone, Debug)]
+pub struct StudyOutcome {
+    pub dir: PathBuf,
+    pub trials: Vec<TrialRecord>,
+    pub best: Option<TrialRecord>,
+    /// Trials this call ran.
+    pub ran: usize,
+}
+
+/// The sampler for trial `number` (seeded by the study seed and the number, so workers differ).
+fn sampler(kind: SamplerKind, seed: u64, number: u32) -> Box<dyn Sampler> {
+    let seed = seed.wrapping_add(number as u64);
+    match kind {
+        SamplerKind::Tpe => Box::new(TpeSampler::new(TpeConfig { seed, ..Default::default() })),
+        SamplerKind::Random => Box::new(RandomSampler::new(seed)),
+        SamplerKind::Grid => Box::new(GridSampler { points: 3, next: number as usize }),
+    }
+}
+
+fn pruner(kind: PrunerKind) -> Box<dyn Pruner> {
+    match kind {
+        PrunerKind::Median => Box::new(MedianPruner::default()),
+        PrunerKind::Halving => Box::new(SuccessiveHalvingPruner::default()),
+        PrunerKind::None => Box::new(NoPruner),
+    }
+}
+
+/// Validation accuracy is maximised; samplers and pruners minimise, so they see its negation.
+fn observations(trials: &[TrialRecord]) -> Vec<Observation> {
+    trials
+        .iter()
+        .filter_map(|t| {
+            let outcome = match t.state {
+                TrialState::Complete => Outcome::Complete,
+                TrialState::Pruned => Outcome::Pruned,
+                _ => return None,
+            };
+            Some(Observation { params: t.params.clone(), value: -t.value?, outcome })
+        })
+        .collect()
+}
+
+fn curves(trials: &[TrialRecord], except: u32) -> Vec<Curve> {
+    trials
+        .iter()
+        .filter(|t| t.number != except)
+        .map(|t| Curve {
+            values: t.intermediate.iter().map(|(s, v)| (*s, -v)).collect(),
+            complete: t.state == TrialState::Complete,
+        })
+        .collect()
+}
+
+/// Runs the study's missing trials, then writes `best_params.json` and `trials.csv` into
+/// `<project>/<task>/<study>/`.
+pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutcome> {
+    base.validate()?;
+    let space = options.space.clone().unwrap_or_else(default_space);
+    let base_json = serde_json::to_value(base).expect("the config serialises");
+    for (key, dist) in &space {
+        dist.validate().map_err(|reason| Error::InvalidSetting { key: format!("search space {key}"), reason })?;
+        if key.split('.').try_fold(&base_json, |v, part| v.get(part)).is_none() {
+            return Err(Error::InvalidSetting {
+                key: format!("search space {key}"),
+                reason: "not a config key".into(),
+            });
+        }
+    }
+    let dir = base.project.join(base.task.name()).join(&options.name);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    let mut storage = SqliteStorage::open(&options.storage)?;
+    let study = storage.study(&options.name, Direction::Maximize)?;
+    let stale = storage.fail_stale(study, options.heartbeat_timeout)?;
+    if stale > 0 {
+        eprintln!("marked {stale} trial(s) without a heartbeat as FAIL");
+    }
+    let pruner = pruner(options.pruner);
+    let mut ran = 0;
+    while let Some(number) = storage.claim_trial(study, options.trials, &options.worker)? {
+        ran += 1;
+        let history = storage.trials(study)?;
+        let params = sampler(options.sampler, base.seed, number).sample(&space, &observations(&history));
+        storage.set_params(study, number, &params)?;
+        eprintln!(
+            "study {}: trial {number} with {}",
+            options.name,
+            serde_json::to_string(&params).expect("serialises")
+        );
+        let mut config = match apply_params(base, &params) {
+            Ok(c) => c,
+            Err(e) => {
+                storage.finish(study, number, TrialState::Fail, None, Some(&e.to_string()))?;
+                continue;
+            }
+        };
+        config.name = Some(format!("{}/trial_{number}", options.name));
+        let mut best = f64::NEG_INFINITY;
+        let mut pruned = false;
+        let mut report_error = None;
+        let result = train_observed(&config, &mut |record| {
+            let Some(value) = record.val_accuracy else { return ControlFlow::Continue(()) };
+            best = best.max(value);
+            if let Err(e) = storage.report(study, number, record.epoch, value) {
+                report_error = Some(e);
+                return ControlFlow::Break(());
+            }
+            let others = storage.trials(study).map(|t| curves(&t, number)).unwrap_or_default();
+            let current = Curve {
+                values: storage
+                    .trials(study)
+                    .ok()
+                    .and_then(|t| t.into_iter().find(|t| t.number == number))
+                    .map(|t| t.intermediate.iter().map(|(s, v)| (*s, -v)).collect())
+                    .unwrap_or_default(),
+                complete: false,
+            };
+            if pruner.should_prune(&current, record.epoch, &others) {
+                pruned = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        if let Some(e) = report_error {
+            return Err(e);
+        }
+        match result {
+            Ok(outcome) if pruned && outcome.interrupted => {
+                storage.finish(study, number, TrialState::Pruned, Some(best), None)?;
+                eprintln!("study {}: trial {number} pruned at {best:.4}", options.name);
+            }
+            Ok(outcome) => {
+                let value = outcome.best_val.map(|m| m.accuracy).unwrap_or(best);
+                storage.finish(study, number, TrialState::Complete, Some(value), None)?;
+                eprintln!("study {}: trial {number} finished with val accuracy {value:.4}", options.name);
+            }
+            Err(e) => {
+                storage.finish(study, number, TrialState::Fail, None, Some(&e.to_string()))?;
+                eprintln!("study {}: trial {number} failed: {e}", options.name);
+            }
+        }
+    }
+    let trials = storage.trials(study)?;
+    let best = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete && t.value.is_some())
+        .max_by(|a, b| a.value.unwrap_or(f64::NAN).total_cmp(&b.value.unwrap_or(f64::NAN)))
+        .cloned();
+    if let Some(b) = &best {
+        let json = serde_json::json!({"trial": b.number, "value": b.value, "params": b.params, "run": dir.join(format!("trial_{}", b.number))});
+        write_atomic(&dir.join("best_params.json"), &serde_json::to_vec_pretty(&json).expect("serialises"))?;
+    }
+    write_atomic(&dir.join("trials.csv"), trials_csv(&trials).as_bytes())?;
+    Ok(StudyOutcome { dir, trials, best, ran })
+}
+
+/// `number,state,value,params,intermediate,duration_s,reason` — params and intermediate values as JSON.
+pub fn trials_csv(trials: &[TrialRecord]) -> String {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let _ = writer.write_record(["number", "state", "value", "params", "intermediate", "duration_s", "reason"]);
+    for t in trials {
+        let _ = writer.write_record([
+            t.number.to_string(),
+            t.state.name().to_string(),
+            t.value.map(|v| v.to_string()).unwrap_or_default(),
+            serde_json::to_string(&t.params).unwrap_or_default(),
+            serde_json::to_string(&t.intermediate).unwrap_or_default(),
+            t.finished.map(|f| format!("{:.1}", f - t.started)).unwrap_or_default(),
+            t.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    String::from_utf8(writer.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_reach_nested_keys_and_bad_values_are_refused() {
+        let base = TrainConfig { data: "/d".into(), ..Default::default() };
+        let params = Params::from([("lr".to_string(), json!(0.005)), ("augment.hflip".to_string(), json!(0.0))]);
+        let c = apply_params(&base, &params).unwrap();
+        assert_eq!((c.lr, c.augment.hflip, c.augment.color_jitter), (0.005, 0.0, base.augment.color_jitter));
+        assert!(apply_params(&base, &Params::from([("nonsense".to_string(), json!(1))])).is_err());
+        assert!(apply_params(&base, &Params::from([("img_size".to_string(), json!(100))])).is_err());
+    }
+}
