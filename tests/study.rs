@@ -54,3 +54,44 @@ fn a_study_runs_records_failures_and_resumes() {
     let err = run_study(&base, &options).unwrap_err().to_string();
     assert!(err.contains("learning_rate") && err.contains("not a config key"), "{err}");
 }
+
+#[test]
+fn the_cli_runs_and_shows_a_study() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (5, 2, 0), 4);
+    let db = dir.path().join("s.db");
+    let url = format!("sqlite:///{}", db.display());
+    let kiln = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(dir.path()).output().unwrap()
+    };
+    let out = kiln(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "convnext_atto",
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--trials",
+        "2",
+        "--storage",
+        &url,
+        "--study",
+        "cli",
+        "--sampler",
+        "random",
+        "--pruner",
+        "none",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("best trial") && stdout.contains("| 1 | COMPLETE |"), "{stdout}");
+    let out = kiln(&["study", "show", "--storage", &url, "--study", "cli"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.lines().filter(|l| l.contains("COMPLETE")).count() == 2, "{stdout}");
+    let out =
+        kiln(&["train", "--data", data.to_str().unwrap(), "--trials", "2", "--storage", "postgres://u@localhost/db"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PostgreSQL storage is not available yet"));
+}

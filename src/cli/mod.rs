@@ -8,6 +8,7 @@ mod export;
 mod infer;
 mod output;
 mod predict;
+mod study;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Command {
     Infer(infer::InferArgs),
     /// Latency and throughput of an ONNX model per backend and batch size.
     Bench(bench::BenchArgs),
+    /// Inspect hyperparameter studies (`kiln study show --storage sqlite:///study.db`).
+    #[command(subcommand)]
+    Study(study::StudyCommand),
     /// Show the libtorch, CUDA and ONNX Runtime this kiln uses.
     Doctor,
     /// Generate a procedural data set, train convnext_atto on it and test it.
@@ -52,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(args),
         Command::Infer(args) => infer::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Study(command) => study::run(command),
         Command::Doctor => doctor::run(),
         Command::Demo(args) => demo::run(args),
     }

@@ -94,6 +94,35 @@ pub struct TrainArgs {
     /// Any config key, e.g. --set augment.hflip=0 (repeatable; values are YAML).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Run a study of this many trials in total (rerunning resumes it; a larger number adds trials).
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Study storage: sqlite:///FILE (default: a study.db in the study's directory).
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+    /// Study name (default: study).
+    #[arg(long)]
+    pub study: Option<String>,
+    #[arg(long, value_enum, default_value = "tpe")]
+    pub sampler: SamplerArg,
+    #[arg(long, value_enum, default_value = "median")]
+    pub pruner: PrunerArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum SamplerArg {
+    #[default]
+    Tpe,
+    Random,
+    Grid,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum PrunerArg {
+    #[default]
+    Median,
+    Halving,
+    None,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
@@ -179,6 +208,10 @@ impl TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    if args.trials.is_some() || args.storage.is_some() {
+        let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
+        return run_study(&args, &config);
+    }
     let outcome = match &args.resume {
         Some(dir) => kiln_train::classify::resume(RunDir::open(dir)?)?,
         None => {
@@ -187,6 +220,50 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     };
     print_outcome(&outcome);
+    Ok(())
+}
+
+fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
+    use kiln_train::tune::{sqlite_path, PrunerKind, SamplerKind, StudyOptions};
+    let name = args.study.clone().unwrap_or_else(|| "study".into());
+    let storage = match &args.storage {
+        Some(url) => sqlite_path(url)?,
+        None => {
+            let dir = config.project.join(config.task.name()).join(&name);
+            std::fs::create_dir_all(&dir)?;
+            dir.join("study.db")
+        }
+    };
+    let options = StudyOptions {
+        trials: args.trials.unwrap_or(1),
+        storage,
+        name,
+        sampler: match args.sampler {
+            SamplerArg::Tpe => SamplerKind::Tpe,
+            SamplerArg::Random => SamplerKind::Random,
+            SamplerArg::Grid => SamplerKind::Grid,
+        },
+        pruner: match args.pruner {
+            PrunerArg::Median => PrunerKind::Median,
+            PrunerArg::Halving => PrunerKind::Halving,
+            PrunerArg::None => PrunerKind::None,
+        },
+        space: None,
+        heartbeat_timeout: std::time::Duration::from_secs(3600),
+        worker: format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()), std::process::id()),
+    };
+    let outcome = kiln_train::tune::run_study(config, &options)?;
+    super::study::print_trials(&outcome.trials);
+    match &outcome.best {
+        Some(best) => println!(
+            "best trial {} (val accuracy {:.4}): {}",
+            best.number,
+            best.value.unwrap_or(f64::NAN),
+            serde_json::to_string(&best.params)?
+        ),
+        None => println!("no trial completed"),
+    }
+    println!("study directory: {} (ran {} trial(s) now)", outcome.dir.display(), outcome.ran);
     Ok(())
 }
 

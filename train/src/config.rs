@@ -121,6 +121,9 @@ pub struct TrainConfig {
     pub project: PathBuf,
     /// Run name; by default the first free of `exp`, `exp2`, `exp3`, …
     pub name: Option<String>,
+    /// For studies (`--trials`): the distribution of each tuned config key (dotted for nested keys); by default
+    /// learning rate, weight decay, batch size, drop-path rate and colour jitter.
+    pub search_space: Option<crate::tune::SearchSpace>,
 }
 
 impl Default for TrainConfig {
@@ -158,6 +161,7 @@ impl Default for TrainConfig {
             normalize: Normalize::default(),
             project: PathBuf::from("runs"),
             name: None,
+            search_space: None,
         }
     }
 }

@@ -14,4 +14,6 @@ pub use pruner::{Curve, MedianPruner, NoPruner, Pruner, SuccessiveHalvingPruner}
 pub use sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
 pub use space::{Distribution, SearchSpace};
 pub use storage::{Direction, SqliteStorage, TrialRecord, TrialState};
-pub use study::{default_space, run_study, PrunerKind, SamplerKind, StudyOptions, StudyOutcome};
+pub use study::{
+    default_space, run_study, sqlite_path, trials_csv, PrunerKind, SamplerKind, StudyOptions, StudyOutcome,
+};

@@ -46,7 +46,7 @@ pub struct StudyOptions {
     pub name: String,
     pub sampler: SamplerKind,
     pub pruner: PrunerKind,
-    /// The search space; by default [`default_space`].
+    /// The search space; by default the config's `search_space`, else [`default_space`].
     pub space: Option<SearchSpace>,
     /// RUNNING trials without a heartbeat for this long are marked FAIL (their worker died).
     pub heartbeat_timeout: Duration,
@@ -139,7 +139,7 @@ fn curves(trials: &[TrialRecord], except: u32) -> Vec<Curve> {
 /// `<project>/<task>/<study>/`.
 pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutcome> {
     base.validate()?;
-    let space = options.space.clone().unwrap_or_else(default_space);
+    let space = options.space.clone().or_else(|| base.search_space.clone()).unwrap_or_else(default_space);
     let base_json = serde_json::to_value(base).expect("the config serialises");
     for (key, dist) in &space {
         dist.validate().map_err(|reason| Error::InvalidSetting { key: format!("search space {key}"), reason })?;
@@ -255,10 +255,31 @@ pub fn trials_csv(trials: &[TrialRecord]) -> String {
     String::from_utf8(writer.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
+/// The SQLite file of a storage URL: `sqlite:///study.db` (relative), `sqlite:////abs/study.db` (absolute).
+pub fn sqlite_path(url: &str) -> Result<PathBuf> {
+    if let Some(path) = url.strip_prefix("sqlite:///") {
+        return Ok(PathBuf::from(path));
+    }
+    let reason = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        "PostgreSQL storage is not available yet; use sqlite:///FILE"
+    } else {
+        "expected sqlite:///FILE"
+    };
+    Err(Error::Storage { url: url.to_string(), reason: reason.into() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn storage_urls() {
+        assert_eq!(sqlite_path("sqlite:///study.db").unwrap(), PathBuf::from("study.db"));
+        assert_eq!(sqlite_path("sqlite:////tmp/s.db").unwrap(), PathBuf::from("/tmp/s.db"));
+        assert!(sqlite_path("postgres://u@h/db").unwrap_err().to_string().contains("not available yet"));
+        assert!(sqlite_path("study.db").is_err());
+    }
 
     #[test]
     fn params_reach_nested_keys_and_bad_values_are_refused() {

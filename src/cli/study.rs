@@ -1,0 +1,68 @@
+//! `kiln study show`: a study's trials and its best trial.
+
+use clap::{Args, Subcommand};
+
+use kiln_train::tune::{sqlite_path, Direction, SqliteStorage, TrialRecord, TrialState};
+
+#[derive(Subcommand, Debug)]
+pub enum StudyCommand {
+    /// Print the trials table and the best trial.
+    Show(ShowArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// sqlite:///FILE
+    #[arg(long, value_name = "URL")]
+    pub storage: String,
+    #[arg(long, default_value = "study")]
+    pub study: String,
+}
+
+/// The trials as a table.
+pub fn print_trials(trials: &[TrialRecord]) {
+    println!("| trial | state | val accuracy | epochs | params | reason |");
+    println!("|---|---|---|---|---|---|");
+    for t in trials {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            t.number,
+            t.state.name(),
+            t.value.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+            t.intermediate.len(),
+            serde_json::to_string(&t.params).unwrap_or_default(),
+            t.reason.as_deref().unwrap_or("")
+        );
+    }
+}
+
+pub fn run(command: StudyCommand) -> anyhow::Result<()> {
+    let StudyCommand::Show(args) = command;
+    let path = sqlite_path(&args.storage)?;
+    anyhow::ensure!(path.is_file(), "{}: no such study database", path.display());
+    let storage = SqliteStorage::open(&path)?;
+    anyhow::ensure!(
+        storage.has_study(&args.study)?,
+        "{}: no study named '{}' (studies: {})",
+        path.display(),
+        args.study,
+        storage.studies()?.join(", ")
+    );
+    let study = storage.study(&args.study, Direction::Maximize)?;
+    let trials = storage.trials(study)?;
+    print_trials(&trials);
+    let best = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .max_by(|a, b| a.value.unwrap_or(f64::NAN).total_cmp(&b.value.unwrap_or(f64::NAN)));
+    match best {
+        Some(b) => println!(
+            "best trial {}: val accuracy {:.4}, {}",
+            b.number,
+            b.value.unwrap_or(f64::NAN),
+            serde_json::to_string(&b.params)?
+        ),
+        None => println!("no trial completed yet"),
+    }
+    Ok(())
+}
