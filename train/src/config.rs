@@ -292,6 +292,24 @@ mod tests {
     }
 
     #[test]
+    fn a_search_space_reads_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "data: /d\nsearch_space:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n  batch: {type: categorical, choices: [16, 32]}\n  augment.hflip: {type: float, low: 0.0, high: 0.5, step: 0.25}\n  epochs: {type: int, low: 5, high: 20, step: 5}\n",
+        )
+        .unwrap();
+        let c = TrainConfig::resolve(Some(&file), &json!({})).unwrap();
+        let space = c.search_space.clone().unwrap();
+        assert_eq!(space.len(), 4);
+        assert_eq!(space["epochs"], crate::tune::Distribution::Int { low: 5, high: 20, step: 5, log: false });
+        let saved = dir.path().join("config.yaml");
+        std::fs::write(&saved, c.to_yaml()).unwrap();
+        assert_eq!(TrainConfig::load(&saved).unwrap(), c);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.yaml");
