@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use kiln_infer::preprocess::decode_rgb;
 use kiln_infer::{Backend, Classifier, Ep, Model};
 
-use super::output::Format;
+use super::output::{csv_field, Format};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runtime {
@@ -127,14 +127,6 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         eprintln!("{} image(s); peak resident memory {mib:.0} MiB", files.len());
     }
     Ok(())
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 fn write_result(
