@@ -155,7 +155,7 @@ fn an_execution_provider_that_cannot_load_is_an_error_not_a_cpu_fallback() {
 }
 
 fn kiln(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap()
+    common::kiln(args, Path::new("."))
 }
 
 #[test]

@@ -61,9 +61,7 @@ fn the_cli_runs_and_shows_a_study() {
     let data = common::shapes(dir.path(), (5, 2, 0), 4);
     let db = dir.path().join("s.db");
     let url = format!("sqlite:///{}", db.display());
-    let kiln = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(dir.path()).output().unwrap()
-    };
+    let kiln = |args: &[&str]| common::kiln(args, dir.path());
     let out = kiln(&[
         "train",
         "--data",

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use kiln_train::synthetic::{generate_shapes, ShapesSpec};
 use kiln_train::TrainConfig;
@@ -38,4 +39,9 @@ pub fn write_truncated_png(path: &Path) {
     let mut bytes = Vec::new();
     image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
     std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+}
+
+/// Runs the `kiln` binary in `cwd`.
+pub fn kiln(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(cwd).output().expect("kiln runs")
 }
