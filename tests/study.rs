@@ -43,6 +43,10 @@ fn a_study_runs_records_failures_and_resumes() {
     let best_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(second.dir.join("best_params.json")).unwrap()).unwrap();
     assert_eq!(best_json["trial"], best.number);
+    for file in ["best.safetensors", "history.png", "study.db"] {
+        let path = if file == "study.db" { dir.path().join(file) } else { second.dir.join(file) };
+        assert!(path.is_file(), "{} is missing", path.display());
+    }
     let csv = std::fs::read_to_string(second.dir.join("trials.csv")).unwrap();
     assert_eq!(csv.lines().count(), 6);
     assert!(csv.starts_with("number,state,value,params,intermediate,duration_s,reason"));

@@ -230,11 +230,49 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         .max_by(|a, b| a.value.unwrap_or(f64::NAN).total_cmp(&b.value.unwrap_or(f64::NAN)))
         .cloned();
     if let Some(b) = &best {
-        let json = serde_json::json!({"trial": b.number, "value": b.value, "params": b.params, "run": dir.join(format!("trial_{}", b.number))});
+        let run = dir.join(format!("trial_{}", b.number));
+        let json = serde_json::json!({"trial": b.number, "value": b.value, "params": b.params, "run": run});
         write_atomic(&dir.join("best_params.json"), &serde_json::to_vec_pretty(&json).expect("serialises"))?;
+        // The best trial's checkpoint and test metrics, beside the study's other outputs.
+        for (from, to) in [("weights/best.safetensors", "best.safetensors"), ("test_metrics.json", "test_metrics.json")]
+        {
+            if let Ok(bytes) = std::fs::read(run.join(from)) {
+                write_atomic(&dir.join(to), &bytes)?;
+            }
+        }
     }
     write_atomic(&dir.join("trials.csv"), trials_csv(&trials).as_bytes())?;
+    plot_history(&trials, &dir.join("history.png"))?;
     Ok(StudyOutcome { dir, trials, best, ran })
+}
+
+/// The optimisation history: each finished trial's value and the best so far, by trial number.
+fn plot_history(trials: &[TrialRecord], path: &std::path::Path) -> Result<()> {
+    use crate::plots::{plot_panels, Panel, Series};
+    let point = |state: TrialState| -> Vec<(f64, f64)> {
+        trials.iter().filter(|t| t.state == state).filter_map(|t| Some((t.number as f64, t.value?))).collect()
+    };
+    let mut best = f64::NEG_INFINITY;
+    let best_so_far: Vec<(f64, f64)> = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .filter_map(|t| {
+            best = best.max(t.value?);
+            Some((t.number as f64, best))
+        })
+        .collect();
+    let panel = Panel {
+        title: "optimisation history".into(),
+        x_label: "trial".into(),
+        y_label: "validation accuracy".into(),
+        series: vec![
+            Series { name: "complete".into(), points: point(TrialState::Complete) },
+            Series { name: "pruned".into(), points: point(TrialState::Pruned) },
+            Series { name: "best so far".into(), points: best_so_far },
+        ],
+        log_y: false,
+    };
+    plot_panels(&[panel], path)
 }
 
 /// `number,state,value,params,intermediate,duration_s,reason` — params and intermediate values as JSON.
