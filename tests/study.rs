@@ -97,3 +97,52 @@ fn the_cli_runs_and_shows_a_study() {
         kiln(&["train", "--data", data.to_str().unwrap(), "--trials", "2", "--storage", "postgres://u@localhost/db"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("PostgreSQL storage is not available yet"));
 }
+
+#[test]
+fn two_processes_share_one_sqlite_study() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (4, 2, 0), 5);
+    let url = format!("sqlite:///{}", dir.path().join("shared.db").display());
+    let args = [
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "convnext_atto",
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--trials",
+        "5",
+        "--storage",
+        &url,
+        "--study",
+        "shared",
+        "--sampler",
+        "random",
+        "--pruner",
+        "none",
+    ];
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let storage = kiln_train::tune::SqliteStorage::open(&dir.path().join("shared.db")).unwrap();
+    let study = storage.study("shared", kiln_train::tune::Direction::Maximize).unwrap();
+    let trials = storage.trials(study).unwrap();
+    assert_eq!(trials.iter().map(|t| t.number).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4], "exactly 5, numbers unique");
+    assert!(trials.iter().all(|t| t.state == TrialState::Complete), "{trials:?}");
+    let workers: std::collections::BTreeSet<&str> = trials.iter().map(|t| t.worker.as_str()).collect();
+    assert_eq!(workers.len(), 2, "both processes ran trials: {workers:?}");
+}
