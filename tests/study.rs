@@ -25,6 +25,7 @@ fn a_study_runs_records_failures_and_resumes() {
         space: Some(space),
         heartbeat_timeout: std::time::Duration::from_secs(600),
         worker: "test".into(),
+        running: None,
     };
     let first = run_study(&base, &options).unwrap();
     assert_eq!(first.ran, 3);
@@ -145,4 +146,61 @@ fn two_processes_share_one_sqlite_study() {
     assert!(trials.iter().all(|t| t.state == TrialState::Complete), "{trials:?}");
     let workers: std::collections::BTreeSet<&str> = trials.iter().map(|t| t.worker.as_str()).collect();
     assert_eq!(workers.len(), 2, "both processes ran trials: {workers:?}");
+}
+
+#[test]
+fn ctrl_c_marks_the_running_trial_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (6, 2, 0), 6);
+    let db = dir.path().join("int.db");
+    let url = format!("sqlite:///{}", db.display());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            "convnext_atto",
+            "--img-size",
+            "64",
+            "--epochs",
+            "50",
+            "--trials",
+            "3",
+            "--storage",
+            &url,
+            "--study",
+            "int",
+            "--sampler",
+            "random",
+            "--pruner",
+            "none",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the first trial is running and has reported an epoch.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the first trial never reported");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let Ok(storage) = kiln_train::tune::SqliteStorage::open(&db) else { continue };
+        let Ok(true) = storage.has_study("int") else { continue };
+        let study = storage.study("int", kiln_train::tune::Direction::Maximize).unwrap();
+        if storage.trials(study).unwrap().first().is_some_and(|t| !t.intermediate.is_empty()) {
+            break;
+        }
+    }
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let storage = kiln_train::tune::SqliteStorage::open(&db).unwrap();
+    let study = storage.study("int", kiln_train::tune::Direction::Maximize).unwrap();
+    let trials = storage.trials(study).unwrap();
+    assert_eq!(trials.len(), 1);
+    assert_eq!(trials[0].state, TrialState::Fail);
+    assert_eq!(trials[0].reason.as_deref(), Some("interrupted (Ctrl-C)"));
 }

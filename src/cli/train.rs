@@ -251,7 +251,22 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
         space: None,
         heartbeat_timeout: std::time::Duration::from_secs(3600),
         worker: format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()), std::process::id()),
+        running: Some(Default::default()),
     };
+    // Ctrl-C marks the running trial FAIL (through its own connection, so the storage stays consistent), then
+    // exits; `--resume` is not needed: rerunning the command runs the missing trials.
+    let running = options.running.clone().expect("set above");
+    ctrlc::set_handler(move || {
+        if let Some(trial) = running.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            match kiln_train::tune::fail_running(&trial, "interrupted (Ctrl-C)") {
+                Ok(()) => eprintln!("\ninterrupted: trial {} marked FAIL", trial.2),
+                Err(e) => eprintln!("\ninterrupted: could not mark trial {} FAIL: {e}", trial.2),
+            }
+        }
+        // Leave at once: running exit handlers while libtorch's threads are mid-computation can crash.
+        // SAFETY: _exit ends the process without touching Rust or C state.
+        unsafe { libc::_exit(130) }
+    })?;
     let outcome = kiln_train::tune::run_study(config, &options)?;
     super::study::print_trials(&outcome.trials);
     match &outcome.best {

@@ -15,5 +15,6 @@ pub use sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Samp
 pub use space::{Distribution, SearchSpace};
 pub use storage::{Direction, SqliteStorage, TrialRecord, TrialState};
 pub use study::{
-    default_space, run_study, sqlite_path, trials_csv, PrunerKind, SamplerKind, StudyOptions, StudyOutcome,
+    default_space, fail_running, run_study, sqlite_path, trials_csv, PrunerKind, SamplerKind, StudyOptions,
+    StudyOutcome,
 };

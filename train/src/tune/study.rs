@@ -51,6 +51,18 @@ pub struct StudyOptions {
     /// RUNNING trials without a heartbeat for this long are marked FAIL (their worker died).
     pub heartbeat_timeout: Duration,
     pub worker: String,
+    /// Told the running trial (storage file, study id, trial number) so that an interrupt handler can mark it
+    /// FAIL before the process exits; `None` when no trial runs.
+    pub running: Option<RunningTrial>,
+}
+
+/// The trial a study process is running, shared with an interrupt handler: (storage file, study id, number).
+pub type RunningTrial = std::sync::Arc<std::sync::Mutex<Option<(PathBuf, i64, u32)>>>;
+
+/// Marks a running trial FAIL with `reason` through its own connection (for interrupt handlers).
+pub fn fail_running(trial: &(PathBuf, i64, u32), reason: &str) -> Result<()> {
+    let (path, study, number) = trial;
+    SqliteStorage::open(path)?.finish(*study, *number, TrialState::Fail, None, Some(reason))
 }
 
 /// The default space for classification: learning rate (log), weight decay (log), batch size, drop-path rate,
@@ -165,6 +177,9 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         let history = storage.trials(study)?;
         let params = sampler(options.sampler, base.seed, number).sample(&space, &observations(&history));
         storage.set_params(study, number, &params)?;
+        if let Some(running) = &options.running {
+            *running.lock().unwrap_or_else(|e| e.into_inner()) = Some((options.storage.clone(), study, number));
+        }
         eprintln!(
             "study {}: trial {number} with {}",
             options.name,
@@ -204,6 +219,9 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
             }
             ControlFlow::Continue(())
         });
+        if let Some(running) = &options.running {
+            *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         if let Some(e) = report_error {
             return Err(e);
         }
