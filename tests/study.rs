@@ -5,6 +5,43 @@ mod common;
 
 use kiln_train::tune::{run_study, Distribution, PrunerKind, SamplerKind, SearchSpace, StudyOptions, TrialState};
 
+/// `kiln train` arguments for a small random-sampler study without pruning.
+fn study_args(
+    data: &std::path::Path,
+    url: &str,
+    study: &str,
+    trials: usize,
+    epochs: usize,
+    img_size: u32,
+) -> Vec<String> {
+    let data = data.display().to_string();
+    let (trials, epochs, img_size) = (trials.to_string(), epochs.to_string(), img_size.to_string());
+    [
+        "train",
+        "--data",
+        &data,
+        "--model",
+        "convnext_atto",
+        "--img-size",
+        &img_size,
+        "--epochs",
+        &epochs,
+        "--trials",
+        &trials,
+        "--storage",
+        url,
+        "--study",
+        study,
+        "--sampler",
+        "random",
+        "--pruner",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 #[test]
 fn a_study_runs_records_failures_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,27 +104,8 @@ fn the_cli_runs_and_shows_a_study() {
     let db = dir.path().join("s.db");
     let url = format!("sqlite:///{}", db.display());
     let kiln = |args: &[&str]| common::kiln(args, dir.path());
-    let out = kiln(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--model",
-        "convnext_atto",
-        "--img-size",
-        "32",
-        "--epochs",
-        "1",
-        "--trials",
-        "2",
-        "--storage",
-        &url,
-        "--study",
-        "cli",
-        "--sampler",
-        "random",
-        "--pruner",
-        "none",
-    ]);
+    let args = study_args(&data, &url, "cli", 2, 1, 32);
+    let out = kiln(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("best trial") && stdout.contains("| 1 | COMPLETE |"), "{stdout}");
@@ -104,30 +122,10 @@ fn two_processes_share_one_sqlite_study() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::shapes(dir.path(), (4, 2, 0), 5);
     let url = format!("sqlite:///{}", dir.path().join("shared.db").display());
-    let args = [
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--model",
-        "convnext_atto",
-        "--img-size",
-        "32",
-        "--epochs",
-        "1",
-        "--trials",
-        "5",
-        "--storage",
-        &url,
-        "--study",
-        "shared",
-        "--sampler",
-        "random",
-        "--pruner",
-        "none",
-    ];
+    let args = study_args(&data, &url, "shared", 5, 1, 32);
     let spawn = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(args)
+            .args(&args)
             .current_dir(dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -155,27 +153,7 @@ fn ctrl_c_marks_the_running_trial_failed() {
     let db = dir.path().join("int.db");
     let url = format!("sqlite:///{}", db.display());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "train",
-            "--data",
-            data.to_str().unwrap(),
-            "--model",
-            "convnext_atto",
-            "--img-size",
-            "64",
-            "--epochs",
-            "50",
-            "--trials",
-            "3",
-            "--storage",
-            &url,
-            "--study",
-            "int",
-            "--sampler",
-            "random",
-            "--pruner",
-            "none",
-        ])
+        .args(study_args(&data, &url, "int", 3, 50, 64))
         .current_dir(dir.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

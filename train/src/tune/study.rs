@@ -203,12 +203,13 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
                 report_error = Some(e);
                 return ControlFlow::Break(());
             }
-            let others = storage.trials(study).map(|t| curves(&t, number)).unwrap_or_default();
+            // One read of the study: this trial's curve and everyone else's.
+            let trials = storage.trials(study).unwrap_or_default();
+            let others = curves(&trials, number);
             let current = Curve {
-                values: storage
-                    .trials(study)
-                    .ok()
-                    .and_then(|t| t.into_iter().find(|t| t.number == number))
+                values: trials
+                    .iter()
+                    .find(|t| t.number == number)
                     .map(|t| t.intermediate.iter().map(|(s, v)| (*s, -v)).collect())
                     .unwrap_or_default(),
                 complete: false,
