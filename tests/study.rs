@@ -1,9 +1,18 @@
-//! Studies end to end on SQLite: trials train, a failing trial is recorded FAIL and the study goes on, rerunning
-//! resumes to the new total, and the outputs are written.
+//! Studies end to end: trials train, a failing trial is recorded FAIL and the study goes on, rerunning resumes to
+//! the new total, the outputs are written; two processes share one study, a killed worker's trial times out, and
+//! Ctrl-C marks the running trial FAIL. The process tests run on SQLite and on a PostgreSQL server the test starts
+//! (they print SKIPPED where none can be started; `KILN_REQUIRE_POSTGRES=1` makes that a failure).
 
 mod common;
 
-use kiln_train::tune::{run_study, Distribution, PrunerKind, SamplerKind, SearchSpace, StudyOptions, TrialState};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_testkit::PostgresServer;
+use kiln_train::tune::{
+    run_study, Direction, Distribution, PrunerKind, SamplerKind, SearchSpace, StorageUrl, StudyOptions, TrialRecord,
+    TrialState,
+};
 
 /// `kiln train` arguments for a small random-sampler study without pruning.
 fn study_args(
@@ -55,7 +64,7 @@ fn a_study_runs_records_failures_and_resumes() {
     ]);
     let mut options = StudyOptions {
         trials: 3,
-        storage: dir.path().join("study.db"),
+        storage: StorageUrl::Sqlite(dir.path().join("study.db")),
         name: "shapes".into(),
         sampler: SamplerKind::Grid,
         pruner: PrunerKind::None,
@@ -112,73 +121,153 @@ fn the_cli_runs_and_shows_a_study() {
     let out = kiln(&["study", "show", "--storage", &url, "--study", "cli"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.lines().filter(|l| l.contains("COMPLETE")).count() == 2, "{stdout}");
-    let out =
-        kiln(&["train", "--data", data.to_str().unwrap(), "--trials", "2", "--storage", "postgres://u@localhost/db"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PostgreSQL storage is not available yet"));
+    // Nothing listens on port 1: the error names the storage (without its password) and the reason.
+    let out = kiln(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--trials",
+        "2",
+        "--storage",
+        "postgres://kiln:secret@127.0.0.1:1/studies",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("postgres://kiln:***@127.0.0.1:1/studies"), "{stderr}");
+    assert!(stderr.contains("refused") && !stderr.contains("secret"), "{stderr}");
+    let out = kiln(&["study", "show", "--storage", &url, "--study", "nope"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no study named 'nope' (studies: cli)"), "{stderr}");
 }
 
-#[test]
-fn two_processes_share_one_sqlite_study() {
+/// The study's trials, read through a new connection.
+fn stored_trials(url: &str, study: &str) -> Vec<TrialRecord> {
+    let mut storage = StorageUrl::parse(url).unwrap().open().unwrap();
+    if !storage.has_study(study).unwrap() {
+        return Vec::new();
+    }
+    let id = storage.study(study, Direction::Maximize).unwrap();
+    storage.trials(id).unwrap()
+}
+
+fn spawn_kiln(args: &[String], cwd: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls the study until `ready` holds (two minutes at most).
+fn wait_for(url: &str, study: &str, what: &str, ready: impl Fn(&[TrialRecord]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ready(&stored_trials(url, study)) {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn two_processes_share_one_study(url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = common::shapes(dir.path(), (4, 2, 0), 5);
-    let url = format!("sqlite:///{}", dir.path().join("shared.db").display());
-    let args = study_args(&data, &url, "shared", 5, 1, 32);
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(&args)
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let (a, b) = (spawn(), spawn());
+    let args = study_args(&data, url, "shared", 5, 1, 32);
+    let (a, b) = (spawn_kiln(&args, dir.path()), spawn_kiln(&args, dir.path()));
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let storage = kiln_train::tune::SqliteStorage::open(&dir.path().join("shared.db")).unwrap();
-    let study = storage.study("shared", kiln_train::tune::Direction::Maximize).unwrap();
-    let trials = storage.trials(study).unwrap();
+    let trials = stored_trials(url, "shared");
     assert_eq!(trials.iter().map(|t| t.number).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4], "exactly 5, numbers unique");
     assert!(trials.iter().all(|t| t.state == TrialState::Complete), "{trials:?}");
     let workers: std::collections::BTreeSet<&str> = trials.iter().map(|t| t.worker.as_str()).collect();
     assert_eq!(workers.len(), 2, "both processes ran trials: {workers:?}");
 }
 
-#[test]
-fn ctrl_c_marks_the_running_trial_failed() {
+/// A worker killed with -9 during its fourth of 6 trials: the trial stays RUNNING, and rerunning the command marks it
+/// FAIL (heartbeat timeout) and finishes the study to 6 trials.
+fn a_killed_study_resumes_to_its_total(url: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let data = common::shapes(dir.path(), (6, 2, 0), 6);
-    let db = dir.path().join("int.db");
-    let url = format!("sqlite:///{}", db.display());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(study_args(&data, &url, "int", 3, 50, 64))
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the first trial is running and has reported an epoch.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        assert!(std::time::Instant::now() < deadline, "the first trial never reported");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let Ok(storage) = kiln_train::tune::SqliteStorage::open(&db) else { continue };
-        let Ok(true) = storage.has_study("int") else { continue };
-        let study = storage.study("int", kiln_train::tune::Direction::Maximize).unwrap();
-        if storage.trials(study).unwrap().first().is_some_and(|t| !t.intermediate.is_empty()) {
-            break;
+    let data = common::shapes(dir.path(), (4, 2, 0), 7);
+    let mut args = study_args(&data, url, "resume", 6, 1, 32);
+    let mut child = spawn_kiln(&args, dir.path());
+    let complete = |trials: &[TrialRecord]| trials.iter().filter(|t| t.state == TrialState::Complete).count();
+    let running = |trials: &[TrialRecord]| trials.iter().any(|t| t.state == TrialState::Running);
+    wait_for(url, "resume", "3 trials are complete and a fourth runs", |t| complete(t) >= 3 && running(t));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = stored_trials(url, "resume");
+    assert!(killed.len() < 6, "killed before the study finished: {killed:?}");
+    let orphans: Vec<u32> = killed.iter().filter(|t| t.state == TrialState::Running).map(|t| t.number).collect();
+    assert_eq!(orphans.len(), 1, "{killed:?}");
+
+    std::thread::sleep(Duration::from_millis(1500));
+    args.extend(["--heartbeat-timeout".to_string(), "1".to_string()]);
+    let out = spawn_kiln(&args, dir.path()).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let trials = stored_trials(url, "resume");
+    assert_eq!(trials.iter().map(|t| t.number).collect::<Vec<_>>(), (0..6).collect::<Vec<_>>(), "{trials:?}");
+    for t in &trials {
+        if orphans.contains(&t.number) {
+            assert_eq!(t.state, TrialState::Fail);
+            assert!(t.reason.as_deref().unwrap_or("").contains("no heartbeat"), "{t:?}");
+        } else {
+            assert_eq!(t.state, TrialState::Complete, "{t:?}");
         }
     }
-    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(stderr.contains("marked 1 trial(s) without a heartbeat as FAIL"), "{stderr}");
+}
+
+#[test]
+fn two_processes_share_one_sqlite_study() {
+    let dir = tempfile::tempdir().unwrap();
+    two_processes_share_one_study(&format!("sqlite:///{}", dir.path().join("shared.db").display()));
+}
+
+#[test]
+fn two_processes_share_one_postgres_study() {
+    let Some(server) = PostgresServer::start_or_skip("two_processes_share_one_postgres_study") else { return };
+    two_processes_share_one_study(&server.url());
+}
+
+#[test]
+fn a_killed_sqlite_study_resumes_to_its_total() {
+    let dir = tempfile::tempdir().unwrap();
+    a_killed_study_resumes_to_its_total(&format!("sqlite:///{}", dir.path().join("resume.db").display()));
+}
+
+#[test]
+fn a_killed_postgres_study_resumes_to_its_total() {
+    let Some(server) = PostgresServer::start_or_skip("a_killed_postgres_study_resumes_to_its_total") else { return };
+    a_killed_study_resumes_to_its_total(&server.url());
+}
+
+fn ctrl_c_marks_the_running_trial_failed(url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (6, 2, 0), 6);
+    let child = spawn_kiln(&study_args(&data, url, "int", 3, 50, 64), dir.path());
+    wait_for(url, "int", "the first trial reported an epoch", |t| {
+        t.first().is_some_and(|t| !t.intermediate.is_empty())
+    });
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
-    let storage = kiln_train::tune::SqliteStorage::open(&db).unwrap();
-    let study = storage.study("int", kiln_train::tune::Direction::Maximize).unwrap();
-    let trials = storage.trials(study).unwrap();
+    let trials = stored_trials(url, "int");
     assert_eq!(trials.len(), 1);
     assert_eq!(trials[0].state, TrialState::Fail);
     assert_eq!(trials[0].reason.as_deref(), Some("interrupted (Ctrl-C)"));
+}
+
+#[test]
+fn ctrl_c_marks_the_running_sqlite_trial_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    ctrl_c_marks_the_running_trial_failed(&format!("sqlite:///{}", dir.path().join("int.db").display()));
+}
+
+#[test]
+fn ctrl_c_marks_the_running_postgres_trial_failed() {
+    let Some(server) = PostgresServer::start_or_skip("ctrl_c_marks_the_running_postgres_trial_failed") else { return };
+    ctrl_c_marks_the_running_trial_failed(&server.url());
 }

@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use kiln_train::tune::{sqlite_path, Direction, SqliteStorage, TrialRecord, TrialState};
+use kiln_train::tune::{Direction, StorageUrl, TrialRecord, TrialState};
 
 #[derive(Subcommand, Debug)]
 pub enum StudyCommand {
@@ -12,7 +12,7 @@ pub enum StudyCommand {
 
 #[derive(Args, Debug)]
 pub struct ShowArgs {
-    /// sqlite:///FILE
+    /// sqlite:///FILE or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
     #[arg(long, value_name = "URL")]
     pub storage: String,
     #[arg(long, default_value = "study")]
@@ -38,13 +38,15 @@ pub fn print_trials(trials: &[TrialRecord]) {
 
 pub fn run(command: StudyCommand) -> anyhow::Result<()> {
     let StudyCommand::Show(args) = command;
-    let path = sqlite_path(&args.storage)?;
-    anyhow::ensure!(path.is_file(), "{}: no such study database", path.display());
-    let storage = SqliteStorage::open(&path)?;
+    let url = StorageUrl::parse(&args.storage)?;
+    if let StorageUrl::Sqlite(path) = &url {
+        // Opening would create an empty database.
+        anyhow::ensure!(path.is_file(), "{}: no such study database", path.display());
+    }
+    let mut storage = url.open()?;
     anyhow::ensure!(
         storage.has_study(&args.study)?,
-        "{}: no study named '{}' (studies: {})",
-        path.display(),
+        "{url}: no study named '{}' (studies: {})",
         args.study,
         storage.studies()?.join(", ")
     );

@@ -97,7 +97,8 @@ pub struct TrainArgs {
     /// Run a study of this many trials in total (rerunning resumes it; a larger number adds trials).
     #[arg(long)]
     pub trials: Option<usize>,
-    /// Study storage: sqlite:///FILE (default: a study.db in the study's directory).
+    /// Study storage: sqlite:///FILE (one machine; default: a study.db in the study's directory) or
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (workers on several machines).
     #[arg(long, value_name = "URL")]
     pub storage: Option<String>,
     /// Study name (default: study).
@@ -107,6 +108,10 @@ pub struct TrainArgs {
     pub sampler: SamplerArg,
     #[arg(long, value_enum, default_value = "median")]
     pub pruner: PrunerArg,
+    /// A RUNNING trial whose worker has not beaten for this many seconds is marked FAIL (its worker died); workers
+    /// beat every timeout/4 (at most every 30 s). Give every worker of a study the same value.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+    pub heartbeat_timeout: f64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
@@ -224,16 +229,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
-    use kiln_train::tune::{sqlite_path, PrunerKind, SamplerKind, StudyOptions};
+    use kiln_train::tune::{PrunerKind, SamplerKind, StorageUrl, StudyOptions};
     let name = args.study.clone().unwrap_or_else(|| "study".into());
     let storage = match &args.storage {
-        Some(url) => sqlite_path(url)?,
+        Some(url) => StorageUrl::parse(url)?,
         None => {
             let dir = config.project.join(config.task.name()).join(&name);
             std::fs::create_dir_all(&dir)?;
-            dir.join("study.db")
+            StorageUrl::Sqlite(dir.join("study.db"))
         }
     };
+    anyhow::ensure!(
+        args.heartbeat_timeout.is_finite() && args.heartbeat_timeout > 0.0,
+        "--heartbeat-timeout {}: expected a positive number of seconds",
+        args.heartbeat_timeout
+    );
     let options = StudyOptions {
         trials: args.trials.unwrap_or(1),
         storage,
@@ -249,7 +259,7 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
             PrunerArg::None => PrunerKind::None,
         },
         space: None,
-        heartbeat_timeout: std::time::Duration::from_secs(3600),
+        heartbeat_timeout: std::time::Duration::from_secs_f64(args.heartbeat_timeout),
         worker: format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()), std::process::id()),
         running: Some(Default::default()),
     };

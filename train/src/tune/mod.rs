@@ -1,8 +1,8 @@
 //! Hyperparameter tuning, Optuna-style: search spaces, samplers (TPE, random, grid), pruners (median, successive
-//! halving).
-//!
-//! Studies with pruning and SQLite/PostgreSQL storage build on these (the tuning issue is in progress).
+//! halving), study storage (SQLite for one machine, PostgreSQL for many), heartbeats, and the study loop.
 
+pub mod heartbeat;
+pub mod importance;
 pub mod parzen;
 pub mod pruner;
 pub mod sampler;
@@ -10,11 +10,13 @@ pub mod space;
 pub mod storage;
 pub mod study;
 
+pub use heartbeat::{heartbeat_interval, Heartbeat};
+pub use importance::{fanova_importances, plot_importances, FanovaConfig};
 pub use pruner::{Curve, MedianPruner, NoPruner, Pruner, SuccessiveHalvingPruner};
 pub use sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
 pub use space::{Distribution, SearchSpace};
-pub use storage::{Direction, SqliteStorage, TrialRecord, TrialState};
+pub use storage::{Direction, PostgresStorage, SqliteStorage, Storage, StorageUrl, TrialRecord, TrialState};
 pub use study::{
-    default_space, fail_running, run_study, sqlite_path, trials_csv, PrunerKind, SamplerKind, StudyOptions,
+    default_space, fail_running, run_study, trials_csv, PrunerKind, RunningTrial, SamplerKind, StudyOptions,
     StudyOutcome,
 };

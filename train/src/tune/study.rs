@@ -1,7 +1,7 @@
 //! Running a study: each trial samples parameters, applies them to the training config, trains while reporting
 //! validation accuracy every epoch (a pruner may stop it), and is recorded COMPLETE, PRUNED or FAIL (with the
 //! reason) in the storage; the study goes on after a failure. Rerunning with the same storage and name resumes:
-//! only the missing trials run.
+//! only the missing trials run. While a trial trains, a [`Heartbeat`] thread keeps it alive in the storage.
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::heartbeat::{heartbeat_interval, Heartbeat};
 use super::pruner::{Curve, MedianPruner, NoPruner, Pruner, SuccessiveHalvingPruner};
 use super::sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
 use super::space::{Distribution, SearchSpace};
-use super::storage::{Direction, SqliteStorage, TrialRecord, TrialState};
+use super::storage::{Direction, StorageUrl, TrialRecord, TrialState};
 use crate::classify::train_observed;
 use crate::config::{merge, TrainConfig};
 use crate::fsutil::write_atomic;
@@ -41,28 +42,30 @@ pub enum PrunerKind {
 pub struct StudyOptions {
     /// The study's total number of trials (resuming runs only the missing ones).
     pub trials: usize,
-    /// The SQLite file.
-    pub storage: PathBuf,
+    /// Where the study lives.
+    pub storage: StorageUrl,
     pub name: String,
     pub sampler: SamplerKind,
     pub pruner: PrunerKind,
     /// The search space; by default the config's `search_space`, else [`default_space`].
     pub space: Option<SearchSpace>,
-    /// RUNNING trials without a heartbeat for this long are marked FAIL (their worker died).
+    /// RUNNING trials without a heartbeat for this long are marked FAIL (their worker died); this worker beats
+    /// every [`heartbeat_interval`]`(heartbeat_timeout)`. Every worker of a study should use the same timeout.
     pub heartbeat_timeout: Duration,
     pub worker: String,
-    /// Told the running trial (storage file, study id, trial number) so that an interrupt handler can mark it
-    /// FAIL before the process exits; `None` when no trial runs.
+    /// Told the running trial (storage, study id, trial number) so that an interrupt handler can mark it FAIL
+    /// before the process exits; `None` when no trial runs.
     pub running: Option<RunningTrial>,
 }
 
-/// The trial a study process is running, shared with an interrupt handler: (storage file, study id, number).
-pub type RunningTrial = std::sync::Arc<std::sync::Mutex<Option<(PathBuf, i64, u32)>>>;
+/// The trial a study process is running, shared with an interrupt handler: (storage, study id, number).
+pub type RunningTrial = std::sync::Arc<std::sync::Mutex<Option<(StorageUrl, i64, u32)>>>;
 
 /// Marks a running trial FAIL with `reason` through its own connection (for interrupt handlers).
-pub fn fail_running(trial: &(PathBuf, i64, u32), reason: &str) -> Result<()> {
-    let (path, study, number) = trial;
-    SqliteStorage::open(path)?.finish(*study, *number, TrialState::Fail, None, Some(reason))
+pub fn fail_running(trial: &(StorageUrl, i64, u32), reason: &str) -> Result<()> {
+    let (url, study, number) = trial;
+    url.open()?.finish(*study, *number, TrialState::Fail, None, Some(reason))?;
+    Ok(())
 }
 
 /// The default space for classification: learning rate (log), weight decay (log), batch size, drop-path rate,
@@ -164,7 +167,7 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
     }
     let dir = base.project.join(base.task.name()).join(&options.name);
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
-    let mut storage = SqliteStorage::open(&options.storage)?;
+    let mut storage = options.storage.open()?;
     let study = storage.study(&options.name, Direction::Maximize)?;
     let stale = storage.fail_stale(study, options.heartbeat_timeout)?;
     if stale > 0 {
@@ -192,6 +195,8 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
                 continue;
             }
         };
+        let heartbeat =
+            Heartbeat::start(&options.storage, study, number, heartbeat_interval(options.heartbeat_timeout))?;
         config.name = Some(format!("{}/trial_{number}", options.name));
         let mut best = f64::NEG_INFINITY;
         let mut pruned = false;
@@ -220,26 +225,34 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
             }
             ControlFlow::Continue(())
         });
+        drop(heartbeat);
         if let Some(running) = &options.running {
             *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         if let Some(e) = report_error {
             return Err(e);
         }
-        match result {
+        let (state, value, reason) = match result {
             Ok(outcome) if pruned && outcome.interrupted => {
-                storage.finish(study, number, TrialState::Pruned, Some(best), None)?;
                 eprintln!("study {}: trial {number} pruned at {best:.4}", options.name);
+                (TrialState::Pruned, Some(best), None)
             }
             Ok(outcome) => {
                 let value = outcome.best_val.map(|m| m.accuracy).unwrap_or(best);
-                storage.finish(study, number, TrialState::Complete, Some(value), None)?;
                 eprintln!("study {}: trial {number} finished with val accuracy {value:.4}", options.name);
+                (TrialState::Complete, Some(value), None)
             }
             Err(e) => {
-                storage.finish(study, number, TrialState::Fail, None, Some(&e.to_string()))?;
                 eprintln!("study {}: trial {number} failed: {e}", options.name);
+                (TrialState::Fail, None, Some(e.to_string()))
             }
+        };
+        if !storage.finish(study, number, state, value, reason.as_deref())? {
+            eprintln!(
+                "warning: study {}: trial {number} had already been ended by another worker (heartbeat timeout?); \
+                 its result is not recorded",
+                options.name
+            );
         }
     }
     let trials = storage.trials(study)?;
@@ -312,31 +325,10 @@ pub fn trials_csv(trials: &[TrialRecord]) -> String {
     String::from_utf8(writer.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
-/// The SQLite file of a storage URL: `sqlite:///study.db` (relative), `sqlite:////abs/study.db` (absolute).
-pub fn sqlite_path(url: &str) -> Result<PathBuf> {
-    if let Some(path) = url.strip_prefix("sqlite:///") {
-        return Ok(PathBuf::from(path));
-    }
-    let reason = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        "PostgreSQL storage is not available yet; use sqlite:///FILE"
-    } else {
-        "expected sqlite:///FILE"
-    };
-    Err(Error::Storage { url: url.to_string(), reason: reason.into() })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn storage_urls() {
-        assert_eq!(sqlite_path("sqlite:///study.db").unwrap(), PathBuf::from("study.db"));
-        assert_eq!(sqlite_path("sqlite:////tmp/s.db").unwrap(), PathBuf::from("/tmp/s.db"));
-        assert!(sqlite_path("postgres://u@h/db").unwrap_err().to_string().contains("not available yet"));
-        assert!(sqlite_path("study.db").is_err());
-    }
 
     #[test]
     fn params_reach_nested_keys_and_bad_values_are_refused() {

@@ -1,0 +1,316 @@
+//! Where studies live: their trials (number, state, parameters, value, reason, heartbeat) and intermediate values.
+//! [`SqliteStorage`] is one file for workers on one machine; [`PostgresStorage`] is a server for workers on many.
+//! Both hand out trial numbers inside a transaction that serialises the claims of one study, so no number is given
+//! twice and a study never exceeds its total, and both move a trial out of RUNNING exactly once.
+
+mod postgres;
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::sampler::Params;
+use crate::{Error, Result};
+
+pub use postgres::PostgresStorage;
+pub use sqlite::SqliteStorage;
+
+/// Where a trial stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TrialState {
+    Running,
+    Complete,
+    Pruned,
+    Fail,
+}
+
+impl TrialState {
+    pub fn name(self) -> &'static str {
+        match self {
+            TrialState::Running => "RUNNING",
+            TrialState::Complete => "COMPLETE",
+            TrialState::Pruned => "PRUNED",
+            TrialState::Fail => "FAIL",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "COMPLETE" => TrialState::Complete,
+            "PRUNED" => TrialState::Pruned,
+            "FAIL" => TrialState::Fail,
+            _ => TrialState::Running,
+        }
+    }
+}
+
+/// Whether the study's objective is minimised or maximised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Minimize,
+    Maximize,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Minimize => "minimize",
+            Direction::Maximize => "maximize",
+        }
+    }
+}
+
+/// One trial as stored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrialRecord {
+    pub number: u32,
+    pub state: TrialState,
+    pub params: Params,
+    pub value: Option<f64>,
+    /// Reported values by step.
+    pub intermediate: BTreeMap<usize, f64>,
+    /// Why a trial failed.
+    pub reason: Option<String>,
+    pub worker: String,
+    /// Seconds since the epoch (the database server's clock for PostgreSQL).
+    pub started: f64,
+    pub finished: Option<f64>,
+}
+
+/// A study store. Every method is one short transaction, so any number of connections (threads, processes,
+/// machines) may work on one study.
+pub trait Storage: Send {
+    /// The study's id, creating it; an existing study with the other direction is an error.
+    fn study(&mut self, name: &str, direction: Direction) -> Result<i64>;
+    /// Claims the next trial number, as RUNNING, if the study has fewer than `total` trials (failed ones count
+    /// too); `None` when it is full.
+    fn claim_trial(&mut self, study: i64, total: usize, worker: &str) -> Result<Option<u32>>;
+    fn set_params(&mut self, study: i64, number: u32, params: &Params) -> Result<()>;
+    /// Records an intermediate value and refreshes the heartbeat.
+    fn report(&mut self, study: i64, number: u32, step: usize, value: f64) -> Result<()>;
+    /// Refreshes a RUNNING trial's heartbeat.
+    fn heartbeat(&mut self, study: i64, number: u32) -> Result<()>;
+    /// Ends a RUNNING trial; `false` when it was no longer RUNNING (another worker or an interrupt handler ended it
+    /// first), in which case nothing changes.
+    fn finish(
+        &mut self,
+        study: i64,
+        number: u32,
+        state: TrialState,
+        value: Option<f64>,
+        reason: Option<&str>,
+    ) -> Result<bool>;
+    /// Marks RUNNING trials whose heartbeat is older than `timeout` as FAIL (their worker died); returns how many.
+    fn fail_stale(&mut self, study: i64, timeout: Duration) -> Result<usize>;
+    /// Every trial of the study, by number.
+    fn trials(&mut self, study: i64) -> Result<Vec<TrialRecord>>;
+    /// The names of the stored studies.
+    fn studies(&mut self) -> Result<Vec<String>>;
+    /// Whether the study exists.
+    fn has_study(&mut self, name: &str) -> Result<bool>;
+}
+
+/// A storage address, as `--storage` takes it: `sqlite:///study.db` (relative), `sqlite:////abs/study.db`
+/// (absolute), or `postgres://user[:password]@host[:port]/database` (also `postgresql://`, with libpq-style query
+/// parameters such as `?sslmode=disable`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StorageUrl {
+    pub fn parse(url: &str) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("sqlite:///") {
+            if path.is_empty() {
+                return Err(Error::Storage { url: url.into(), reason: "no file after sqlite:///".into() });
+            }
+            return Ok(StorageUrl::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StorageUrl::Postgres(url.to_string()));
+        }
+        Err(Error::Storage {
+            url: redact(url),
+            reason: "expected sqlite:///FILE or postgres://USER@HOST[:PORT]/DATABASE".into(),
+        })
+    }
+
+    /// Connects (creating the file or the tables when missing).
+    pub fn open(&self) -> Result<Box<dyn Storage>> {
+        Ok(match self {
+            StorageUrl::Sqlite(path) => Box::new(SqliteStorage::open(path)?),
+            StorageUrl::Postgres(url) => Box::new(PostgresStorage::connect(url)?),
+        })
+    }
+}
+
+/// The URL as it may be printed: a PostgreSQL password is replaced by `***`.
+impl fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageUrl::Sqlite(path) => write!(f, "sqlite:///{}", path.display()),
+            StorageUrl::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+impl fmt::Debug for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_testkit::PostgresServer;
+    use serde_json::json;
+
+    /// Runs `check` against a fresh SQLite file and, where a server can be started, a fresh PostgreSQL database.
+    fn on_every_backend(test: &str, check: impl Fn(&StorageUrl)) {
+        let dir = tempfile::tempdir().unwrap();
+        check(&StorageUrl::Sqlite(dir.path().join("study.db")));
+        if let Some(server) = PostgresServer::start_or_skip(test) {
+            check(&StorageUrl::parse(&server.url()).unwrap());
+        }
+    }
+
+    #[test]
+    fn urls_parse_and_print_without_passwords() {
+        assert_eq!(StorageUrl::parse("sqlite:///study.db").unwrap(), StorageUrl::Sqlite("study.db".into()));
+        assert_eq!(StorageUrl::parse("sqlite:////tmp/s.db").unwrap(), StorageUrl::Sqlite("/tmp/s.db".into()));
+        assert_eq!(StorageUrl::parse("sqlite:////tmp/s.db").unwrap().to_string(), "sqlite:////tmp/s.db");
+        let pg = StorageUrl::parse("postgresql://kiln:hunter2@db.lan:5433/studies").unwrap();
+        assert_eq!(pg.to_string(), "postgresql://kiln:***@db.lan:5433/studies");
+        assert_eq!(StorageUrl::parse("postgres://kiln@h/db").unwrap().to_string(), "postgres://kiln@h/db");
+        let err = StorageUrl::parse("mysql://u:pw@h/db").unwrap_err().to_string();
+        assert!(err.contains("mysql://u:***@h/db") && err.contains("expected sqlite"), "{err}");
+        assert!(StorageUrl::parse("study.db").is_err() && StorageUrl::parse("sqlite:///").is_err());
+    }
+
+    #[test]
+    fn an_unreachable_server_is_a_clear_error() {
+        // Port 1 on loopback: nothing listens there.
+        let err = StorageUrl::parse("postgres://kiln:pw@127.0.0.1:1/x").unwrap().open().err().unwrap().to_string();
+        assert!(err.contains("postgres://kiln:***@127.0.0.1:1/x") && !err.contains("pw@"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_workers_get_unique_numbers_and_never_exceed_the_total() {
+        on_every_backend("storage: concurrent workers", |url| {
+            let study = url.open().unwrap().study("s", Direction::Maximize).unwrap();
+            let claimed: Vec<u32> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|w| {
+                        s.spawn(move || {
+                            // Each worker has its own connection, as separate processes would.
+                            let mut storage = url.open().unwrap();
+                            let mut mine = Vec::new();
+                            while let Some(n) = storage.claim_trial(study, 23, &format!("w{w}")).unwrap() {
+                                storage.set_params(study, n, &Params::from([("x".to_string(), json!(n))])).unwrap();
+                                storage.report(study, n, 1, n as f64).unwrap();
+                                assert!(storage.finish(study, n, TrialState::Complete, Some(n as f64), None).unwrap());
+                                mine.push(n);
+                            }
+                            mine
+                        })
+                    })
+                    .collect();
+                handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+            });
+            let mut sorted = claimed.clone();
+            sorted.sort();
+            assert_eq!(sorted, (0..23).collect::<Vec<u32>>(), "{url}: 23 unique numbers, none lost, none twice");
+            let trials = url.open().unwrap().trials(study).unwrap();
+            assert_eq!(trials.len(), 23);
+            assert!(trials.iter().all(|t| t.state == TrialState::Complete && t.intermediate[&1] == t.number as f64));
+            assert_eq!(trials[5].params["x"], json!(5));
+        });
+    }
+
+    #[test]
+    fn reopening_resumes_and_a_larger_total_adds_trials() {
+        on_every_backend("storage: resume", |url| {
+            let mut storage = url.open().unwrap();
+            let study = storage.study("s", Direction::Minimize).unwrap();
+            assert!(storage.has_study("s").unwrap() && !storage.has_study("t").unwrap());
+            for _ in 0..3 {
+                let n = storage.claim_trial(study, 6, "a").unwrap().unwrap();
+                storage.finish(study, n, TrialState::Complete, Some(1.0), None).unwrap();
+            }
+            drop(storage);
+            let mut storage = url.open().unwrap();
+            assert_eq!(storage.study("s", Direction::Minimize).unwrap(), study);
+            let mut more = Vec::new();
+            while let Some(n) = storage.claim_trial(study, 6, "b").unwrap() {
+                storage.finish(study, n, TrialState::Fail, None, Some("NaN loss")).unwrap();
+                more.push(n);
+            }
+            assert_eq!(more, vec![3, 4, 5]);
+            assert_eq!(storage.claim_trial(study, 7, "b").unwrap(), Some(6));
+            let err = storage.study("s", Direction::Maximize).unwrap_err().to_string();
+            assert!(err.contains("created to minimize"), "{err}");
+            let trials = storage.trials(study).unwrap();
+            assert_eq!(trials[4].reason.as_deref(), Some("NaN loss"));
+            assert!(trials[4].finished.unwrap() >= trials[4].started);
+            let other = storage.study("other", Direction::Maximize).unwrap();
+            assert_ne!(other, study);
+            assert_eq!(storage.studies().unwrap(), vec!["s".to_string(), "other".to_string()]);
+            assert!(storage.trials(other).unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn a_trial_leaves_running_once() {
+        on_every_backend("storage: finish once", |url| {
+            let mut storage = url.open().unwrap();
+            let study = storage.study("s", Direction::Maximize).unwrap();
+            let n = storage.claim_trial(study, 2, "w").unwrap().unwrap();
+            assert!(storage.finish(study, n, TrialState::Fail, None, Some("interrupted")).unwrap());
+            assert!(!storage.finish(study, n, TrialState::Complete, Some(0.9), None).unwrap());
+            storage.report(study, n, 3, 0.5).unwrap();
+            let trial = &storage.trials(study).unwrap()[0];
+            assert_eq!(
+                (trial.state, trial.value, trial.reason.as_deref()),
+                (TrialState::Fail, None, Some("interrupted"))
+            );
+            assert!(trial.intermediate.is_empty(), "a finished trial takes no more reports");
+        });
+    }
+
+    #[test]
+    fn a_dead_workers_running_trial_fails_after_the_heartbeat_timeout() {
+        on_every_backend("storage: heartbeat timeout", |url| {
+            let mut storage = url.open().unwrap();
+            let study = storage.study("s", Direction::Minimize).unwrap();
+            let dead = storage.claim_trial(study, 5, "killed").unwrap().unwrap();
+            let alive = storage.claim_trial(study, 5, "alive").unwrap().unwrap();
+            assert_eq!(storage.fail_stale(study, Duration::from_secs(60)).unwrap(), 0, "fresh heartbeats");
+            std::thread::sleep(Duration::from_millis(1100));
+            storage.heartbeat(study, alive).unwrap();
+            assert_eq!(storage.fail_stale(study, Duration::from_secs(1)).unwrap(), 1);
+            let trials = storage.trials(study).unwrap();
+            assert_eq!(trials[dead as usize].state, TrialState::Fail);
+            assert!(trials[dead as usize].reason.as_deref().unwrap().contains("heartbeat"));
+            assert_eq!(trials[alive as usize].state, TrialState::Running);
+        });
+    }
+}
