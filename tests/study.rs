@@ -90,13 +90,24 @@ fn a_study_runs_records_failures_and_resumes() {
     let best_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(second.dir.join("best_params.json")).unwrap()).unwrap();
     assert_eq!(best_json["trial"], best.number);
-    for file in ["best.safetensors", "history.png", "study.db"] {
+    for file in ["best.safetensors", "history.png", "importance.png", "study.db"] {
         let path = if file == "study.db" { dir.path().join(file) } else { second.dir.join(file) };
         assert!(path.is_file(), "{} is missing", path.display());
     }
     let csv = std::fs::read_to_string(second.dir.join("trials.csv")).unwrap();
     assert_eq!(csv.lines().count(), 6);
     assert!(csv.starts_with("number,state,value,params,intermediate,duration_s,reason"));
+
+    options.space = Some(SearchSpace::from([(
+        "lr".to_string(),
+        Distribution::Float { low: 1e-3, high: 1e-2, log: true, step: None },
+    )]));
+    let err = run_study(&base, &options).unwrap_err().to_string();
+    assert!(err.contains("samples the search space") && err.contains("--study"), "{err}");
+    let importances: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(second.dir.join("importances.json")).unwrap()).unwrap();
+    let shares: Vec<f64> = ["img_size", "lr"].iter().map(|k| importances[k].as_f64().unwrap()).collect();
+    assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9 || shares.iter().all(|&v| v == 0.0), "{importances}");
 
     options.space = Some(SearchSpace::from([(
         "learning_rate".to_string(),
@@ -121,6 +132,8 @@ fn the_cli_runs_and_shows_a_study() {
     let out = kiln(&["study", "show", "--storage", &url, "--study", "cli"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.lines().filter(|l| l.contains("COMPLETE")).count() == 2, "{stdout}");
+    // The default space's five parameters, with their importances.
+    assert!(stdout.contains("| parameter | importance |") && stdout.contains("| weight_decay | "), "{stdout}");
     // Nothing listens on port 1: the error names the storage (without its password) and the reason.
     let out = kiln(&[
         "train",

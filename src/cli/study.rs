@@ -1,12 +1,12 @@
-//! `kiln study show`: a study's trials and its best trial.
+//! `kiln study show`: a study's trials, its best trial and the parameter importances.
 
 use clap::{Args, Subcommand};
 
-use kiln_train::tune::{Direction, StorageUrl, TrialRecord, TrialState};
+use kiln_train::tune::{importances, Direction, SearchSpace, StorageUrl, TrialRecord, TrialState};
 
 #[derive(Subcommand, Debug)]
 pub enum StudyCommand {
-    /// Print the trials table and the best trial.
+    /// Print the trials table, the best trial and the parameter importances (fANOVA over the complete trials).
     Show(ShowArgs),
 }
 
@@ -65,6 +65,16 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
             serde_json::to_string(&b.params)?
         ),
         None => println!("no trial completed yet"),
+    }
+    if let Some(space) = storage.space(study)? {
+        let space: SearchSpace = serde_json::from_str(&space)?;
+        let shares = importances(&space, &trials);
+        if !shares.is_empty() {
+            println!("\n| parameter | importance |\n|---|---|");
+            for (name, share) in shares {
+                println!("| {name} | {share:.3} |");
+            }
+        }
     }
     Ok(())
 }

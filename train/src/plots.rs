@@ -1,4 +1,4 @@
-//! PNG plots of a run: training curves and the confusion matrix.
+//! PNG plots: training curves, the confusion matrix, and shares as horizontal bars (parameter importances).
 //!
 //! Everything is drawn with plotters into an in-memory RGB buffer, encoded with `image` and written
 //! atomically, so a plot on disk is always complete. Text uses the embedded DejaVu Sans font.
@@ -123,6 +123,67 @@ fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area<'_>) -> DrawRes
     })()
     .map_err(|e| Error::Plot { path: path.to_path_buf(), reason: e.to_string() })?;
     crate::fsutil::write_atomic(path, &png)
+}
+
+/// Bar chart layout of [`plot_shares`]: width, row height, margins.
+const SHARES_WIDTH: u32 = 760;
+const SHARES_ROW: i32 = 30;
+const SHARES_TOP: i32 = 56;
+const SHARES_BOTTOM: i32 = 62;
+const SHARES_PAD: i32 = 16;
+const BAR: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+
+/// Shares of a whole (values in 0..=1, e.g. parameter importances) as horizontal bars, largest at the top, each
+/// labelled with its value; the axis ends at the next tenth above the largest. NaN is drawn as 0, values outside
+/// 0..=1 are clipped; an empty list gives a "no data" image. 760 px wide, 30 px per row.
+pub fn plot_shares(title: &str, x_label: &str, rows: &[(String, f64)], path: &Path) -> Result<()> {
+    let height = SHARES_TOP + SHARES_ROW * rows.len().max(1) as i32 + SHARES_BOTTOM;
+    render(path, (SHARES_WIDTH, height as u32), |root| draw_shares(root, title, x_label, rows))
+}
+
+fn bar_style(size: f64, h: HPos, v: VPos) -> TextStyle<'static> {
+    style(size, &TEXT, h, v)
+}
+
+fn draw_shares(root: &Area<'_>, title: &str, x_label: &str, rows: &[(String, f64)]) -> DrawResult<()> {
+    let (w, h) = root.dim_in_pixel();
+    let (w, h) = (w as i32, h as i32);
+    let put = |text: String, at: (i32, i32), s: TextStyle<'_>| root.draw(&Text::new(text, at, s));
+    put(title.to_string(), (w / 2, SHARES_PAD), bar_style(18.0, HPos::Center, VPos::Top))?;
+    if rows.is_empty() {
+        return draw_message(root, "no data");
+    }
+    let mut rows = rows.to_vec();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let names: Vec<String> = rows.iter().map(|(n, _)| shorten(n, 28)).collect();
+    let mut name_w = 0;
+    for n in &names {
+        name_w = name_w.max((FONT, 14.0).into_font().box_size(n)?.0 as i32);
+    }
+    let (x0, x1, bottom) = (SHARES_PAD + name_w + 10, w - SHARES_PAD - 56, SHARES_TOP + SHARES_ROW * rows.len() as i32);
+    let clean = |v: f64| if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) };
+    let top_value = rows.iter().map(|r| clean(r.1)).fold(0.0, f64::max);
+    // The axis ends at the next tenth above the largest importance (0.1 at least, 1 at most).
+    let axis_max = ((top_value * 10.0).ceil() / 10.0).clamp(0.1, 1.0);
+    let px = |v: f64| x0 + ((x1 - x0) as f64 * clean(v) / axis_max).round() as i32;
+    let ticks = (axis_max * 10.0).round() as usize;
+    let step = if ticks > 5 { 2 } else { 1 };
+    for t in (0..=ticks).step_by(step) {
+        let v = t as f64 / 10.0;
+        let grid = if t == 0 { RGBColor(120, 120, 120) } else { RGBColor(225, 225, 225) };
+        root.draw(&PathElement::new(vec![(px(v), SHARES_TOP - 6), (px(v), bottom + 4)], grid))?;
+        put(format!("{v:.1}"), (px(v), bottom + 8), bar_style(13.0, HPos::Center, VPos::Top))?;
+    }
+    put(x_label.to_string(), ((x0 + x1) / 2, h - SHARES_PAD), bar_style(15.0, HPos::Center, VPos::Bottom))?;
+    for (i, ((_, v), name)) in rows.iter().zip(&names).enumerate() {
+        let mid = SHARES_TOP + SHARES_ROW * i as i32 + SHARES_ROW / 2;
+        put(name.clone(), (x0 - 10, mid), bar_style(14.0, HPos::Right, VPos::Center))?;
+        if px(*v) > x0 {
+            root.draw(&Rectangle::new([(x0 + 1, mid - 10), (px(*v), mid + 10)], BAR.filled()))?;
+        }
+        put(format!("{v:.3}"), (px(*v) + 6, mid), bar_style(13.0, HPos::Left, VPos::Center))?;
+    }
+    Ok(())
 }
 
 /// Columns and rows for `n` panels: one row up to three, then a near-square grid.
@@ -636,5 +697,23 @@ mod tests {
         let ticks = [10.0, 0.25, 1e-4, 2.5e-4, -3e6, 0.001, 12345.0, -0.0, f64::NAN].map(format_tick);
         assert_eq!(ticks, ["10", "0.25", "1e-4", "2.5e-4", "-3e6", "1e-3", "12345", "0", ""]);
         assert_eq!(shorten("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn shares_are_bars_sorted_largest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shares.png");
+        let rows = vec![("lr".to_string(), 0.25), ("optimizer".to_string(), 0.7), ("model.width".to_string(), 0.05)];
+        plot_shares("t", "x", &rows, &path).unwrap();
+        let img = decode(&path);
+        assert_eq!(img.dimensions(), (SHARES_WIDTH, (SHARES_TOP + SHARES_ROW * 3 + SHARES_BOTTOM) as u32));
+        // The top row's bar is the longest: "optimizer", though listed second.
+        let bar_len = |row: i32| {
+            let y = (SHARES_TOP + SHARES_ROW * row + SHARES_ROW / 2) as usize;
+            img.rows().nth(y).unwrap().filter(|p| p.0 == [BAR.0, BAR.1, BAR.2]).count()
+        };
+        assert!(bar_len(0) > 2 * bar_len(1) && bar_len(1) > bar_len(2) && bar_len(2) > 0);
+        plot_shares("t", "x", &[], &path).unwrap();
+        assert_eq!(decode(&path).height(), (SHARES_TOP + SHARES_ROW + SHARES_BOTTOM) as u32);
     }
 }

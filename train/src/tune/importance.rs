@@ -2,11 +2,7 @@
 //! Importance", ICML 2014), Optuna's default evaluator, and a bar chart of the result.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
-use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
-use plotters::style::{register_font, FontStyle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -14,7 +10,7 @@ use rayon::prelude::*;
 
 use super::sampler::Params;
 use super::space::{Distribution, SearchSpace};
-use crate::{Error, Result};
+use crate::Result;
 
 /// The random forest fANOVA fits; the defaults are Optuna's (`FanovaImportanceEvaluator` over scikit-learn's
 /// `RandomForestRegressor`). Every split considers all features (`max_features` = all).
@@ -63,9 +59,9 @@ impl FanovaConfig {
     /// the tree's partition of the space, all other parameters averaged out) is divided by the tree's total
     /// variance. The fractions are averaged over trees and normalised to sum to 1; sorted descending.
     ///
-    /// Numerical parameters are features in the internal space ([`Distribution::to_internal`]: log-scale ones are
-    /// measured in log space, where the samplers sample uniformly, where Optuna uses the raw scale), clamped to
-    /// [`Distribution::internal_range`]. Categorical parameters split on subsets of their choices (present choices
+    /// Numerical parameters are features in the internal space of [`Distribution::to_internal`], clamped to
+    /// [`Distribution::internal_range`]: a log-scale parameter's share of the space is measured in log space, as the
+    /// samplers draw it (Optuna measures it on the raw scale). Categorical parameters split on subsets of their choices (present choices
     /// ordered by mean value, best prefix; choices absent from a node join the heavier side), each choice an equal
     /// share of the space; Optuna one-hot encodes them instead.
     ///
@@ -299,97 +295,10 @@ impl Grower<'_> {
     }
 }
 
-/// Plot width; the height grows with the number of parameters (see [`chart_size`]).
-const WIDTH: u32 = 760;
-const ROW: i32 = 30;
-const TOP: i32 = 56;
-const BOTTOM: i32 = 62;
-const PAD: i32 = 16;
-const FONT: &str = "sans-serif";
-const TEXT: RGBColor = RGBColor(30, 30, 30);
-const BAR: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
-// The same font plots.rs embeds; its registration helper is private there.
-static FONT_BYTES: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
-static FONT_REGISTERED: OnceLock<bool> = OnceLock::new();
-
-type DrawResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-fn chart_size(rows: usize) -> (u32, u32) {
-    (WIDTH, (TOP + ROW * rows.max(1) as i32 + BOTTOM) as u32)
-}
-
-fn style(size: f64, h: HPos, v: VPos) -> TextStyle<'static> {
-    TextStyle { font: (FONT, size).into_font(), color: TEXT.to_backend_color(), pos: Pos::new(h, v) }
-}
-
 /// Parameter importances as a horizontal bar chart PNG, most important at the top, each bar labelled with its
-/// value, written atomically to `path`. An empty list gives a "no data" image.
+/// value, written atomically to `path`; an empty list gives a "no data" image.
 pub fn plot_importances(importances: &[(String, f64)], path: &Path) -> Result<()> {
-    let plot_err = |e: Box<dyn std::error::Error>| Error::Plot { path: path.to_path_buf(), reason: e.to_string() };
-    let (w, h) = chart_size(importances.len());
-    let png = (|| -> DrawResult<Vec<u8>> {
-        let ok = *FONT_REGISTERED.get_or_init(|| register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok());
-        ok.then_some(()).ok_or("the embedded DejaVu Sans font could not be loaded")?;
-        let mut buf = vec![0u8; w as usize * h as usize * 3];
-        {
-            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-            root.fill(&WHITE)?;
-            draw_bars(&root, importances, (w as i32, h as i32))?;
-            root.present()?;
-        }
-        let img = image::RgbImage::from_raw(w, h, buf).ok_or("the pixel buffer has the wrong size")?;
-        let mut png = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-        Ok(png)
-    })()
-    .map_err(plot_err)?;
-    crate::fsutil::write_atomic(path, &png)
-}
-
-fn draw_bars(
-    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
-    rows: &[(String, f64)],
-    (w, h): (i32, i32),
-) -> DrawResult<()> {
-    let put = |text: String, at: (i32, i32), s: TextStyle<'_>| root.draw(&Text::new(text, at, s));
-    put("Hyperparameter importance (fANOVA)".into(), (w / 2, PAD), style(18.0, HPos::Center, VPos::Top))?;
-    if rows.is_empty() {
-        return Ok(put("no data".into(), (w / 2, h / 2), style(18.0, HPos::Center, VPos::Center))?);
-    }
-    let mut rows = rows.to_vec();
-    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let names: Vec<String> = rows
-        .iter()
-        .map(|(n, _)| if n.chars().count() > 28 { n.chars().take(27).chain(['…']).collect() } else { n.clone() })
-        .collect();
-    let mut name_w = 0;
-    for n in &names {
-        name_w = name_w.max((FONT, 14.0).into_font().box_size(n)?.0 as i32);
-    }
-    let (x0, x1, bottom) = (PAD + name_w + 10, w - PAD - 56, TOP + ROW * rows.len() as i32);
-    let clean = |v: f64| if v.is_finite() { v.max(0.0) } else { 0.0 };
-    let top_value = rows.iter().map(|r| clean(r.1)).fold(0.0, f64::max);
-    // The axis ends at the next tenth above the largest importance (0.1 at least, 1 at most).
-    let axis_max = ((top_value * 10.0).ceil() / 10.0).clamp(0.1, 1.0).max(top_value);
-    let px = |v: f64| x0 + ((x1 - x0) as f64 * clean(v) / axis_max).round() as i32;
-    let ticks = (axis_max * 10.0).round() as usize;
-    let step = if ticks > 5 { 2 } else { 1 };
-    for t in (0..=ticks).step_by(step) {
-        let v = t as f64 / 10.0;
-        let grid = if t == 0 { RGBColor(120, 120, 120) } else { RGBColor(225, 225, 225) };
-        root.draw(&PathElement::new(vec![(px(v), TOP - 6), (px(v), bottom + 4)], grid))?;
-        put(format!("{v:.1}"), (px(v), bottom + 8), style(13.0, HPos::Center, VPos::Top))?;
-    }
-    put("importance (share of variance)".into(), ((x0 + x1) / 2, h - PAD), style(15.0, HPos::Center, VPos::Bottom))?;
-    for (i, ((_, v), name)) in rows.iter().zip(&names).enumerate() {
-        let mid = TOP + ROW * i as i32 + ROW / 2;
-        put(name.clone(), (x0 - 10, mid), style(14.0, HPos::Right, VPos::Center))?;
-        if px(*v) > x0 {
-            root.draw(&Rectangle::new([(x0 + 1, mid - 10), (px(*v), mid + 10)], BAR.filled()))?;
-        }
-        put(format!("{:.3}", clean(*v)), (px(*v) + 6, mid), style(13.0, HPos::Left, VPos::Center))?;
-    }
-    Ok(())
+    crate::plots::plot_shares("Hyperparameter importance (fANOVA)", "importance (share of variance)", importances, path)
 }
 
 #[cfg(test)]
@@ -490,20 +399,11 @@ mod tests {
     }
 
     #[test]
-    fn the_plot_is_a_png_with_a_row_per_parameter() {
+    fn the_importance_plot_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("importance.png");
-        let imp = vec![("lr".to_string(), 0.25), ("optimizer".to_string(), 0.7), ("model.width".to_string(), 0.05)];
-        plot_importances(&imp, &path).unwrap();
-        let img = image::open(&path).unwrap().to_rgb8();
-        assert_eq!(img.dimensions(), chart_size(3));
-        // The top row's bar is the longest: "optimizer", though listed second.
-        let bar_len = |row: i32| {
-            img.rows().nth((TOP + ROW * row + ROW / 2) as usize).unwrap().filter(|p| p.0 == [0x1f, 0x77, 0xb4]).count()
-        };
-        assert!(bar_len(0) > 2 * bar_len(1) && bar_len(1) > bar_len(2) && bar_len(2) > 0);
-        plot_importances(&[], &path).unwrap();
-        assert_eq!(image::open(&path).unwrap().to_rgb8().dimensions(), chart_size(0));
+        plot_importances(&[("lr".to_string(), 0.75), ("batch".to_string(), 0.25)], &path).unwrap();
+        assert_eq!(image::open(&path).unwrap().height(), 56 + 2 * 30 + 62);
     }
 
     #[test]

@@ -88,6 +88,11 @@ pub struct TrialRecord {
 pub trait Storage: Send {
     /// The study's id, creating it; an existing study with the other direction is an error.
     fn study(&mut self, name: &str, direction: Direction) -> Result<i64>;
+    /// Stores the study's search space (JSON) unless one is stored already; returns the stored one, so that every
+    /// worker can check it samples the same space.
+    fn set_space(&mut self, study: i64, space: &str) -> Result<String>;
+    /// The study's search space (JSON), if one was stored.
+    fn space(&mut self, study: i64) -> Result<Option<String>>;
     /// Claims the next trial number, as RUNNING, if the study has fewer than `total` trials (failed ones count
     /// too); `None` when it is full.
     fn claim_trial(&mut self, study: i64, total: usize, worker: &str) -> Result<Option<u32>>;
@@ -271,7 +276,12 @@ mod tests {
             let trials = storage.trials(study).unwrap();
             assert_eq!(trials[4].reason.as_deref(), Some("NaN loss"));
             assert!(trials[4].finished.unwrap() >= trials[4].started);
+            assert_eq!(storage.set_space(study, "{\"lr\":1}").unwrap(), "{\"lr\":1}");
+            assert_eq!(storage.set_space(study, "{\"lr\":2}").unwrap(), "{\"lr\":1}", "the first space stays");
             let other = storage.study("other", Direction::Maximize).unwrap();
+            assert_eq!(storage.space(other).unwrap(), None);
+            assert_eq!(storage.set_space(other, "{}").unwrap(), "{}");
+            assert_eq!(storage.space(study).unwrap().as_deref(), Some("{\"lr\":1}"));
             assert_ne!(other, study);
             assert_eq!(storage.studies().unwrap(), vec!["s".to_string(), "other".to_string()]);
             assert!(storage.trials(other).unwrap().is_empty());

@@ -29,7 +29,8 @@ const SCHEMA_LOCK: i64 = 0x6b696c6e; // "kiln"
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kiln_studies (
-    id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE, direction TEXT NOT NULL, created DOUBLE PRECISION NOT NULL);
+    id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE, direction TEXT NOT NULL, created DOUBLE PRECISION NOT NULL,
+    space TEXT);
 CREATE TABLE IF NOT EXISTS kiln_trials (
     id BIGSERIAL PRIMARY KEY, study_id BIGINT NOT NULL REFERENCES kiln_studies(id), number INTEGER NOT NULL,
     state TEXT NOT NULL, params TEXT NOT NULL DEFAULT '{}', value DOUBLE PRECISION, reason TEXT,
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS kiln_trials (
 CREATE TABLE IF NOT EXISTS kiln_intermediate (
     trial_id BIGINT NOT NULL REFERENCES kiln_trials(id), step INTEGER NOT NULL, value DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (trial_id, step));
+ALTER TABLE kiln_studies ADD COLUMN IF NOT EXISTS space TEXT;
 ";
 
 fn reason(e: &postgres::Error) -> String {
@@ -106,6 +108,21 @@ impl Storage for PostgresStorage {
             });
         }
         Ok(id)
+    }
+
+    fn set_space(&mut self, study: i64, space: &str) -> Result<String> {
+        self.client
+            .execute("UPDATE kiln_studies SET space = $2 WHERE id = $1 AND space IS NULL", &[&study, &space])
+            .map_err(|e| self.err(e))?;
+        Ok(self.space(study)?.unwrap_or_default())
+    }
+
+    fn space(&mut self, study: i64) -> Result<Option<String>> {
+        let row = self
+            .client
+            .query_one("SELECT space FROM kiln_studies WHERE id = $1", &[&study])
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
     }
 
     fn claim_trial(&mut self, study: i64, total: usize, worker: &str) -> Result<Option<u32>> {

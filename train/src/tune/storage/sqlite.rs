@@ -23,7 +23,7 @@ pub struct SqliteStorage {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS studies (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, direction TEXT NOT NULL, created REAL NOT NULL);
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, direction TEXT NOT NULL, created REAL NOT NULL, space TEXT);
 CREATE TABLE IF NOT EXISTS trials (
     id INTEGER PRIMARY KEY, study_id INTEGER NOT NULL REFERENCES studies(id), number INTEGER NOT NULL,
     state TEXT NOT NULL, params TEXT NOT NULL DEFAULT '{}', value REAL, reason TEXT, worker TEXT NOT NULL,
@@ -43,6 +43,14 @@ impl SqliteStorage {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        // Files written before studies stored their search space.
+        let has_space = conn
+            .prepare("SELECT 1 FROM pragma_table_info('studies') WHERE name = 'space'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(err)?;
+        if !has_space {
+            conn.execute_batch("ALTER TABLE studies ADD COLUMN space TEXT").map_err(err)?;
+        }
         Ok(Self { path: path.to_path_buf(), conn })
     }
 
@@ -72,6 +80,19 @@ impl Storage for SqliteStorage {
             });
         }
         Ok(id)
+    }
+
+    fn set_space(&mut self, study: i64, space: &str) -> Result<String> {
+        self.conn
+            .execute("UPDATE studies SET space = ?2 WHERE id = ?1 AND space IS NULL", params![study, space])
+            .map_err(|e| self.err(e))?;
+        Ok(self.space(study)?.unwrap_or_default())
+    }
+
+    fn space(&mut self, study: i64) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT space FROM studies WHERE id = ?1", params![study], |r| r.get(0))
+            .map_err(|e| self.err(e))
     }
 
     fn claim_trial(&mut self, study: i64, total: usize, worker: &str) -> Result<Option<u32>> {
