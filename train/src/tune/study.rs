@@ -183,13 +183,15 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
             ),
         });
     }
-    let stale = storage.fail_stale(study, options.heartbeat_timeout)?;
-    if stale > 0 {
-        eprintln!("marked {stale} trial(s) without a heartbeat as FAIL");
-    }
     let pruner = pruner(options.pruner);
     let mut ran = 0;
-    while let Some(number) = storage.claim_trial(study, options.trials, &options.worker)? {
+    loop {
+        // Dead workers' trials are failed before each claim, so they count and show as soon as possible.
+        let stale = storage.fail_stale(study, options.heartbeat_timeout)?;
+        if stale > 0 {
+            eprintln!("marked {stale} trial(s) without a heartbeat as FAIL");
+        }
+        let Some(number) = storage.claim_trial(study, options.trials, &options.worker)? else { break };
         ran += 1;
         let history = storage.trials(study)?;
         let params = sampler(options.sampler, base.seed, number).sample(&space, &observations(&history));
