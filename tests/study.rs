@@ -195,6 +195,8 @@ fn two_processes_share_one_study(url: &str) {
     assert!(trials.iter().all(|t| t.state == TrialState::Complete), "{trials:?}");
     let workers: std::collections::BTreeSet<&str> = trials.iter().map(|t| t.worker.as_str()).collect();
     assert_eq!(workers.len(), 2, "both processes ran trials: {workers:?}");
+    let named = |w: &str| w.rsplit_once('-').is_some_and(|(host, pid)| !host.is_empty() && pid.parse::<u32>().is_ok());
+    assert!(workers.iter().all(|w| named(w)), "workers are HOST-PID: {workers:?}");
 }
 
 /// A worker killed with -9 during its fourth of 6 trials: the trial stays RUNNING, and rerunning the command marks it

@@ -260,7 +260,7 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
         },
         space: None,
         heartbeat_timeout: std::time::Duration::from_secs_f64(args.heartbeat_timeout),
-        worker: format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()), std::process::id()),
+        worker: format!("{}-{}", hostname(), std::process::id()),
         running: Some(Default::default()),
     };
     // Ctrl-C marks the running trial FAIL (through its own connection, so the storage stays consistent), then
@@ -290,6 +290,19 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
     }
     println!("study directory: {} (ran {} trial(s) now)", outcome.dir.display(), outcome.ran);
     Ok(())
+}
+
+/// This machine's name, which tells a study's workers apart (with the process id).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its length; gethostname NUL-terminates on success.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let name = std::ffi::CStr::from_bytes_until_nul(&buf).ok().and_then(|c| c.to_str().ok()).unwrap_or("");
+    if ok && !name.is_empty() {
+        name.to_string()
+    } else {
+        "host".to_string()
+    }
 }
 
 #[cfg(test)]
