@@ -214,12 +214,12 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         let heartbeat =
             Heartbeat::start(&options.storage, study, number, heartbeat_interval(options.heartbeat_timeout))?;
         config.name = Some(format!("{}/trial_{number}", options.name));
-        let mut best = f64::NEG_INFINITY;
+        let (mut best, mut last) = (f64::NEG_INFINITY, f64::NAN);
         let mut pruned = false;
         let mut report_error = None;
         let result = train_observed(&config, &mut |record| {
             let Some(value) = record.val_accuracy else { return ControlFlow::Continue(()) };
-            best = best.max(value);
+            (best, last) = (best.max(value), value);
             if let Err(e) = storage.report(study, number, record.epoch, value) {
                 report_error = Some(e);
                 return ControlFlow::Break(());
@@ -250,8 +250,9 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         }
         let (state, value, reason) = match result {
             Ok(outcome) if pruned && outcome.interrupted => {
-                eprintln!("study {}: trial {number} pruned at {best:.4}", options.name);
-                (TrialState::Pruned, Some(best), None)
+                // As in Optuna, a pruned trial's value is its last reported one.
+                eprintln!("study {}: trial {number} pruned at {last:.4}", options.name);
+                (TrialState::Pruned, Some(last), None)
             }
             Ok(outcome) => {
                 let value = outcome.best_val.map(|m| m.accuracy).unwrap_or(best);
