@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use kiln_train::tune::{importances, Direction, SearchSpace, StorageUrl, TrialRecord, TrialState};
+use kiln_train::tune::{best_trial, importances, Direction, SearchSpace, StorageUrl, TrialRecord};
 
 #[derive(Subcommand, Debug)]
 pub enum StudyCommand {
@@ -36,6 +36,20 @@ pub fn print_trials(trials: &[TrialRecord]) {
     }
 }
 
+/// The best trial's number, value and parameters, or that none completed.
+pub fn print_best(best: Option<&TrialRecord>) -> anyhow::Result<()> {
+    match best {
+        Some(b) => println!(
+            "best trial {} (val accuracy {:.4}): {}",
+            b.number,
+            b.value.unwrap_or(f64::NAN),
+            serde_json::to_string(&b.params)?
+        ),
+        None => println!("no trial completed"),
+    }
+    Ok(())
+}
+
 pub fn run(command: StudyCommand) -> anyhow::Result<()> {
     let StudyCommand::Show(args) = command;
     let url = StorageUrl::parse(&args.storage)?;
@@ -53,19 +67,7 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
     let study = storage.study(&args.study, Direction::Maximize)?;
     let trials = storage.trials(study)?;
     print_trials(&trials);
-    let best = trials
-        .iter()
-        .filter(|t| t.state == TrialState::Complete)
-        .max_by(|a, b| a.value.unwrap_or(f64::NAN).total_cmp(&b.value.unwrap_or(f64::NAN)));
-    match best {
-        Some(b) => println!(
-            "best trial {}: val accuracy {:.4}, {}",
-            b.number,
-            b.value.unwrap_or(f64::NAN),
-            serde_json::to_string(&b.params)?
-        ),
-        None => println!("no trial completed yet"),
-    }
+    print_best(best_trial(&trials))?;
     if let Some(space) = storage.space(study)? {
         let space: SearchSpace = serde_json::from_str(&space)?;
         let shares = importances(&space, &trials);

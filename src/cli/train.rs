@@ -279,15 +279,7 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
     })?;
     let outcome = kiln_train::tune::run_study(config, &options)?;
     super::study::print_trials(&outcome.trials);
-    match &outcome.best {
-        Some(best) => println!(
-            "best trial {} (val accuracy {:.4}): {}",
-            best.number,
-            best.value.unwrap_or(f64::NAN),
-            serde_json::to_string(&best.params)?
-        ),
-        None => println!("no trial completed"),
-    }
+    super::study::print_best(outcome.best.as_ref())?;
     println!("study directory: {} (ran {} trial(s) now)", outcome.dir.display(), outcome.ran);
     Ok(())
 }

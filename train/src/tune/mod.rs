@@ -17,6 +17,6 @@ pub use sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Samp
 pub use space::{Distribution, SearchSpace};
 pub use storage::{Direction, PostgresStorage, SqliteStorage, Storage, StorageUrl, TrialRecord, TrialState};
 pub use study::{
-    default_space, fail_running, importances, run_study, trials_csv, PrunerKind, RunningTrial, SamplerKind,
+    best_trial, default_space, fail_running, importances, run_study, trials_csv, PrunerKind, RunningTrial, SamplerKind,
     StudyOptions, StudyOutcome,
 };

@@ -273,11 +273,7 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         }
     }
     let trials = storage.trials(study)?;
-    let best = trials
-        .iter()
-        .filter(|t| t.state == TrialState::Complete && t.value.is_some())
-        .max_by(|a, b| a.value.unwrap_or(f64::NAN).total_cmp(&b.value.unwrap_or(f64::NAN)))
-        .cloned();
+    let best = best_trial(&trials).cloned();
     if let Some(b) = &best {
         let run = dir.join(format!("trial_{}", b.number));
         let json = serde_json::json!({"trial": b.number, "value": b.value, "params": b.params, "run": run});
@@ -297,6 +293,19 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
     write_atomic(&dir.join("importances.json"), &serde_json::to_vec_pretty(&json).expect("serialises"))?;
     plot_importances(&importances, &dir.join("importance.png"))?;
     Ok(StudyOutcome { dir, trials, best, ran })
+}
+
+/// The COMPLETE trial with the highest validation accuracy (the first of equals).
+pub fn best_trial(trials: &[TrialRecord]) -> Option<&TrialRecord> {
+    trials
+        .iter()
+        .filter_map(|t| Some((t, t.value?)))
+        .filter(|(t, _)| t.state == TrialState::Complete)
+        .fold(None, |best: Option<(&TrialRecord, f64)>, (t, v)| match best {
+            Some((_, b)) if b >= v => best,
+            _ => Some((t, v)),
+        })
+        .map(|(t, _)| t)
 }
 
 /// Each parameter's fANOVA importance for the validation accuracy of the COMPLETE trials (empty below 2); seeded
@@ -361,6 +370,30 @@ pub fn trials_csv(trials: &[TrialRecord]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_best_trial_is_the_first_complete_one_with_the_highest_value() {
+        let trial = |number, state, value| TrialRecord {
+            number,
+            state,
+            value,
+            params: Params::new(),
+            intermediate: Default::default(),
+            reason: None,
+            worker: "w".into(),
+            started: 0.0,
+            finished: None,
+        };
+        let trials = [
+            trial(0, TrialState::Complete, Some(0.5)),
+            trial(1, TrialState::Pruned, Some(0.99)),
+            trial(2, TrialState::Complete, Some(0.8)),
+            trial(3, TrialState::Fail, None),
+            trial(4, TrialState::Complete, Some(0.8)),
+        ];
+        assert_eq!(best_trial(&trials).map(|t| t.number), Some(2));
+        assert!(best_trial(&trials[1..2]).is_none(), "a pruned trial is never the best");
+    }
 
     #[test]
     fn params_reach_nested_keys_and_bad_values_are_refused() {
