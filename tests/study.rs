@@ -147,6 +147,13 @@ fn the_cli_runs_and_shows_a_study() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("postgres://kiln:***@127.0.0.1:1/studies"), "{stderr}");
     assert!(stderr.contains("refused") && !stderr.contains("secret"), "{stderr}");
+    // Study flags without --trials, and settings beside --resume, would be ignored: they are refused.
+    let out = kiln(&["train", "--data", data.to_str().unwrap(), "--storage", &url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--trials"), "{stderr}");
+    let out = kiln(&["train", "--resume", "runs/classify/x", "--epochs", "5"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("takes no other settings (given: epochs)"), "{stderr}");
     let out = kiln(&["study", "show", "--storage", &url, "--study", "nope"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("no study named 'nope' (studies: cli)"), "{stderr}");

@@ -14,7 +14,7 @@ use super::output::print_outcome;
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
     /// Continue the run in this directory from its last checkpoint.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "trials"])]
     pub resume: Option<PathBuf>,
     /// What to train.
     #[arg(long, value_enum, default_value = "classify")]
@@ -99,18 +99,20 @@ pub struct TrainArgs {
     pub trials: Option<usize>,
     /// Study storage: sqlite:///FILE (one machine; default: a study.db in the study's directory) or
     /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (workers on several machines).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", requires = "trials")]
     pub storage: Option<String>,
     /// Study name (default: study).
-    #[arg(long)]
+    #[arg(long, requires = "trials")]
     pub study: Option<String>,
-    #[arg(long, value_enum, default_value = "tpe")]
+    /// How trials choose their parameters (grid: 3 points per numerical parameter, trial n takes combination n).
+    #[arg(long, value_enum, default_value = "tpe", requires = "trials")]
     pub sampler: SamplerArg,
-    #[arg(long, value_enum, default_value = "median")]
+    /// Which unpromising trials stop early (median: below the median of earlier trials at the same epoch).
+    #[arg(long, value_enum, default_value = "median", requires = "trials")]
     pub pruner: PrunerArg,
     /// A RUNNING trial whose worker has not beaten for this many seconds is marked FAIL (its worker died); workers
     /// beat every timeout/4 (at most every 30 s). Give every worker of a study the same value.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 300.0, requires = "trials")]
     pub heartbeat_timeout: f64,
 }
 
@@ -213,12 +215,24 @@ impl TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    if args.trials.is_some() || args.storage.is_some() {
+    if args.trials.is_some() {
         let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
         return run_study(&args, &config);
     }
     let outcome = match &args.resume {
-        Some(dir) => kiln_train::classify::resume(RunDir::open(dir)?)?,
+        Some(dir) => {
+            // A resumed run keeps its saved config; a setting given now would be ignored, so it is refused.
+            let mut given = args.overrides()?;
+            given.as_object_mut().expect("overrides are an object").remove("task");
+            let given: Vec<&String> = given.as_object().expect("an object").keys().collect();
+            anyhow::ensure!(
+                given.is_empty(),
+                "--resume continues {} with its saved config; it takes no other settings (given: {})",
+                dir.display(),
+                given.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            kiln_train::classify::resume(RunDir::open(dir)?)?
+        }
         None => {
             let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
             kiln_train::classify::train(&config)?
