@@ -105,36 +105,37 @@ fn bench_one(args: &BenchArgs, backend: &Backend) -> Vec<BenchRow> {
         }
         // A smooth pattern rather than zeros, so no runtime can shortcut it.
         let input: Vec<f32> = (0..batch * per).map(|i| ((i % 97) as f32 / 48.5) - 1.0).collect();
-        let started = Instant::now();
-        if let Err(e) = model.run(&input, batch) {
-            rows.push(unavailable(backend, batch, e.to_string()));
-            continue;
-        }
-        let first = ms(started.elapsed());
-        for _ in 0..args.warmup {
-            let _ = model.run(&input, batch);
-        }
-        let mut times = Vec::new();
-        let deadline = args.duration.map(Duration::from_secs_f64);
-        let begin = Instant::now();
-        loop {
-            let t = Instant::now();
-            if let Err(e) = model.run(&input, batch) {
+        // Any failing run (first, warm-up or timed) makes the whole row unavailable, never half a row.
+        let measured = (|| -> kiln_infer::Result<(f64, Vec<f64>)> {
+            let started = Instant::now();
+            model.run(&input, batch)?;
+            let first = ms(started.elapsed());
+            for _ in 0..args.warmup {
+                model.run(&input, batch)?;
+            }
+            let mut times = Vec::new();
+            let deadline = args.duration.map(Duration::from_secs_f64);
+            let begin = Instant::now();
+            loop {
+                let t = Instant::now();
+                model.run(&input, batch)?;
+                times.push(ms(t.elapsed()));
+                let done = match deadline {
+                    Some(d) => begin.elapsed() >= d,
+                    None => times.len() >= args.iters.max(1),
+                };
+                if done {
+                    return Ok((first, times));
+                }
+            }
+        })();
+        let (first, mut times) = match measured {
+            Ok(m) => m,
+            Err(e) => {
                 rows.push(unavailable(backend, batch, e.to_string()));
-                break;
+                continue;
             }
-            times.push(ms(t.elapsed()));
-            let done = match deadline {
-                Some(d) => begin.elapsed() >= d,
-                None => times.len() >= args.iters.max(1),
-            };
-            if done {
-                break;
-            }
-        }
-        if times.is_empty() {
-            continue;
-        }
+        };
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         times.sort_by(f64::total_cmp);
         rows.push(BenchRow {
