@@ -66,21 +66,22 @@ struct TractPlans {
 }
 
 impl TractPlans {
-    fn new(bytes: &[u8], input: &TensorSpec, first_batch: usize) -> Result<Self> {
+    /// Parses the model; with a known image shape, also builds the plan for `first_batch`.
+    fn new(bytes: &[u8], input: &TensorSpec, image: Option<[usize; 3]>, first_batch: usize) -> Result<Self> {
         let model = tract_onnx::onnx().model_for_read(&mut std::io::Cursor::new(bytes)).map_err(tract_error)?;
         let plans = Self { model, plans: Mutex::new(HashMap::new()) };
-        if input.shape[1..].iter().all(Option::is_some) {
-            plans.plan(input, first_batch)?;
+        if let Some(image) = image {
+            plans.plan(input.half, image, first_batch)?;
         }
         Ok(plans)
     }
 
-    fn plan(&self, input: &TensorSpec, batch: usize) -> Result<Arc<TypedRunnableModel>> {
+    fn plan(&self, half: bool, [c, h, w]: [usize; 3], batch: usize) -> Result<Arc<TypedRunnableModel>> {
         if let Some(plan) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&batch) {
             return Ok(Arc::clone(plan));
         }
-        let dims: Vec<usize> = std::iter::once(batch).chain(input.shape[1..].iter().map(|d| d.unwrap_or(1))).collect();
-        let dt = if input.half { half::f16::datum_type() } else { f32::datum_type() };
+        let dims = vec![batch, c, h, w];
+        let dt = if half { half::f16::datum_type() } else { f32::datum_type() };
         let plan = self
             .model
             .clone()
@@ -167,12 +168,18 @@ impl ModelBuilder {
                 )));
             }
         }
+        // The shape of one image: the model's fixed dimensions, else the preprocessing's size (3 channels).
+        let image = match ([input.shape[1], input.shape[2], input.shape[3]], &preprocess) {
+            ([Some(c), Some(h), Some(w)], _) => Some([c, h, w]),
+            ([c, _, _], Some(p)) => Some([c.unwrap_or(3), p.size[0] as usize, p.size[1] as usize]),
+            _ => None,
+        };
         let started = Instant::now();
         let engine = match &self.backend {
             Backend::Ort(ep) => {
                 Engine::Ort(Mutex::new(ort_session(&bytes, ep, self.threads, self.ort_deps.as_deref())?))
             }
-            Backend::Tract => Engine::Tract(TractPlans::new(&bytes, &input, input.shape[0].unwrap_or(1))?),
+            Backend::Tract => Engine::Tract(TractPlans::new(&bytes, &input, image, input.shape[0].unwrap_or(1))?),
         };
         Ok(Model {
             path: path.to_path_buf(),
@@ -180,6 +187,7 @@ impl ModelBuilder {
             preprocess,
             backend: self.backend,
             input,
+            image,
             outputs,
             engine,
             load_time: started.elapsed(),
@@ -227,6 +235,8 @@ pub struct Model {
     preprocess: Option<Preprocess>,
     backend: Backend,
     input: TensorSpec,
+    /// One image's `[channels, height, width]`: fixed by the model or set by its preprocessing.
+    image: Option<[usize; 3]>,
     outputs: Vec<TensorSpec>,
     engine: Engine,
     load_time: Duration,
@@ -277,16 +287,11 @@ impl Model {
 
     /// Runs the model on `batch` images already preprocessed into `input` (`[batch, 3, H, W]`, f32).
     pub fn run(&self, input: &[f32], batch: usize) -> Result<Vec<Output>> {
-        let [_, c, h, w] = [0, 1, 2, 3].map(|i| self.input.shape[i]);
-        let (c, h, w) = match (c, h, w, &self.preprocess) {
-            (Some(c), Some(h), Some(w), _) => (c, h, w),
-            (c, _, _, Some(p)) => (c.unwrap_or(3), p.size[0] as usize, p.size[1] as usize),
-            _ => {
-                return Err(Error::InvalidInput(format!(
-                    "the model's input {:?} has free dimensions",
-                    self.input.shape
-                )))
-            }
+        let Some([c, h, w]) = self.image else {
+            return Err(Error::InvalidInput(format!(
+                "the model's input {:?} has free dimensions and no preprocessing sets them",
+                self.input.shape
+            )));
         };
         if let Some(fixed) = self.fixed_batch() {
             if batch != fixed {
@@ -303,7 +308,7 @@ impl Model {
         let shape = [batch, c, h, w];
         match &self.engine {
             Engine::Ort(session) => self.run_ort(session, input, shape),
-            Engine::Tract(plans) => self.run_tract(&plans.plan(&self.input, batch)?, input, shape),
+            Engine::Tract(plans) => self.run_tract(&plans.plan(self.input.half, [c, h, w], batch)?, input, shape),
         }
     }
 
