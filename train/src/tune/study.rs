@@ -14,7 +14,7 @@ use super::importance::{fanova_importances, plot_importances};
 use super::pruner::{Curve, MedianPruner, NoPruner, Pruner, SuccessiveHalvingPruner};
 use super::sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
 use super::space::{Distribution, SearchSpace};
-use super::storage::{Direction, StorageUrl, TrialRecord, TrialState};
+use super::storage::{Direction, Storage, StorageUrl, TrialRecord, TrialState};
 use crate::classify::train_observed;
 use crate::config::{merge, TrainConfig};
 use crate::fsutil::write_atomic;
@@ -193,9 +193,9 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         }
         let Some(number) = storage.claim_trial(study, options.trials, &options.worker)? else { break };
         ran += 1;
-        let history = storage.trials(study)?;
+        let history = storage.trials(study).map_err(|e| abandon(&mut *storage, study, number, e))?;
         let params = sampler(options.sampler, base.seed, number).sample(&space, &observations(&history));
-        storage.set_params(study, number, &params)?;
+        storage.set_params(study, number, &params).map_err(|e| abandon(&mut *storage, study, number, e))?;
         if let Some(running) = &options.running {
             *running.lock().unwrap_or_else(|e| e.into_inner()) = Some((options.storage.clone(), study, number));
         }
@@ -212,7 +212,8 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
             }
         };
         let heartbeat =
-            Heartbeat::start(&options.storage, study, number, heartbeat_interval(options.heartbeat_timeout))?;
+            Heartbeat::start(&options.storage, study, number, heartbeat_interval(options.heartbeat_timeout))
+                .map_err(|e| abandon(&mut *storage, study, number, e))?;
         config.name = Some(format!("{}/trial_{number}", options.name));
         let (mut best, mut last) = (f64::NEG_INFINITY, f64::NAN);
         let mut pruned = false;
@@ -246,7 +247,7 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
             *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         if let Some(e) = report_error {
-            return Err(e);
+            return Err(abandon(&mut *storage, study, number, e));
         }
         let (state, value, reason) = match result {
             Ok(outcome) if pruned && outcome.interrupted => {
@@ -254,11 +255,16 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
                 eprintln!("study {}: trial {number} pruned at {last:.4}", options.name);
                 (TrialState::Pruned, Some(last), None)
             }
-            Ok(outcome) => {
-                let value = outcome.best_val.map(|m| m.accuracy).unwrap_or(best);
-                eprintln!("study {}: trial {number} finished with val accuracy {value:.4}", options.name);
-                (TrialState::Complete, Some(value), None)
-            }
+            Ok(outcome) => match outcome.best_val.map(|m| m.accuracy).or(best.is_finite().then_some(best)) {
+                Some(value) => {
+                    eprintln!("study {}: trial {number} finished with val accuracy {value:.4}", options.name);
+                    (TrialState::Complete, Some(value), None)
+                }
+                // Without a validation accuracy there is nothing to optimise; a value of -inf would mislead TPE.
+                None => {
+                    (TrialState::Fail, None, Some("no validation accuracy (the data has no validation images)".into()))
+                }
+            },
             Err(e) => {
                 eprintln!("study {}: trial {number} failed: {e}", options.name);
                 (TrialState::Fail, None, Some(e.to_string()))
@@ -306,6 +312,13 @@ pub fn best_trial(trials: &[TrialRecord]) -> Option<&TrialRecord> {
             _ => Some((t, v)),
         })
         .map(|(t, _)| t)
+}
+
+/// Marks a trial FAIL (best effort) when the study stops with `error` while the trial runs, so it is not left
+/// RUNNING until a heartbeat timeout; returns the error.
+fn abandon(storage: &mut dyn Storage, study: i64, number: u32, error: Error) -> Error {
+    let _ = storage.finish(study, number, TrialState::Fail, None, Some(&format!("study stopped: {error}")));
+    error
 }
 
 /// Each parameter's fANOVA importance for the validation accuracy of the COMPLETE trials (empty below 2); seeded
