@@ -58,8 +58,8 @@ fn a_study_runs_records_failures_and_resumes() {
     let mut base = common::quick_config(&data, &dir.path().join("runs"), 2);
     base.img_size = 32;
     let space = SearchSpace::from([
-        // 100 px is not a multiple of 32: the trial that draws it fails, the study goes on.
-        ("img_size".to_string(), Distribution::Categorical { choices: vec![100.into(), 32.into()] }),
+        // Label smoothing 1.5 is not in [0, 1): the trial that draws it fails, the study goes on.
+        ("label_smoothing".to_string(), Distribution::Categorical { choices: vec![1.5.into(), 0.1.into()] }),
         ("lr".to_string(), Distribution::Float { low: 1e-3, high: 3e-3, log: true, step: None }),
     ]);
     let mut options = StudyOptions {
@@ -77,7 +77,7 @@ fn a_study_runs_records_failures_and_resumes() {
     assert_eq!(first.ran, 3);
     let states: Vec<TrialState> = first.trials.iter().map(|t| t.state).collect();
     assert_eq!(states, [TrialState::Fail, TrialState::Complete, TrialState::Fail]);
-    assert!(first.trials[0].reason.as_deref().unwrap().contains("img_size"), "{:?}", first.trials[0].reason);
+    assert!(first.trials[0].reason.as_deref().unwrap().contains("label_smoothing"), "{:?}", first.trials[0].reason);
     assert_eq!(first.trials[1].intermediate.len(), 2, "validation accuracy reported every epoch");
     assert!(dir.path().join("runs/classify/shapes/trial_1/weights/best.safetensors").is_file());
 
@@ -86,7 +86,7 @@ fn a_study_runs_records_failures_and_resumes() {
     assert_eq!(second.ran, 2, "only the missing trials run");
     assert_eq!(second.trials.iter().map(|t| t.number).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
     let best = second.best.as_ref().unwrap();
-    assert_eq!(best.params["img_size"], 32);
+    assert_eq!(best.params["label_smoothing"], 0.1);
     let best_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(second.dir.join("best_params.json")).unwrap()).unwrap();
     assert_eq!(best_json["trial"], best.number);
@@ -106,7 +106,7 @@ fn a_study_runs_records_failures_and_resumes() {
     assert!(err.contains("samples the search space") && err.contains("--study"), "{err}");
     let importances: serde_json::Value =
         serde_json::from_slice(&std::fs::read(second.dir.join("importances.json")).unwrap()).unwrap();
-    let shares: Vec<f64> = ["img_size", "lr"].iter().map(|k| importances[k].as_f64().unwrap()).collect();
+    let shares: Vec<f64> = ["label_smoothing", "lr"].iter().map(|k| importances[k].as_f64().unwrap()).collect();
     assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9 || shares.iter().all(|&v| v == 0.0), "{importances}");
 
     options.space = Some(SearchSpace::from([(

@@ -11,9 +11,12 @@ use kiln_infer::Backend;
 use super::infer::open_model;
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BenchArgs {
-    #[arg(long, value_name = "FILE.onnx")]
-    pub model: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[arg(long, value_name = "FILE.onnx", required = true)]
+    pub model: Option<PathBuf>,
     /// Comma-separated: ort-cpu, ort-cuda[:N], ort-tensorrt[:N][-fp16], tract.
     #[arg(long, value_delimiter = ',', default_value = "ort-cpu,tract")]
     pub backends: Vec<Backend>,
@@ -34,6 +37,12 @@ pub struct BenchArgs {
     /// Also write the rows as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// The isolated training step (forward, backward, AdamW) on a random batch: `kiln bench train --img-size 224`.
+    Train(super::bench_train::BenchTrainArgs),
 }
 
 /// One row of the table.
@@ -80,7 +89,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn bench_one(args: &BenchArgs, backend: &Backend) -> Vec<BenchRow> {
-    let model = match open_model(&args.model, backend.clone(), args.threads) {
+    let path = args.model.as_deref().expect("clap requires --model without a subcommand");
+    let model = match open_model(path, backend.clone(), args.threads) {
         Ok(m) => m,
         Err(e) => return args.batch.iter().map(|&b| unavailable(backend, b, e.to_string())).collect(),
     };
@@ -179,6 +189,9 @@ pub fn print_table(rows: &[BenchRow]) {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchCommand::Train(train)) = args.command {
+        return super::bench_train::run(train);
+    }
     let mut rows = Vec::new();
     for backend in &args.backends {
         rows.extend(bench_one(&args, backend));

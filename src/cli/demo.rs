@@ -81,7 +81,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     })?;
     println!("\n$ kiln bench --model {} --backends ort-cpu,tract", export.path.display());
     super::bench::run(super::bench::BenchArgs {
-        model: export.path,
+        command: None,
+        model: Some(export.path),
         backends: vec![kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), kiln_infer::Backend::Tract],
         batch: vec![1],
         warmup: 5,

@@ -1,6 +1,7 @@
 //! The command line: one module per command.
 
 mod bench;
+mod bench_train;
 mod demo;
 mod doctor;
 mod eval;

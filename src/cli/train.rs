@@ -7,6 +7,8 @@ use clap::Args;
 use serde_json::{Map, Value};
 
 use kiln_train::config::{Freeze, OptimizerKind, Task};
+use kiln_train::data::CacheMode;
+use kiln_train::precision::AmpMode;
 use kiln_train::{RunDir, TrainConfig};
 
 use super::output::print_outcome;
@@ -61,9 +63,15 @@ pub struct TrainArgs {
     pub ema: Option<bool>,
     #[arg(long)]
     pub ema_decay: Option<f64>,
-    /// Mixed precision on CUDA (true/false).
+    /// Mixed precision on CUDA: auto (bf16 where native, else fp16), bf16, fp16 or false. The CPU trains in fp32.
     #[arg(long)]
-    pub amp: Option<bool>,
+    pub amp: Option<AmpMode>,
+    /// Channels-last memory format on CUDA (true/false; ignored on the CPU).
+    #[arg(long)]
+    pub channels_last: Option<bool>,
+    /// Decoded images between epochs: auto (RAM when they plainly fit), none (decode every epoch), ram or disk.
+    #[arg(long)]
+    pub cache: Option<CacheMode>,
     #[arg(long)]
     pub img_size: Option<u32>,
     /// Image decoding threads.
@@ -193,7 +201,9 @@ impl TrainArgs {
         put("grad_clip", self.grad_clip.map(Value::from));
         put("ema", self.ema.map(Value::from));
         put("ema_decay", self.ema_decay.map(Value::from));
-        put("amp", self.amp.map(Value::from));
+        put("amp", self.amp.map(serde_json::to_value).transpose()?);
+        put("channels_last", self.channels_last.map(Value::from));
+        put("cache", self.cache.map(serde_json::to_value).transpose()?);
         put("img_size", self.img_size.map(Value::from));
         put("workers", self.workers.map(Value::from));
         put("threads", self.threads.map(Value::from));

@@ -7,7 +7,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::data::{AugmentConfig, Normalize};
+use crate::data::{AugmentConfig, CacheMode, Normalize};
+use crate::precision::AmpMode;
 use crate::{Error, Result};
 
 /// What is trained.
@@ -98,11 +99,16 @@ pub struct TrainConfig {
     /// Keep an exponential moving average of the weights and evaluate/save it.
     pub ema: bool,
     pub ema_decay: f64,
-    /// Mixed precision (fp16 autocast with loss scaling); used on CUDA only.
-    pub amp: bool,
+    /// Mixed precision on CUDA: `auto` (bf16 where the GPU computes it natively, else fp16), `bf16`, `fp16`
+    /// (with loss scaling) or `false`. The CPU always trains in fp32.
+    pub amp: AmpMode,
+    /// Channels-last memory format for parameters and batches on CUDA (ignored on the CPU).
+    pub channels_last: bool,
     pub img_size: u32,
     /// Image decoding threads.
     pub workers: usize,
+    /// Decoded images kept between epochs: `auto` (RAM when they plainly fit), `none`, `ram` or `disk`.
+    pub cache: CacheMode,
     /// libtorch intra-op threads; 0 keeps libtorch's default.
     pub threads: usize,
     pub seed: u64,
@@ -146,9 +152,11 @@ impl Default for TrainConfig {
             grad_clip: 0.0,
             ema: false,
             ema_decay: 0.9998,
-            amp: true,
+            amp: AmpMode::Auto,
+            channels_last: true,
             img_size: 224,
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            cache: CacheMode::Auto,
             threads: 0,
             seed: 0,
             patience: 0,
@@ -207,8 +215,23 @@ impl TrainConfig {
         let source = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("<command line>"));
         let config: TrainConfig =
             serde_json::from_value(value).map_err(|e| Error::Config { path: source, reason: e.to_string() })?;
+        let config = config.with_img_size_rounded();
         config.validate()?;
         Ok(config)
+    }
+
+    /// `img_size` rounded up to the next multiple of 32 (ConvNeXt's output stride), with a warning when it moves,
+    /// as Ultralytics rounds to its stride.
+    pub fn with_img_size_rounded(mut self) -> Self {
+        let rounded = self.img_size.max(32).div_ceil(32) * 32;
+        if rounded != self.img_size {
+            eprintln!(
+                "warning: img_size {} is not a multiple of 32 (ConvNeXt's output stride); using {rounded}",
+                self.img_size
+            );
+            self.img_size = rounded;
+        }
+        self
     }
 
     /// Reads a config saved by a run (every key present).
@@ -322,6 +345,16 @@ mod tests {
     }
 
     #[test]
+    fn img_size_is_rounded_up_to_the_stride() {
+        for (given, used) in [(100, 128), (224, 224), (225, 256), (1, 32)] {
+            let c = TrainConfig::resolve(None, &json!({"data": "/d", "img_size": given})).unwrap();
+            assert_eq!(c.img_size, used, "{given}");
+        }
+        let direct = TrainConfig { data: "/d".into(), img_size: 100, ..TrainConfig::default() };
+        assert!(direct.validate().unwrap_err().to_string().contains("img_size"), "validate alone still refuses");
+    }
+
+    #[test]
     fn saved_config_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let c = TrainConfig::resolve(None, &json!({"data": "/x", "model": "convnext_atto", "ema": true})).unwrap();
@@ -333,7 +366,6 @@ mod tests {
     #[test]
     fn invalid_values_are_named() {
         for (overrides, key) in [
-            (json!({"data": "/d", "img_size": 100}), "img_size"),
             (json!({"data": "/d", "epochs": 0}), "epochs"),
             (json!({"data": "/d", "model": "vit"}), "vit"),
             (json!({"data": "/d", "freeze": 2}), "freeze"),

@@ -5,6 +5,7 @@
 //!    epoch, writes `results.csv`, `weights/{best,last}.safetensors`, curves, and tests the best checkpoint.
 //! 3. Later: [`classify::resume`], [`classify::evaluate_run`] (`kiln val` / `kiln test`), [`classify::predict`].
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod fsutil;
 pub mod metrics;
 pub mod optim;
 pub mod plots;
+pub mod precision;
 pub mod progress;
 pub mod run_dir;
 pub mod synthetic;

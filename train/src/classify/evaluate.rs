@@ -3,6 +3,8 @@
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Reduction, Tensor};
 
+use crate::precision::Precision;
+
 use kiln_models::ImageClassifier;
 
 use crate::data::Loader;
@@ -22,17 +24,17 @@ pub struct Evaluation {
 pub fn evaluate(
     model: &ImageClassifier,
     loader: &Loader,
-    device: Device,
+    precision: &Precision,
     num_classes: usize,
-    amp: bool,
 ) -> Result<Evaluation> {
+    let device = precision.device;
     let mut confusion = ConfusionMatrix::new(num_classes);
     let (mut loss_sum, mut images) = (0.0, 0usize);
     tch::no_grad(|| -> Result<()> {
         for batch in loader.epoch(0, false) {
-            let xs = batch.images.to_device(device);
+            let xs = precision.prepare_batch(&batch.images.to_device(device))?;
             let labels = batch.labels.to_device(device);
-            let logits = tch::autocast(amp, || model.forward_t(&xs, false)).to_kind(Kind::Float);
+            let logits = precision.autocast(|| model.forward_t(&xs, false)).to_kind(Kind::Float);
             let loss = logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, -100, 0.0)?;
             loss_sum += loss.double_value(&[]);
             let predicted: Vec<i64> = Vec::try_from(logits.argmax(-1, false).to_device(Device::Cpu))?;

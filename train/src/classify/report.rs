@@ -18,6 +18,7 @@ use crate::data::{SkipLog, Split, Transform};
 use crate::fsutil::write_atomic;
 use crate::metrics::ClassificationMetrics;
 use crate::plots::plot_confusion_matrix;
+use crate::precision::Precision;
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
 
@@ -74,7 +75,9 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
     load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
     let skips = Arc::new(SkipLog::default());
     let loader = make_loader(&config, samples, Transform::Eval, &skips)?;
-    let eval = evaluate(&model, &loader, device, dataset.num_classes(), device.is_cuda() && config.amp)?;
+    let precision = Precision::resolve(config.amp, config.channels_last, device)?;
+    precision.prepare_params(&vs)?;
+    let eval = evaluate(&model, &loader, &precision, dataset.num_classes())?;
     if eval.images == 0 {
         return Err(Error::NoReadableImages {
             root: config.data.clone(),

@@ -5,16 +5,20 @@ use std::sync::Arc;
 use tch::Device;
 
 use crate::config::TrainConfig;
-use crate::data::{ImageFolder, Loader, LoaderConfig, Sample, SkipLog, SplitRatios, Transform};
+use crate::data::cache::{self, DiskCache, ImageSource, RamStore, SplitToCache};
+use crate::data::{CacheMode, ImageFolder, Loader, LoaderConfig, Sample, SkipLog, SplitRatios, Transform};
 use crate::device::select_device;
 use crate::{Error, Result};
 
-/// Selects the device, seeds libtorch and sets its thread count.
+/// Sets the heap policy ([`crate::allocator`]), selects the device, seeds libtorch and sets its thread count.
 pub fn prepare_runtime(config: &TrainConfig, device_override: Option<&str>) -> Result<Device> {
+    crate::allocator::keep_freed_memory();
     let device = select_device(device_override.unwrap_or(&config.device))?;
     tch::manual_seed(config.seed as i64);
     if device.is_cuda() {
         tch::Cuda::manual_seed_all(config.seed);
+        // Input shapes are fixed, so cuDNN's per-shape algorithm search (torch.backends.cudnn.benchmark) pays.
+        tch::Cuda::cudnn_set_benchmark(true);
     }
     if config.threads > 0 {
         tch::set_num_threads(config.threads as i32);
@@ -43,4 +47,52 @@ pub fn make_loader(
     };
     Loader::new(samples.to_vec(), transform, config.normalize, loader_config, Arc::clone(skips))
         .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })
+}
+
+/// Gives each named loader the image source `config.cache` asks for: `auto` and `ram` are decided over all of
+/// them together (one memory budget), then each RAM store is filled once, here, on its loader's threads.
+pub fn apply_cache(config: &TrainConfig, loaders: &mut [(&str, &mut Loader)]) -> Result<CacheMode> {
+    apply_cache_with_budget(config.cache, config.img_size, loaders, cache::available_memory())
+}
+
+/// [`apply_cache`] against a given amount of available memory (`None`: unknown).
+pub fn apply_cache_with_budget(
+    requested: CacheMode,
+    img_size: u32,
+    loaders: &mut [(&str, &mut Loader)],
+    available: Option<u64>,
+) -> Result<CacheMode> {
+    let Some((_, first)) = loaders.first() else { return Ok(CacheMode::None) };
+    let splits: Vec<SplitToCache> = loaders
+        .iter()
+        .map(|(name, l)| SplitToCache { name, samples: l.samples(), transform: l.transform() })
+        .collect();
+    let (mode, estimates) = cache::plan(requested, &splits, img_size, available, first.pool())?;
+    match mode {
+        CacheMode::Ram => {
+            let started = std::time::Instant::now();
+            let mut bytes = 0;
+            for ((_, loader), estimate) in loaders.iter_mut().zip(&estimates) {
+                let store =
+                    RamStore::fill(loader.samples(), estimate, img_size, loader.transform(), loader.pool(), loader.skips());
+                bytes += store.bytes();
+                loader.set_source(ImageSource::Ram(store));
+            }
+            let images: usize = loaders.iter().map(|(_, l)| l.len()).sum();
+            eprintln!(
+                "cache: ram, {images} images decoded once into {} in {:.1}s",
+                cache::format_bytes(bytes as u64),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        CacheMode::Disk => {
+            let dir = DiskCache::default_dir();
+            eprintln!("cache: disk, decoded images under {}", dir.display());
+            for (_, loader) in loaders.iter_mut() {
+                loader.set_source(ImageSource::Disk(DiskCache::new(dir.clone())?));
+            }
+        }
+        CacheMode::None | CacheMode::Auto => {}
+    }
+    Ok(mode)
 }

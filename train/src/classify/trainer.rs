@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use tch::nn::{self, ModuleT};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::nn;
+use tch::{Device, Tensor};
 
 use kiln_models::weights::{load_into, HeadPolicy};
 use kiln_models::ImageClassifier;
@@ -17,13 +17,15 @@ use super::evaluate::{evaluate, Evaluation};
 use super::model::{build_classifier, trainable_params};
 use super::report::{evaluate_run, EvalOptions, SplitReport};
 use super::results::{read_results, write_results, EpochRecord};
-use super::setup::{make_loader, open_dataset, prepare_runtime};
+use super::step::StepParts;
+use super::setup::{apply_cache, make_loader, open_dataset, prepare_runtime};
 use crate::checkpoint::{self, Checkpoint, CheckpointState};
 use crate::config::TrainConfig;
 use crate::data::{ImageFolder, Loader, SkipLog, Split, Transform};
 use crate::device::device_name;
 use crate::fsutil::write_atomic;
 use crate::optim::{CosineSchedule, Ema, GradScaler, Optimizer, OptimizerConfig};
+use crate::precision::Precision;
 use crate::plots::{plot_panels, Panel, Series};
 use crate::progress::{EpochProgress, StepStats};
 use crate::run_dir::{RunDir, Which};
@@ -68,6 +70,7 @@ pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
 
 /// [`train`] with a callback after every epoch.
 pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<TrainOutcome> {
+    let config = &config.clone().with_img_size_rounded();
     config.validate()?;
     let device = prepare_runtime(config, None)?;
     let dataset = open_dataset(config)?;
@@ -115,6 +118,7 @@ struct Trainer {
     optimizer: Optimizer,
     ema: Option<Ema>,
     scaler: GradScaler,
+    precision: Precision,
     schedule: CosineSchedule,
     skips: Arc<SkipLog>,
     train_loader: Loader,
@@ -152,6 +156,8 @@ impl Trainer {
                 }
             );
         }
+        let precision = Precision::resolve(config.amp, config.channels_last, device)?;
+        precision.prepare_params(&vs)?;
         let params = trainable_params(&vs, &model, config.freeze.0);
         let optimizer = Optimizer::new(
             params,
@@ -164,12 +170,18 @@ impl Trainer {
             },
         );
         let skips = Arc::new(SkipLog::default());
-        let train_loader = make_loader(&config, &dataset.train, Transform::Train(config.augment.clone()), &skips)?;
-        let val_loader = if dataset.val.is_empty() {
+        let mut train_loader =
+            make_loader(&config, &dataset.train, Transform::Train(config.augment.clone()), &skips)?;
+        let mut val_loader = if dataset.val.is_empty() {
             None
         } else {
             Some(make_loader(&config, &dataset.val, Transform::Eval, &skips)?)
         };
+        let mut cached: Vec<(&str, &mut Loader)> = vec![("train", &mut train_loader)];
+        if let Some(val) = val_loader.as_mut() {
+            cached.push(("val", val));
+        }
+        apply_cache(&config, &mut cached)?;
         let steps_per_epoch = train_loader.num_batches();
         let schedule = CosineSchedule {
             peak_lr: config.lr,
@@ -178,7 +190,7 @@ impl Trainer {
             total_steps: config.epochs * steps_per_epoch,
         };
         let ema = config.ema.then(|| Ema::new(&vs, config.ema_decay));
-        let scaler = GradScaler::new(config.amp && device.is_cuda());
+        let scaler = GradScaler::new(precision.needs_loss_scaling());
         let mut trainer = Self {
             records: read_results(&run.results())?,
             run,
@@ -190,6 +202,7 @@ impl Trainer {
             optimizer,
             ema,
             scaler,
+            precision,
             schedule,
             skips,
             train_loader,
@@ -242,9 +255,10 @@ impl Trainer {
             });
         }
         eprintln!(
-            "training {} on {} ({} classes; {} train / {} val / {} test images) -> {}",
+            "training {} on {} in {} ({} classes; {} train / {} val / {} test images) -> {}",
             self.config.model,
             device_name(self.device),
+            self.precision.describe(),
             self.dataset.num_classes(),
             self.dataset.train.len(),
             self.dataset.val.len(),
@@ -334,34 +348,23 @@ impl Trainer {
         let started = Instant::now();
         let steps = self.train_loader.num_batches();
         let mut progress = EpochProgress::new(format!("epoch {}/{}", epoch + 1, self.config.epochs), steps);
-        let amp = self.scaler.enabled;
         let (mut loss_sum, mut images, mut lr) = (0.0, 0usize, 0.0);
         for (i, batch) in self.train_loader.epoch(epoch, true).enumerate() {
             lr = self.schedule.lr(self.global_step);
-            let xs = batch.images.to_device(self.device);
+            let images_on_device = batch.images.to_device(self.device);
             let labels = batch.labels.to_device(self.device);
-            let logits = tch::autocast(amp, || self.model.forward_t(&xs, true)).to_kind(Kind::Float);
-            let loss = logits.f_cross_entropy_loss::<Tensor>(
-                &labels,
-                None,
-                Reduction::Mean,
-                -100,
-                self.config.label_smoothing,
-            )?;
-            let loss_value = loss.double_value(&[]);
+            let loss_value = StepParts {
+                model: &self.model,
+                optimizer: &mut self.optimizer,
+                scaler: &mut self.scaler,
+                ema: self.ema.as_mut(),
+                precision: &self.precision,
+                label_smoothing: self.config.label_smoothing,
+                grad_clip: self.config.grad_clip,
+            }
+            .step(&images_on_device, &labels, lr)?;
             if !loss_value.is_finite() {
                 return Err(Error::Diverged { epoch: epoch + 1, step: self.global_step, loss: loss_value });
-            }
-            self.optimizer.zero_grad();
-            self.scaler.scale_loss(&loss).f_backward()?;
-            if self.scaler.unscale(&mut self.optimizer) {
-                if self.config.grad_clip > 0.0 {
-                    self.optimizer.clip_grad_norm(self.config.grad_clip);
-                }
-                self.optimizer.step(lr);
-                if let Some(ema) = &mut self.ema {
-                    ema.update();
-                }
             }
             self.global_step += 1;
             let n = batch.paths.len();
@@ -388,8 +391,7 @@ impl Trainer {
         if let Some(ema) = &mut self.ema {
             ema.swap();
         }
-        let amp = self.scaler.enabled;
-        let result = evaluate(&self.model, loader, self.device, self.dataset.num_classes(), amp);
+        let result = evaluate(&self.model, loader, &self.precision, self.dataset.num_classes());
         if let Some(ema) = &mut self.ema {
             ema.swap();
         }

@@ -1,7 +1,8 @@
 //! Batches for training and evaluation: images decoded and augmented on the fly on a pool of worker threads,
 //! a bounded number of batches prepared ahead, unreadable files skipped and counted.
 //!
-//! Nothing is cached: memory holds at most `prefetch + 1` batches whatever the dataset's size.
+//! Streaming (the default source), memory holds at most `prefetch + 1` batches whatever the dataset's size; a
+//! [`ImageSource::Ram`] or [`ImageSource::Disk`] source (see `cache`) replaces the decoding, not the batching.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use rayon::prelude::*;
 use tch::Tensor;
 
 use super::augment::{transform_into, Normalize, Transform};
-use super::decode::decode_rgb;
+use super::cache::ImageSource;
 use super::image_folder::Sample;
 
 /// Files that could not be decoded, each recorded once with its reason.
@@ -71,6 +72,7 @@ pub struct Loader {
     pool: Arc<rayon::ThreadPool>,
     skips: Arc<SkipLog>,
     decoded: Arc<AtomicUsize>,
+    source: Arc<ImageSource>,
 }
 
 /// A stateless 64-bit mix (splitmix64's finaliser): per-sample seeds independent of thread scheduling.
@@ -100,7 +102,31 @@ impl Loader {
             pool: Arc::new(pool),
             skips,
             decoded: Arc::default(),
+            source: Arc::new(ImageSource::Stream),
         })
+    }
+
+    /// Takes working images from `source` from the next epoch on (a RAM store must have been filled from this
+    /// loader's samples, in order).
+    pub fn set_source(&mut self, source: ImageSource) {
+        self.source = Arc::new(source);
+    }
+
+    pub fn source(&self) -> &ImageSource {
+        &self.source
+    }
+
+    /// The decoding threads (for filling a cache).
+    pub fn pool(&self) -> &rayon::ThreadPool {
+        &self.pool
+    }
+
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
+    pub fn transform(&self) -> &Transform {
+        &self.transform
     }
 
     pub fn len(&self) -> usize {
@@ -138,6 +164,7 @@ impl Loader {
         let pool = Arc::clone(&self.pool);
         let skips = Arc::clone(&self.skips);
         let decoded = Arc::clone(&self.decoded);
+        let source = Arc::clone(&self.source);
         let (transform, norm, size) = (self.transform.clone(), self.norm, self.config.img_size);
         let batch_size = self.config.batch_size.max(1);
         let handle = std::thread::Builder::new()
@@ -152,14 +179,16 @@ impl Loader {
                             .map(|(out, &i)| {
                                 let sample = &samples[i];
                                 decoded.fetch_add(1, Ordering::Relaxed);
-                                match decode_rgb(&sample.path) {
+                                match source.load(i, sample, size, &transform) {
                                     Ok(image) => {
                                         let mut rng = rand::rngs::StdRng::seed_from_u64(mix(epoch_seed ^ i as u64));
                                         transform_into(&image, size, &transform, &norm, &mut rng, out);
                                         true
                                     }
                                     Err(reason) => {
-                                        skips.record(&sample.path, reason);
+                                        if !source.reports_at_fill() {
+                                            skips.record(&sample.path, reason);
+                                        }
                                         false
                                     }
                                 }

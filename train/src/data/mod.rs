@@ -1,10 +1,12 @@
 //! Data: the ImageFolder layout, decoding, augmentation, and the batch loader.
 
 pub mod augment;
+pub mod cache;
 pub mod decode;
 pub mod image_folder;
 pub mod loader;
 
 pub use augment::{AugmentConfig, Normalize, Transform};
+pub use cache::{CacheMode, ImageSource};
 pub use image_folder::{ImageFolder, Sample, Split, SplitRatios};
 pub use loader::{Batch, Loader, LoaderConfig, SkipLog};

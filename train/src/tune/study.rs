@@ -93,6 +93,7 @@ pub fn apply_params(base: &TrainConfig, params: &Params) -> Result<TrainConfig> 
     }
     let config: TrainConfig = serde_json::from_value(value)
         .map_err(|e| Error::InvalidSetting { key: "search space".into(), reason: e.to_string() })?;
+    let config = config.with_img_size_rounded();
     config.validate()?;
     Ok(config)
 }
@@ -415,6 +416,8 @@ mod tests {
         let c = apply_params(&base, &params).unwrap();
         assert_eq!((c.lr, c.augment.hflip, c.augment.color_jitter), (0.005, 0.0, base.augment.color_jitter));
         assert!(apply_params(&base, &Params::from([("nonsense".to_string(), json!(1))])).is_err());
-        assert!(apply_params(&base, &Params::from([("img_size".to_string(), json!(100))])).is_err());
+        assert!(apply_params(&base, &Params::from([("batch".to_string(), json!(0))])).is_err());
+        let rounded = apply_params(&base, &Params::from([("img_size".to_string(), json!(100))])).unwrap();
+        assert_eq!(rounded.img_size, 128, "rounded up to the stride, as on the command line");
     }
 }

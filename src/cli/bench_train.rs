@@ -1,0 +1,76 @@
+//! `kiln bench train`: the isolated training step of a ConvNeXt classifier (random batch on the device, no data
+//! loading), timed step by step.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use kiln_train::classify::{bench_train_step, StepBenchConfig};
+use kiln_train::precision::AmpMode;
+
+#[derive(Args, Debug)]
+pub struct BenchTrainArgs {
+    /// convnext_atto | femto | pico | nano | tiny | small | base
+    #[arg(long, default_value = "convnext_atto")]
+    pub model: String,
+    #[arg(long, default_value_t = 224)]
+    pub img_size: u32,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto | bf16 | fp16 | false (CUDA only; the CPU trains in fp32).
+    #[arg(long, default_value = "auto")]
+    pub amp: AmpMode,
+    /// Channels-last on CUDA (true/false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub channels_last: bool,
+    /// libtorch threads (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Also write the result as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
+    let config = StepBenchConfig {
+        model: args.model,
+        img_size: args.img_size,
+        batch: args.batch,
+        warmup: args.warmup,
+        steps: args.steps,
+        device: args.device,
+        amp: args.amp,
+        channels_last: args.channels_last,
+        threads: args.threads,
+        ..Default::default()
+    };
+    let r = bench_train_step(&config)?;
+    println!("| model | img | batch | device | precision | threads | steps | mean step ms | p50 ms | images/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} |",
+        r.model,
+        r.img_size,
+        r.batch,
+        r.device,
+        r.precision,
+        r.threads,
+        r.steps,
+        r.mean_step_ms,
+        r.p50_step_ms,
+        r.images_per_second
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&r)?)?;
+    }
+    Ok(())
+}
