@@ -1,5 +1,5 @@
 // The few libtorch calls kiln needs that tch 0.24 does not bind: channels-last memory format, autocast with a chosen
-// dtype (bf16 or fp16) on a chosen device type, and whether the GPU computes in bf16 natively. Tensors are tch's
+// dtype (bf16 or fp16) on a chosen device type, whether the GPU computes in bf16 natively, clearing a gradient. Tensors are tch's
 // handles (`at::Tensor*`); every function catches C++ exceptions and reports them through kiln_shim_last_error.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -79,6 +79,9 @@ int kiln_shim_autocast_exit(int cuda, int prev_enabled, int prev_bf16) {
     return 1;
   }
 }
+
+// Drops a tensor's gradient (zero_grad with set_to_none).
+void kiln_shim_clear_grad(at::Tensor* tensor) { tensor->mutable_grad().reset(); }
 
 // Whether the GPU computes in bf16 natively (compute capability 8.0 or newer, as torch.cuda.is_bf16_supported).
 int kiln_shim_cuda_bf16_supported() {

@@ -14,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod metrics;
+pub mod native;
 pub mod optim;
 pub mod plots;
 pub mod precision;

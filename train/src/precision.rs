@@ -6,12 +6,12 @@
 //! newer, as `torch.cuda.is_bf16_supported()`), else fp16. tch 0.24 binds neither the autocast dtype nor memory
 //! formats, so both go through `native/torch_shim.cpp`.
 
-use std::ffi::{c_int, c_void, CStr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+pub use crate::native::{autocast, channels_last, cuda_bf16_supported, is_channels_last, to_channels_last_in_place};
 use crate::{Error, Result};
 
 /// The `amp` setting. `true` reads as `auto` (configs written before bf16 existed).
@@ -85,32 +85,6 @@ pub struct Precision {
     pub channels_last: bool,
 }
 
-mod ffi {
-    use super::*;
-    extern "C" {
-        pub fn kiln_shim_last_error() -> *const std::ffi::c_char;
-        pub fn kiln_shim_to_channels_last_(tensor: *mut c_void) -> c_int;
-        pub fn kiln_shim_channels_last(tensor: *mut c_void) -> *mut c_void;
-        pub fn kiln_shim_is_channels_last(tensor: *mut c_void) -> c_int;
-        pub fn kiln_shim_autocast_enter(cuda: c_int, bf16: c_int, prev_enabled: *mut c_int, prev_bf16: *mut c_int)
-            -> c_int;
-        pub fn kiln_shim_autocast_exit(cuda: c_int, prev_enabled: c_int, prev_bf16: c_int) -> c_int;
-        pub fn kiln_shim_cuda_bf16_supported() -> c_int;
-    }
-}
-
-fn shim_error(what: &str) -> Error {
-    // SAFETY: the shim returns a pointer to its thread-local, NUL-terminated message.
-    let message = unsafe { CStr::from_ptr(ffi::kiln_shim_last_error()) }.to_string_lossy().into_owned();
-    Error::InvalidSetting { key: what.into(), reason: message }
-}
-
-/// Whether the CUDA GPU computes bf16 natively.
-pub fn cuda_bf16_supported() -> bool {
-    // SAFETY: no arguments; the shim catches every exception.
-    tch::Cuda::is_available() && unsafe { ffi::kiln_shim_cuda_bf16_supported() } == 1
-}
-
 impl Precision {
     /// fp32 on the CPU whatever `amp` says; on CUDA the requested dtype (`auto`: bf16 where native, else fp16).
     pub fn resolve(amp: AmpMode, channels_last: bool, device: Device) -> Result<Self> {
@@ -174,50 +148,6 @@ impl Precision {
             Ok(images.shallow_clone())
         }
     }
-}
-
-/// Runs `f` with autocast to `dtype` on CUDA (`cuda`) or the CPU; `None` runs it as it is.
-pub fn autocast<T>(dtype: Option<AmpDtype>, cuda: bool, f: impl FnOnce() -> T) -> T {
-    let Some(dtype) = dtype else { return f() };
-    let (mut prev_enabled, mut prev_bf16) = (0, 0);
-    let bf16 = c_int::from(dtype == AmpDtype::Bf16);
-    // SAFETY: plain ints; the shim catches every exception. Entering cannot fail on a working libtorch; if it
-    // does, `f` runs without autocast (a slower but correct fp32 pass).
-    let entered = unsafe { ffi::kiln_shim_autocast_enter(c_int::from(cuda), bf16, &mut prev_enabled, &mut prev_bf16) }
-        == 0;
-    let result = f();
-    if entered {
-        // SAFETY: as above.
-        unsafe { ffi::kiln_shim_autocast_exit(c_int::from(cuda), prev_enabled, prev_bf16) };
-    }
-    result
-}
-
-/// Re-lays `tensor` out channels-last in place (4-D tensors only; others are left alone).
-pub fn to_channels_last_in_place(tensor: &Tensor) -> Result<()> {
-    // SAFETY: a live tch handle is an `at::Tensor*`; the shim only calls its methods.
-    let status = unsafe { ffi::kiln_shim_to_channels_last_(tensor.as_ptr() as *mut c_void) };
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(shim_error("channels_last"))
-    }
-}
-
-/// A channels-last copy of a 4-D tensor.
-pub fn channels_last(tensor: &Tensor) -> Result<Tensor> {
-    // SAFETY: as above; a non-null result is a new `at::Tensor*` that the returned Tensor owns.
-    let ptr = unsafe { ffi::kiln_shim_channels_last(tensor.as_ptr() as *mut c_void) };
-    if ptr.is_null() {
-        return Err(shim_error("channels_last"));
-    }
-    Ok(unsafe { Tensor::from_ptr(ptr as *mut _) })
-}
-
-/// Whether `tensor` is laid out channels-last.
-pub fn is_channels_last(tensor: &Tensor) -> bool {
-    // SAFETY: as above.
-    unsafe { ffi::kiln_shim_is_channels_last(tensor.as_ptr() as *mut c_void) == 1 }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use image::RgbImage;
 pub use kiln_infer::preprocess::Crop;
-use kiln_infer::preprocess::{resize_region, ChannelOrder, Preprocess, Resize};
+use kiln_infer::preprocess::{normalize_chw, resize_region, ChannelOrder, Preprocess, Resize};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -156,6 +156,11 @@ pub fn transform_into(
 ) {
     let (w, h) = image.dimensions();
     match transform {
+        // Already at the input size (the loader's working image for evaluation): normalise only.
+        Transform::Eval if (w, h) == (size, size) => {
+            let s = size as usize;
+            normalize_chw(image.as_raw(), s, s, &norm.mean, &norm.std, ChannelOrder::Rgb, out);
+        }
         Transform::Eval => {
             let eval = Preprocess {
                 size: [size, size],

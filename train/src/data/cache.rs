@@ -486,6 +486,25 @@ mod tests {
         assert_eq!(entries.len(), 2 * 6, "one entry per readable image and transform: {entries:?}");
     }
 
+    #[test]
+    fn eval_batches_are_what_production_preprocessing_gives() {
+        use kiln_infer::preprocess::{ChannelOrder, Preprocess, Resize};
+        let dir = tempfile::tempdir().unwrap();
+        let samples: Vec<Sample> = dataset(dir.path()).into_iter().filter(|s| decode_rgb(&s.path).is_ok()).collect();
+        let norm = Normalize::default();
+        let production =
+            Preprocess { size: [32, 32], resize: Resize::Stretch, mean: norm.mean, std: norm.std, channels: ChannelOrder::Rgb };
+        let l = loader(samples, Transform::Eval, Arc::default());
+        for batch in l.epoch(0, false) {
+            for (k, path) in batch.paths.iter().enumerate() {
+                let mut expected = vec![0f32; production.tensor_len()];
+                production.apply(&decode_rgb(path).unwrap(), &mut expected);
+                let got: Vec<f32> = Vec::try_from(batch.images.get(k as i64).flatten(0, -1)).unwrap();
+                assert_eq!(got, expected, "{}", path.display());
+            }
+        }
+    }
+
     fn walk(dir: &Path) -> Vec<PathBuf> {
         let mut files = Vec::new();
         for entry in std::fs::read_dir(dir).unwrap() {

@@ -105,9 +105,11 @@ impl Optimizer {
         &self.params
     }
 
+    /// Drops every gradient (PyTorch's default `set_to_none=True`): backward then writes fresh gradients instead of
+    /// zero-filling and accumulating into the old ones.
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.tensor.zero_grad();
+        for p in &self.params {
+            crate::native::clear_grad(&p.tensor);
         }
     }
 
