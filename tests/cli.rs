@@ -153,3 +153,14 @@ fn train_then_val_test_and_predict_from_the_run() {
     let out = kiln(&["val", "--run", dir.path().to_str().unwrap()], dir.path());
     assert!(text(&out).1.contains("not a kiln run directory"), "{}", text(&out).1);
 }
+
+#[test]
+fn bench_refuses_a_duration_that_is_not_a_positive_number() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["--duration=-1", "--duration=nan", "--duration=0"] {
+        let out = kiln(&["bench", "--model", "none.onnx", bad], dir.path());
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{bad} was accepted");
+        assert!(stderr.contains("--duration") && !stderr.contains("panicked"), "{bad}: {stderr}");
+    }
+}

@@ -192,6 +192,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(BenchCommand::Train(train)) = args.command {
         return super::bench_train::run(train);
     }
+    if let Some(d) = args.duration {
+        anyhow::ensure!(d.is_finite() && d > 0.0, "--duration {d}: expected a positive number of seconds");
+    }
     let mut rows = Vec::new();
     for backend in &args.backends {
         rows.extend(bench_one(&args, backend));

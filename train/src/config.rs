@@ -342,6 +342,9 @@ mod tests {
         std::fs::write(&file, "data: /d\naugment:\n  flip: 1\n").unwrap();
         let err = TrainConfig::resolve(Some(&file), &json!({})).unwrap_err().to_string();
         assert!(err.contains("flip"), "{err}");
+        std::fs::write(&file, "data: /d\nnormalize:\n  stdev: [0.5, 0.5, 0.5]\n").unwrap();
+        let err = TrainConfig::resolve(Some(&file), &json!({})).unwrap_err().to_string();
+        assert!(err.contains("stdev"), "a misspelt normalize key is refused: {err}");
     }
 
     #[test]

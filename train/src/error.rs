@@ -35,6 +35,9 @@ pub enum Error {
     #[error("plot {path}: {reason}")]
     Plot { path: PathBuf, reason: String },
 
+    #[error("data loader: {0}")]
+    DataLoader(String),
+
     #[error("training diverged at epoch {epoch}, step {step}: the loss is {loss}")]
     Diverged { epoch: usize, step: usize, loss: f64 },
 

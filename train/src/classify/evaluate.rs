@@ -32,6 +32,7 @@ pub fn evaluate(
     let (mut loss_sum, mut images) = (0.0, 0usize);
     tch::no_grad(|| -> Result<()> {
         for batch in loader.epoch(0, false) {
+            let batch = batch?;
             let xs = precision.prepare_batch(&batch.images.to_device(device))?;
             let labels = batch.labels.to_device(device);
             let logits = precision.autocast(|| model.forward_t(&xs, false)).to_kind(Kind::Float);

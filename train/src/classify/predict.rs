@@ -52,7 +52,7 @@ pub struct Prediction {
     pub error: Option<String>,
 }
 
-/// Expands folders (recursively, sorted) into their image files; files are kept as given.
+/// Expands folders (recursively, sorted) into their image files; files are kept as given, each file once.
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let io = |source| Error::Io { path: dir.to_path_buf(), source };
@@ -84,6 +84,10 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             });
         }
     }
+    // A file named twice (given alone and inside a given folder, or twice) is classified once, where it first
+    // appears.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|path| seen.insert(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone())));
     Ok(files)
 }
 
@@ -110,6 +114,7 @@ pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Re
     let mut results: HashMap<PathBuf, Vec<ClassScore>> = HashMap::new();
     tch::no_grad(|| -> Result<()> {
         for batch in loader.epoch(0, false) {
+            let batch = batch?;
             let probs = model.forward_t(&batch.images.to_device(device), false).softmax(-1, Kind::Float);
             let (values, indices) = probs.topk(k as i64, -1, true, true);
             let values: Vec<Vec<f32>> = Vec::try_from(values.to_device(Device::Cpu))?;
@@ -142,4 +147,23 @@ pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Re
             Prediction { path, top, error }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_named_twice_is_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let photos = dir.path().join("photos");
+        std::fs::create_dir_all(photos.join("sub")).unwrap();
+        for name in ["a.jpg", "sub/b.png"] {
+            std::fs::write(photos.join(name), b"").unwrap();
+        }
+        std::fs::write(photos.join("notes.txt"), b"").unwrap();
+        let inputs = [photos.join("sub/b.png"), photos.clone(), photos.join("./a.jpg")];
+        let files = expand_inputs(&inputs).unwrap();
+        assert_eq!(files, vec![photos.join("sub/b.png"), photos.join("a.jpg")]);
+    }
 }

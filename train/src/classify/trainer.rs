@@ -350,6 +350,7 @@ impl Trainer {
         let mut progress = EpochProgress::new(format!("epoch {}/{}", epoch + 1, self.config.epochs), steps);
         let (mut loss_sum, mut images, mut lr) = (0.0, 0usize, 0.0);
         for (i, batch) in self.train_loader.epoch(epoch, true).enumerate() {
+            let batch = batch?;
             lr = self.schedule.lr(self.global_step);
             let images_on_device = batch.images.to_device(self.device);
             let labels = batch.labels.to_device(self.device);
@@ -457,10 +458,11 @@ impl Trainer {
             config: self.config.clone(),
         };
         let bytes = checkpoint::to_bytes(&tensors, &state)?;
-        write_atomic(&self.run.checkpoint(Which::Last), &bytes)?;
+        // `best` first: a kill between the two writes must not leave a `last` that names a best never written.
         if improved {
             write_atomic(&self.run.checkpoint(Which::Best), &bytes)?;
         }
+        write_atomic(&self.run.checkpoint(Which::Last), &bytes)?;
         Ok(())
     }
 

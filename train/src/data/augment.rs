@@ -35,8 +35,10 @@ impl Default for AugmentConfig {
     }
 }
 
-/// Per-channel normalisation `(x / 255 - mean) / std`.
+/// Per-channel normalisation `(x / 255 - mean) / std`. Both keys are required and no other is accepted (a
+/// misspelt `stdev:` is an error, not ImageNet's std written into the model's metadata).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Normalize {
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -67,9 +69,11 @@ pub fn random_resized_crop(width: u32, height: u32, scale: [f64; 2], ratio: [f64
         let cw = (target * aspect).sqrt().round();
         let ch = (target / aspect).sqrt().round();
         if cw >= 1.0 && ch >= 1.0 && cw <= w && ch <= h {
-            let left = rng.random_range(0.0..=(w - cw));
-            let top = rng.random_range(0.0..=(h - ch));
-            return Crop { left: left.floor(), top: top.floor(), width: cw, height: ch };
+            // An integer offset in [0, w - cw] inclusive, as torchvision's randint(0, w - cw + 1): every position,
+            // the right and bottom edges included, is equally likely.
+            let left = rng.random_range(0..=(w - cw) as u32) as f64;
+            let top = rng.random_range(0..=(h - ch) as u32) as f64;
+            return Crop { left, top, width: cw, height: ch };
         }
     }
     let in_ratio = w / h;
@@ -196,12 +200,47 @@ mod tests {
     #[test]
     fn crops_fit_the_image_and_respect_the_ranges() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let (scale, ratio) = ([0.08, 1.0], [0.75, 4.0 / 3.0]);
         for (w, h) in [(640, 480), (32, 500), (1, 1), (300, 300)] {
             for _ in 0..200 {
-                let c = random_resized_crop(w, h, [0.08, 1.0], [0.75, 4.0 / 3.0], &mut rng);
+                let c = random_resized_crop(w, h, scale, ratio, &mut rng);
                 assert!(c.left >= 0.0 && c.top >= 0.0 && c.width >= 1.0 && c.height >= 1.0, "{c:?}");
                 assert!(c.left + c.width <= w as f64 && c.top + c.height <= h as f64, "{c:?} in {w}x{h}");
+                assert_eq!((c.left.fract(), c.top.fract()), (0.0, 0.0), "whole-pixel offsets");
             }
+        }
+        // On a large image the first try nearly always fits: the sampled area and aspect ratio stay in their
+        // ranges (up to the rounding of the crop's sides), both ends of each range are approached, and offsets
+        // reach the right and bottom edges.
+        let (w, h) = (1000u32, 1000u32);
+        let (mut areas, mut aspects) = (Vec::new(), Vec::new());
+        for _ in 0..4000 {
+            let c = random_resized_crop(w, h, scale, ratio, &mut rng);
+            let area = c.width * c.height / (w * h) as f64;
+            let aspect = c.width / c.height;
+            assert!(area >= scale[0] * 0.98 && area <= scale[1] + 1e-9, "area {area}");
+            assert!(aspect >= ratio[0] * 0.98 && aspect <= ratio[1] * 1.02, "aspect {aspect}");
+            areas.push(area);
+            aspects.push(aspect);
+        }
+        let lo_hi = |v: &[f64]| (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(f64::MIN, f64::max));
+        let (amin, amax) = lo_hi(&areas);
+        let (rmin, rmax) = lo_hi(&aspects);
+        assert!(amin < 0.1 && amax > 0.9, "areas span the range: {amin}..{amax}");
+        assert!(rmin < 0.78 && rmax > 1.28, "aspects span the range: {rmin}..{rmax}");
+        let mean_aspect_log = aspects.iter().map(|a| a.ln()).sum::<f64>() / aspects.len() as f64;
+        assert!(mean_aspect_log.abs() < 0.02, "log-uniform aspect is centred on 1: {mean_aspect_log}");
+        // A 5x5 crop of a 10x10 image has six offsets per axis, each as likely (1/6), the last one included.
+        let mut lefts = [0usize; 6];
+        let mut tops = [0usize; 6];
+        for _ in 0..6000 {
+            let c = random_resized_crop(10, 10, [0.25, 0.25], [1.0, 1.0], &mut rng);
+            assert_eq!((c.width, c.height), (5.0, 5.0));
+            lefts[c.left as usize] += 1;
+            tops[c.top as usize] += 1;
+        }
+        for counts in [lefts, tops] {
+            assert!(counts.iter().all(|&n| (800..1200).contains(&n)), "offsets are uniform over 0..=5: {counts:?}");
         }
     }
 

@@ -447,7 +447,7 @@ mod tests {
     }
 
     fn epochs(l: &Loader) -> Vec<Batch> {
-        (0..2).flat_map(|e| l.epoch(e, true).collect::<Vec<_>>()).collect()
+        (0..2).flat_map(|e| l.epoch(e, true).map(Result::unwrap).collect::<Vec<_>>()).collect()
     }
 
     fn assert_same_batches(a: &[Batch], b: &[Batch], what: &str) {
@@ -496,6 +496,7 @@ mod tests {
             Preprocess { size: [32, 32], resize: Resize::Stretch, mean: norm.mean, std: norm.std, channels: ChannelOrder::Rgb };
         let l = loader(samples, Transform::Eval, Arc::default());
         for batch in l.epoch(0, false) {
+            let batch = batch.unwrap();
             for (k, path) in batch.paths.iter().enumerate() {
                 let mut expected = vec![0f32; production.tensor_len()];
                 production.apply(&decode_rgb(path).unwrap(), &mut expected);
