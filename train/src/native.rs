@@ -17,8 +17,12 @@ mod ffi {
         pub fn kiln_shim_to_channels_last_(tensor: *mut c_void) -> c_int;
         pub fn kiln_shim_channels_last(tensor: *mut c_void) -> *mut c_void;
         pub fn kiln_shim_is_channels_last(tensor: *mut c_void) -> c_int;
-        pub fn kiln_shim_autocast_enter(cuda: c_int, bf16: c_int, prev_enabled: *mut c_int, prev_bf16: *mut c_int)
-            -> c_int;
+        pub fn kiln_shim_autocast_enter(
+            cuda: c_int,
+            bf16: c_int,
+            prev_enabled: *mut c_int,
+            prev_bf16: *mut c_int,
+        ) -> c_int;
         pub fn kiln_shim_autocast_exit(cuda: c_int, prev_enabled: c_int, prev_bf16: c_int) -> c_int;
         pub fn kiln_shim_cuda_bf16_supported() -> c_int;
         pub fn kiln_shim_clear_grad(tensor: *mut c_void);
@@ -51,8 +55,8 @@ pub fn autocast<T>(dtype: Option<AmpDtype>, cuda: bool, f: impl FnOnce() -> T) -
     let bf16 = c_int::from(dtype == AmpDtype::Bf16);
     // SAFETY: plain ints; the shim catches every exception. Entering cannot fail on a working libtorch; if it
     // does, `f` runs without autocast (a slower but correct fp32 pass).
-    let entered = unsafe { ffi::kiln_shim_autocast_enter(c_int::from(cuda), bf16, &mut prev_enabled, &mut prev_bf16) }
-        == 0;
+    let entered =
+        unsafe { ffi::kiln_shim_autocast_enter(c_int::from(cuda), bf16, &mut prev_enabled, &mut prev_bf16) } == 0;
     let result = f();
     if entered {
         // SAFETY: as above.
@@ -87,4 +91,3 @@ pub fn is_channels_last(tensor: &Tensor) -> bool {
     // SAFETY: as above.
     unsafe { ffi::kiln_shim_is_channels_last(tensor.as_ptr() as *mut c_void) == 1 }
 }
-

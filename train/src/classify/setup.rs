@@ -63,18 +63,22 @@ pub fn apply_cache_with_budget(
     available: Option<u64>,
 ) -> Result<CacheMode> {
     let Some((_, first)) = loaders.first() else { return Ok(CacheMode::None) };
-    let splits: Vec<SplitToCache> = loaders
-        .iter()
-        .map(|(name, l)| SplitToCache { name, samples: l.samples(), transform: l.transform() })
-        .collect();
+    let splits: Vec<SplitToCache> =
+        loaders.iter().map(|(name, l)| SplitToCache { name, samples: l.samples(), transform: l.transform() }).collect();
     let (mode, estimates) = cache::plan(requested, &splits, img_size, available, first.pool())?;
     match mode {
         CacheMode::Ram => {
             let started = std::time::Instant::now();
             let mut bytes = 0;
             for ((_, loader), estimate) in loaders.iter_mut().zip(&estimates) {
-                let store =
-                    RamStore::fill(loader.samples(), estimate, img_size, loader.transform(), loader.pool(), loader.skips());
+                let store = RamStore::fill(
+                    loader.samples(),
+                    estimate,
+                    img_size,
+                    loader.transform(),
+                    loader.pool(),
+                    loader.skips(),
+                );
                 bytes += store.bytes();
                 loader.set_source(ImageSource::Ram(store));
             }

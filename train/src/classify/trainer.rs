@@ -17,16 +17,16 @@ use super::evaluate::{evaluate, Evaluation};
 use super::model::{build_classifier, trainable_params};
 use super::report::{evaluate_run, EvalOptions, SplitReport};
 use super::results::{read_results, write_results, EpochRecord};
-use super::step::StepParts;
 use super::setup::{apply_cache, make_loader, open_dataset, prepare_runtime};
+use super::step::StepParts;
 use crate::checkpoint::{self, Checkpoint, CheckpointState};
 use crate::config::TrainConfig;
 use crate::data::{ImageFolder, Loader, SkipLog, Split, Transform};
 use crate::device::device_name;
 use crate::fsutil::write_atomic;
 use crate::optim::{CosineSchedule, Ema, GradScaler, Optimizer, OptimizerConfig};
-use crate::precision::Precision;
 use crate::plots::{plot_panels, Panel, Series};
+use crate::precision::Precision;
 use crate::progress::{EpochProgress, StepStats};
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
@@ -170,8 +170,7 @@ impl Trainer {
             },
         );
         let skips = Arc::new(SkipLog::default());
-        let mut train_loader =
-            make_loader(&config, &dataset.train, Transform::Train(config.augment.clone()), &skips)?;
+        let mut train_loader = make_loader(&config, &dataset.train, Transform::Train(config.augment.clone()), &skips)?;
         let mut val_loader = if dataset.val.is_empty() {
             None
         } else {

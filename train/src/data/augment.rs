@@ -223,7 +223,8 @@ mod tests {
             areas.push(area);
             aspects.push(aspect);
         }
-        let lo_hi = |v: &[f64]| (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(f64::MIN, f64::max));
+        let lo_hi =
+            |v: &[f64]| (v.iter().cloned().fold(f64::MAX, f64::min), v.iter().cloned().fold(f64::MIN, f64::max));
         let (amin, amax) = lo_hi(&areas);
         let (rmin, rmax) = lo_hi(&aspects);
         assert!(amin < 0.1 && amax > 0.9, "areas span the range: {amin}..{amax}");

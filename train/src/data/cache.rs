@@ -122,7 +122,8 @@ impl Estimate {
             samples
                 .par_iter()
                 .map(|s| {
-                    let (w, h) = image::ImageReader::open(&s.path).ok()?.with_guessed_format().ok()?.into_dimensions().ok()?;
+                    let (w, h) =
+                        image::ImageReader::open(&s.path).ok()?.with_guessed_format().ok()?.into_dimensions().ok()?;
                     Some(working_dims(w, h, img_size, transform))
                 })
                 .collect()
@@ -492,8 +493,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<Sample> = dataset(dir.path()).into_iter().filter(|s| decode_rgb(&s.path).is_ok()).collect();
         let norm = Normalize::default();
-        let production =
-            Preprocess { size: [32, 32], resize: Resize::Stretch, mean: norm.mean, std: norm.std, channels: ChannelOrder::Rgb };
+        let production = Preprocess {
+            size: [32, 32],
+            resize: Resize::Stretch,
+            mean: norm.mean,
+            std: norm.std,
+            channels: ChannelOrder::Rgb,
+        };
         let l = loader(samples, Transform::Eval, Arc::default());
         for batch in l.epoch(0, false) {
             let batch = batch.unwrap();

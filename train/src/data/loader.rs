@@ -5,9 +5,9 @@
 //! [`ImageSource::Ram`] or [`ImageSource::Disk`] source (see `cache`) replaces the decoding, not the batching.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -211,7 +211,8 @@ impl Loader {
                         let _ = tx.send(Err(Error::DataLoader(format!("preparing {path} panicked: {message}"))));
                         return;
                     }
-                    let kept: Vec<usize> = (0..chunk.len()).filter(|&k| matches!(outcomes[k], Outcome::Ready)).collect();
+                    let kept: Vec<usize> =
+                        (0..chunk.len()).filter(|&k| matches!(outcomes[k], Outcome::Ready)).collect();
                     if kept.is_empty() {
                         continue;
                     }
@@ -292,10 +293,9 @@ impl Iterator for EpochIter {
                 let handle = self.handle.take()?;
                 match handle.join() {
                     Ok(()) => None,
-                    Err(panic) => Some(Err(Error::DataLoader(format!(
-                        "the loader thread panicked: {}",
-                        panic_message(&panic)
-                    )))),
+                    Err(panic) => {
+                        Some(Err(Error::DataLoader(format!("the loader thread panicked: {}", panic_message(&panic)))))
+                    }
                 }
             }
         }

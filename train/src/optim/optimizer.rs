@@ -205,7 +205,7 @@ impl Optimizer {
                         let update = if cfg.momentum > 0.0 {
                             let mut buf = self.first[i].shallow_clone();
                             if step == 1 {
-                                let _ = buf.copy_(&d);
+                                buf.copy_(&d);
                             } else {
                                 let _ = buf.g_mul_scalar_(cfg.momentum);
                                 let _ = buf.g_add_(&d);
