@@ -39,17 +39,6 @@ pub enum CacheMode {
     Disk,
 }
 
-impl CacheMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            CacheMode::Auto => "auto",
-            CacheMode::None => "none",
-            CacheMode::Ram => "ram",
-            CacheMode::Disk => "disk",
-        }
-    }
-}
-
 impl FromStr for CacheMode {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -345,14 +334,6 @@ impl ImageSource {
     /// Whether `load` may fail for a file the fill already reported (the RAM store reports at fill time).
     pub fn reports_at_fill(&self) -> bool {
         matches!(self, ImageSource::Ram(_))
-    }
-
-    pub fn mode(&self) -> CacheMode {
-        match self {
-            ImageSource::Stream => CacheMode::None,
-            ImageSource::Ram(_) => CacheMode::Ram,
-            ImageSource::Disk(_) => CacheMode::Disk,
-        }
     }
 }
 

@@ -114,10 +114,6 @@ impl Loader {
         self.source = Arc::new(source);
     }
 
-    pub fn source(&self) -> &ImageSource {
-        &self.source
-    }
-
     /// The decoding threads (for filling a cache).
     pub fn pool(&self) -> &rayon::ThreadPool {
         &self.pool
