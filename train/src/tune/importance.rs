@@ -405,16 +405,4 @@ mod tests {
         plot_importances(&[("lr".to_string(), 0.75), ("batch".to_string(), 0.25)], &path).unwrap();
         assert_eq!(image::open(&path).unwrap().height(), 56 + 2 * 30 + 62);
     }
-
-    #[test]
-    #[ignore = "timing: cargo test --release -p kiln-train --lib tune::importance -- --ignored --nocapture"]
-    fn timing_1000_trials_8_params() {
-        let space: SearchSpace = (0..8).map(|i| (format!("x{i}"), uniform(0.0, 1.0))).collect();
-        let t = trials(&space, 1000, 9, |p, noise| {
-            (0..8).map(|i| num(p, &format!("x{i}")) * i as f64).sum::<f64>() + noise
-        });
-        let start = std::time::Instant::now();
-        let imp = fanova_importances(&space, &t, 0);
-        eprintln!("fANOVA, 1000 trials x 8 params: {:?} {imp:?}", start.elapsed());
-    }
 }
