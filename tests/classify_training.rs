@@ -5,7 +5,8 @@ mod common;
 use std::ops::ControlFlow;
 
 use kiln_train::checkpoint;
-use kiln_train::classify::{self, results::read_results};
+use kiln_train::classify;
+use kiln_train::engine::read_results;
 use kiln_train::{Error, RunDir, Which};
 use tch::{Device, Tensor};
 
@@ -32,7 +33,7 @@ fn convnext_atto_reaches_90_percent_and_writes_a_complete_run() {
     }
     let rows = read_results(&run.results()).unwrap();
     assert_eq!(rows.iter().map(|r| r.epoch).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
-    assert!(rows.last().unwrap().train_loss < rows[0].train_loss, "the loss goes down");
+    assert!(rows.last().unwrap().train_loss() < rows[0].train_loss(), "the loss goes down");
     let last = checkpoint::load(&run.checkpoint(Which::Last)).unwrap();
     assert_eq!(last.state.epoch, 12);
     assert_eq!(last.state.optimizer_step, 12 * 8, "240 images in batches of 32: 8 steps an epoch");
@@ -77,7 +78,13 @@ fn resume_continues_with_the_epoch_counter_and_optimizer_state_restored() {
     assert_eq!(b.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     for (x, y) in a.iter().zip(&b) {
         assert!((x.lr - y.lr).abs() < 1e-12, "epoch {}: the schedule continues where it stopped", x.epoch);
-        assert!((x.train_loss - y.train_loss).abs() < 1e-3, "epoch {}: {} vs {}", x.epoch, x.train_loss, y.train_loss);
+        assert!(
+            (x.train_loss() - y.train_loss()).abs() < 1e-3,
+            "epoch {}: {} vs {}",
+            x.epoch,
+            x.train_loss(),
+            y.train_loss()
+        );
     }
     let sa = checkpoint::load(&straight.run.checkpoint(Which::Last)).unwrap().state;
     let sb = checkpoint::load(&resumed.run.checkpoint(Which::Last)).unwrap().state;

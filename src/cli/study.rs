@@ -67,7 +67,7 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
     let study = storage.study(&args.study, Direction::Maximize)?;
     let trials = storage.trials(study)?;
     print_trials(&trials);
-    print_best(best_trial(&trials))?;
+    print_best(best_trial(&trials, Direction::Maximize))?;
     if let Some(space) = storage.space(study)? {
         let space: SearchSpace = serde_json::from_str(&space)?;
         let shares = importances(&space, &trials);

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{Map, Value};
 
-use kiln_train::config::{Freeze, OptimizerKind, Task};
+use kiln_train::config::{Freeze, OptimizerKind, TaskKind};
 use kiln_train::data::CacheMode;
 use kiln_train::precision::AmpMode;
 use kiln_train::{RunDir, TrainConfig};
@@ -178,7 +178,7 @@ impl TrainArgs {
             }
         };
         let task = match self.task {
-            TaskArg::Classify => Task::Classify,
+            TaskArg::Classify => TaskKind::Classify,
         };
         put("task", Some(serde_json::to_value(task)?));
         put("data", self.data.as_ref().map(|p| Value::from(p.to_string_lossy().into_owned())));

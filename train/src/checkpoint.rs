@@ -14,7 +14,6 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
 use crate::fsutil::write_atomic;
-use crate::metrics::ClassificationMetrics;
 use crate::{Error, Result};
 
 /// Metadata key under which the progress record is stored.
@@ -35,9 +34,12 @@ pub struct CheckpointState {
     /// The best validation score so far and its epoch.
     pub best_score: f64,
     pub best_epoch: usize,
-    /// Validation metrics of these weights.
-    pub val_metrics: Option<ClassificationMetrics>,
+    /// Validation metrics of these weights (the task's metrics type, as JSON).
+    pub val_metrics: Option<serde_json::Value>,
     pub class_names: Vec<String>,
+    /// The epochs kept as `weights/epoch_<N>.safetensors` (`save_top_k`), best first, with their scores.
+    #[serde(default)]
+    pub top_k: Vec<(usize, f64)>,
     pub config: TrainConfig,
 }
 
@@ -169,6 +171,7 @@ mod tests {
             best_epoch: 2,
             val_metrics: None,
             class_names: vec!["a".into(), "b".into()],
+            top_k: vec![(2, 0.5)],
             config: TrainConfig { data: "/d".into(), ..Default::default() },
         }
     }

@@ -14,15 +14,15 @@ use crate::{Error, Result};
 /// What is trained.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Task {
+pub enum TaskKind {
     #[default]
     Classify,
 }
 
-impl Task {
+impl TaskKind {
     pub fn name(self) -> &'static str {
         match self {
-            Task::Classify => "classify",
+            TaskKind::Classify => "classify",
         }
     }
 }
@@ -74,7 +74,7 @@ impl<'de> Deserialize<'de> for Freeze {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    pub task: Task,
+    pub task: TaskKind,
     /// Dataset root (ImageFolder layout).
     pub data: PathBuf,
     /// `convnext_atto` … `convnext_base`.
@@ -114,6 +114,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Stop after this many epochs without a better validation metric; 0 disables early stopping.
     pub patience: usize,
+    /// Also keep the checkpoints of the best `save_top_k` epochs as `weights/epoch_<N>.safetensors`; 0 keeps
+    /// only `best` and `last`.
+    pub save_top_k: usize,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Fractions of train used as val / test when those folders are missing.
@@ -135,7 +138,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            task: Task::Classify,
+            task: TaskKind::Classify,
             data: PathBuf::new(),
             model: "convnext_tiny".into(),
             weights: None,
@@ -160,6 +163,7 @@ impl Default for TrainConfig {
             threads: 0,
             seed: 0,
             patience: 0,
+            save_top_k: 0,
             device: "auto".into(),
             val_split: 0.1,
             test_split: 0.1,

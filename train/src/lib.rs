@@ -3,6 +3,7 @@
 //! 1. Resolve a [`TrainConfig`] from defaults, a YAML/TOML file and overrides ([`TrainConfig::resolve`]).
 //! 2. Train: [`classify::train`] creates `runs/classify/<name>/`, saves the config, trains with validation each
 //!    epoch, writes `results.csv`, `weights/{best,last}.safetensors`, curves, and tests the best checkpoint.
+//!    Every task runs the same loop, [`engine::train`], driving the task's [`engine::Task`] implementation.
 //! 3. Later: [`classify::resume`], [`classify::evaluate_run`] (`kiln val` / `kiln test`), [`classify::predict`].
 
 pub mod allocator;
@@ -11,6 +12,7 @@ pub mod classify;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod engine;
 pub mod error;
 pub mod fsutil;
 pub mod metrics;
@@ -21,9 +23,10 @@ pub mod precision;
 pub mod progress;
 pub mod run_dir;
 pub mod synthetic;
+pub mod tasks;
 pub mod tune;
 
-pub use config::{Task, TrainConfig};
+pub use config::{TaskKind, TrainConfig};
 pub use error::{Error, Result};
 pub use run_dir::{RunDir, Which};
 

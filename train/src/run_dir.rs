@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Task;
+use crate::config::TaskKind;
 use crate::{Error, Result};
 
 /// Which checkpoint of a run.
@@ -35,7 +35,7 @@ pub struct RunDir {
 impl RunDir {
     /// Creates a new run directory. Without a name, the first free of `exp`, `exp2`, …; with a name that is
     /// taken, the first free of `name2`, `name3`, …
-    pub fn create(project: &Path, task: Task, name: Option<&str>) -> Result<Self> {
+    pub fn create(project: &Path, task: TaskKind, name: Option<&str>) -> Result<Self> {
         let parent = project.join(task.name());
         std::fs::create_dir_all(&parent).map_err(|source| Error::Io { path: parent.clone(), source })?;
         let base = name.unwrap_or("exp");
@@ -92,6 +92,10 @@ impl RunDir {
             Which::Last => "last.safetensors",
         })
     }
+    /// The checkpoint of epoch `epoch` kept by `save_top_k`.
+    pub fn top_k_checkpoint(&self, epoch: usize) -> PathBuf {
+        self.weights_dir().join(format!("epoch_{epoch}.safetensors"))
+    }
     /// `<split>_metrics.json`.
     pub fn metrics(&self, split: &str) -> PathBuf {
         self.path.join(format!("{split}_metrics.json"))
@@ -109,10 +113,10 @@ mod tests {
     #[test]
     fn names_increment_and_open_needs_a_config() {
         let dir = tempfile::tempdir().unwrap();
-        let a = RunDir::create(dir.path(), Task::Classify, None).unwrap();
-        let b = RunDir::create(dir.path(), Task::Classify, None).unwrap();
-        let c = RunDir::create(dir.path(), Task::Classify, Some("demo")).unwrap();
-        let d = RunDir::create(dir.path(), Task::Classify, Some("demo")).unwrap();
+        let a = RunDir::create(dir.path(), TaskKind::Classify, None).unwrap();
+        let b = RunDir::create(dir.path(), TaskKind::Classify, None).unwrap();
+        let c = RunDir::create(dir.path(), TaskKind::Classify, Some("demo")).unwrap();
+        let d = RunDir::create(dir.path(), TaskKind::Classify, Some("demo")).unwrap();
         let names: Vec<_> = [&a, &b, &c, &d].iter().map(|r| r.path.file_name().unwrap().to_owned()).collect();
         assert_eq!(names, ["exp", "exp2", "demo", "demo2"]);
         assert!(a.weights_dir().is_dir());

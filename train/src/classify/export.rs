@@ -160,10 +160,7 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
         normalize: config.normalize,
         class_names,
         variant: config.model.clone(),
-        training: TrainingInfo {
-            epoch: ckpt.state.epoch,
-            metrics: ckpt.state.val_metrics.as_ref().map(|m| serde_json::to_value(m).expect("metrics serialise")),
-        },
+        training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
     };
     let (bytes, metadata, nodes) = tch::no_grad(|| classifier_onnx(&model, &spec, options))?;
     write_atomic(&out, &bytes)?;

@@ -1,30 +1,13 @@
-//! What every classification command prepares from a config: the device, the dataset, loaders.
+//! What every classification command prepares from a config: the dataset, loaders, the cache.
 
 use std::sync::Arc;
-
-use tch::Device;
 
 use crate::config::TrainConfig;
 use crate::data::cache::{self, DiskCache, ImageSource, RamStore, SplitToCache};
 use crate::data::{CacheMode, ImageFolder, Loader, LoaderConfig, Sample, SkipLog, SplitRatios, Transform};
-use crate::device::select_device;
 use crate::{Error, Result};
 
-/// Sets the heap policy ([`crate::allocator`]), selects the device, seeds libtorch and sets its thread count.
-pub fn prepare_runtime(config: &TrainConfig, device_override: Option<&str>) -> Result<Device> {
-    crate::allocator::keep_freed_memory();
-    let device = select_device(device_override.unwrap_or(&config.device))?;
-    tch::manual_seed(config.seed as i64);
-    if device.is_cuda() {
-        tch::Cuda::manual_seed_all(config.seed);
-        // Input shapes are fixed, so cuDNN's per-shape algorithm search (torch.backends.cudnn.benchmark) pays.
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
-    if config.threads > 0 {
-        tch::set_num_threads(config.threads as i32);
-    }
-    Ok(device)
-}
+pub use crate::engine::prepare_runtime;
 
 /// Scans the config's dataset with its split ratios and seed.
 pub fn open_dataset(config: &TrainConfig) -> Result<ImageFolder> {

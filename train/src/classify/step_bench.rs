@@ -1,5 +1,6 @@
 //! The isolated training step, timed: one fixed random batch already on the device, no data loading, the same
-//! [`StepParts::step`] the training loop runs (forward, loss, backward, AdamW, under the run's precision). This is
+//! loss ([`classification_loss`]) and update ([`Update::apply`]) the training loop runs (forward, loss, backward,
+//! AdamW, under the run's precision). This is
 //! `kiln bench train`, the step-only half of the comparison with PyTorch (`scripts/compare_train_speed.py`).
 
 use std::time::Instant;
@@ -9,9 +10,10 @@ use tch::{nn, Device, Kind, Tensor};
 
 use kiln_models::{ClassifierConfig, ImageClassifier};
 
-use super::step::StepParts;
+use super::loss::classification_loss;
 use crate::config::OptimizerKind;
 use crate::device::{device_name, select_device};
+use crate::engine::Update;
 use crate::optim::{GradScaler, Optimizer, OptimizerConfig, Param};
 use crate::precision::{AmpMode, Precision};
 use crate::{Error, Result};
@@ -121,23 +123,19 @@ pub fn bench_train_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
     let s = config.img_size as i64;
     let images = Tensor::randn([config.batch as i64, 3, s, s], (Kind::Float, device));
     let labels = Tensor::randint(config.num_classes as i64, [config.batch as i64], (Kind::Int64, device));
-    let mut parts = StepParts {
-        model: &model,
-        optimizer: &mut optimizer,
-        scaler: &mut scaler,
-        ema: None,
-        precision: &precision,
-        label_smoothing: 0.1,
-        grad_clip: 0.0,
+    let mut update = Update { optimizer: &mut optimizer, scaler: &mut scaler, ema: None, grad_clip: 0.0 };
+    let mut step = || -> Result<f64> {
+        let loss = classification_loss(&model, &images, &labels, &precision, 0.1)?;
+        update.apply(&loss, 2e-3)
     };
     for _ in 0..config.warmup {
-        parts.step(&images, &labels, 2e-3)?;
+        step()?;
     }
     synchronize(device);
     let mut times = Vec::with_capacity(config.steps);
     for _ in 0..config.steps {
         let started = Instant::now();
-        parts.step(&images, &labels, 2e-3)?;
+        step()?;
         synchronize(device);
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }

@@ -15,9 +15,9 @@ use super::pruner::{Curve, MedianPruner, NoPruner, Pruner, SuccessiveHalvingPrun
 use super::sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
 use super::space::{Distribution, SearchSpace};
 use super::storage::{Direction, Storage, StorageUrl, TrialRecord, TrialState};
-use crate::classify::train_observed;
 use crate::config::{merge, TrainConfig};
 use crate::fsutil::write_atomic;
+use crate::tasks;
 use crate::{Error, Result};
 
 /// Which sampler a study uses.
@@ -127,7 +127,12 @@ fn pruner(kind: PrunerKind) -> Box<dyn Pruner> {
 }
 
 /// Validation accuracy is maximised; samplers and pruners minimise, so they see its negation.
-fn observations(trials: &[TrialRecord]) -> Vec<Observation> {
+/// What the sampler and the pruner minimise: the objective turned so that lower is better.
+fn to_minimise(direction: Direction, value: f64) -> f64 {
+    -direction.score(value)
+}
+
+fn observations(trials: &[TrialRecord], direction: Direction) -> Vec<Observation> {
     trials
         .iter()
         .filter_map(|t| {
@@ -136,17 +141,17 @@ fn observations(trials: &[TrialRecord]) -> Vec<Observation> {
                 TrialState::Pruned => Outcome::Pruned,
                 _ => return None,
             };
-            Some(Observation { params: t.params.clone(), value: -t.value?, outcome })
+            Some(Observation { params: t.params.clone(), value: to_minimise(direction, t.value?), outcome })
         })
         .collect()
 }
 
-fn curves(trials: &[TrialRecord], except: u32) -> Vec<Curve> {
+fn curves(trials: &[TrialRecord], except: u32, direction: Direction) -> Vec<Curve> {
     trials
         .iter()
         .filter(|t| t.number != except)
         .map(|t| Curve {
-            values: t.intermediate.iter().map(|(s, v)| (*s, -v)).collect(),
+            values: t.intermediate.iter().map(|(s, v)| (*s, to_minimise(direction, *v))).collect(),
             complete: t.state == TrialState::Complete,
         })
         .collect()
@@ -171,7 +176,9 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
     let dir = base.project.join(base.task.name()).join(&options.name);
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
     let mut storage = options.storage.open()?;
-    let study = storage.study(&options.name, Direction::Maximize)?;
+    let objective = tasks::objective(base.task);
+    let direction = objective.direction;
+    let study = storage.study(&options.name, direction)?;
     let space_json = serde_json::to_string(&space).expect("the space serialises");
     let stored = storage.set_space(study, &space_json)?;
     if stored != space_json {
@@ -195,7 +202,7 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         let Some(number) = storage.claim_trial(study, options.trials, &options.worker)? else { break };
         ran += 1;
         let history = storage.trials(study).map_err(|e| abandon(&mut *storage, study, number, e))?;
-        let params = sampler(options.sampler, base.seed, number).sample(&space, &observations(&history));
+        let params = sampler(options.sampler, base.seed, number).sample(&space, &observations(&history, direction));
         storage.set_params(study, number, &params).map_err(|e| abandon(&mut *storage, study, number, e))?;
         if let Some(running) = &options.running {
             *running.lock().unwrap_or_else(|e| e.into_inner()) = Some((options.storage.clone(), study, number));
@@ -216,24 +223,25 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
             Heartbeat::start(&options.storage, study, number, heartbeat_interval(options.heartbeat_timeout))
                 .map_err(|e| abandon(&mut *storage, study, number, e))?;
         config.name = Some(format!("{}/trial_{number}", options.name));
-        let (mut best, mut last) = (f64::NEG_INFINITY, f64::NAN);
+        let (mut best, mut last) = (f64::NAN, f64::NAN);
         let mut pruned = false;
         let mut report_error = None;
-        let result = train_observed(&config, &mut |record| {
-            let Some(value) = record.val_accuracy else { return ControlFlow::Continue(()) };
-            (best, last) = (best.max(value), value);
+        let result = tasks::train_observed(&config, &mut |record| {
+            let Some(value) = record.val(objective.metric) else { return ControlFlow::Continue(()) };
+            best = if best.is_finite() && direction.score(best) >= direction.score(value) { best } else { value };
+            last = value;
             if let Err(e) = storage.report(study, number, record.epoch, value) {
                 report_error = Some(e);
                 return ControlFlow::Break(());
             }
             // One read of the study: this trial's curve and everyone else's.
             let trials = storage.trials(study).unwrap_or_default();
-            let others = curves(&trials, number);
+            let others = curves(&trials, number, direction);
             let current = Curve {
                 values: trials
                     .iter()
                     .find(|t| t.number == number)
-                    .map(|t| t.intermediate.iter().map(|(s, v)| (*s, -v)).collect())
+                    .map(|t| t.intermediate.iter().map(|(s, v)| (*s, to_minimise(direction, *v))).collect())
                     .unwrap_or_default(),
                 complete: false,
             };
@@ -256,15 +264,20 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
                 eprintln!("study {}: trial {number} pruned at {last:.4}", options.name);
                 (TrialState::Pruned, Some(last), None)
             }
-            Ok(outcome) => match outcome.best_val.map(|m| m.accuracy).or(best.is_finite().then_some(best)) {
+            Ok(outcome) => match outcome.best_objective.or(best.is_finite().then_some(best)) {
                 Some(value) => {
-                    eprintln!("study {}: trial {number} finished with val accuracy {value:.4}", options.name);
+                    eprintln!(
+                        "study {}: trial {number} finished with val {} {value:.4}",
+                        options.name, objective.metric
+                    );
                     (TrialState::Complete, Some(value), None)
                 }
-                // Without a validation accuracy there is nothing to optimise; a value of -inf would mislead TPE.
-                None => {
-                    (TrialState::Fail, None, Some("no validation accuracy (the data has no validation images)".into()))
-                }
+                // Without a validation value there is nothing to optimise; a value of -inf would mislead TPE.
+                None => (
+                    TrialState::Fail,
+                    None,
+                    Some(format!("no validation {} (the data has no validation images)", objective.metric)),
+                ),
             },
             Err(e) => {
                 eprintln!("study {}: trial {number} failed: {e}", options.name);
@@ -280,7 +293,7 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         }
     }
     let trials = storage.trials(study)?;
-    let best = best_trial(&trials).cloned();
+    let best = best_trial(&trials, direction).cloned();
     if let Some(b) = &best {
         let run = dir.join(format!("trial_{}", b.number));
         let json = serde_json::json!({"trial": b.number, "value": b.value, "params": b.params, "run": run});
@@ -302,11 +315,11 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
     Ok(StudyOutcome { dir, trials, best, ran })
 }
 
-/// The COMPLETE trial with the highest validation accuracy (the first of equals).
-pub fn best_trial(trials: &[TrialRecord]) -> Option<&TrialRecord> {
+/// The COMPLETE trial with the best objective value in `direction` (the first of equals).
+pub fn best_trial(trials: &[TrialRecord], direction: Direction) -> Option<&TrialRecord> {
     trials
         .iter()
-        .filter_map(|t| Some((t, t.value?)))
+        .filter_map(|t| Some((t, direction.score(t.value?))))
         .filter(|(t, _)| t.state == TrialState::Complete)
         .fold(None, |best: Option<(&TrialRecord, f64)>, (t, v)| match best {
             Some((_, b)) if b >= v => best,
@@ -405,8 +418,9 @@ mod tests {
             trial(3, TrialState::Fail, None),
             trial(4, TrialState::Complete, Some(0.8)),
         ];
-        assert_eq!(best_trial(&trials).map(|t| t.number), Some(2));
-        assert!(best_trial(&trials[1..2]).is_none(), "a pruned trial is never the best");
+        assert_eq!(best_trial(&trials, Direction::Maximize).map(|t| t.number), Some(2));
+        assert_eq!(best_trial(&trials, Direction::Minimize).map(|t| t.number), Some(0), "CER-like objectives");
+        assert!(best_trial(&trials[1..2], Direction::Maximize).is_none(), "a pruned trial is never the best");
     }
 
     #[test]

@@ -49,22 +49,8 @@ impl TrialState {
     }
 }
 
-/// Whether the study's objective is minimised or maximised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Minimize,
-    Maximize,
-}
-
-impl Direction {
-    fn name(self) -> &'static str {
-        match self {
-            Direction::Minimize => "minimize",
-            Direction::Maximize => "maximize",
-        }
-    }
-}
+/// Whether the study's objective is minimised or maximised (the task's objective direction).
+pub use crate::engine::Direction;
 
 /// One trial as stored.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -1,31 +1,26 @@
-//! The classification training loop: epochs of AdamW/SGD steps under a warm-up + cosine schedule, validation
-//! after each epoch, `results.csv`, `last` and `best` checkpoints, early stopping, and the test pass at the end.
+//! The training loop every task shares: epochs of optimiser steps under a warm-up + cosine schedule, validation
+//! after each epoch, `results.csv`, `best`, `last` and top-k checkpoints, curves, early stopping, resume, and the
+//! test pass at the end. The task ([`Task`]) gives the data, the model, the loss and the metrics.
 
-use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
 use tch::nn;
 use tch::{Device, Tensor};
 
 use kiln_models::weights::{load_into, HeadPolicy};
-use kiln_models::ImageClassifier;
 
-use super::evaluate::{evaluate, Evaluation};
-use super::model::{build_classifier, trainable_params};
-use super::report::{evaluate_run, EvalOptions, SplitReport};
-use super::results::{read_results, write_results, EpochRecord};
-use super::setup::{apply_cache, make_loader, open_dataset, prepare_runtime};
-use super::step::StepParts;
+use super::curves::plot_curves;
+use super::records::{read_results, write_results, EpochRecord};
+use super::task::{Batches, Evaluation, Task};
+use super::update::Update;
 use crate::checkpoint::{self, Checkpoint, CheckpointState};
 use crate::config::TrainConfig;
-use crate::data::{ImageFolder, Loader, SkipLog, Split, Transform};
-use crate::device::device_name;
+use crate::data::SkipLog;
+use crate::device::{device_name, select_device};
 use crate::fsutil::write_atomic;
 use crate::optim::{CosineSchedule, Ema, GradScaler, Optimizer, OptimizerConfig};
-use crate::plots::{plot_panels, Panel, Series};
 use crate::precision::Precision;
 use crate::progress::{EpochProgress, StepStats};
 use crate::run_dir::{RunDir, Which};
@@ -36,7 +31,7 @@ const MIN_IMPROVEMENT: f64 = 1e-9;
 
 /// What a finished training run reports.
 #[derive(Clone, Debug)]
-pub struct TrainOutcome {
+pub struct TrainOutcome<M, R> {
     pub run: RunDir,
     pub device: String,
     /// Epochs finished, counting those before a resume.
@@ -46,119 +41,98 @@ pub struct TrainOutcome {
     pub stopped_early: bool,
     /// The epoch callback stopped the run (no test pass was made; `--resume` continues it).
     pub interrupted: bool,
-    pub best_val: Option<crate::metrics::ClassificationMetrics>,
+    /// The validation metrics of the best checkpoint.
+    pub best_val: Option<M>,
+    /// The objective's value at the best checkpoint (`None` without validation data).
+    pub best_objective: Option<f64>,
     /// The best checkpoint on the test split (none when the test split is empty).
-    pub test: Option<SplitReport>,
+    pub test: Option<R>,
     pub skipped: Vec<(std::path::PathBuf, String)>,
 }
 
-#[derive(Serialize)]
-struct DatasetSummary<'a> {
-    root: &'a std::path::Path,
-    class_names: &'a [String],
-    images: BTreeMap<&'static str, usize>,
-    sources: &'a BTreeMap<String, crate::data::image_folder::SplitSource>,
-}
+/// The outcome of training task `T`.
+pub type Outcome<T> = TrainOutcome<<T as Task>::Metrics, <T as Task>::Report>;
 
 /// Called after each epoch's checkpoints are written; `ControlFlow::Break` stops the run there.
 pub type EpochCallback<'a> = &'a mut dyn FnMut(&EpochRecord) -> ControlFlow<()>;
 
-/// Starts a new run: creates its directory, saves the resolved config, trains, tests.
-pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
-    train_observed(config, &mut |_| ControlFlow::Continue(()))
+/// Sets the heap policy ([`crate::allocator`]), selects the device, seeds libtorch and sets its thread count.
+pub fn prepare_runtime(config: &TrainConfig, device_override: Option<&str>) -> Result<Device> {
+    crate::allocator::keep_freed_memory();
+    let device = select_device(device_override.unwrap_or(&config.device))?;
+    tch::manual_seed(config.seed as i64);
+    if device.is_cuda() {
+        tch::Cuda::manual_seed_all(config.seed);
+        // Input shapes are fixed, so cuDNN's per-shape algorithm search (torch.backends.cudnn.benchmark) pays.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    if config.threads > 0 {
+        tch::set_num_threads(config.threads as i32);
+    }
+    Ok(device)
 }
 
-/// [`train`] with a callback after every epoch.
-pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<TrainOutcome> {
+/// Starts a new run of task `T`: creates its directory, saves the resolved config and the dataset summary,
+/// trains, tests; `on_epoch` is called after every epoch.
+pub fn train<T: Task>(config: &TrainConfig, on_epoch: EpochCallback) -> Result<Outcome<T>> {
     let config = &config.clone().with_img_size_rounded();
     config.validate()?;
     let device = prepare_runtime(config, None)?;
-    let dataset = open_dataset(config)?;
+    let task = T::open(config)?;
     let run = RunDir::create(&config.project, config.task, config.name.as_deref())?;
     write_atomic(&run.config(), config.to_yaml().as_bytes())?;
-    let summary = DatasetSummary {
-        root: &dataset.root,
-        class_names: &dataset.class_names,
-        images: Split::ALL.iter().map(|s| (s.name(), dataset.split(*s).len())).collect(),
-        sources: &dataset.sources,
-    };
-    write_atomic(&run.dataset(), &serde_json::to_vec_pretty(&summary).expect("serialises"))?;
-    Trainer::new(run, config.clone(), device, dataset, None)?.run(on_epoch)
+    let summary = serde_json::to_vec_pretty(&task.dataset_summary()).expect("serialises");
+    write_atomic(&run.dataset(), &summary)?;
+    Trainer::new(task, run, config.clone(), device, None)?.run(on_epoch)
 }
 
 /// Continues a run from its `last` checkpoint: weights, optimiser state, EMA, schedule position and epoch.
-pub fn resume(run: RunDir) -> Result<TrainOutcome> {
-    resume_observed(run, &mut |_| ControlFlow::Continue(()))
-}
-
-/// [`resume`] with a callback after every epoch.
-pub fn resume_observed(run: RunDir, on_epoch: EpochCallback) -> Result<TrainOutcome> {
+pub fn resume<T: Task>(run: RunDir, on_epoch: EpochCallback) -> Result<Outcome<T>> {
     let config = TrainConfig::load(&run.config())?;
     let ckpt = checkpoint::load(&run.checkpoint(Which::Last))?;
     let device = prepare_runtime(&config, None)?;
-    let dataset = open_dataset(&config)?;
-    if dataset.class_names != ckpt.state.class_names {
-        return Err(Error::ClassMismatch {
-            root: config.data.clone(),
-            split: "train".into(),
-            expected: ckpt.state.class_names.clone(),
-            found: dataset.class_names,
-        });
-    }
-    Trainer::new(run, config, device, dataset, Some(ckpt))?.run(on_epoch)
+    let task = T::open(&config)?;
+    task.check_resume(&config, &ckpt)?;
+    Trainer::new(task, run, config, device, Some(ckpt))?.run(on_epoch)
 }
 
-struct Trainer {
+struct Trainer<T: Task> {
+    task: T,
     run: RunDir,
     config: TrainConfig,
     device: Device,
-    dataset: ImageFolder,
     vs: nn::VarStore,
-    model: ImageClassifier,
+    model: T::Model,
     optimizer: Optimizer,
     ema: Option<Ema>,
     scaler: GradScaler,
     precision: Precision,
     schedule: CosineSchedule,
     skips: Arc<SkipLog>,
-    train_loader: Loader,
-    val_loader: Option<Loader>,
+    train_loader: T::Loader,
+    val_loader: Option<T::Loader>,
     records: Vec<EpochRecord>,
     start_epoch: usize,
     global_step: usize,
     best_score: f64,
     best_epoch: usize,
+    top_k: Vec<(usize, f64)>,
 }
 
-impl Trainer {
-    fn new(
-        run: RunDir,
-        config: TrainConfig,
-        device: Device,
-        dataset: ImageFolder,
-        resume_from: Option<Checkpoint>,
-    ) -> Result<Self> {
-        let num_classes = dataset.num_classes();
+impl<T: Task> Trainer<T> {
+    fn new(task: T, run: RunDir, config: TrainConfig, device: Device, resume_from: Option<Checkpoint>) -> Result<Self> {
         let vs = nn::VarStore::new(device);
         // A resumed run takes its weights from the checkpoint, not from `weights`.
         let build_config =
             if resume_from.is_some() { TrainConfig { weights: None, ..config.clone() } } else { config.clone() };
-        let (model, report) = build_classifier(&vs, &build_config, num_classes)?;
-        if let (Some(report), Some(path)) = (&report, &config.weights) {
-            eprintln!(
-                "loaded {} tensors from {}{}",
-                report.loaded,
-                path.display(),
-                if report.reinitialised.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (new head for {num_classes} classes: {})", report.reinitialised.join(", "))
-                }
-            );
+        let built = task.build_model(&vs, &build_config)?;
+        if let Some(line) = &built.loaded {
+            eprintln!("{line}");
         }
+        let model = built.model;
         let precision = Precision::resolve(config.amp, config.channels_last, device)?;
         precision.prepare_params(&vs)?;
-        let params = trainable_params(&vs, &model, config.freeze.0);
+        let params = task.trainable_params(&vs, &model, &config);
         let optimizer = Optimizer::new(
             params,
             OptimizerConfig {
@@ -170,17 +144,7 @@ impl Trainer {
             },
         );
         let skips = Arc::new(SkipLog::default());
-        let mut train_loader = make_loader(&config, &dataset.train, Transform::Train(config.augment.clone()), &skips)?;
-        let mut val_loader = if dataset.val.is_empty() {
-            None
-        } else {
-            Some(make_loader(&config, &dataset.val, Transform::Eval, &skips)?)
-        };
-        let mut cached: Vec<(&str, &mut Loader)> = vec![("train", &mut train_loader)];
-        if let Some(val) = val_loader.as_mut() {
-            cached.push(("val", val));
-        }
-        apply_cache(&config, &mut cached)?;
+        let (train_loader, val_loader) = task.loaders(&config, &skips)?;
         let steps_per_epoch = train_loader.num_batches();
         let schedule = CosineSchedule {
             peak_lr: config.lr,
@@ -192,10 +156,10 @@ impl Trainer {
         let scaler = GradScaler::new(precision.needs_loss_scaling());
         let mut trainer = Self {
             records: read_results(&run.results())?,
+            task,
             run,
             config,
             device,
-            dataset,
             vs,
             model,
             optimizer,
@@ -210,6 +174,7 @@ impl Trainer {
             global_step: 0,
             best_score: f64::NEG_INFINITY,
             best_epoch: 0,
+            top_k: Vec::new(),
         };
         match resume_from {
             Some(ckpt) => trainer.restore(ckpt)?,
@@ -240,12 +205,13 @@ impl Trainer {
         self.global_step = state.global_step;
         self.best_score = state.best_score;
         self.best_epoch = state.best_epoch;
+        self.top_k = state.top_k.clone();
         self.records.truncate(state.epoch);
         eprintln!("resuming {} after epoch {} (step {})", self.run.path.display(), state.epoch, state.global_step);
         Ok(())
     }
 
-    fn run(mut self, on_epoch: EpochCallback) -> Result<TrainOutcome> {
+    fn run(mut self, on_epoch: EpochCallback) -> Result<Outcome<T>> {
         let epochs = self.config.epochs;
         if self.start_epoch >= epochs {
             return Err(Error::InvalidSetting {
@@ -254,46 +220,62 @@ impl Trainer {
             });
         }
         eprintln!(
-            "training {} on {} in {} ({} classes; {} train / {} val / {} test images) -> {}",
+            "training {} on {} in {} ({}) -> {}",
             self.config.model,
             device_name(self.device),
             self.precision.describe(),
-            self.dataset.num_classes(),
-            self.dataset.train.len(),
-            self.dataset.val.len(),
-            self.dataset.test.len(),
+            self.task.describe(),
             self.run.path.display()
         );
+        let objective = T::OBJECTIVE;
+        let objective_index =
+            T::METRICS.iter().position(|m| *m == objective.metric).expect("the objective is a metric");
+        let loss_index = T::METRICS.iter().position(|m| *m == "loss");
         let (mut stopped_early, mut interrupted) = (false, false);
         let mut best_val = None;
         for epoch in self.start_epoch..epochs {
-            let (train_loss, lr, seconds, images_per_second) = self.train_epoch(epoch)?;
+            let (train_losses, lr, seconds, images_per_second) = self.train_epoch(epoch)?;
             let eval = self.validate()?;
-            let record = self.record(epoch, train_loss, lr, seconds, images_per_second, eval.as_ref());
-            // Higher is better: validation accuracy, ties broken by lower loss; without val, lower train loss.
-            let score = match &eval {
-                Some(e) => e.metrics.accuracy - 1e-6 * e.loss.min(1e5),
-                None => -train_loss,
+            let values = eval.as_ref().map(|e| e.values());
+            let record = self.record(epoch, &train_losses, lr, seconds, images_per_second, values.as_deref());
+            // Higher is better: the objective in its direction, ties broken by a lower validation loss; without
+            // validation data, a lower training loss.
+            let score = match &values {
+                Some(v) => {
+                    let loss = loss_index.and_then(|i| v[i]).unwrap_or(0.0);
+                    objective.direction.score(v[objective_index].unwrap_or(f64::NAN)) - 1e-6 * loss.min(1e5)
+                }
+                None => -train_losses[0],
             };
-            let improved = score > self.best_score + MIN_IMPROVEMENT;
+            let score = if score.is_nan() { f64::NEG_INFINITY } else { score };
+            // The first epoch always gives a `best`, even when its objective is undefined.
+            let improved = score > self.best_score + MIN_IMPROVEMENT || self.best_epoch == 0;
             if improved {
                 self.best_score = score;
                 self.best_epoch = epoch + 1;
-                best_val = eval.as_ref().map(|e| e.metrics.clone());
+                best_val = eval.as_ref().map(T::metrics);
             }
             self.records.push(record.clone());
             write_results(&self.run.results(), &self.records)?;
-            self.save_checkpoints(epoch + 1, eval.as_ref(), improved)?;
-            self.plot_curves()?;
-            let summary = match &eval {
-                Some(e) => format!(
-                    "train loss {train_loss:.4} | val loss {:.4} acc {:.4} f1 {:.4}{}",
-                    e.loss,
-                    e.metrics.accuracy,
-                    e.metrics.f1_macro,
-                    if improved { " (best)" } else { "" }
-                ),
-                None => format!("train loss {train_loss:.4} (no val split)"),
+            let metrics = eval.as_ref().map(|e| serde_json::to_value(T::metrics(e)).expect("metrics serialise"));
+            self.save_checkpoints(epoch + 1, metrics, score, improved)?;
+            plot_curves::<T>(&self.records, &self.run.curves())?;
+            let summary = match &values {
+                Some(v) => {
+                    let shown: Vec<String> = T::METRICS
+                        .iter()
+                        .zip(v)
+                        .take(4)
+                        .filter_map(|(name, value)| value.map(|x| format!("{name} {x:.4}")))
+                        .collect();
+                    format!(
+                        "train loss {:.4} | val {}{}",
+                        train_losses[0],
+                        shown.join(" "),
+                        if improved { " (best)" } else { "" }
+                    )
+                }
+                None => format!("train loss {:.4} (no val split)", train_losses[0]),
             };
             eprintln!("epoch {}/{epochs} {summary} | {images_per_second:.1} img/s, {seconds:.1}s", epoch + 1);
             if on_epoch(&record).is_break() {
@@ -307,9 +289,12 @@ impl Trainer {
                 break;
             }
         }
+        let best_state = checkpoint::load(&self.run.checkpoint(Which::Best))?.state;
         if best_val.is_none() {
-            best_val = checkpoint::load(&self.run.checkpoint(Which::Best))?.state.val_metrics;
+            best_val = best_state.val_metrics.clone().and_then(|v| serde_json::from_value(v).ok());
         }
+        let best_objective =
+            self.records.iter().find(|r| r.epoch == best_state.best_epoch).and_then(|r| r.val(objective.metric));
         let skipped = self.skips.entries();
         if !skipped.is_empty() {
             eprintln!(
@@ -320,14 +305,10 @@ impl Trainer {
             );
         }
         let epochs_done = self.records.len();
-        let test = if self.dataset.test.is_empty() || interrupted {
+        let test = if !self.task.has_test() || interrupted {
             None
         } else {
-            Some(evaluate_run(
-                &self.run,
-                Split::Test,
-                &EvalOptions { device: Some(device_name(self.device)), ..Default::default() },
-            )?)
+            Some(T::test(&self.run, &device_name(self.device))?)
         };
         Ok(TrainOutcome {
             run: self.run,
@@ -337,41 +318,42 @@ impl Trainer {
             stopped_early,
             interrupted,
             best_val,
+            best_objective,
             test,
             skipped,
         })
     }
 
-    /// One pass over the training set; returns (mean loss, last lr, seconds, images per second).
-    fn train_epoch(&mut self, epoch: usize) -> Result<(f64, f64, f64, f64)> {
+    /// One pass over the training set; returns (mean of each loss part, last lr, seconds, images per second).
+    fn train_epoch(&mut self, epoch: usize) -> Result<(Vec<f64>, f64, f64, f64)> {
         let started = Instant::now();
         let steps = self.train_loader.num_batches();
         let mut progress = EpochProgress::new(format!("epoch {}/{}", epoch + 1, self.config.epochs), steps);
-        let (mut loss_sum, mut images, mut lr) = (0.0, 0usize, 0.0);
+        let mut sums = vec![0.0; T::LOSSES.len()];
+        let (mut images, mut lr) = (0usize, 0.0);
         for (i, batch) in self.train_loader.epoch(epoch, true).enumerate() {
             let batch = batch?;
             lr = self.schedule.lr(self.global_step);
-            let images_on_device = batch.images.to_device(self.device);
-            let labels = batch.labels.to_device(self.device);
-            let loss_value = StepParts {
-                model: &self.model,
+            let losses = self.task.losses(&self.model, &batch, &self.precision, &self.config)?;
+            let loss_value = Update {
                 optimizer: &mut self.optimizer,
                 scaler: &mut self.scaler,
                 ema: self.ema.as_mut(),
-                precision: &self.precision,
-                label_smoothing: self.config.label_smoothing,
                 grad_clip: self.config.grad_clip,
             }
-            .step(&images_on_device, &labels, lr)?;
+            .apply(&losses.total, lr)?;
             if !loss_value.is_finite() {
                 return Err(Error::Diverged { epoch: epoch + 1, step: self.global_step, loss: loss_value });
             }
             self.global_step += 1;
-            let n = batch.paths.len();
-            loss_sum += loss_value * n as f64;
+            let n = T::Loader::batch_len(&batch);
+            sums[0] += loss_value * n as f64;
+            for (sum, part) in sums.iter_mut().zip(&losses.parts).skip(1) {
+                *sum += part.double_value(&[]) * n as f64;
+            }
             images += n;
             let images_per_second = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            progress.step(i + 1, &StepStats { loss: loss_sum / images as f64, lr, images_per_second });
+            progress.step(i + 1, &StepStats { loss: sums[0] / images as f64, lr, images_per_second });
         }
         if images == 0 {
             return Err(Error::NoReadableImages {
@@ -382,21 +364,22 @@ impl Trainer {
         }
         progress.finish();
         let seconds = started.elapsed().as_secs_f64();
-        Ok((loss_sum / images as f64, lr, seconds, images as f64 / seconds.max(1e-9)))
+        let means = sums.iter().map(|s| s / images as f64).collect();
+        Ok((means, lr, seconds, images as f64 / seconds.max(1e-9)))
     }
 
     /// Validation of the weights that will be saved (the EMA weights when EMA is on).
-    fn validate(&mut self) -> Result<Option<Evaluation>> {
+    fn validate(&mut self) -> Result<Option<T::Evaluation>> {
         let Some(loader) = &self.val_loader else { return Ok(None) };
         if let Some(ema) = &mut self.ema {
             ema.swap();
         }
-        let result = evaluate(&self.model, loader, &self.precision, self.dataset.num_classes());
+        let result = self.task.evaluate(&self.model, loader, &self.precision);
         if let Some(ema) = &mut self.ema {
             ema.swap();
         }
         let eval = result?;
-        if eval.images == 0 {
+        if eval.images() == 0 {
             return Err(Error::NoReadableImages {
                 root: self.config.data.clone(),
                 split: "val".into(),
@@ -409,20 +392,20 @@ impl Trainer {
     fn record(
         &self,
         epoch: usize,
-        train_loss: f64,
+        train_losses: &[f64],
         lr: f64,
         seconds: f64,
         ips: f64,
-        eval: Option<&Evaluation>,
+        values: Option<&[Option<f64>]>,
     ) -> EpochRecord {
         EpochRecord {
             epoch: epoch + 1,
-            train_loss,
-            val_loss: eval.map(|e| e.loss),
-            val_accuracy: eval.map(|e| e.metrics.accuracy),
-            val_precision: eval.map(|e| e.metrics.precision_macro),
-            val_recall: eval.map(|e| e.metrics.recall_macro),
-            val_f1: eval.map(|e| e.metrics.f1_macro),
+            train: T::LOSSES.iter().zip(train_losses).map(|(n, v)| (n.to_string(), *v)).collect(),
+            val: T::METRICS
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), values.and_then(|v| v.get(i).copied().flatten())))
+                .collect(),
             lr,
             seconds,
             images_per_second: ips,
@@ -430,7 +413,13 @@ impl Trainer {
         }
     }
 
-    fn save_checkpoints(&self, epoch: usize, eval: Option<&Evaluation>, improved: bool) -> Result<()> {
+    fn save_checkpoints(
+        &mut self,
+        epoch: usize,
+        metrics: Option<serde_json::Value>,
+        score: f64,
+        improved: bool,
+    ) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         let mut model_vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         model_vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -443,6 +432,16 @@ impl Trainer {
         }
         let (optimizer_state, optimizer_step) = self.optimizer.state();
         tensors.extend(optimizer_state);
+        // The top-k list this checkpoint belongs to: this epoch enters when it beats the worst kept one.
+        let k = self.config.save_top_k;
+        let mut top_k = self.top_k.clone();
+        let enters = k > 0 && (top_k.len() < k || top_k.last().is_some_and(|(_, s)| score > *s));
+        if enters {
+            top_k.push((epoch, score));
+            top_k.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        }
+        let dropped: Vec<usize> = top_k.iter().skip(k).map(|(e, _)| *e).collect();
+        top_k.truncate(k);
         let state = CheckpointState {
             kiln_version: env!("CARGO_PKG_VERSION").into(),
             epoch,
@@ -452,8 +451,9 @@ impl Trainer {
             loss_scale: self.scaler.scale,
             best_score: self.best_score,
             best_epoch: self.best_epoch,
-            val_metrics: eval.map(|e| e.metrics.clone()),
-            class_names: self.dataset.class_names.clone(),
+            val_metrics: metrics,
+            class_names: self.task.class_names().to_vec(),
+            top_k: top_k.clone(),
             config: self.config.clone(),
         };
         let bytes = checkpoint::to_bytes(&tensors, &state)?;
@@ -461,37 +461,20 @@ impl Trainer {
         if improved {
             write_atomic(&self.run.checkpoint(Which::Best), &bytes)?;
         }
+        if enters {
+            write_atomic(&self.run.top_k_checkpoint(epoch), &bytes)?;
+        }
         write_atomic(&self.run.checkpoint(Which::Last), &bytes)?;
+        // Only once `last` records the new list are the checkpoints that left it removed.
+        for old in dropped {
+            let path = self.run.top_k_checkpoint(old);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(Error::Io { path, source: e });
+                }
+            }
+        }
+        self.top_k = top_k;
         Ok(())
-    }
-
-    fn plot_curves(&self) -> Result<()> {
-        let series = |name: &str, f: &dyn Fn(&EpochRecord) -> Option<f64>| Series {
-            name: name.into(),
-            points: self.records.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect(),
-        };
-        let panel = |title: &str, y: &str, series: Vec<Series>, log_y: bool| Panel {
-            title: title.into(),
-            x_label: "epoch".into(),
-            y_label: y.into(),
-            series,
-            log_y,
-        };
-        let panels = [
-            panel(
-                "loss",
-                "cross-entropy",
-                vec![series("train", &|r| Some(r.train_loss)), series("val", &|r| r.val_loss)],
-                false,
-            ),
-            panel(
-                "validation",
-                "score",
-                vec![series("accuracy", &|r| r.val_accuracy), series("macro F1", &|r| r.val_f1)],
-                false,
-            ),
-            panel("learning rate", "lr", vec![series("lr", &|r| Some(r.lr))], false),
-        ];
-        plot_panels(&panels, &self.run.curves())
     }
 }

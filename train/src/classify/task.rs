@@ -1,0 +1,211 @@
+//! Classification as a [`Task`] of the shared engine: an ImageFolder dataset, the ConvNeXt classifier,
+//! label-smoothed cross-entropy, accuracy / macro precision, recall and F1 (the objective: accuracy), and the test
+//! report with its confusion matrix. [`train`], [`resume`] and their `_observed` forms are the entry points.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tch::nn;
+
+use kiln_models::ImageClassifier;
+
+use super::evaluate::{evaluate, Evaluation};
+use super::loss::classification_loss;
+use super::model::{build_classifier, trainable_params};
+use super::report::{evaluate_run, EvalOptions, SplitReport};
+use super::setup::{apply_cache, make_loader, open_dataset};
+use crate::checkpoint::Checkpoint;
+use crate::config::{TaskKind, TrainConfig};
+use crate::data::{Batch, ImageFolder, Loader, SkipLog, Split, Transform};
+use crate::engine::{self, Batches, Built, Direction, EpochCallback, Losses, Objective, Task};
+use crate::metrics::ClassificationMetrics;
+use crate::optim::Param;
+use crate::precision::Precision;
+use crate::run_dir::RunDir;
+use crate::{Error, Result};
+
+/// What a finished classification run reports.
+pub type TrainOutcome = engine::Outcome<Classification>;
+
+/// Starts a new classification run: creates its directory, saves the resolved config, trains, tests.
+pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
+    train_observed(config, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`train`] with a callback after every epoch.
+pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<TrainOutcome> {
+    engine::train::<Classification>(config, on_epoch)
+}
+
+/// Continues a run from its `last` checkpoint: weights, optimiser state, EMA, schedule position and epoch.
+pub fn resume(run: RunDir) -> Result<TrainOutcome> {
+    resume_observed(run, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`resume`] with a callback after every epoch.
+pub fn resume_observed(run: RunDir, on_epoch: EpochCallback) -> Result<TrainOutcome> {
+    engine::resume::<Classification>(run, on_epoch)
+}
+
+/// The classification task over one ImageFolder dataset.
+pub struct Classification {
+    dataset: ImageFolder,
+}
+
+#[derive(Serialize)]
+struct DatasetSummary<'a> {
+    root: &'a std::path::Path,
+    class_names: &'a [String],
+    images: BTreeMap<&'static str, usize>,
+    sources: &'a BTreeMap<String, crate::data::image_folder::SplitSource>,
+}
+
+impl Batches for Loader {
+    type Batch = Batch;
+    fn len(&self) -> usize {
+        Loader::len(self)
+    }
+    fn num_batches(&self) -> usize {
+        Loader::num_batches(self)
+    }
+    fn epoch(&self, epoch: usize, shuffle: bool) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
+        Box::new(Loader::epoch(self, epoch, shuffle))
+    }
+    fn batch_len(batch: &Batch) -> usize {
+        batch.paths.len()
+    }
+}
+
+impl engine::Evaluation for Evaluation {
+    fn values(&self) -> Vec<Option<f64>> {
+        let m = &self.metrics;
+        [self.loss, m.accuracy, m.precision_macro, m.recall_macro, m.f1_macro].map(Some).to_vec()
+    }
+    fn images(&self) -> usize {
+        self.images
+    }
+}
+
+impl Task for Classification {
+    const KIND: TaskKind = TaskKind::Classify;
+    const LOSSES: &'static [&'static str] = &["loss"];
+    const METRICS: &'static [&'static str] = &["loss", "accuracy", "precision", "recall", "f1"];
+    const OBJECTIVE: Objective = Objective { metric: "accuracy", direction: Direction::Maximize };
+    const PLOTTED: &'static [(&'static str, &'static str)] = &[("accuracy", "accuracy"), ("f1", "macro F1")];
+    const LOSS_LABEL: &'static str = "cross-entropy";
+
+    type Model = ImageClassifier;
+    type Loader = Loader;
+    type Evaluation = Evaluation;
+    type Metrics = ClassificationMetrics;
+    type Report = SplitReport;
+
+    fn open(config: &TrainConfig) -> Result<Self> {
+        Ok(Self { dataset: open_dataset(config)? })
+    }
+
+    fn class_names(&self) -> &[String] {
+        &self.dataset.class_names
+    }
+
+    fn dataset_summary(&self) -> serde_json::Value {
+        let d = &self.dataset;
+        serde_json::to_value(DatasetSummary {
+            root: &d.root,
+            class_names: &d.class_names,
+            images: Split::ALL.iter().map(|s| (s.name(), d.split(*s).len())).collect(),
+            sources: &d.sources,
+        })
+        .expect("serialises")
+    }
+
+    fn describe(&self) -> String {
+        let d = &self.dataset;
+        format!(
+            "{} classes; {} train / {} val / {} test images",
+            d.num_classes(),
+            d.train.len(),
+            d.val.len(),
+            d.test.len()
+        )
+    }
+
+    fn has_test(&self) -> bool {
+        !self.dataset.test.is_empty()
+    }
+
+    fn check_resume(&self, config: &TrainConfig, ckpt: &Checkpoint) -> Result<()> {
+        if self.dataset.class_names != ckpt.state.class_names {
+            return Err(Error::ClassMismatch {
+                root: config.data.clone(),
+                split: "train".into(),
+                expected: ckpt.state.class_names.clone(),
+                found: self.dataset.class_names.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<ImageClassifier>> {
+        let num_classes = self.dataset.num_classes();
+        let (model, report) = build_classifier(vs, config, num_classes)?;
+        let loaded = match (&report, &config.weights) {
+            (Some(report), Some(path)) => Some(format!(
+                "loaded {} tensors from {}{}",
+                report.loaded,
+                path.display(),
+                if report.reinitialised.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (new head for {num_classes} classes: {})", report.reinitialised.join(", "))
+                }
+            )),
+            _ => None,
+        };
+        Ok(Built { model, loaded })
+    }
+
+    fn trainable_params(&self, vs: &nn::VarStore, model: &ImageClassifier, config: &TrainConfig) -> Vec<Param> {
+        trainable_params(vs, model, config.freeze.0)
+    }
+
+    fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(Loader, Option<Loader>)> {
+        let d = &self.dataset;
+        let mut train = make_loader(config, &d.train, Transform::Train(config.augment.clone()), skips)?;
+        let mut val = if d.val.is_empty() { None } else { Some(make_loader(config, &d.val, Transform::Eval, skips)?) };
+        let mut cached: Vec<(&str, &mut Loader)> = vec![("train", &mut train)];
+        if let Some(val) = val.as_mut() {
+            cached.push(("val", val));
+        }
+        apply_cache(config, &mut cached)?;
+        Ok((train, val))
+    }
+
+    fn losses(
+        &self,
+        model: &ImageClassifier,
+        batch: &Batch,
+        precision: &Precision,
+        config: &TrainConfig,
+    ) -> Result<Losses> {
+        let device = precision.device;
+        let images = batch.images.to_device(device);
+        let labels = batch.labels.to_device(device);
+        let loss = classification_loss(model, &images, &labels, precision, config.label_smoothing)?;
+        Ok(Losses::single(loss))
+    }
+
+    fn evaluate(&self, model: &ImageClassifier, loader: &Loader, precision: &Precision) -> Result<Evaluation> {
+        evaluate(model, loader, precision, self.dataset.num_classes())
+    }
+
+    fn metrics(evaluation: &Evaluation) -> ClassificationMetrics {
+        evaluation.metrics.clone()
+    }
+
+    fn test(run: &RunDir, device: &str) -> Result<SplitReport> {
+        evaluate_run(run, Split::Test, &EvalOptions { device: Some(device.to_string()), ..Default::default() })
+    }
+}

@@ -1,0 +1,36 @@
+//! The one place that names every task: a config's `task` dispatched to that task's run of the shared engine,
+//! for callers that work with any task (the study runner).
+
+use crate::classify::Classification;
+use crate::config::{TaskKind, TrainConfig};
+use crate::engine::{self, EpochCallback, Objective, Outcome, Task};
+use crate::run_dir::RunDir;
+use crate::Result;
+
+/// What any task's run reports, without the task's own metric types.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub run: RunDir,
+    /// The epoch callback stopped the run before its last epoch.
+    pub interrupted: bool,
+    /// The objective's validation value at the best checkpoint (`None` without validation data).
+    pub best_objective: Option<f64>,
+}
+
+fn summary<T: Task>(outcome: Outcome<T>) -> RunSummary {
+    RunSummary { run: outcome.run, interrupted: outcome.interrupted, best_objective: outcome.best_objective }
+}
+
+/// The validation metric that task `kind` optimises.
+pub fn objective(kind: TaskKind) -> Objective {
+    match kind {
+        TaskKind::Classify => Classification::OBJECTIVE,
+    }
+}
+
+/// Trains a new run of the config's task, calling `on_epoch` after every epoch.
+pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<RunSummary> {
+    match config.task {
+        TaskKind::Classify => engine::train::<Classification>(config, on_epoch).map(summary::<Classification>),
+    }
+}
