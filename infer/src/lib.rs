@@ -25,6 +25,7 @@ pub mod backend;
 pub mod classifier;
 pub mod error;
 pub mod model;
+pub mod nms;
 pub mod preprocess;
 pub mod runtime;
 
@@ -32,4 +33,5 @@ pub use backend::{Backend, Ep};
 pub use classifier::{ClassScore, Classifier};
 pub use error::{Error, Result};
 pub use model::{Model, ModelBuilder, Output, TensorSpec};
+pub use nms::{iou, nms, nms_per_image, Detection, NmsConfig};
 pub use preprocess::{ChannelOrder, Preprocess, Resize};
