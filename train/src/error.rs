@@ -42,6 +42,9 @@ pub enum Error {
     Diverged { epoch: usize, step: usize, loss: f64 },
 
     #[error(transparent)]
+    Annotations(#[from] crate::detect::annotations::AnnotationError),
+
+    #[error(transparent)]
     Model(#[from] kiln_models::Error),
 
     #[error(transparent)]

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod classify;
 pub mod config;
 pub mod data;
+pub mod detect;
 pub mod device;
 pub mod engine;
 pub mod error;

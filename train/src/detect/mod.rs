@@ -1,0 +1,5 @@
+//! Object detection, one task of the shared engine: datasets in the CSV, COCO and YOLO layouts, box-aware
+//! augmentation, FCOS target assignment and losses, COCO evaluation equal to pycocotools, reports and export.
+
+pub mod annotations;
+pub mod coco_eval;
