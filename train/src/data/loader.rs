@@ -5,22 +5,19 @@
 //! [`ImageSource::Ram`] or [`ImageSource::Disk`] source (see `cache`) replaces the decoding, not the batching.
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use rayon::prelude::*;
 use tch::Tensor;
 
 use super::augment::{transform_into, Normalize, Transform};
+use super::batcher::{mix, spawn_epoch, BatchIter, ItemSource};
 use super::cache::ImageSource;
 use super::image_folder::Sample;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Files that could not be decoded, each recorded once with its reason.
 #[derive(Debug, Default)]
@@ -75,13 +72,6 @@ pub struct Loader {
     skips: Arc<SkipLog>,
     decoded: Arc<AtomicUsize>,
     source: Arc<ImageSource>,
-}
-
-/// A stateless 64-bit mix (splitmix64's finaliser): per-sample seeds independent of thread scheduling.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-    z ^ (z >> 31)
 }
 
 impl Loader {
@@ -157,153 +147,82 @@ impl Loader {
         if shuffle {
             order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
         }
-        let (tx, rx) = sync_channel(self.config.prefetch.max(1));
-        let samples = Arc::clone(&self.samples);
-        let pool = Arc::clone(&self.pool);
-        let skips = Arc::clone(&self.skips);
-        let decoded = Arc::clone(&self.decoded);
-        let source = Arc::clone(&self.source);
-        let (transform, norm, size) = (self.transform.clone(), self.norm, self.config.img_size);
-        let batch_size = self.config.batch_size.max(1);
-        let handle = std::thread::Builder::new()
-            .name("kiln-loader".into())
-            .spawn(move || {
-                let per = 3 * size as usize * size as usize;
-                for chunk in order.chunks(batch_size) {
-                    let mut data = vec![0f32; chunk.len() * per];
-                    let outcomes: Vec<Outcome> = pool.install(|| {
-                        data.par_chunks_mut(per)
-                            .zip(chunk.par_iter())
-                            .map(|(out, &i)| {
-                                let sample = &samples[i];
-                                decoded.fetch_add(1, Ordering::Relaxed);
-                                // A panic while decoding or transforming one file must not end the epoch as if
-                                // it were complete: it becomes an error naming the file (as PyTorch's DataLoader
-                                // re-raises a worker's exception).
-                                let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                    let image = source.load(i, sample, size, &transform)?;
-                                    let mut rng = rand::rngs::StdRng::seed_from_u64(mix(epoch_seed ^ i as u64));
-                                    transform_into(&image, size, &transform, &norm, &mut rng, out);
-                                    Ok::<(), String>(())
-                                }));
-                                match prepared {
-                                    Ok(Ok(())) => Outcome::Ready,
-                                    Ok(Err(reason)) => {
-                                        if !source.reports_at_fill() {
-                                            skips.record(&sample.path, reason);
-                                        }
-                                        Outcome::Skipped
-                                    }
-                                    Err(panic) => Outcome::Panicked(panic_message(&panic)),
-                                }
-                            })
-                            .collect()
-                    });
-                    if let Some((k, message)) = outcomes.iter().enumerate().find_map(|(k, o)| match o {
-                        Outcome::Panicked(m) => Some((k, m)),
-                        _ => None,
-                    }) {
-                        let path = samples[chunk[k]].path.display();
-                        let _ = tx.send(Err(Error::DataLoader(format!("preparing {path} panicked: {message}"))));
-                        return;
-                    }
-                    let kept: Vec<usize> =
-                        (0..chunk.len()).filter(|&k| matches!(outcomes[k], Outcome::Ready)).collect();
-                    if kept.is_empty() {
-                        continue;
-                    }
-                    if kept.len() < chunk.len() {
-                        data = kept.iter().flat_map(|&k| data[k * per..(k + 1) * per].iter().copied()).collect();
-                    }
-                    let batch = Prepared {
-                        pixels: data,
-                        size,
-                        labels: kept.iter().map(|&k| samples[chunk[k]].label as i64).collect(),
-                        paths: kept.iter().map(|&k| samples[chunk[k]].path.clone()).collect(),
-                    };
-                    if tx.send(Ok(batch)).is_err() {
-                        return;
-                    }
-                }
-            })
-            .expect("spawning the loader thread");
-        EpochIter { rx: Some(rx), handle: Some(handle) }
+        let size = self.config.img_size;
+        let items = Arc::new(ClassifyItems {
+            samples: Arc::clone(&self.samples),
+            source: Arc::clone(&self.source),
+            transform: self.transform.clone(),
+            norm: self.norm,
+            size,
+            skips: Arc::clone(&self.skips),
+            decoded: Arc::clone(&self.decoded),
+        });
+        let per = 3 * size as usize * size as usize;
+        let inner = spawn_epoch(
+            items,
+            order,
+            self.config.batch_size.max(1),
+            per,
+            Arc::clone(&self.pool),
+            self.config.prefetch,
+            epoch_seed,
+        );
+        EpochIter { inner, size }
     }
 }
 
-/// A batch as the loader thread prepares it: plain memory. The tensors are made on the consumer's thread
-/// ([`EpochIter::next`]): a libtorch call on the loader thread (even the zero-fill of a new tensor) starts an
-/// OpenMP team of that thread's own, whose spinning workers then take the cores from the training step's team
-/// (measured: 150,000 context switches and 1.4 of 2 cores busy in a 100-step epoch, against 550 and 1.97 for the
-/// same steps without a loader).
-struct Prepared {
-    pixels: Vec<f32>,
+/// One classification sample prepared: decoded (or taken from the cache), transformed, normalised.
+struct ClassifyItems {
+    samples: Arc<Vec<Sample>>,
+    source: Arc<ImageSource>,
+    transform: Transform,
+    norm: Normalize,
     size: u32,
-    labels: Vec<i64>,
-    paths: Vec<PathBuf>,
+    skips: Arc<SkipLog>,
+    decoded: Arc<AtomicUsize>,
 }
 
-impl Prepared {
-    fn into_batch(self) -> Batch {
-        let (n, s) = (self.labels.len() as i64, self.size as i64);
-        Batch {
-            images: Tensor::from_slice(&self.pixels).view([n, 3, s, s]),
-            labels: Tensor::from_slice(&self.labels),
-            paths: self.paths,
-        }
+impl ItemSource for ClassifyItems {
+    type Target = i64;
+
+    fn path(&self, index: usize) -> &Path {
+        &self.samples[index].path
     }
-}
 
-/// What became of one sample of a batch.
-enum Outcome {
-    Ready,
-    /// Unreadable: recorded in the skip log, left out of the batch.
-    Skipped,
-    Panicked(String),
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
+    fn prepare(&self, index: usize, seed: u64, out: &mut [f32]) -> std::result::Result<i64, String> {
+        let sample = &self.samples[index];
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        let image = self.source.load(index, sample, self.size, &self.transform).inspect_err(|reason| {
+            if !self.source.reports_at_fill() {
+                self.skips.record(&sample.path, reason.clone());
+            }
+        })?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        transform_into(&image, self.size, &self.transform, &self.norm, &mut rng, out);
+        Ok(sample.label as i64)
+    }
 }
 
 /// The batches of one pass, in order, each `Ok`; a worker that panicked ends the pass with one `Err` naming the
 /// file, never with a silent early end. Dropping it stops the producer.
 pub struct EpochIter {
-    rx: Option<Receiver<Result<Prepared>>>,
-    handle: Option<JoinHandle<()>>,
+    inner: BatchIter<i64>,
+    size: u32,
 }
 
 impl Iterator for EpochIter {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Result<Batch>> {
-        match self.rx.as_ref()?.recv() {
-            Ok(item) => Some(item.map(Prepared::into_batch)),
-            Err(_) => {
-                // The producer is gone: either the pass is complete or the loader thread itself panicked.
-                self.rx = None;
-                let handle = self.handle.take()?;
-                match handle.join() {
-                    Ok(()) => None,
-                    Err(panic) => {
-                        Some(Err(Error::DataLoader(format!("the loader thread panicked: {}", panic_message(&panic)))))
-                    }
-                }
+        let size = self.size as i64;
+        Some(self.inner.next()?.map(|b| {
+            let n = b.targets.len() as i64;
+            Batch {
+                images: Tensor::from_slice(&b.pixels).view([n, 3, size, size]),
+                labels: Tensor::from_slice(&b.targets),
+                paths: b.paths,
             }
-        }
-    }
-}
-
-impl Drop for EpochIter {
-    fn drop(&mut self) {
-        self.rx.take();
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
+        }))
     }
 }
 

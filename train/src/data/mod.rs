@@ -1,6 +1,7 @@
 //! Data: the ImageFolder layout, decoding, augmentation, and the batch loader.
 
 pub mod augment;
+pub mod batcher;
 pub mod cache;
 pub mod decode;
 pub mod image_folder;

@@ -3,3 +3,5 @@
 
 pub mod annotations;
 pub mod coco_eval;
+pub mod loss;
+pub mod targets;
