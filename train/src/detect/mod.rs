@@ -4,4 +4,5 @@
 pub mod annotations;
 pub mod coco_eval;
 pub mod loss;
+pub mod synthetic;
 pub mod targets;
