@@ -4,5 +4,6 @@
 pub mod annotations;
 pub mod coco_eval;
 pub mod loss;
+pub mod matching;
 pub mod synthetic;
 pub mod targets;
