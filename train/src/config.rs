@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::data::{AugmentConfig, CacheMode, Normalize};
+use crate::detect::DetectSettings;
 use crate::precision::AmpMode;
 use crate::{Error, Result};
 
@@ -17,12 +18,14 @@ use crate::{Error, Result};
 pub enum TaskKind {
     #[default]
     Classify,
+    Detect,
 }
 
 impl TaskKind {
     pub fn name(self) -> &'static str {
         match self {
             TaskKind::Classify => "classify",
+            TaskKind::Detect => "detect",
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct TrainConfig {
     pub drop_path_rate: f64,
     pub drop_rate: f64,
     pub augment: AugmentConfig,
+    /// Detection's settings (`task: detect`).
+    pub detect: DetectSettings,
     pub normalize: Normalize,
     /// Runs go to `<project>/<task>/<name>`.
     pub project: PathBuf,
@@ -170,6 +175,7 @@ impl Default for TrainConfig {
             drop_path_rate: 0.1,
             drop_rate: 0.0,
             augment: AugmentConfig::default(),
+            detect: DetectSettings::default(),
             normalize: Normalize::default(),
             project: PathBuf::from("runs"),
             name: None,
@@ -283,6 +289,9 @@ impl TrainConfig {
         }
         if self.normalize.std.iter().any(|s| *s <= 0.0) {
             return bad("normalize.std", "must be positive".into());
+        }
+        if self.task == TaskKind::Detect {
+            self.detect.validate().or_else(|(key, reason)| bad(&key, reason))?;
         }
         kiln_models::ConvNextConfig::from_name(&self.model)?;
         Ok(())

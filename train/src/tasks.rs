@@ -2,6 +2,7 @@
 //! for callers that work with any task (the study runner).
 
 use crate::classify::Classification;
+use crate::detect::Detection;
 use crate::config::{TaskKind, TrainConfig};
 use crate::engine::{self, EpochCallback, Objective, Outcome, Task};
 use crate::run_dir::RunDir;
@@ -25,6 +26,7 @@ fn summary<T: Task>(outcome: Outcome<T>) -> RunSummary {
 pub fn objective(kind: TaskKind) -> Objective {
     match kind {
         TaskKind::Classify => Classification::OBJECTIVE,
+        TaskKind::Detect => Detection::OBJECTIVE,
     }
 }
 
@@ -32,5 +34,6 @@ pub fn objective(kind: TaskKind) -> Objective {
 pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<RunSummary> {
     match config.task {
         TaskKind::Classify => engine::train::<Classification>(config, on_epoch).map(summary::<Classification>),
+        TaskKind::Detect => engine::train::<Detection>(config, on_epoch).map(summary::<Detection>),
     }
 }

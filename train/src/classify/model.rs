@@ -40,21 +40,7 @@ pub fn build_classifier(
 
 /// Freezes the first `fraction` of the encoder's units and returns the parameters left to train, by name.
 pub fn trainable_params(vs: &nn::VarStore, model: &ImageClassifier, fraction: f64) -> Vec<Param> {
-    let units = model.encoder_units();
-    let frozen = ((units.len() as f64) * fraction).round() as usize;
-    let frozen_prefixes = &units[..frozen.min(units.len())];
-    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars.into_iter()
-        .filter_map(|(name, tensor)| {
-            if frozen_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-                let _ = tensor.set_requires_grad(false);
-                None
-            } else {
-                Some(Param::new(name, tensor))
-            }
-        })
-        .collect()
+    crate::engine::freeze::trainable_params(vs, &model.encoder_units(), fraction)
 }
 
 #[cfg(test)]

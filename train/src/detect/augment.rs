@@ -229,16 +229,16 @@ pub fn augment<R: Rng + ?Sized>(
     rng: &mut R,
     resize: &ResizeFn<'_>,
 ) -> (RgbImage, Vec<TargetBox>) {
-    let (mut canvas, mut boxes) = match samples {
+    let (mut canvas, mut boxes) = match *samples {
         [(image, boxes)] => {
             let crop = AffineCrop::random(config, size, rng);
             let placement = letterbox_geometry(image.width(), image.height(), size);
             let half = size as f64 / 2.0;
             let rect = crop.map_rect(letterbox_rect(&placement), [half, half], size);
-            let layer = Layer { image: *image, boxes: *boxes, rect, clip: None };
+            let layer = Layer { image, boxes, rect, clip: None };
             render(&[layer], size, config.min_visible, BoxRule::Train, resize)
         }
-        [a, b, c, d] => mosaic(&[*a, *b, *c, *d], size, config, rng, resize),
+        [a, b, c, d] => mosaic(&[a, b, c, d], size, config, rng, resize),
         _ => panic!("augment takes 1 sample or 4 (a mosaic), got {}", samples.len()),
     };
     hsv_jitter(&mut canvas, config, rng);
@@ -346,7 +346,7 @@ pub fn mosaic_at(
     let (xc, yc) = (centre[0] as f64, centre[1] as f64);
     let clip = crop.map_rect([0.0, 0.0, 2.0 * s, 2.0 * s], [s, s], size);
     let mut layers = Vec::with_capacity(4);
-    for (i, (image, boxes)) in samples.iter().enumerate() {
+    for (i, &(image, boxes)) in samples.iter().enumerate() {
         let p = letterbox_geometry(image.width(), image.height(), size);
         let (w, h) = (p.resized_w as f64, p.resized_h as f64);
         let rect = match i {
@@ -355,7 +355,7 @@ pub fn mosaic_at(
             2 => [xc - w, yc, xc, yc + h],
             _ => [xc, yc, xc + w, yc + h],
         };
-        layers.push(Layer { image: *image, boxes: *boxes, rect: crop.map_rect(rect, [s, s], size), clip: Some(clip) });
+        layers.push(Layer { image, boxes, rect: crop.map_rect(rect, [s, s], size), clip: Some(clip) });
     }
     render(&layers, size, min_visible, BoxRule::Train, resize)
 }
@@ -602,10 +602,9 @@ fn render(
         if !(dw >= 1.0 && dh >= 1.0) {
             continue;
         }
-        let mut visible = [x1.max(0.0), y1.max(0.0), x2.min(s), y2.min(s)];
+        let mut visible = intersect([x1, y1, x2, y2], [0.0, 0.0, s, s]);
         if let Some(clip) = layer.clip {
-            let clip = clip.map(f64::round);
-            visible = [visible[0].max(clip[0]), visible[1].max(clip[1]), visible[2].min(clip[2]), visible[3].min(clip[3])];
+            visible = intersect(visible, clip.map(f64::round));
         }
         let [vx1, vy1, vx2, vy2] = visible;
         if !(vx2 > vx1 && vy2 > vy1) {
@@ -633,6 +632,11 @@ fn render(
     (canvas, out)
 }
 
+/// The overlap of two `[x1, y1, x2, y2]` rectangles (empty ones come out with `x2 <= x1` or `y2 <= y1`).
+fn intersect(a: [f64; 4], b: [f64; 4]) -> [f64; 4] {
+    [a[0].max(b[0]), a[1].max(b[1]), a[2].min(b[2]), a[3].min(b[3])]
+}
+
 /// A box moved by `map` and clipped to `visible`, or `None` when `rule` drops it.
 fn place_box(b: &TargetBox, map: &AxisMap, visible: [f64; 4], min_visible: f64, rule: BoxRule) -> Option<TargetBox> {
     let [x1, y1, x2, y2] = b.bbox.map(f64::from);
@@ -641,7 +645,7 @@ fn place_box(b: &TargetBox, map: &AxisMap, visible: [f64; 4], min_visible: f64, 
     if !(x2 > x1 && y2 > y1) {
         return None;
     }
-    let clipped = [x1.max(visible[0]), y1.max(visible[1]), x2.min(visible[2]), y2.min(visible[3])];
+    let clipped = intersect([x1, y1, x2, y2], visible);
     let (cw, ch) = (clipped[2] - clipped[0], clipped[3] - clipped[1]);
     let keep = match rule {
         BoxRule::Eval => cw > 0.0 && ch > 0.0,

@@ -2,8 +2,18 @@
 //! augmentation, FCOS target assignment and losses, COCO evaluation equal to pycocotools, reports and export.
 
 pub mod annotations;
+pub mod augment;
 pub mod coco_eval;
 pub mod loss;
 pub mod matching;
 pub mod synthetic;
 pub mod targets;
+pub mod settings;
+
+pub use settings::DetectSettings;
+pub mod loader;
+pub mod evaluate;
+pub mod report;
+pub mod task;
+
+pub use task::{resume, train, train_observed, Detection, TrainOutcome};

@@ -2,6 +2,7 @@
 //! their own folders (`classify/`, `detect/`); [`crate::tasks`] is the one place that names them all.
 
 pub mod curves;
+pub mod freeze;
 pub mod records;
 pub mod task;
 pub mod trainer;

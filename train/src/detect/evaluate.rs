@@ -1,0 +1,152 @@
+//! Evaluating a detector on a loader as production will run it: kiln-infer's letterbox, the decoded boxes and
+//! scores, kiln-infer's NMS with the run's settings, boxes mapped back to original pixels; then COCO mAP
+//! (pycocotools' definition), precision / recall / F1 at the score threshold, the F1-optimal threshold and the
+//! mean IoU of matched boxes, plus the validation loss on the letterboxed boxes.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use kiln_infer::nms::{nms_per_image, Detection};
+use kiln_models::{Locations, ObjectDetector};
+
+use super::coco_eval::{self, CocoParams, CocoStats, GroundTruth, Prediction};
+use super::loader::DetectLoader;
+use super::loss::fcos_losses;
+use super::matching::{match_image, threshold_metrics, Matched, ThresholdMetrics, TruthBox};
+use super::settings::DetectSettings;
+use super::targets::assign;
+use crate::engine::Batches;
+use crate::precision::Precision;
+use crate::Result;
+
+/// The metrics of one evaluation pass (what checkpoints and reports keep).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetectionMetrics {
+    pub coco: CocoStats,
+    pub at_threshold: ThresholdMetrics,
+}
+
+/// One evaluation pass.
+#[derive(Clone, Debug)]
+pub struct DetectionEvaluation {
+    pub loss: f64,
+    pub metrics: DetectionMetrics,
+    pub images: usize,
+    /// Per class: the precision–recall curve at IoU 0.5 (COCO's 101 recall points; empty without ground truth).
+    pub pr_curves: Vec<Vec<(f64, f64)>>,
+    /// Each image's detections in original pixels, by sample index.
+    pub detections: Vec<(usize, Vec<Detection>)>,
+}
+
+/// The locations of a square `size` input, on `device`.
+pub fn locations_on(model: &ObjectDetector, size: i64, device: Device) -> (Locations, Tensor, Tensor) {
+    let locations = model.locations(size, size);
+    let points = locations.points.to_device(device);
+    let strides = locations.strides.to_device(device);
+    (locations, points, strides)
+}
+
+pub fn evaluate(
+    model: &ObjectDetector,
+    loader: &DetectLoader,
+    precision: &Precision,
+    settings: &DetectSettings,
+    num_classes: usize,
+    img_size: u32,
+) -> Result<DetectionEvaluation> {
+    let device = precision.device;
+    let (locations, points, strides) = locations_on(model, img_size as i64, device);
+    let samples = loader.samples();
+    let (mut gts, mut preds) = (Vec::new(), Vec::new());
+    let (mut matched, mut num_truths): (Vec<Matched>, usize) = (Vec::new(), 0);
+    let mut detections = Vec::new();
+    let (mut loss_sum, mut images) = (0.0, 0usize);
+    tch::no_grad(|| -> Result<()> {
+        for batch in loader.epoch(0, false) {
+            let batch = batch?;
+            let xs = precision.prepare_batch(&batch.images.to_device(device))?;
+            let outputs = precision.autocast(|| model.forward_t(&xs, false));
+            let assignments: Vec<_> = (0..batch.targets.len())
+                .map(|i| {
+                    let (boxes, classes) = batch.boxes_tensors(i);
+                    assign(&points, &strides, &boxes.to_device(device), &classes.to_device(device))
+                })
+                .collect();
+            let losses = fcos_losses(&outputs.cls_logits, &outputs.box_ltrb, &outputs.centerness_logits, &assignments);
+            let n = batch.targets.len();
+            loss_sum += losses.total.double_value(&[]) * n as f64;
+            let (boxes, scores) = model.decode(&outputs, &locations_on_device(&locations, device));
+            let boxes: Vec<f32> = Vec::try_from(boxes.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
+            let scores: Vec<f32> = Vec::try_from(scores.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
+            let a = locations.len() as usize;
+            for (i, target) in batch.targets.iter().enumerate() {
+                let image_boxes: Vec<[f32; 4]> =
+                    boxes[i * a * 4..(i + 1) * a * 4].chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+                let image_scores = &scores[i * a * num_classes..(i + 1) * a * num_classes];
+                let sample = &samples[target.index];
+                let placement = target.placement.expect("evaluation batches carry their placement");
+                let (w, h) = (sample.width as f32, sample.height as f32);
+                let original: Vec<Detection> = nms_per_image(image_scores, &image_boxes, num_classes, &settings.nms)
+                    .into_iter()
+                    .map(|d| {
+                        let [x1, y1, x2, y2] = d.bbox;
+                        let ux = |x: f32| ((x - placement.offset_x as f32) / placement.scale_x).clamp(0.0, w);
+                        let uy = |y: f32| ((y - placement.offset_y as f32) / placement.scale_y).clamp(0.0, h);
+                        Detection { bbox: [ux(x1), uy(y1), ux(x2), uy(y2)], ..d }
+                    })
+                    .collect();
+                let truths: Vec<TruthBox> =
+                    sample.boxes.iter().map(|b| TruthBox { bbox: b.bbox, class: b.class, crowd: b.crowd }).collect();
+                num_truths += truths.iter().filter(|t| !t.crowd).count();
+                matched.extend(match_image(&original, &truths, 0.5));
+                let image_id = target.index as u64;
+                for t in &truths {
+                    let [x1, y1, x2, y2] = t.bbox.map(f64::from);
+                    gts.push(GroundTruth {
+                        image: image_id,
+                        category: t.class as u64,
+                        bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
+                        area: (x2 - x1) * (y2 - y1),
+                        iscrowd: t.crowd,
+                    });
+                }
+                for d in &original {
+                    let [x1, y1, x2, y2] = d.bbox.map(f64::from);
+                    preds.push(Prediction {
+                        image: image_id,
+                        category: d.class as u64,
+                        bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
+                        score: d.score as f64,
+                    });
+                }
+                detections.push((target.index, original));
+            }
+            images += n;
+        }
+        Ok(())
+    })?;
+    let image_ids: Vec<u64> = detections.iter().map(|(i, _)| *i as u64).collect();
+    let categories: Vec<u64> = (0..num_classes as u64).collect();
+    let coco = coco_eval::evaluate(&image_ids, &categories, &gts, &preds, &CocoParams::default());
+    let pr_curves = categories.iter().map(|&c| coco.pr_curve(c, 0)).collect();
+    Ok(DetectionEvaluation {
+        loss: if images > 0 { loss_sum / images as f64 } else { f64::NAN },
+        metrics: DetectionMetrics {
+            coco: coco.into_stats(),
+            at_threshold: threshold_metrics(&matched, num_truths, settings.score_threshold),
+        },
+        images,
+        pr_curves,
+        detections,
+    })
+}
+
+fn locations_on_device(locations: &Locations, device: Device) -> Locations {
+    Locations {
+        points: locations.points.to_device(device),
+        strides: locations.strides.to_device(device),
+        level_sizes: locations.level_sizes.clone(),
+        strides_per_level: locations.strides_per_level.clone(),
+        image_size: locations.image_size,
+    }
+}

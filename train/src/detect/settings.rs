@@ -1,0 +1,68 @@
+//! The detection section of the training config (`detect:`): the data layout, the detector's size, its
+//! augmentation, the NMS that validation applies (and the export records), and the score threshold of the
+//! precision / recall / F1 metrics.
+
+use serde::{Deserialize, Serialize};
+
+use kiln_infer::nms::NmsConfig;
+
+use super::annotations::Layout;
+use super::augment::AugmentConfig;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectSettings {
+    /// `csv`, `coco` or `yolo`; unset: recognised from the folder.
+    pub layout: Option<Layout>,
+    /// FPN width.
+    pub fpn_channels: i64,
+    /// Convolutions in each head tower.
+    pub head_convs: usize,
+    /// Pyramid levels from P3 (3: P3–P5, up to 5: P3–P7).
+    pub num_levels: usize,
+    pub augment: AugmentConfig,
+    pub nms: NmsConfig,
+    /// The score above which a detection counts for precision, recall, F1 and mean IoU.
+    pub score_threshold: f64,
+}
+
+impl Default for DetectSettings {
+    fn default() -> Self {
+        Self {
+            layout: None,
+            fpn_channels: 96,
+            head_convs: 2,
+            num_levels: 3,
+            augment: AugmentConfig::default(),
+            nms: NmsConfig::default(),
+            score_threshold: 0.3,
+        }
+    }
+}
+
+impl DetectSettings {
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, reason: String| Err((format!("detect.{key}"), reason));
+        if self.fpn_channels < 8 {
+            return bad("fpn_channels", format!("{} is below 8", self.fpn_channels));
+        }
+        if !(1..=8).contains(&self.head_convs) {
+            return bad("head_convs", format!("{} is not in 1..=8", self.head_convs));
+        }
+        if !(3..=5).contains(&self.num_levels) {
+            return bad("num_levels", format!("{} is not in 3..=5", self.num_levels));
+        }
+        if !(0.0..=1.0).contains(&self.score_threshold) {
+            return bad("score_threshold", format!("{} is not in [0, 1]", self.score_threshold));
+        }
+        let nms = &self.nms;
+        if !(0.0..=1.0).contains(&nms.iou_threshold) || !(0.0..=1.0).contains(&nms.score_threshold) {
+            return bad("nms", "iou_threshold and score_threshold must be in [0, 1]".into());
+        }
+        if nms.max_detections == 0 {
+            return bad("nms.max_detections", "must be at least 1".into());
+        }
+        self.augment.validate().or_else(|reason| bad("augment", reason))
+    }
+}

@@ -1,0 +1,266 @@
+//! Object detection as a [`Task`] of the shared engine: a CSV / COCO / YOLO dataset, the ConvNeXt + FPN + FCOS
+//! detector, FCOS's losses, COCO mAP@[.5:.95] as the objective, and the test report.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tch::nn;
+
+use kiln_models::weights::{load_into, read_safetensors, HeadPolicy};
+use kiln_models::{DetectorConfig, ObjectDetector};
+
+use super::annotations::{self, DetectionDataset, Split};
+use super::evaluate::{evaluate, locations_on, DetectionEvaluation, DetectionMetrics};
+use super::loader::{DetectBatch, DetectLoader, DetectTransform};
+use super::loss::fcos_losses;
+use super::report::{evaluate_run, DetectionReport, EvalOptions};
+use super::targets::assign;
+use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
+use crate::config::{TaskKind, TrainConfig};
+use crate::data::SkipLog;
+use crate::engine::{self, Batches, Built, Direction, EpochCallback, Losses, Objective, Task};
+use crate::optim::Param;
+use crate::precision::Precision;
+use crate::run_dir::RunDir;
+use crate::{Error, Result};
+
+/// What a finished detection run reports.
+pub type TrainOutcome = engine::Outcome<Detection>;
+
+/// Starts a new detection run.
+pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
+    train_observed(config, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`train`] with a callback after every epoch.
+pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<TrainOutcome> {
+    engine::train::<Detection>(config, on_epoch)
+}
+
+/// Continues a detection run from its `last` checkpoint.
+pub fn resume(run: RunDir) -> Result<TrainOutcome> {
+    engine::resume::<Detection>(run, &mut |_| ControlFlow::Continue(()))
+}
+
+/// The detector's config from the training config.
+pub fn detector_config(config: &TrainConfig, num_classes: usize) -> DetectorConfig {
+    DetectorConfig::new(&config.model, num_classes as i64)
+        .with_fpn_channels(config.detect.fpn_channels)
+        .with_head_convs(config.detect.head_convs)
+        .with_num_levels(config.detect.num_levels)
+        .with_drop_path_rate(config.drop_path_rate)
+}
+
+/// Opens the config's detection dataset; without a val split, `val_split` of train (seeded) becomes val.
+pub fn open_dataset(config: &TrainConfig) -> Result<DetectionDataset> {
+    let mut dataset = annotations::open(&config.data, config.detect.layout)?;
+    if dataset.val.is_empty() && config.val_split > 0.0 && dataset.train.len() > 1 {
+        let mut train = std::mem::take(&mut dataset.train);
+        train.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed));
+        let n = ((train.len() as f64 * config.val_split).round() as usize).clamp(1, train.len() - 1);
+        dataset.val = train.split_off(train.len() - n);
+        train.sort_by(|a, b| a.path.cmp(&b.path));
+        dataset.val.sort_by(|a, b| a.path.cmp(&b.path));
+        dataset.train = train;
+    }
+    if !dataset.report.is_clean() {
+        eprintln!("annotations: {}", dataset.report.summary());
+    }
+    Ok(dataset)
+}
+
+/// A loader over one split's samples.
+pub fn make_loader(
+    config: &TrainConfig,
+    dataset: &DetectionDataset,
+    split: Split,
+    transform: DetectTransform,
+    skips: &Arc<SkipLog>,
+) -> Result<DetectLoader> {
+    DetectLoader::new(
+        dataset.split(split).to_vec(),
+        transform,
+        config.normalize,
+        config.img_size,
+        config.batch,
+        config.workers,
+        config.seed,
+        Arc::clone(skips),
+    )
+    .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })
+}
+
+/// The detection task over one dataset.
+pub struct Detection {
+    dataset: DetectionDataset,
+    settings: super::DetectSettings,
+    img_size: u32,
+}
+
+impl engine::Evaluation for DetectionEvaluation {
+    fn values(&self) -> Vec<Option<f64>> {
+        let c = &self.metrics.coco;
+        let t = &self.metrics.at_threshold;
+        // COCO's -1 (no ground truth in a size range) is not a value.
+        let coco = |v: f64| (v >= 0.0).then_some(v);
+        vec![
+            Some(self.loss),
+            coco(c.map),
+            coco(c.map_50),
+            coco(c.map_75),
+            coco(c.map_small),
+            coco(c.map_medium),
+            coco(c.map_large),
+            coco(c.mar_100),
+            Some(t.precision),
+            Some(t.recall),
+            Some(t.f1),
+            Some(t.mean_iou),
+            Some(t.best_f1_threshold),
+        ]
+    }
+    fn images(&self) -> usize {
+        self.images
+    }
+}
+
+impl Task for Detection {
+    const KIND: TaskKind = TaskKind::Detect;
+    const LOSSES: &'static [&'static str] = &["loss", "cls", "box", "ctr"];
+    const METRICS: &'static [&'static str] = &[
+        "loss",
+        "map",
+        "map_50",
+        "map_75",
+        "map_small",
+        "map_medium",
+        "map_large",
+        "mar_100",
+        "precision",
+        "recall",
+        "f1",
+        "mean_iou",
+        "best_f1_threshold",
+    ];
+    const OBJECTIVE: Objective = Objective { metric: "map", direction: Direction::Maximize };
+    const PLOTTED: &'static [(&'static str, &'static str)] =
+        &[("map", "mAP@[.5:.95]"), ("map_50", "mAP@.5"), ("f1", "F1"), ("mean_iou", "mean IoU")];
+    const LOSS_LABEL: &'static str = "focal + GIoU + centerness";
+
+    type Model = ObjectDetector;
+    type Loader = DetectLoader;
+    type Evaluation = DetectionEvaluation;
+    type Metrics = DetectionMetrics;
+    type Report = DetectionReport;
+
+    fn open(config: &TrainConfig) -> Result<Self> {
+        Ok(Self { dataset: open_dataset(config)?, settings: config.detect.clone(), img_size: config.img_size })
+    }
+
+    fn class_names(&self) -> &[String] {
+        &self.dataset.class_names
+    }
+
+    fn dataset_summary(&self) -> serde_json::Value {
+        let d = &self.dataset;
+        let split = |s: &[annotations::DetectionSample]| {
+            serde_json::json!({"images": s.len(), "boxes": s.iter().map(|x| x.boxes.len()).sum::<usize>(),
+                "negatives": s.iter().filter(|x| x.boxes.is_empty()).count()})
+        };
+        serde_json::json!({
+            "root": d.root, "layout": d.layout, "class_names": d.class_names,
+            "train": split(&d.train), "val": split(&d.val), "test": split(&d.test), "annotation_report": d.report,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let d = &self.dataset;
+        format!(
+            "{} classes; {} train / {} val / {} test images, {} boxes",
+            d.num_classes(),
+            d.train.len(),
+            d.val.len(),
+            d.test.len(),
+            d.num_boxes()
+        )
+    }
+
+    fn has_test(&self) -> bool {
+        !self.dataset.test.is_empty()
+    }
+
+    fn check_resume(&self, config: &TrainConfig, ckpt: &Checkpoint) -> Result<()> {
+        if self.dataset.class_names != ckpt.state.class_names {
+            return Err(Error::ClassMismatch {
+                root: config.data.clone(),
+                split: "train".into(),
+                expected: ckpt.state.class_names.clone(),
+                found: self.dataset.class_names.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<ObjectDetector>> {
+        let model = ObjectDetector::new(&vs.root(), &detector_config(config, self.dataset.num_classes()))?;
+        model.check_input_size(config.img_size as i64, config.img_size as i64)?;
+        let loaded = match &config.weights {
+            Some(path) => {
+                let tensors = read_safetensors(path)?;
+                let report = load_into(vs, tensors, path, HeadPolicy::Backbone, &TRAINING_PREFIXES)?;
+                Some(format!("loaded {} backbone tensors from {} (FPN and head start fresh)", report.loaded, path.display()))
+            }
+            None => None,
+        };
+        Ok(Built { model, loaded })
+    }
+
+    fn trainable_params(&self, vs: &nn::VarStore, model: &ObjectDetector, config: &TrainConfig) -> Vec<Param> {
+        engine::freeze::trainable_params(vs, &model.encoder_units(), config.freeze.0)
+    }
+
+    fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(DetectLoader, Option<DetectLoader>)> {
+        let train = make_loader(config, &self.dataset, Split::Train, DetectTransform::Train(config.detect.augment.clone()), skips)?;
+        let val = if self.dataset.val.is_empty() {
+            None
+        } else {
+            Some(make_loader(config, &self.dataset, Split::Val, DetectTransform::Eval, skips)?)
+        };
+        Ok((train, val))
+    }
+
+    fn losses(
+        &self,
+        model: &ObjectDetector,
+        batch: &DetectBatch,
+        precision: &Precision,
+        _config: &TrainConfig,
+    ) -> Result<Losses> {
+        let device = precision.device;
+        let (_, points, strides) = locations_on(model, self.img_size as i64, device);
+        let xs = precision.prepare_batch(&batch.images.to_device(device))?;
+        let outputs = precision.autocast(|| model.forward_t(&xs, true));
+        let assignments: Vec<_> = (0..batch.targets.len())
+            .map(|i| {
+                let (boxes, classes) = batch.boxes_tensors(i);
+                assign(&points, &strides, &boxes.to_device(device), &classes.to_device(device))
+            })
+            .collect();
+        let l = fcos_losses(&outputs.cls_logits, &outputs.box_ltrb, &outputs.centerness_logits, &assignments);
+        Ok(Losses { parts: vec![l.total.shallow_clone(), l.classification, l.boxes, l.centerness], total: l.total })
+    }
+
+    fn evaluate(&self, model: &ObjectDetector, loader: &DetectLoader, precision: &Precision) -> Result<DetectionEvaluation> {
+        evaluate(model, loader, precision, &self.settings, self.dataset.num_classes(), self.img_size)
+    }
+
+    fn metrics(evaluation: &DetectionEvaluation) -> DetectionMetrics {
+        evaluation.metrics.clone()
+    }
+
+    fn test(run: &RunDir, device: &str) -> Result<DetectionReport> {
+        evaluate_run(run, Split::Test, &EvalOptions { device: Some(device.to_string()), ..Default::default() })
+    }
+}
