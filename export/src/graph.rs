@@ -70,6 +70,8 @@ pub enum Attr {
     Int(&'static str, i64),
     Ints(&'static str, Vec<i64>),
     Float(&'static str, f32),
+    /// A string attribute (`mode`, `coordinate_transformation_mode`, …).
+    Str(&'static str, &'static str),
 }
 
 impl Attr {
@@ -90,6 +92,11 @@ impl Attr {
                 a.name = name.into();
                 a.type_ = AttributeType::FLOAT.into();
                 a.f = v;
+            }
+            Attr::Str(name, v) => {
+                a.name = name.into();
+                a.type_ = AttributeType::STRING.into();
+                a.s = v.as_bytes().to_vec();
             }
         }
         a
@@ -238,6 +245,19 @@ impl Graph {
         self.weight(&name, dims, values)
     }
 
+    /// A float32 constant whatever the compute type, for inputs the ONNX spec types as `float` (Resize's
+    /// `scales`).
+    pub fn constant_f32(&mut self, hint: &str, dims: &[i64], values: &[f32]) -> Result<Value> {
+        let expected: i64 = dims.iter().product();
+        if expected as usize != values.len() {
+            return Err(Error::Graph(format!("{hint}: {} values for shape {dims:?}", values.len())));
+        }
+        let name = self.unique_name(hint);
+        let name = self.claim(name)?;
+        self.initializers.push(tensor_proto(&name, ElemType::F32, dims, f32_bytes(values, ElemType::F32)));
+        Ok(Value(name))
+    }
+
     /// An int64 constant (shapes, axes).
     pub fn constant_i64(&mut self, hint: &str, values: &[i64]) -> Result<Value> {
         let name = self.unique_name(hint);
@@ -356,5 +376,20 @@ mod tests {
         let t = &model.graph.initializer[0];
         assert_eq!(t.data_type, DataType::FLOAT16 as i32);
         assert_eq!(t.raw_data, [f16::from_f32(1.0).to_le_bytes(), f16::from_f32(-2.5).to_le_bytes()].concat());
+    }
+
+    #[test]
+    fn float32_constants_and_string_attributes() {
+        let mut g = Graph::new(17, ElemType::F16).unwrap();
+        let x = g.input("x", ElemType::F16, &[Dim::Fixed(1)]).unwrap();
+        let scales = g.constant_f32("scales", &[2], &[1.0, 2.0]).unwrap();
+        assert!(g.constant_f32("bad", &[3], &[1.0]).is_err());
+        g.op("Resize", &[&x, &scales], vec![Attr::Str("mode", "nearest")]).unwrap();
+        let model = g.into_model("m", &[]);
+        let t = &model.graph.initializer[0];
+        assert_eq!((t.data_type, t.raw_data.len()), (DataType::FLOAT as i32, 8));
+        let attr = &model.graph.node[0].attribute[0];
+        assert_eq!((attr.name.as_str(), attr.s.as_slice()), ("mode", b"nearest".as_slice()));
+        assert_eq!(attr.type_, AttributeType::STRING.into());
     }
 }

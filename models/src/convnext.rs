@@ -332,6 +332,37 @@ impl ConvNext {
         Ok(y)
     }
 
+    /// ONNX of [`ConvNext::forward_features_t`] at inference: each stage's output, strides 4, 8, 16, 32.
+    pub fn emit_features(&self, g: &mut Graph, x: &Value) -> Result<Vec<Value>> {
+        let y = onnx::conv2d(g, &join(&self.name, "stem.0"), &self.stem_conv, 4, 0, 1, x)?;
+        let mut y = self.stem_norm.emit(g, &y)?;
+        let mut features = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            y = stage.emit(g, &y)?;
+            features.push(y.clone());
+        }
+        Ok(features)
+    }
+
+    /// Each stage's output, for dense tasks (a feature pyramid); the last is what [`ModuleT::forward_t`] returns.
+    ///
+    /// # Shapes
+    /// `[N, 3, H, W]` → `[[N, dims[i], H / 2^(i+2), W / 2^(i+2)] for each stage i]` (strides 4, 8, 16, 32)
+    pub fn forward_features_t(&self, xs: &Tensor, train: bool) -> Vec<Tensor> {
+        let mut ys = self.stem_norm.forward(&xs.apply(&self.stem_conv));
+        let mut features = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            ys = stage.forward_t(&ys, train);
+            features.push(ys.shallow_clone());
+        }
+        features
+    }
+
+    /// Output stride of each stage's features: 4, 8, 16, 32.
+    pub fn feature_strides(&self) -> Vec<i64> {
+        (0..self.stages.len()).map(|i| 4 << i).collect()
+    }
+
     /// Parameter-path prefixes of the encoder in forward order, one per freezable unit (the stem, each
     /// downsampling layer, each block): `--freeze 0.5` freezes the first half of these.
     pub fn unit_prefixes(&self) -> Vec<String> {
@@ -355,5 +386,23 @@ impl ModuleT for ConvNext {
             ys = stage.forward_t(&ys, train);
         }
         ys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn features_are_every_stage_and_the_last_is_the_forward_output() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = ConvNext::new(&vs.root(), &ConvNextConfig::atto()).unwrap();
+        let xs = Tensor::randn([2, 3, 64, 96], (Kind::Float, Device::Cpu));
+        let (features, out) = tch::no_grad(|| (model.forward_features_t(&xs, false), model.forward_t(&xs, false)));
+        let shapes: Vec<Vec<i64>> = features.iter().map(Tensor::size).collect();
+        assert_eq!(shapes, [[2, 40, 16, 24], [2, 80, 8, 12], [2, 160, 4, 6], [2, 320, 2, 3]]);
+        assert!(features[3].equal(&out));
+        assert_eq!(model.feature_strides(), [4, 8, 16, 32]);
     }
 }

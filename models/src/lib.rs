@@ -1,21 +1,35 @@
 //! kiln-models: the models kiln trains, on libtorch (`tch`).
 //!
 //! 1. Pick a backbone preset: [`ConvNextConfig::atto`] … [`ConvNextConfig::base`], or by timm name.
-//! 2. Build a task model under a `tch::nn::VarStore` root: [`ImageClassifier::new`].
-//! 3. Optionally load timm weights saved as safetensors: [`weights::load_safetensors`].
-//! 4. Emit the inference graph as ONNX: [`ImageClassifier::emit`] into a `kiln_export::Graph`; every layer's
+//! 2. Build a task model under a `tch::nn::VarStore` root: [`ImageClassifier::new`], or [`ObjectDetector::new`]
+//!    (ConvNeXt + [`Fpn`] + [`FcosHead`], anchor-free).
+//! 3. Optionally load timm weights saved as safetensors: [`weights::load_safetensors`] (a classifier checkpoint
+//!    into a detector's backbone with [`weights::HeadPolicy::Backbone`]).
+//! 4. Emit the inference graph as ONNX: [`ImageClassifier::emit`] or [`ObjectDetector::emit`] (boxes and
+//!    scores, decoded in the graph) into a `kiln_export::Graph`; every layer's
 //!    `emit` sits beside its `forward`.
 //!
-//! Parameter names equal timm's state-dict keys, so checkpoints move between kiln and timm unchanged.
+//! Parameter names equal timm's state-dict keys, so checkpoints move between kiln and timm unchanged; the
+//! detector's pyramid (`fpn.`) and head (`head.`) follow torchvision's FCOS names.
 
 pub mod classifier;
 pub mod convnext;
+pub mod detector;
 pub mod drop_path;
 pub mod error;
+pub mod fcos_decode;
+pub mod fcos_head;
+pub mod fpn;
+pub mod group_norm;
 pub mod layer_norm;
 pub mod onnx;
 pub mod weights;
 
 pub use classifier::{ClassifierConfig, ImageClassifier};
 pub use convnext::{ConvNext, ConvNextConfig, VARIANTS};
+pub use detector::{DetectorConfig, ObjectDetector};
 pub use error::{Error, Mismatch, Result};
+pub use fcos_decode::Locations;
+pub use fcos_head::{FcosHead, HeadOutputs};
+pub use fpn::Fpn;
+pub use group_norm::GroupNorm;

@@ -1,4 +1,5 @@
-//! Shared pieces of ONNX emission: weights from tch tensors, convolutions, linear layers, exact GELU, LayerNorm.
+//! Shared pieces of ONNX emission: weights from tch tensors, convolutions (also with weights shared between
+//! several applications), linear layers, exact GELU, LayerNorm and standardisation over one axis.
 //! Layers call these from their `emit` methods, next to their `forward`.
 
 use kiln_export::{Attr, Graph, Value};
@@ -38,19 +39,46 @@ pub fn conv2d(
     groups: i64,
     x: &Value,
 ) -> Result<Value> {
+    let params = conv_params(g, name, conv)?;
+    conv_apply(g, name, &params, stride, padding, groups, x)
+}
+
+/// A convolution's weights added once as initializers, for a layer applied to several inputs (a head shared
+/// across pyramid levels): [`conv_params`] once, then [`conv_apply`] per input.
+#[derive(Clone, Debug)]
+pub struct ConvParams {
+    pub weight: Value,
+    pub bias: Option<Value>,
+    kernel: Vec<i64>,
+}
+
+/// Adds `conv`'s weight and bias as the initializers `name.weight` and `name.bias`.
+pub fn conv_params(g: &mut Graph, name: &str, conv: &nn::Conv2D) -> Result<ConvParams> {
     let w = weight(g, &join(name, "weight"), &conv.ws, None)?;
-    let k = conv.ws.size()[2..].to_vec();
-    let mut inputs = vec![x.clone(), w];
-    if let Some(bs) = &conv.bs {
-        inputs.push(weight(g, &join(name, "bias"), bs, None)?);
+    let bias = conv.bs.as_ref().map(|bs| weight(g, &join(name, "bias"), bs, None)).transpose()?;
+    Ok(ConvParams { weight: w, bias, kernel: conv.ws.size()[2..].to_vec() })
+}
+
+/// A `Conv` node on `x` with weights from [`conv_params`], named under `scope`.
+pub fn conv_apply(
+    g: &mut Graph,
+    scope: &str,
+    params: &ConvParams,
+    stride: i64,
+    padding: i64,
+    groups: i64,
+    x: &Value,
+) -> Result<Value> {
+    let mut inputs = vec![x, &params.weight];
+    if let Some(b) = &params.bias {
+        inputs.push(b);
     }
-    let refs: Vec<&Value> = inputs.iter().collect();
-    Ok(g.scoped(name, |g| -> kiln_export::Result<Value> {
+    Ok(g.scoped(scope, |g| -> kiln_export::Result<Value> {
         g.op(
             "Conv",
-            &refs,
+            &inputs,
             vec![
-                Attr::Ints("kernel_shape", k),
+                Attr::Ints("kernel_shape", params.kernel.clone()),
                 Attr::Ints("strides", vec![stride, stride]),
                 Attr::Ints("pads", vec![padding; 4]),
                 Attr::Ints("dilations", vec![1, 1]),
@@ -105,6 +133,13 @@ pub fn layer_norm(
             vec![Attr::Int("axis", -1), Attr::Float("epsilon", eps as f32)],
         )?);
     }
+    let normed = standardize(g, x, eps, axis)?;
+    let scaled = g.op("Mul", &[&normed, weight], vec![])?;
+    Ok(g.op("Add", &[&scaled, bias], vec![])?)
+}
+
+/// `(x - mean) / sqrt(var + eps)` over `axis` (biased variance, as PyTorch's norms), with ReduceMean.
+pub fn standardize(g: &mut Graph, x: &Value, eps: f64, axis: i64) -> Result<Value> {
     let mean = reduce_mean(g, x, axis)?;
     let centred = g.op("Sub", &[x, &mean], vec![])?;
     let squared = g.op("Mul", &[&centred, &centred], vec![])?;
@@ -112,9 +147,7 @@ pub fn layer_norm(
     let eps = g.constant("eps", &[], &[eps as f32])?;
     let var_eps = g.op("Add", &[&var, &eps], vec![])?;
     let std = g.op("Sqrt", &[&var_eps], vec![])?;
-    let normed = g.op("Div", &[&centred, &std], vec![])?;
-    let scaled = g.op("Mul", &[&normed, weight], vec![])?;
-    Ok(g.op("Add", &[&scaled, bias], vec![])?)
+    Ok(g.op("Div", &[&centred, &std], vec![])?)
 }
 
 fn reduce_mean(g: &mut Graph, x: &Value, axis: i64) -> Result<Value> {

@@ -17,16 +17,28 @@ pub enum HeadPolicy {
     /// Parameters under `head.` may be missing or differ in shape (a checkpoint trained on other classes):
     /// those keep their fresh initialisation and are listed in the report.
     ReinitialiseHead,
+    /// A backbone checkpoint (e.g. a timm ConvNeXt classifier) into a model with other task layers (a
+    /// detector): every backbone parameter (everything outside [`TASK_PREFIXES`]) must be in the file with its
+    /// shape; task parameters are loaded where the file has them with the same shape and otherwise keep their
+    /// fresh initialisation (listed in [`LoadReport::reinitialised`]); file tensors the model has no parameter
+    /// for (a classifier's `head.norm.*`, `head.fc.*`) are skipped and listed in [`LoadReport::unused`].
+    Backbone,
 }
+
+/// The parameter prefixes of task layers, which [`HeadPolicy::Backbone`] does not require from a file.
+pub const TASK_PREFIXES: [&str; 2] = ["head.", "fpn."];
 
 /// What a load did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct LoadReport {
     pub loaded: usize,
-    /// Head parameters left at their initialisation under [`HeadPolicy::ReinitialiseHead`].
+    /// Head parameters left at their initialisation under [`HeadPolicy::ReinitialiseHead`], or task parameters
+    /// under [`HeadPolicy::Backbone`].
     pub reinitialised: Vec<String>,
     /// File tensors ignored because they start with an ignored prefix.
     pub ignored: usize,
+    /// File tensors the model has no parameter for, skipped under [`HeadPolicy::Backbone`].
+    pub unused: Vec<String>,
 }
 
 /// Reads all tensors of a safetensors file.
@@ -64,7 +76,12 @@ pub fn load_into(
     names.sort();
 
     let is_head = |name: &str| name.starts_with("head.");
-    let tolerated = |name: &str| policy == HeadPolicy::ReinitialiseHead && is_head(name);
+    let is_task = |name: &str| TASK_PREFIXES.iter().any(|p| name.starts_with(p));
+    let tolerated = |name: &str| match policy {
+        HeadPolicy::Strict => false,
+        HeadPolicy::ReinitialiseHead => is_head(name),
+        HeadPolicy::Backbone => is_task(name),
+    };
     let mut mismatch = Mismatch::default();
     let mut plan = Vec::new();
     for name in names {
@@ -82,8 +99,12 @@ pub fn load_into(
             Some(src) => plan.push((var, src)),
         }
     }
-    mismatch.unexpected =
-        file.keys().filter(|k| !variables.contains_key(k.as_str()) && !tolerated(k)).cloned().collect();
+    let absent = file.keys().filter(|k| !variables.contains_key(k.as_str()));
+    if policy == HeadPolicy::Backbone {
+        report.unused = absent.cloned().collect();
+    } else {
+        mismatch.unexpected = absent.filter(|k| !tolerated(k)).cloned().collect();
+    }
     if !mismatch.is_empty() {
         return Err(Error::WeightsMismatch { path: source.to_path_buf(), mismatch });
     }
@@ -163,6 +184,61 @@ mod tests {
         let report = load_safetensors(&b, &path, HeadPolicy::ReinitialiseHead).unwrap();
         assert_eq!(report.reinitialised, vec!["head.fc.bias".to_string(), "head.fc.weight".to_string()]);
         assert!(a.variables()["stages.3.blocks.1.gamma"].equal(&b.variables()["stages.3.blocks.1.gamma"]));
+    }
+
+    #[test]
+    fn a_classifier_checkpoint_loads_into_a_detector_backbone() {
+        use crate::detector::{DetectorConfig, ObjectDetector};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("convnext_atto.safetensors");
+        let classifier = nn::VarStore::new(Device::Cpu);
+        model(&classifier, 1000);
+        let named: Vec<(String, Tensor)> = classifier.variables().into_iter().collect();
+        Tensor::write_safetensors(&named, &path).unwrap();
+
+        let vs = nn::VarStore::new(Device::Cpu);
+        ObjectDetector::new(&vs.root(), &DetectorConfig::new("convnext_atto", 3)).unwrap();
+        let fresh_head = vs.variables()["head.classification_head.cls_logits.bias"].copy();
+        let report = load_safetensors(&vs, &path, HeadPolicy::Backbone).unwrap();
+
+        let theirs = classifier.variables();
+        let ours = vs.variables();
+        let backbone: Vec<&String> =
+            ours.keys().filter(|n| n.starts_with("stem.") || n.starts_with("stages.")).collect();
+        assert_eq!(report.loaded, backbone.len());
+        for name in backbone {
+            assert!(ours[name].equal(&theirs[name]), "{name}");
+        }
+        let task = ours.keys().filter(|n| n.starts_with("fpn.") || n.starts_with("head.")).count();
+        assert_eq!(report.reinitialised.len(), task);
+        assert!(report.reinitialised.iter().all(|n| n.starts_with("fpn.") || n.starts_with("head.")));
+        assert_eq!(report.unused, ["head.fc.bias", "head.fc.weight", "head.norm.bias", "head.norm.weight"]);
+        assert!(ours["head.classification_head.cls_logits.bias"].equal(&fresh_head), "the head keeps its init");
+    }
+
+    #[test]
+    fn a_backbone_of_another_shape_or_an_incomplete_one_is_an_error() {
+        use crate::detector::{DetectorConfig, ObjectDetector};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("femto.safetensors");
+        let femto = nn::VarStore::new(Device::Cpu);
+        ImageClassifier::new(&femto.root(), &ClassifierConfig::new("convnext_femto", 10)).unwrap();
+        let named: Vec<(String, Tensor)> = femto.variables().into_iter().collect();
+        Tensor::write_safetensors(&named, &path).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        ObjectDetector::new(&vs.root(), &DetectorConfig::new("convnext_atto", 3)).unwrap();
+        let err = load_safetensors(&vs, &path, HeadPolicy::Backbone).unwrap_err().to_string();
+        let named = "stages.0.blocks.0.conv_dw.weight (model [40, 1, 7, 7], file [48, 1, 7, 7])";
+        assert!(err.contains(named) && err.contains("124 with other shapes"), "{err}");
+
+        let path = dir.path().join("partial.safetensors");
+        let atto = nn::VarStore::new(Device::Cpu);
+        model(&atto, 10);
+        let named: Vec<(String, Tensor)> =
+            atto.variables().into_iter().filter(|(n, _)| !n.starts_with("stages.3.")).collect();
+        Tensor::write_safetensors(&named, &path).unwrap();
+        let err = load_safetensors(&vs, &path, HeadPolicy::Backbone).unwrap_err().to_string();
+        assert!(err.contains("missing from the file") && err.contains("stages.3."), "{err}");
     }
 
     #[test]
