@@ -2,8 +2,8 @@
 //! for callers that work with any task (the study runner).
 
 use crate::classify::Classification;
-use crate::detect::Detection;
 use crate::config::{TaskKind, TrainConfig};
+use crate::detect::Detection;
 use crate::engine::{self, EpochCallback, Objective, Outcome, Task};
 use crate::run_dir::RunDir;
 use crate::Result;

@@ -63,8 +63,7 @@ struct DetectItems {
 }
 
 fn kiln_resize(image: &image::RgbImage, crop: Crop, width: u32, height: u32) -> Vec<u8> {
-    let crop =
-        kiln_infer::preprocess::Crop { left: crop.left, top: crop.top, width: crop.width, height: crop.height };
+    let crop = kiln_infer::preprocess::Crop { left: crop.left, top: crop.top, width: crop.width, height: crop.height };
     resize_region(image, crop, width, height)
 }
 
@@ -78,7 +77,12 @@ impl DetectItems {
 
     fn training_boxes(&self, index: usize) -> Vec<TargetBox> {
         // Crowd regions are not objects to learn.
-        self.samples[index].boxes.iter().filter(|b| !b.crowd).map(|b| TargetBox { bbox: b.bbox, class: b.class }).collect()
+        self.samples[index]
+            .boxes
+            .iter()
+            .filter(|b| !b.crowd)
+            .map(|b| TargetBox { bbox: b.bbox, class: b.class })
+            .collect()
     }
 }
 
@@ -109,7 +113,10 @@ impl ItemSource for DetectItems {
                     .map(|b| {
                         let [x1, y1, x2, y2] = b.bbox;
                         let map = |x: f32, y: f32| {
-                            (x * placement.scale_x + placement.offset_x as f32, y * placement.scale_y + placement.offset_y as f32)
+                            (
+                                x * placement.scale_x + placement.offset_x as f32,
+                                y * placement.scale_y + placement.offset_y as f32,
+                            )
                         };
                         let ((a, c), (d, e)) = (map(x1, y1), map(x2, y2));
                         TargetBox { bbox: [a, c, d, e], class: b.class }

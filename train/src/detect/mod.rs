@@ -6,13 +6,13 @@ pub mod augment;
 pub mod coco_eval;
 pub mod loss;
 pub mod matching;
+pub mod settings;
 pub mod synthetic;
 pub mod targets;
-pub mod settings;
 
 pub use settings::DetectSettings;
-pub mod loader;
 pub mod evaluate;
+pub mod loader;
 pub mod report;
 pub mod task;
 

@@ -20,7 +20,7 @@ use super::targets::assign;
 use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
 use crate::config::{TaskKind, TrainConfig};
 use crate::data::SkipLog;
-use crate::engine::{self, Batches, Built, Direction, EpochCallback, Losses, Objective, Task};
+use crate::engine::{self, Built, Direction, EpochCallback, Losses, Objective, Task};
 use crate::optim::Param;
 use crate::precision::Precision;
 use crate::run_dir::RunDir;
@@ -210,7 +210,11 @@ impl Task for Detection {
             Some(path) => {
                 let tensors = read_safetensors(path)?;
                 let report = load_into(vs, tensors, path, HeadPolicy::Backbone, &TRAINING_PREFIXES)?;
-                Some(format!("loaded {} backbone tensors from {} (FPN and head start fresh)", report.loaded, path.display()))
+                Some(format!(
+                    "loaded {} backbone tensors from {} (FPN and head start fresh)",
+                    report.loaded,
+                    path.display()
+                ))
             }
             None => None,
         };
@@ -222,7 +226,13 @@ impl Task for Detection {
     }
 
     fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(DetectLoader, Option<DetectLoader>)> {
-        let train = make_loader(config, &self.dataset, Split::Train, DetectTransform::Train(config.detect.augment.clone()), skips)?;
+        let train = make_loader(
+            config,
+            &self.dataset,
+            Split::Train,
+            DetectTransform::Train(config.detect.augment.clone()),
+            skips,
+        )?;
         let val = if self.dataset.val.is_empty() {
             None
         } else {
@@ -252,7 +262,12 @@ impl Task for Detection {
         Ok(Losses { parts: vec![l.total.shallow_clone(), l.classification, l.boxes, l.centerness], total: l.total })
     }
 
-    fn evaluate(&self, model: &ObjectDetector, loader: &DetectLoader, precision: &Precision) -> Result<DetectionEvaluation> {
+    fn evaluate(
+        &self,
+        model: &ObjectDetector,
+        loader: &DetectLoader,
+        precision: &Precision,
+    ) -> Result<DetectionEvaluation> {
         evaluate(model, loader, precision, &self.settings, self.dataset.num_classes(), self.img_size)
     }
 
