@@ -1,6 +1,8 @@
 //! Detection end to end on generated scenes: the shared engine trains the FCOS detector from scratch on CPU to a
 //! real mAP, writes the run directory, and tests the best checkpoint.
 
+mod common;
+
 use kiln_train::config::TaskKind;
 use kiln_train::detect::synthetic::{generate_scenes, ScenesSpec};
 use kiln_train::engine::read_results;
@@ -49,4 +51,45 @@ fn a_generated_set_trains_to_a_useful_map() {
         .filter(|n| n.starts_with("epoch_"))
         .collect();
     assert_eq!(kept.len(), 2, "save_top_k keeps two epochs: {kept:?}");
+}
+
+#[test]
+fn the_cli_trains_and_tests_a_detector() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("scenes");
+    let spec = ScenesSpec { classes: 2, images: (16, 8, 8), size: (64, 64), ..Default::default() };
+    generate_scenes(&data, &spec).unwrap();
+    let data_arg = data.to_string_lossy().into_owned();
+    let args = [
+        "train",
+        "--task",
+        "detect",
+        "--data",
+        &data_arg,
+        "--model",
+        "convnext_atto",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--img-size",
+        "64",
+        "--device",
+        "cpu",
+        "--name",
+        "cli",
+    ];
+    let out = common::kiln(&args, dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("mAP@[.5:.95]") && stdout.contains("test (8 images)"), "{stdout}");
+    let run = dir.path().join("runs/detect/cli");
+    assert!(run.join("results.csv").is_file() && run.join("test_metrics.json").is_file());
+    let out = common::kiln(&["val", "--run", &run.to_string_lossy()], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("val (8 images"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

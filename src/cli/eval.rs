@@ -28,6 +28,33 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs, split: Split) -> anyhow::Result<()> {
     let run = RunDir::open(&args.run)?;
+    if kiln_train::TrainConfig::load(&run.config())?.task == kiln_train::TaskKind::Detect {
+        use kiln_train::detect::annotations::Split as DetectSplit;
+        use kiln_train::detect::report::{evaluate_run, EvalOptions};
+        let split = if split == Split::Test { DetectSplit::Test } else { DetectSplit::Val };
+        let options = EvalOptions { which: args.checkpoint, data: args.data, device: args.device };
+        let report = evaluate_run(&run, split, &options)?;
+        let (c, t) = (&report.metrics.coco, &report.metrics.at_threshold);
+        println!(
+            "{split} ({} images, epoch {}): mAP@[.5:.95] {:.4}  mAP@.5 {:.4}  mAP@.75 {:.4}  small/medium/large \
+             {:.4}/{:.4}/{:.4}  mean IoU {:.4}  P/R/F1 {:.3}/{:.3}/{:.3} at score {:.2}",
+            report.images,
+            report.epoch,
+            c.map,
+            c.map_50,
+            c.map_75,
+            c.map_small,
+            c.map_medium,
+            c.map_large,
+            t.mean_iou,
+            t.precision,
+            t.recall,
+            t.f1,
+            t.score_threshold
+        );
+        println!("wrote {}", run.metrics(split.name()).display());
+        return Ok(());
+    }
     let options = EvalOptions { which: args.checkpoint, data: args.data, device: args.device };
     let report = evaluate_run(&run, split, &options)?;
     print_split_report(&report);

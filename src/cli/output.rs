@@ -85,6 +85,36 @@ pub fn print_outcome(outcome: &TrainOutcome) {
     }
 }
 
+/// What a detection run prints: epochs, the best validation and the test metrics, the run directory.
+pub fn print_detection_outcome(outcome: &kiln_train::detect::TrainOutcome) {
+    println!(
+        "trained {} epoch(s) on {}{}; best epoch {}",
+        outcome.epochs,
+        outcome.device,
+        if outcome.stopped_early { " (stopped early)" } else { "" },
+        outcome.best_epoch
+    );
+    let show = |what: &str, m: &kiln_train::detect::evaluate::DetectionMetrics| {
+        let (c, t) = (&m.coco, &m.at_threshold);
+        println!(
+            "{what}: mAP@[.5:.95] {:.4}  mAP@.5 {:.4}  mAP@.75 {:.4}  mean IoU {:.4}  P/R/F1 {:.3}/{:.3}/{:.3} at score \
+             {:.2} (best F1 {:.3} at {:.2})",
+            c.map, c.map_50, c.map_75, t.mean_iou, t.precision, t.recall, t.f1, t.score_threshold, t.best_f1,
+            t.best_f1_threshold
+        );
+    };
+    if let Some(val) = &outcome.best_val {
+        show("best validation", val);
+    }
+    if let Some(test) = &outcome.test {
+        show(&format!("test ({} images)", test.images), &test.metrics);
+    }
+    if !outcome.skipped.is_empty() {
+        println!("skipped {} unreadable image(s); first: {}", outcome.skipped.len(), outcome.skipped[0].0.display());
+    }
+    println!("run directory: {}", outcome.run.path.display());
+}
+
 /// The process's peak resident set size (VmHWM), where /proc tells it.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

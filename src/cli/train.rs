@@ -11,7 +11,7 @@ use kiln_train::data::CacheMode;
 use kiln_train::precision::AmpMode;
 use kiln_train::{RunDir, TrainConfig};
 
-use super::output::print_outcome;
+use super::output::{print_detection_outcome, print_outcome};
 
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
@@ -144,6 +144,7 @@ pub enum PrunerArg {
 pub enum TaskArg {
     #[default]
     Classify,
+    Detect,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -179,6 +180,7 @@ impl TrainArgs {
         };
         let task = match self.task {
             TaskArg::Classify => TaskKind::Classify,
+            TaskArg::Detect => TaskKind::Detect,
         };
         put("task", Some(serde_json::to_value(task)?));
         put("data", self.data.as_ref().map(|p| Value::from(p.to_string_lossy().into_owned())));
@@ -241,11 +243,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 dir.display(),
                 given.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
             );
-            kiln_train::classify::resume(RunDir::open(dir)?)?
+            let run = RunDir::open(dir)?;
+            match TrainConfig::load(&run.config())?.task {
+                TaskKind::Classify => kiln_train::classify::resume(run)?,
+                TaskKind::Detect => return Ok(print_detection_outcome(&kiln_train::detect::resume(run)?)),
+            }
         }
         None => {
             let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
-            kiln_train::classify::train(&config)?
+            match config.task {
+                TaskKind::Classify => kiln_train::classify::train(&config)?,
+                TaskKind::Detect => return Ok(print_detection_outcome(&kiln_train::detect::train(&config)?)),
+            }
         }
     };
     print_outcome(&outcome);
