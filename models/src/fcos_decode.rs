@@ -93,14 +93,18 @@ impl Locations {
 const LTRB_SIGNS: [f32; 4] = [-1.0, -1.0, 1.0, 1.0];
 
 /// Boxes `[N, A, 4]` (x1, y1, x2, y2 in input pixels, clamped to the image) and scores `[N, A, C]` from the head's
-/// outputs at `locations`.
+/// outputs at `locations`, on the outputs' device. Computed in fp32 (fp64 for fp64 outputs), also for fp16/bf16
+/// outputs of an autocast forward: bf16 cannot place a box edge near 500 px closer than 2 px.
 pub fn decode(outputs: &HeadOutputs, locations: &Locations) -> (Tensor, Tensor) {
-    let ltrb = &outputs.box_ltrb;
-    let (kind, device) = (ltrb.kind(), ltrb.device());
+    let device = outputs.box_ltrb.device();
+    let kind = if outputs.box_ltrb.kind() == Kind::Double { Kind::Double } else { Kind::Float };
     let constant = |values: &[f32]| Tensor::from_slice(values).to_kind(kind).to_device(device);
+    let ltrb = outputs.box_ltrb.to_kind(kind);
     let boxes = ltrb * constant(&LTRB_SIGNS) + locations.points_xyxy(kind, device);
     let boxes = boxes.clamp_min(0.0).minimum(&constant(&locations.limits()));
-    let scores = (outputs.cls_logits.sigmoid() * outputs.centerness_logits.sigmoid().unsqueeze(-1)).sqrt();
+    let cls = outputs.cls_logits.to_kind(kind).sigmoid();
+    let centerness = outputs.centerness_logits.to_kind(kind).sigmoid();
+    let scores = (cls * centerness.unsqueeze(-1)).sqrt();
     (boxes, scores)
 }
 
@@ -167,5 +171,14 @@ mod tests {
         let expected =
             [(s(0.0) * s(0.0)).sqrt(), (s(2.0) * s(0.0)).sqrt(), (s(-1.0) * s(1.0)).sqrt(), (s(0.0) * s(1.0)).sqrt()];
         assert!(close(&scores, &expected), "{scores}");
+
+        let half = HeadOutputs {
+            cls_logits: outputs.cls_logits.to_kind(Kind::BFloat16),
+            box_ltrb: outputs.box_ltrb.to_kind(Kind::BFloat16),
+            centerness_logits: outputs.centerness_logits.to_kind(Kind::BFloat16),
+        };
+        let (boxes, scores) = decode(&half, &locations);
+        assert_eq!((boxes.kind(), scores.kind()), (Kind::Float, Kind::Float), "decoded in fp32");
+        assert!(close(&boxes, &[6.0, 5.0, 12.0, 13.0, 0.0, 0.0, 48.0, 32.0]), "{boxes}");
     }
 }

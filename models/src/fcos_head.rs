@@ -79,9 +79,10 @@ impl Tower {
     }
 
     fn emit_params(&self, g: &mut Graph) -> Result<Vec<(ConvParams, GroupNormParams)>> {
-        (0..self.layers.len())
-            .map(|k| {
-                let (conv, norm) = &self.layers[k];
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(k, (conv, norm))| {
                 Ok((onnx::conv_params(g, &join(&self.name, &(3 * k).to_string()), conv)?, norm.emit_params(g)?))
             })
             .collect()
