@@ -246,14 +246,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             let run = RunDir::open(dir)?;
             match TrainConfig::load(&run.config())?.task {
                 TaskKind::Classify => kiln_train::classify::resume(run)?,
-                TaskKind::Detect => return Ok(print_detection_outcome(&kiln_train::detect::resume(run)?)),
+                TaskKind::Detect => {
+                    print_detection_outcome(&kiln_train::detect::resume(run)?);
+                    return Ok(());
+                }
             }
         }
         None => {
             let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
             match config.task {
                 TaskKind::Classify => kiln_train::classify::train(&config)?,
-                TaskKind::Detect => return Ok(print_detection_outcome(&kiln_train::detect::train(&config)?)),
+                TaskKind::Detect => {
+                    print_detection_outcome(&kiln_train::detect::train(&config)?);
+                    return Ok(());
+                }
             }
         }
     };
