@@ -12,5 +12,5 @@ pub mod write;
 
 pub use error::{Error, Result};
 pub use graph::{from_bytes, to_bytes, Attr, Dim, ElemType, Graph, Value, MAX_OPSET, MIN_OPSET};
-pub use metadata::{InputSpec, ModelMetadata, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION};
+pub use metadata::{InputSpec, ModelMetadata, NmsSettings, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION};
 pub use write::write_atomic;

@@ -28,6 +28,21 @@ pub struct ModelMetadata {
     pub opset: i64,
     /// Where the weights came from: the checkpoint's epoch and validation metrics.
     pub training: TrainingInfo,
+    /// Detection: the non-maximum suppression the model was validated with (absent for other tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nms: Option<NmsSettings>,
+}
+
+/// Non-maximum suppression settings: keep a box unless a kept box of the same class (any class when
+/// `class_agnostic`) overlaps it with IoU above `iou_threshold`; boxes scoring under `score_threshold` are dropped
+/// first, at most `pre_nms_top_k` candidates enter and `max_detections` leave.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NmsSettings {
+    pub iou_threshold: f32,
+    pub score_threshold: f32,
+    pub max_detections: usize,
+    pub class_agnostic: bool,
+    pub pre_nms_top_k: usize,
 }
 
 /// The image input.
@@ -123,6 +138,7 @@ pub(crate) fn example() -> ModelMetadata {
         precision: "fp32".into(),
         opset: 17,
         training: TrainingInfo { epoch: 3, metrics: Some(serde_json::json!({"accuracy": 0.9})) },
+        nms: None,
     }
 }
 
@@ -133,6 +149,21 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let m = example();
+        assert_eq!(ModelMetadata::from_json(&m.to_json()).unwrap(), m);
+    }
+
+    #[test]
+    fn nms_settings_round_trip_and_are_optional() {
+        let mut m = example();
+        let json = m.to_json();
+        assert!(!json.contains("nms"), "absent for classification: {json}");
+        m.nms = Some(NmsSettings {
+            iou_threshold: 0.6,
+            score_threshold: 0.05,
+            max_detections: 100,
+            class_agnostic: false,
+            pre_nms_top_k: 1000,
+        });
         assert_eq!(ModelMetadata::from_json(&m.to_json()).unwrap(), m);
     }
 

@@ -1,15 +1,23 @@
-//! `kiln bench train`: the isolated training step of a ConvNeXt classifier (random batch on the device, no data
+//! `kiln bench train`: the isolated training step of a task's model (a fixed random batch on the device, no data
 //! loading), timed step by step.
 
 use std::path::PathBuf;
 
 use clap::Args;
 
-use kiln_train::classify::{bench_train_step, StepBenchConfig};
+use kiln_train::config::TaskKind;
 use kiln_train::precision::AmpMode;
+use kiln_train::step_timer::StepBenchConfig;
+use kiln_train::tasks::bench_train_step;
 
 #[derive(Args, Debug)]
 pub struct BenchTrainArgs {
+    /// classify | detect
+    #[arg(long, default_value = "classify")]
+    pub task: TaskArgBench,
+    /// Classes of the random labels / boxes.
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
     /// convnext_atto | femto | pico | nano | tiny | small | base
     #[arg(long, default_value = "convnext_atto")]
     pub model: String,
@@ -40,8 +48,19 @@ pub struct BenchTrainArgs {
     pub json: Option<PathBuf>,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TaskArgBench {
+    Classify,
+    Detect,
+}
+
 pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
     let config = StepBenchConfig {
+        task: match args.task {
+            TaskArgBench::Classify => TaskKind::Classify,
+            TaskArgBench::Detect => TaskKind::Detect,
+        },
+        num_classes: args.classes,
         model: args.model,
         img_size: args.img_size,
         batch: args.batch,
@@ -54,10 +73,13 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let r = bench_train_step(&config)?;
-    println!("| model | img | batch | device | precision | threads | steps | mean step ms | p50 ms | images/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} |",
+        "| task | model | img | batch | device | precision | threads | steps | mean step ms | p50 ms | images/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} |",
+        r.task.name(),
         r.model,
         r.img_size,
         r.batch,

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use kiln_train::classify::{export_run, ExportOptions};
+use kiln_train::export::ExportOptions;
+use kiln_train::tasks::export_run;
 use kiln_train::{RunDir, Which};
 
 #[derive(Subcommand, Debug)]
@@ -15,7 +16,7 @@ pub enum ExportFormat {
 
 #[derive(Args, Debug)]
 pub struct OnnxArgs {
-    /// The run directory (runs/classify/NAME).
+    /// The run directory (runs/classify/NAME, runs/detect/NAME).
     #[arg(long, value_name = "DIR")]
     pub run: PathBuf,
     /// Output file (default: RUN/weights/<checkpoint>[-fp16].onnx).
@@ -51,7 +52,8 @@ pub fn run(format: ExportFormat) -> anyhow::Result<()> {
     let report = export_run(&run, &options)?;
     let m = &report.metadata;
     println!(
-        "exported {} ({} classes, {} px, {}, opset {}, {} nodes, {:.1} MB) to {}",
+        "exported {} {} ({} classes, {} px, {}, opset {}, {} nodes, {:.1} MB) to {}",
+        m.task,
         m.variant,
         m.class_names.len(),
         m.input.size[0],

@@ -5,7 +5,9 @@ use crate::classify::Classification;
 use crate::config::{TaskKind, TrainConfig};
 use crate::detect::Detection;
 use crate::engine::{self, EpochCallback, Objective, Outcome, Task};
+use crate::export::{ExportOptions, ExportReport};
 use crate::run_dir::RunDir;
+use crate::step_timer::{StepBenchConfig, StepBenchResult};
 use crate::Result;
 
 /// What any task's run reports, without the task's own metric types.
@@ -35,5 +37,21 @@ pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<R
     match config.task {
         TaskKind::Classify => engine::train::<Classification>(config, on_epoch).map(summary::<Classification>),
         TaskKind::Detect => engine::train::<Detection>(config, on_epoch).map(summary::<Detection>),
+    }
+}
+
+/// Times the isolated training step of the config's task (`kiln bench train`).
+pub fn bench_train_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
+    match config.task {
+        TaskKind::Classify => crate::classify::bench_train_step(config),
+        TaskKind::Detect => crate::detect::step_bench::bench_detect_step(config),
+    }
+}
+
+/// Exports a run of any task to ONNX (`kiln export onnx`), by the task its saved config names.
+pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
+    match TrainConfig::load(&run.config())?.task {
+        TaskKind::Classify => crate::classify::export_run(run, options),
+        TaskKind::Detect => crate::detect::export::export_run(run, options),
     }
 }

@@ -1,11 +1,7 @@
 //! `kiln export onnx`: a run's checkpoint as a self-describing ONNX model that computes what the libtorch model
 //! computes (logits and softmax probabilities), written atomically.
 
-use std::path::PathBuf;
-
-use kiln_export::{
-    Attr, Dim, ElemType, Graph, InputSpec, ModelMetadata, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION,
-};
+use kiln_export::{Attr, Dim, Graph, InputSpec, ModelMetadata, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION};
 use kiln_models::weights::{load_into, HeadPolicy};
 use kiln_models::{ConvNextConfig, ImageClassifier};
 use tch::{nn, Device};
@@ -13,35 +9,11 @@ use tch::{nn, Device};
 use super::model::classifier_config;
 use crate::checkpoint;
 use crate::data::Normalize;
+use crate::export::{dtype_name, plan_export, ONNX_FLOAT, ONNX_FLOAT16};
+pub use crate::export::{ExportOptions, ExportReport};
 use crate::fsutil::write_atomic;
-use crate::run_dir::{RunDir, Which};
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
-
-/// ONNX's data type number for float32 (Cast's `to`).
-const ONNX_FLOAT: i64 = 1;
-/// ONNX's data type number for float16.
-const ONNX_FLOAT16: i64 = 10;
-
-/// How to export.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExportOptions {
-    pub which: Which,
-    /// The file to write; by default `<run>/weights/<checkpoint>[-fp16].onnx`.
-    pub out: Option<PathBuf>,
-    pub opset: i64,
-    /// A batch dimension chosen at run time instead of 1.
-    pub dynamic_batch: bool,
-    /// fp16 weights and compute.
-    pub half: bool,
-    /// With `half`: fp16 graph inputs and outputs too (else they stay fp32, converted inside the graph).
-    pub half_io: bool,
-}
-
-impl Default for ExportOptions {
-    fn default() -> Self {
-        Self { which: Which::Best, out: None, opset: 17, dynamic_batch: false, half: false, half_io: false }
-    }
-}
 
 /// The graph's shape and preprocessing, independent of where the model came from.
 #[derive(Clone, Debug)]
@@ -53,30 +25,13 @@ pub struct GraphSpec {
     pub training: TrainingInfo,
 }
 
-/// What an export wrote.
-#[derive(Clone, Debug)]
-pub struct ExportReport {
-    pub path: PathBuf,
-    pub bytes: usize,
-    pub nodes: usize,
-    pub metadata: ModelMetadata,
-}
-
-fn dtype_name(elem: ElemType) -> &'static str {
-    match elem {
-        ElemType::F16 => "float16",
-        _ => "float32",
-    }
-}
-
 /// Builds the ONNX model of `model`: input `images` `[N, 3, S, S]`, outputs `logits` and `probs`, with metadata.
 pub fn classifier_onnx(
     model: &ImageClassifier,
     spec: &GraphSpec,
     options: &ExportOptions,
 ) -> Result<(Vec<u8>, ModelMetadata, usize)> {
-    let compute = if options.half { ElemType::F16 } else { ElemType::F32 };
-    let io = if options.half && options.half_io { ElemType::F16 } else { ElemType::F32 };
+    let (compute, io) = options.elem_types();
     let mut g = Graph::new(options.opset, compute)?;
     let batch = if options.dynamic_batch { Dim::Symbolic("batch".into()) } else { Dim::Fixed(1) };
     let s = spec.img_size as i64;
@@ -126,6 +81,7 @@ pub fn classifier_onnx(
         precision: if options.half { "fp16" } else { "fp32" }.into(),
         opset: options.opset,
         training: spec.training.clone(),
+        nms: None,
     };
     let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
     Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))
@@ -134,21 +90,15 @@ pub fn classifier_onnx(
 /// Exports a run's checkpoint. Everything is checked before anything is written; the file appears whole or not
 /// at all.
 pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
-    let ckpt_path = run.checkpoint(options.which);
-    let out = options.out.clone().unwrap_or_else(|| {
-        let stem = ckpt_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-        ckpt_path.with_file_name(format!("{stem}{}.onnx", if options.half { "-fp16" } else { "" }))
-    });
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    if !dir.is_dir() {
-        return Err(Error::Io {
-            path: out.clone(),
-            source: std::io::Error::other("the output directory does not exist"),
-        });
-    }
-    Graph::new(options.opset, ElemType::F32)?;
+    let (ckpt_path, out) = plan_export(run, options)?;
     let ckpt = checkpoint::load(&ckpt_path)?;
     let config = &ckpt.state.config;
+    if config.task != crate::config::TaskKind::Classify {
+        return Err(Error::Checkpoint {
+            path: ckpt_path,
+            reason: format!("a {} run, not classify", config.task.name()),
+        });
+    }
     ConvNextConfig::from_name(&config.model)
         .map_err(|e| Error::Checkpoint { path: ckpt_path.clone(), reason: e.to_string() })?;
     let class_names = ckpt.state.class_names.clone();

@@ -1,99 +1,25 @@
-//! The isolated training step, timed: one fixed random batch already on the device, no data loading, the same
+//! The classifier's isolated training step: one fixed random batch on the device, no data loading, the same
 //! loss ([`classification_loss`]) and update ([`Update::apply`]) the training loop runs (forward, loss, backward,
-//! AdamW, under the run's precision). This is
-//! `kiln bench train`, the step-only half of the comparison with PyTorch (`scripts/compare_train_speed.py`).
+//! AdamW, under the run's precision). This is `kiln bench train`, the step-only half of the comparison with
+//! PyTorch (`scripts/compare_train_speed.py`).
 
-use std::time::Instant;
-
-use serde::Serialize;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use kiln_models::{ClassifierConfig, ImageClassifier};
 
 use super::loss::classification_loss;
 use crate::config::OptimizerKind;
-use crate::device::{device_name, select_device};
 use crate::engine::Update;
 use crate::optim::{GradScaler, Optimizer, OptimizerConfig, Param};
-use crate::precision::{AmpMode, Precision};
-use crate::{Error, Result};
-
-/// What to time.
-#[derive(Clone, Debug)]
-pub struct StepBenchConfig {
-    pub model: String,
-    pub img_size: u32,
-    pub batch: usize,
-    pub num_classes: usize,
-    /// Untimed steps first (allocator and oneDNN/cuDNN warm-up).
-    pub warmup: usize,
-    pub steps: usize,
-    pub device: String,
-    pub amp: AmpMode,
-    pub channels_last: bool,
-    /// libtorch threads; 0 keeps libtorch's default.
-    pub threads: usize,
-    pub drop_path_rate: f64,
-}
-
-impl Default for StepBenchConfig {
-    fn default() -> Self {
-        Self {
-            model: "convnext_atto".into(),
-            img_size: 224,
-            batch: 32,
-            num_classes: 10,
-            warmup: 5,
-            steps: 20,
-            device: "auto".into(),
-            amp: AmpMode::Auto,
-            channels_last: true,
-            threads: 0,
-            drop_path_rate: 0.1,
-        }
-    }
-}
-
-/// The timings of [`bench_train_step`].
-#[derive(Clone, Debug, Serialize)]
-pub struct StepBenchResult {
-    pub model: String,
-    pub img_size: u32,
-    pub batch: usize,
-    pub device: String,
-    pub precision: String,
-    pub threads: usize,
-    pub steps: usize,
-    pub mean_step_ms: f64,
-    pub p50_step_ms: f64,
-    pub min_step_ms: f64,
-    pub images_per_second: f64,
-}
-
-fn synchronize(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
+use crate::precision::Precision;
+use crate::step_timer::{bench_runtime, time_steps};
+pub use crate::step_timer::{StepBenchConfig, StepBenchResult};
+use crate::Result;
 
 /// Builds the model (random init), AdamW (lr 2e-3, weight decay 0.05, as the Fashion-MNIST recipe) and one random
-/// batch, runs `warmup` steps, then times `steps` steps one by one (synchronising the GPU after each).
+/// batch, then times the steps ([`time_steps`]).
 pub fn bench_train_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
-    if config.batch == 0 || config.steps == 0 || config.img_size < 32 {
-        return Err(Error::InvalidSetting {
-            key: "bench train".into(),
-            reason: "batch and steps must be at least 1 and img_size at least 32".into(),
-        });
-    }
-    crate::allocator::keep_freed_memory();
-    let device = select_device(&config.device)?;
-    if config.threads > 0 {
-        tch::set_num_threads(config.threads as i32);
-    }
-    tch::manual_seed(0);
-    if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(true);
-    }
+    let device = bench_runtime(config)?;
     let vs = nn::VarStore::new(device);
     let model = ImageClassifier::new(
         &vs.root(),
@@ -124,36 +50,10 @@ pub fn bench_train_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
     let images = Tensor::randn([config.batch as i64, 3, s, s], (Kind::Float, device));
     let labels = Tensor::randint(config.num_classes as i64, [config.batch as i64], (Kind::Int64, device));
     let mut update = Update { optimizer: &mut optimizer, scaler: &mut scaler, ema: None, grad_clip: 0.0 };
-    let mut step = || -> Result<f64> {
+    let describe = precision.describe();
+    time_steps(config, device, describe, &mut || {
         let loss = classification_loss(&model, &images, &labels, &precision, 0.1)?;
-        update.apply(&loss, 2e-3)
-    };
-    for _ in 0..config.warmup {
-        step()?;
-    }
-    synchronize(device);
-    let mut times = Vec::with_capacity(config.steps);
-    for _ in 0..config.steps {
-        let started = Instant::now();
-        step()?;
-        synchronize(device);
-        times.push(started.elapsed().as_secs_f64() * 1e3);
-    }
-    let mean = times.iter().sum::<f64>() / times.len() as f64;
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    Ok(StepBenchResult {
-        model: config.model.clone(),
-        img_size: config.img_size,
-        batch: config.batch,
-        device: device_name(device),
-        precision: precision.describe(),
-        threads: tch::get_num_threads() as usize,
-        steps: config.steps,
-        mean_step_ms: mean,
-        p50_step_ms: sorted[sorted.len() / 2],
-        min_step_ms: sorted[0],
-        images_per_second: config.batch as f64 * 1e3 / mean,
+        update.apply(&loss, 2e-3).map(|_| ())
     })
 }
 

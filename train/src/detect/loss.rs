@@ -4,7 +4,14 @@
 
 use tch::{Kind, Reduction, Tensor};
 
-use super::targets::Assignment;
+use kiln_models::ObjectDetector;
+
+use super::evaluate::locations_on;
+use super::loader::DetectBatch;
+use super::targets::{assign, Assignment};
+use crate::engine::Losses;
+use crate::precision::Precision;
+use crate::Result;
 
 /// Focal loss parameters (RetinaNet's).
 pub const FOCAL_ALPHA: f64 = 0.25;
@@ -85,6 +92,29 @@ pub fn fcos_losses(
         (box_ltrb.sum(Kind::Float) * 0.0, centerness_logits.sum(Kind::Float) * 0.0)
     };
     DetectionLosses { total: &classification + &boxes + &centerness, classification, boxes, centerness, positives }
+}
+
+/// The training loss of a batch — forward in training mode under `precision`, FCOS targets for each image's
+/// canvas boxes, [`fcos_losses`] — as the engine's loss parts `[total, cls, box, ctr]`. Shared by the training
+/// loop and the step benchmark.
+pub fn batch_losses(
+    model: &ObjectDetector,
+    batch: &DetectBatch,
+    precision: &Precision,
+    img_size: u32,
+) -> Result<Losses> {
+    let device = precision.device;
+    let (_, points, strides) = locations_on(model, img_size as i64, device);
+    let xs = precision.prepare_batch(&batch.images.to_device(device))?;
+    let outputs = precision.autocast(|| model.forward_t(&xs, true));
+    let assignments: Vec<_> = (0..batch.targets.len())
+        .map(|i| {
+            let (boxes, classes) = batch.boxes_tensors(i);
+            assign(&points, &strides, &boxes.to_device(device), &classes.to_device(device))
+        })
+        .collect();
+    let l = fcos_losses(&outputs.cls_logits, &outputs.box_ltrb, &outputs.centerness_logits, &assignments);
+    Ok(Losses { parts: vec![l.total.shallow_clone(), l.classification, l.boxes, l.centerness], total: l.total })
 }
 
 #[cfg(test)]

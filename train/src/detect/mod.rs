@@ -7,11 +7,13 @@ pub mod coco_eval;
 pub mod loss;
 pub mod matching;
 pub mod settings;
+pub mod step_bench;
 pub mod synthetic;
 pub mod targets;
 
 pub use settings::DetectSettings;
 pub mod evaluate;
+pub mod export;
 pub mod loader;
 pub mod report;
 pub mod task;

@@ -12,11 +12,10 @@ use kiln_models::weights::{load_into, read_safetensors, HeadPolicy};
 use kiln_models::{DetectorConfig, ObjectDetector};
 
 use super::annotations::{self, DetectionDataset, Split};
-use super::evaluate::{evaluate, locations_on, DetectionEvaluation, DetectionMetrics};
+use super::evaluate::{evaluate, DetectionEvaluation, DetectionMetrics};
 use super::loader::{DetectBatch, DetectLoader, DetectTransform};
-use super::loss::fcos_losses;
+use super::loss::batch_losses;
 use super::report::{evaluate_run, DetectionReport, EvalOptions};
-use super::targets::assign;
 use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
 use crate::config::{TaskKind, TrainConfig};
 use crate::data::SkipLog;
@@ -248,18 +247,7 @@ impl Task for Detection {
         precision: &Precision,
         _config: &TrainConfig,
     ) -> Result<Losses> {
-        let device = precision.device;
-        let (_, points, strides) = locations_on(model, self.img_size as i64, device);
-        let xs = precision.prepare_batch(&batch.images.to_device(device))?;
-        let outputs = precision.autocast(|| model.forward_t(&xs, true));
-        let assignments: Vec<_> = (0..batch.targets.len())
-            .map(|i| {
-                let (boxes, classes) = batch.boxes_tensors(i);
-                assign(&points, &strides, &boxes.to_device(device), &classes.to_device(device))
-            })
-            .collect();
-        let l = fcos_losses(&outputs.cls_logits, &outputs.box_ltrb, &outputs.centerness_logits, &assignments);
-        Ok(Losses { parts: vec![l.total.shallow_clone(), l.classification, l.boxes, l.centerness], total: l.total })
+        batch_losses(model, batch, precision, self.img_size)
     }
 
     fn evaluate(

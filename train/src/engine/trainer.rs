@@ -26,6 +26,9 @@ use crate::progress::{EpochProgress, StepStats};
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
 
+/// Held while a run seeds libtorch's process-wide generator and initialises its model.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// How much the validation score must rise to count as an improvement (best checkpoint, early stopping).
 const MIN_IMPROVEMENT: f64 = 1e-9;
 
@@ -125,7 +128,13 @@ impl<T: Task> Trainer<T> {
         // A resumed run takes its weights from the checkpoint, not from `weights`.
         let build_config =
             if resume_from.is_some() { TrainConfig { weights: None, ..config.clone() } } else { config.clone() };
-        let built = task.build_model(&vs, &build_config)?;
+        // libtorch's generator is one per process: seeding and initialising under one lock keeps a run's initial
+        // weights a function of its seed even when several runs start in one process (tests, studies in threads).
+        let built = {
+            let _init = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(config.seed as i64);
+            task.build_model(&vs, &build_config)?
+        };
         if let Some(line) = &built.loaded {
             eprintln!("{line}");
         }

@@ -1,0 +1,93 @@
+//! A trained detection run exported to ONNX: the file carries its task, classes, letterbox preprocessing and the
+//! NMS settings validation used, and ONNX Runtime and tract give the boxes and scores libtorch gives on the same
+//! letterboxed image (fixed and dynamic batch); after NMS they detect the same objects.
+
+use kiln_infer::nms::{nms_per_image, NmsConfig};
+use kiln_infer::preprocess::decode_rgb;
+use kiln_infer::{Backend, Ep, Model};
+use kiln_models::weights::{load_into, HeadPolicy};
+use kiln_models::ObjectDetector;
+use kiln_train::config::TaskKind;
+use kiln_train::detect::synthetic::{generate_scenes, ScenesSpec};
+use kiln_train::detect::task::detector_config;
+use kiln_train::export::ExportOptions;
+use kiln_train::TrainConfig;
+use tch::{nn, Device, Kind, Tensor};
+
+#[test]
+fn exported_detector_matches_libtorch_on_ort_and_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("scenes");
+    generate_scenes(&data, &ScenesSpec { classes: 3, images: (16, 4, 4), size: (96, 64), ..Default::default() })
+        .unwrap();
+    let config = TrainConfig {
+        task: TaskKind::Detect,
+        data: data.clone(),
+        model: "convnext_atto".into(),
+        epochs: 1,
+        batch: 8,
+        img_size: 96,
+        workers: 2,
+        device: "cpu".into(),
+        project: dir.path().join("runs"),
+        ..TrainConfig::default()
+    };
+    let run = kiln_train::detect::train(&config).unwrap().run;
+    let ckpt = kiln_train::checkpoint::load(&run.checkpoint(kiln_train::Which::Best)).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ObjectDetector::new(&vs.root(), &detector_config(&ckpt.state.config, 3)).unwrap();
+    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[]).unwrap();
+    let image = decode_rgb(&data.join("images/test_00000.png")).unwrap();
+
+    for dynamic_batch in [false, true] {
+        let out = dir.path().join(format!("model-{dynamic_batch}.onnx"));
+        let options = ExportOptions { dynamic_batch, out: Some(out.clone()), ..Default::default() };
+        let report = kiln_train::tasks::export_run(&run, &options).unwrap();
+        let m = &report.metadata;
+        assert_eq!((m.task.as_str(), m.input.resize.as_str(), m.input.size), ("detect", "letterbox", [96, 96]));
+        assert_eq!(m.class_names, ["circle", "square", "triangle"]);
+        let nms = m.nms.expect("NMS settings in the metadata");
+        assert_eq!((nms.iou_threshold, nms.max_detections), (config.detect.nms.iou_threshold, 100));
+        assert_eq!(m.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["boxes", "scores"]);
+
+        let batch = if dynamic_batch { 2 } else { 1 };
+        for backend in [Backend::Ort(Ep::Cpu), Backend::Tract] {
+            let onnx = Model::builder().backend(backend.clone()).threads(1).open(&out).unwrap();
+            let preprocess = onnx.preprocess().expect("preprocessing from metadata").clone();
+            let mut input = vec![0f32; preprocess.tensor_len() * batch];
+            for chunk in input.chunks_mut(preprocess.tensor_len()) {
+                preprocess.apply(&image, chunk);
+            }
+            let outputs = onnx.run(&input, batch).unwrap();
+            let (boxes, scores) = (&outputs[0], &outputs[1]);
+            assert_eq!((boxes.name.as_str(), scores.name.as_str()), ("boxes", "scores"));
+            let reference = tch::no_grad(|| {
+                let xs = Tensor::from_slice(&input).view([batch as i64, 3, 96, 96]);
+                let head = model.forward_t(&xs, false);
+                model.decode(&head, &model.locations(96, 96))
+            });
+            let flat = |t: &Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap();
+            let (ref_boxes, ref_scores) = (flat(&reference.0), flat(&reference.1));
+            assert_eq!((boxes.data.len(), scores.data.len()), (ref_boxes.len(), ref_scores.len()));
+            let box_diff =
+                boxes.data.iter().zip(&ref_boxes).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+            let score_diff = scores.data.iter().zip(&ref_scores).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(
+                box_diff <= 1e-4 && score_diff <= 1e-4,
+                "{backend} batch {batch}: boxes {box_diff}, scores {score_diff}"
+            );
+            // After the metadata's NMS, the same detections.
+            let a = boxes.data.len() / 4 / batch;
+            let as_boxes = |d: &[f32]| d[..a * 4].chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect::<Vec<_>>();
+            let config = NmsConfig { score_threshold: 0.01, ..NmsConfig::default() };
+            let ours = nms_per_image(&scores.data[..a * 3], &as_boxes(&boxes.data), 3, &config);
+            let theirs = nms_per_image(&ref_scores[..a * 3], &as_boxes(&ref_boxes), 3, &config);
+            assert!(!theirs.is_empty(), "the comparison covers some detections");
+            assert_eq!(ours.len(), theirs.len(), "{backend}");
+            for (x, y) in ours.iter().zip(&theirs) {
+                assert_eq!(x.class, y.class);
+                assert!((x.score - y.score).abs() < 1e-4);
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! `kiln export onnx` for a detection run: the detector with its box decoding inside the graph — input `images`
+//! `[N, 3, S, S]` (letterboxed, normalised), outputs `boxes` `[N, A, 4]` (xyxy, input pixels) and `scores`
+//! `[N, A, C]` — and metadata naming the task, the classes, the letterbox preprocessing, what each output means
+//! and the NMS settings validation used, so that an application reproduces what training measured.
+
+use kiln_export::{
+    Attr, Dim, Graph, InputSpec, ModelMetadata, NmsSettings, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION,
+};
+use kiln_infer::nms::NmsConfig;
+use kiln_models::weights::{load_into, HeadPolicy};
+use kiln_models::{ConvNextConfig, ObjectDetector};
+use tch::{nn, Device};
+
+use super::task::detector_config;
+use crate::checkpoint;
+use crate::config::TaskKind;
+use crate::data::Normalize;
+use crate::export::{dtype_name, plan_export, ExportOptions, ExportReport, ONNX_FLOAT, ONNX_FLOAT16};
+use crate::fsutil::write_atomic;
+use crate::run_dir::RunDir;
+use crate::{Error, Result};
+
+/// The graph's size, preprocessing and post-processing, independent of where the model came from.
+#[derive(Clone, Debug)]
+pub struct DetectorGraphSpec {
+    pub img_size: u32,
+    pub normalize: Normalize,
+    pub class_names: Vec<String>,
+    pub variant: String,
+    pub nms: NmsConfig,
+    pub training: TrainingInfo,
+}
+
+/// The metadata form of NMS settings.
+pub fn nms_settings(nms: &NmsConfig) -> NmsSettings {
+    NmsSettings {
+        iou_threshold: nms.iou_threshold,
+        score_threshold: nms.score_threshold,
+        max_detections: nms.max_detections,
+        class_agnostic: nms.class_agnostic,
+        pre_nms_top_k: nms.pre_nms_top_k,
+    }
+}
+
+/// Builds the ONNX model of `model` with metadata; returns the bytes, the metadata and the node count.
+pub fn detector_onnx(
+    model: &ObjectDetector,
+    spec: &DetectorGraphSpec,
+    options: &ExportOptions,
+) -> Result<(Vec<u8>, ModelMetadata, usize)> {
+    let (compute, io) = options.elem_types();
+    let mut g = Graph::new(options.opset, compute)?;
+    let batch = if options.dynamic_batch { Dim::Symbolic("batch".into()) } else { Dim::Fixed(1) };
+    let s = spec.img_size as i64;
+    let classes = spec.class_names.len() as i64;
+    let locations = model.num_locations(s, s);
+    let images = g.input("images", io, &[batch.clone(), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)])?;
+    let x = if io != compute { g.op("Cast", &[&images], vec![Attr::Int("to", ONNX_FLOAT16)])? } else { images };
+    let (boxes, scores) = model.emit(&mut g, &x, s, s)?;
+    let (boxes, scores) = if io != compute {
+        (
+            g.op("Cast", &[&boxes], vec![Attr::Int("to", ONNX_FLOAT)])?,
+            g.op("Cast", &[&scores], vec![Attr::Int("to", ONNX_FLOAT)])?,
+        )
+    } else {
+        (boxes, scores)
+    };
+    g.output(&boxes, "boxes", io, &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(4)])?;
+    g.output(&scores, "scores", io, &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(classes)])?;
+    let nodes = g.node_count();
+    let batch_meta = if options.dynamic_batch { None } else { Some(1) };
+    let metadata = ModelMetadata {
+        schema_version: SCHEMA_VERSION,
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
+        task: "detect".into(),
+        architecture: "convnext-fpn-fcos".into(),
+        variant: spec.variant.clone(),
+        class_names: spec.class_names.clone(),
+        input: InputSpec {
+            name: "images".into(),
+            shape: vec![batch_meta, Some(3), Some(s), Some(s)],
+            layout: "NCHW".into(),
+            dtype: dtype_name(io).into(),
+            color: "RGB".into(),
+            resize: "letterbox".into(),
+            size: [spec.img_size, spec.img_size],
+            mean: spec.normalize.mean,
+            std: spec.normalize.std,
+        },
+        outputs: vec![
+            OutputSpec {
+                name: "boxes".into(),
+                shape: vec![batch_meta, Some(locations), Some(4)],
+                dtype: dtype_name(io).into(),
+                meaning: "one candidate box per feature-map location: x1, y1, x2, y2 in input (letterboxed) pixels, \
+                          clamped to the input; apply NMS with the `nms` settings and undo the letterbox"
+                    .into(),
+            },
+            OutputSpec {
+                name: "scores".into(),
+                shape: vec![batch_meta, Some(locations), Some(classes)],
+                dtype: dtype_name(io).into(),
+                meaning: "per-class score of each candidate box, sqrt(sigmoid(class logit) * sigmoid(centerness)), \
+                          one per class_names entry"
+                    .into(),
+            },
+        ],
+        precision: if options.half { "fp16" } else { "fp32" }.into(),
+        opset: options.opset,
+        training: spec.training.clone(),
+        nms: Some(nms_settings(&spec.nms)),
+    };
+    let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
+    Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))
+}
+
+/// Exports a detection run's checkpoint; the file appears whole or not at all.
+pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
+    let (ckpt_path, out) = plan_export(run, options)?;
+    let ckpt = checkpoint::load(&ckpt_path)?;
+    let config = &ckpt.state.config;
+    if config.task != TaskKind::Detect {
+        return Err(Error::Checkpoint { path: ckpt_path, reason: format!("a {} run, not detect", config.task.name()) });
+    }
+    ConvNextConfig::from_name(&config.model)
+        .map_err(|e| Error::Checkpoint { path: ckpt_path.clone(), reason: e.to_string() })?;
+    let class_names = ckpt.state.class_names.clone();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ObjectDetector::new(&vs.root(), &detector_config(config, class_names.len()))?;
+    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
+    let spec = DetectorGraphSpec {
+        img_size: config.img_size,
+        normalize: config.normalize,
+        class_names,
+        variant: config.model.clone(),
+        nms: config.detect.nms,
+        training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
+    };
+    let (bytes, metadata, nodes) = tch::no_grad(|| detector_onnx(&model, &spec, options))?;
+    write_atomic(&out, &bytes)?;
+    Ok(ExportReport { path: out, bytes: bytes.len(), nodes, metadata })
+}
