@@ -136,7 +136,10 @@ fn train_then_val_test_and_predict_from_the_run() {
     );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("exported convnext_atto (3 classes, 32 px, fp32, opset 17") && onnx.is_file(), "{stdout}");
+    assert!(
+        stdout.contains("exported classify convnext_atto (3 classes, 32 px, fp32, opset 17") && onnx.is_file(),
+        "{stdout}"
+    );
     let out = kiln(&["export", "onnx", "--run", run.to_str().unwrap(), "--half-io"], dir.path());
     assert!(!out.status.success() && text(&out).1.contains("--half"), "--half-io needs --half");
     let out = kiln(&["export", "onnx", "--run", run.to_str().unwrap(), "--half", "--half-io"], dir.path());

@@ -93,3 +93,45 @@ fn the_cli_trains_and_tests_a_detector() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_detection_study_optimises_map_with_the_default_space() {
+    use kiln_train::tune::{run_study, PrunerKind, SamplerKind, StorageUrl, StudyOptions, TrialState};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("scenes");
+    generate_scenes(&data, &ScenesSpec { classes: 2, images: (16, 8, 0), size: (64, 64), ..Default::default() })
+        .unwrap();
+    let base = TrainConfig {
+        task: TaskKind::Detect,
+        data,
+        model: "convnext_atto".into(),
+        epochs: 1,
+        img_size: 64,
+        workers: 2,
+        device: "cpu".into(),
+        project: dir.path().join("runs"),
+        ..TrainConfig::default()
+    };
+    let options = StudyOptions {
+        trials: 2,
+        storage: StorageUrl::Sqlite(dir.path().join("study.db")),
+        name: "det".into(),
+        sampler: SamplerKind::Random,
+        pruner: PrunerKind::None,
+        space: None,
+        heartbeat_timeout: std::time::Duration::from_secs(60),
+        worker: "test".into(),
+        running: None,
+    };
+    let outcome = run_study(&base, &options).unwrap();
+    assert_eq!(outcome.trials.len(), 2);
+    for trial in &outcome.trials {
+        assert_eq!(trial.state, TrialState::Complete, "{:?}", trial.reason);
+        assert!(trial.params.contains_key("detect.augment.mosaic"), "the detection space: {:?}", trial.params);
+        // The trial's value is its run's validation mAP@[.5:.95].
+        let run = dir.path().join(format!("runs/detect/det/trial_{}", trial.number));
+        let rows = read_results(&run.join("results.csv")).unwrap();
+        assert_eq!(trial.value, rows[0].val("map"), "trial {}", trial.number);
+    }
+    assert!(outcome.dir.join("best_params.json").is_file());
+}

@@ -8,6 +8,7 @@ use crate::engine::{self, EpochCallback, Objective, Outcome, Task};
 use crate::export::{ExportOptions, ExportReport};
 use crate::run_dir::RunDir;
 use crate::step_timer::{StepBenchConfig, StepBenchResult};
+use crate::tune::SearchSpace;
 use crate::Result;
 
 /// What any task's run reports, without the task's own metric types.
@@ -29,6 +30,14 @@ pub fn objective(kind: TaskKind) -> Objective {
     match kind {
         TaskKind::Classify => Classification::OBJECTIVE,
         TaskKind::Detect => Detection::OBJECTIVE,
+    }
+}
+
+/// The search space a study of task `kind` uses by default.
+pub fn default_space(kind: TaskKind) -> SearchSpace {
+    match kind {
+        TaskKind::Classify => Classification::default_space(),
+        TaskKind::Detect => Detection::default_space(),
     }
 }
 

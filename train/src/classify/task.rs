@@ -24,6 +24,7 @@ use crate::metrics::ClassificationMetrics;
 use crate::optim::Param;
 use crate::precision::Precision;
 use crate::run_dir::RunDir;
+use crate::tune::{Distribution, SearchSpace};
 use crate::{Error, Result};
 
 /// What a finished classification run reports.
@@ -203,6 +204,16 @@ impl Task for Classification {
 
     fn metrics(evaluation: &Evaluation) -> ClassificationMetrics {
         evaluation.metrics.clone()
+    }
+
+    fn default_space() -> SearchSpace {
+        SearchSpace::from([
+            ("lr".to_string(), Distribution::Float { low: 1e-4, high: 1e-2, log: true, step: None }),
+            ("weight_decay".to_string(), Distribution::Float { low: 1e-4, high: 1e-1, log: true, step: None }),
+            ("batch".to_string(), Distribution::Categorical { choices: vec![16.into(), 32.into(), 64.into()] }),
+            ("drop_path_rate".to_string(), Distribution::Float { low: 0.0, high: 0.3, log: false, step: None }),
+            ("augment.color_jitter".to_string(), Distribution::Float { low: 0.0, high: 0.4, log: false, step: None }),
+        ])
     }
 
     fn test(run: &RunDir, device: &str) -> Result<SplitReport> {

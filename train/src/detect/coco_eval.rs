@@ -7,10 +7,16 @@
 //!
 //! # Usage
 //!
-//! ```ignore
-//! let eval = coco_eval::evaluate(&image_ids, &category_ids, &gts, &preds, &CocoParams::default());
+//! ```
+//! use kiln_train::detect::coco_eval::{evaluate, CocoParams, GroundTruth, Prediction};
+//!
+//! let gts = [GroundTruth { image: 1, category: 7, bbox_xywh: [0.0, 0.0, 40.0, 40.0], area: 1600.0, iscrowd: false }];
+//! let preds = [Prediction { image: 1, category: 7, bbox_xywh: [2.0, 0.0, 40.0, 40.0], score: 0.9 }];
+//! let eval = evaluate(&[1], &[7], &gts, &preds, &CocoParams::default());
 //! let stats = eval.stats(); // stats.map, stats.map_50, ..., stats.per_category_ap
-//! let curve = eval.pr_curve(category_id, 0); // PR curve at IoU 0.5, area all, maxDets 100
+//! assert!(stats.map_50 > 0.99 && stats.map < stats.map_50); // IoU 0.905: a hit up to the 0.9 threshold
+//! let curve = eval.pr_curve(7, 0); // PR curve at IoU 0.5, area all, maxDets 100
+//! assert_eq!(curve.len(), 101);
 //! ```
 //!
 //! # Semantics (all as pycocotools)

@@ -23,6 +23,7 @@ use crate::engine::{self, Built, Direction, EpochCallback, Losses, Objective, Ta
 use crate::optim::Param;
 use crate::precision::Precision;
 use crate::run_dir::RunDir;
+use crate::tune::{Distribution, SearchSpace};
 use crate::{Error, Result};
 
 /// What a finished detection run reports.
@@ -261,6 +262,21 @@ impl Task for Detection {
 
     fn metrics(evaluation: &DetectionEvaluation) -> DetectionMetrics {
         evaluation.metrics.clone()
+    }
+
+    fn default_space() -> SearchSpace {
+        SearchSpace::from([
+            ("lr".to_string(), Distribution::Float { low: 3e-4, high: 1e-2, log: true, step: None }),
+            ("weight_decay".to_string(), Distribution::Float { low: 1e-4, high: 1e-1, log: true, step: None }),
+            ("batch".to_string(), Distribution::Categorical { choices: vec![8.into(), 16.into(), 32.into()] }),
+            ("detect.augment.mosaic".to_string(), Distribution::Float { low: 0.0, high: 1.0, log: false, step: None }),
+            (
+                "detect.nms.iou_threshold".to_string(),
+                Distribution::Float { low: 0.4, high: 0.7, log: false, step: None },
+            ),
+            // As the detection seed tuned it; it moves precision / recall / F1, not mAP.
+            ("detect.score_threshold".to_string(), Distribution::Float { low: 0.1, high: 0.6, log: false, step: None }),
+        ])
     }
 
     fn test(run: &RunDir, device: &str) -> Result<DetectionReport> {

@@ -69,16 +69,9 @@ pub fn fail_running(trial: &(StorageUrl, i64, u32), reason: &str) -> Result<()> 
     Ok(())
 }
 
-/// The default space for classification: learning rate (log), weight decay (log), batch size, drop-path rate,
-/// colour-jitter strength.
-pub fn default_space() -> SearchSpace {
-    SearchSpace::from([
-        ("lr".to_string(), Distribution::Float { low: 1e-4, high: 1e-2, log: true, step: None }),
-        ("weight_decay".to_string(), Distribution::Float { low: 1e-4, high: 1e-1, log: true, step: None }),
-        ("batch".to_string(), Distribution::Categorical { choices: vec![16.into(), 32.into(), 64.into()] }),
-        ("drop_path_rate".to_string(), Distribution::Float { low: 0.0, high: 0.3, log: false, step: None }),
-        ("augment.color_jitter".to_string(), Distribution::Float { low: 0.0, high: 0.4, log: false, step: None }),
-    ])
+/// The default search space of a study of `task` (each task gives its own).
+pub fn default_space(task: crate::config::TaskKind) -> SearchSpace {
+    tasks::default_space(task)
 }
 
 /// The base config with `params` set (dotted keys reach nested settings), validated.
@@ -162,7 +155,7 @@ fn curves(trials: &[TrialRecord], except: u32, direction: Direction) -> Vec<Curv
 /// parameter importances (`importances.json`, `importance.png`).
 pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutcome> {
     base.validate()?;
-    let space = options.space.clone().or_else(|| base.search_space.clone()).unwrap_or_else(default_space);
+    let space = options.space.clone().or_else(|| base.search_space.clone()).unwrap_or_else(|| default_space(base.task));
     let base_json = serde_json::to_value(base).expect("the config serialises");
     for (key, dist) in &space {
         dist.validate().map_err(|reason| Error::InvalidSetting { key: format!("search space {key}"), reason })?;
