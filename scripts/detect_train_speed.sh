@@ -34,6 +34,6 @@ import statistics, sys
 train = [float(x) for x in sys.argv[1].split()]
 step = [float(x) for x in sys.argv[2].split()]
 t, s = statistics.median(train), statistics.median(step)
-print(f"| detector (convnext_atto + FPN + FCOS, {sys.argv[3]} px, batch {sys.argv[4]}) | training {t:.1} img/s | "
-      f"isolated step {s:.1} img/s | ratio {t / s:.2} |")
+print(f"| detector (convnext_atto + FPN + FCOS, {sys.argv[3]} px, batch {sys.argv[4]}) | training {t:.1f} img/s | "
+      f"isolated step {s:.1f} img/s | ratio {t / s:.2f} |")
 PY

@@ -13,7 +13,7 @@ use super::heartbeat::{heartbeat_interval, Heartbeat};
 use super::importance::{fanova_importances, plot_importances};
 use super::pruner::{Curve, MedianPruner, NoPruner, Pruner, SuccessiveHalvingPruner};
 use super::sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
-use super::space::{Distribution, SearchSpace};
+use super::space::SearchSpace;
 use super::storage::{Direction, Storage, StorageUrl, TrialRecord, TrialState};
 use crate::config::{merge, TrainConfig};
 use crate::fsutil::write_atomic;
