@@ -44,7 +44,10 @@ fn a_generated_set_trains_to_a_useful_map() {
     assert!(best.coco.map_50 >= 0.5, "val mAP@.5 {} after {epochs} epochs", best.coco.map_50);
     let test = outcome.test.as_ref().expect("a test split");
     assert!(test.metrics.coco.map_50 > 0.3, "test mAP@.5 {}", test.metrics.coco.map_50);
-    assert!(run.metrics("test").is_file() && run.path.join("test_pr_curves.png").is_file());
+    for file in ["test_pr_curves.png", "test_predictions.png", "val_predictions.png", "curves.png", "dataset.json"] {
+        assert!(run.path.join(file).is_file(), "{file}");
+    }
+    assert!(run.metrics("test").is_file());
     let kept: Vec<_> = std::fs::read_dir(run.weights_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

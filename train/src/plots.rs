@@ -42,7 +42,7 @@ pub struct Panel {
 }
 
 /// The family name the embedded font is registered under.
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 static FONT_REGISTERED: OnceLock<bool> = OnceLock::new();
 
@@ -55,8 +55,8 @@ const PALETTE: [u32; 10] =
     [0x1f77b4, 0xff7f0e, 0x2ca02c, 0xd62728, 0x9467bd, 0x8c564b, 0xe377c2, 0x7f7f7f, 0xbcbd22, 0x17becf];
 const TEXT: RGBColor = RGBColor(30, 30, 30);
 
-type DrawResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+pub(crate) type DrawResult<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
 /// Training curves: panels laid out in a grid (e.g. loss, accuracy/F1, learning rate), each with a legend.
 ///
@@ -106,13 +106,26 @@ fn ensure_font() -> DrawResult<()> {
 
 /// Draws into a white `size` canvas, encodes it as PNG and writes it atomically to `path`.
 fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area<'_>) -> DrawResult<()>) -> Result<()> {
+    render_over(path, None, size, draw)
+}
+
+/// [`render`] over `base` (an RGB8 image of `size`) instead of white.
+pub(crate) fn render_over(
+    path: &Path,
+    base: Option<Vec<u8>>,
+    size: (u32, u32),
+    draw: impl FnOnce(&Area<'_>) -> DrawResult<()>,
+) -> Result<()> {
     let png = (|| -> DrawResult<Vec<u8>> {
         ensure_font()?;
         let (w, h) = size;
-        let mut buf = vec![0u8; w as usize * h as usize * 3];
+        let white = base.is_none();
+        let mut buf = base.unwrap_or_else(|| vec![0u8; w as usize * h as usize * 3]);
         {
             let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
-            root.fill(&WHITE)?;
+            if white {
+                root.fill(&WHITE)?;
+            }
             draw(&root)?;
             root.present()?;
         }

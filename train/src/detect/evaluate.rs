@@ -38,6 +38,30 @@ pub struct DetectionEvaluation {
     pub detections: Vec<(usize, Vec<Detection>)>,
 }
 
+/// Draws the first images of `samples` with their boxes and their detections (`evaluation.detections`) into
+/// `path`; unreadable images are left out.
+pub fn draw_first_images(
+    path: &std::path::Path,
+    samples: &[super::annotations::DetectionSample],
+    evaluation: &DetectionEvaluation,
+    class_names: &[String],
+    score_threshold: f64,
+) -> Result<()> {
+    let drawn: Vec<super::drawing::DrawnImage> = evaluation
+        .detections
+        .iter()
+        .filter_map(|(index, detections)| {
+            let sample = samples.get(*index)?;
+            let image = kiln_infer::preprocess::decode_rgb(&sample.path).ok()?;
+            let truths =
+                sample.boxes.iter().map(|b| TruthBox { bbox: b.bbox, class: b.class, crowd: b.crowd }).collect();
+            Some(super::drawing::DrawnImage { image, truths, detections: detections.clone() })
+        })
+        .take(6)
+        .collect();
+    super::drawing::draw_predictions(path, &drawn, class_names, score_threshold as f32)
+}
+
 /// The locations of a square `size` input, on `device`.
 pub fn locations_on(model: &ObjectDetector, size: i64, device: Device) -> (Locations, Tensor, Tensor) {
     let locations = model.locations(size, size);

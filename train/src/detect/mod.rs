@@ -19,3 +19,4 @@ pub mod report;
 pub mod task;
 
 pub use task::{resume, train, train_observed, Detection, TrainOutcome};
+pub mod drawing;

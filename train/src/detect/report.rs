@@ -11,7 +11,7 @@ use kiln_models::weights::{load_into, HeadPolicy};
 use kiln_models::ObjectDetector;
 
 use super::annotations::Split;
-use super::evaluate::{evaluate, DetectionMetrics};
+use super::evaluate::{draw_first_images, evaluate, DetectionMetrics};
 use super::loader::DetectTransform;
 use super::task::{detector_config, make_loader, open_dataset};
 use crate::checkpoint;
@@ -108,5 +108,7 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
         log_y: false,
     };
     plot_panels(&[panel], &run.path.join(format!("{}_pr_curves.png", split.name())))?;
+    let drawn = run.path.join(format!("{}_predictions.png", split.name()));
+    draw_first_images(&drawn, dataset.split(split), &eval, &dataset.class_names, config.detect.score_threshold)?;
     Ok(report)
 }

@@ -12,7 +12,7 @@ use kiln_models::weights::{load_into, read_safetensors, HeadPolicy};
 use kiln_models::{DetectorConfig, ObjectDetector};
 
 use super::annotations::{self, DetectionDataset, Split};
-use super::evaluate::{evaluate, DetectionEvaluation, DetectionMetrics};
+use super::evaluate::{draw_first_images, evaluate, DetectionEvaluation, DetectionMetrics};
 use super::loader::{DetectBatch, DetectLoader, DetectTransform};
 use super::loss::batch_losses;
 use super::report::{evaluate_run, DetectionReport, EvalOptions};
@@ -262,6 +262,12 @@ impl Task for Detection {
 
     fn metrics(evaluation: &DetectionEvaluation) -> DetectionMetrics {
         evaluation.metrics.clone()
+    }
+
+    fn plot_validation(&self, run: &RunDir, evaluation: &DetectionEvaluation) -> Result<()> {
+        let path = run.path.join("val_predictions.png");
+        let d = &self.dataset;
+        draw_first_images(&path, &d.val, evaluation, &d.class_names, self.settings.score_threshold)
     }
 
     fn default_space() -> SearchSpace {

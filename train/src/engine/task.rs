@@ -143,6 +143,10 @@ pub trait Task: Sized {
     /// Evaluates the model (in inference mode) over a loader.
     fn evaluate(&self, model: &Self::Model, loader: &Self::Loader, precision: &Precision) -> Result<Self::Evaluation>;
     fn metrics(evaluation: &Self::Evaluation) -> Self::Metrics;
+    /// Draws the task's validation plots into the run (called when an epoch gives a new best checkpoint).
+    fn plot_validation(&self, _run: &RunDir, _evaluation: &Self::Evaluation) -> Result<()> {
+        Ok(())
+    }
     /// The search space a study uses when neither the options nor the config give one.
     fn default_space() -> crate::tune::SearchSpace;
     /// Evaluates the run's best checkpoint on the test split, writing the task's report files into the run.

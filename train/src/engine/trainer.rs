@@ -263,6 +263,9 @@ impl<T: Task> Trainer<T> {
                 self.best_score = score;
                 self.best_epoch = epoch + 1;
                 best_val = eval.as_ref().map(T::metrics);
+                if let Some(e) = &eval {
+                    self.task.plot_validation(&self.run, e)?;
+                }
             }
             self.records.push(record.clone());
             write_results(&self.run.results(), &self.records)?;
