@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rand::distr::weighted::WeightedIndex;
+use rand::distr::Distribution;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
@@ -168,9 +170,37 @@ pub struct DetectLoader {
     seed: u64,
     pool: Arc<rayon::ThreadPool>,
     skips: Arc<SkipLog>,
+    /// Per-sample weights of class-balanced sampling (`None`: each sample once per epoch).
+    weights: Option<Vec<f64>>,
+}
+
+/// Class-balanced sampling weights: an image weighs the mean inverse frequency (in boxes) of its boxes' classes;
+/// an image without boxes weighs the mean of the others (so negatives stay as common as they are).
+pub fn balanced_weights(samples: &[DetectionSample]) -> Vec<f64> {
+    let classes = samples.iter().flat_map(|s| s.boxes.iter().map(|b| b.class + 1)).max().unwrap_or(0);
+    let mut counts = vec![0usize; classes];
+    for b in samples.iter().flat_map(|s| &s.boxes) {
+        counts[b.class] += 1;
+    }
+    let weights: Vec<Option<f64>> = samples
+        .iter()
+        .map(|s| {
+            (!s.boxes.is_empty())
+                .then(|| s.boxes.iter().map(|b| 1.0 / counts[b.class] as f64).sum::<f64>() / s.boxes.len() as f64)
+        })
+        .collect();
+    let positives: Vec<f64> = weights.iter().flatten().copied().collect();
+    let mean = if positives.is_empty() { 1.0 } else { positives.iter().sum::<f64>() / positives.len() as f64 };
+    weights.into_iter().map(|w| w.unwrap_or(mean)).collect()
 }
 
 impl DetectLoader {
+    /// Samples each training epoch with [`balanced_weights`] (with replacement, as many draws as samples).
+    pub fn with_balanced_sampling(mut self) -> Self {
+        self.weights = Some(balanced_weights(&self.samples));
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         samples: Vec<DetectionSample>,
@@ -195,7 +225,25 @@ impl DetectLoader {
             seed,
             pool: Arc::new(pool),
             skips,
+            weights: None,
         })
+    }
+
+    /// The samples of one pass, in order, and the pass's seed: all once (shuffled when `shuffle`), or with
+    /// balanced sampling as many weighted draws with replacement.
+    pub fn epoch_order(&self, epoch: usize, shuffle: bool) -> (Vec<usize>, u64) {
+        let mut order: Vec<usize> = (0..self.samples.len()).collect();
+        let epoch_seed = mix(self.seed ^ mix(epoch as u64 + 1));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(epoch_seed);
+        match &self.weights {
+            Some(weights) if shuffle && !weights.is_empty() => {
+                let draw = WeightedIndex::new(weights).expect("positive finite weights");
+                order = (0..self.samples.len()).map(|_| draw.sample(&mut rng)).collect();
+            }
+            _ if shuffle => order.shuffle(&mut rng),
+            _ => {}
+        }
+        (order, epoch_seed)
     }
 
     pub fn samples(&self) -> &[DetectionSample] {
@@ -234,11 +282,7 @@ impl Batches for DetectLoader {
     }
 
     fn epoch(&self, epoch: usize, shuffle: bool) -> Box<dyn Iterator<Item = Result<DetectBatch>> + '_> {
-        let mut order: Vec<usize> = (0..self.samples.len()).collect();
-        let epoch_seed = mix(self.seed ^ mix(epoch as u64 + 1));
-        if shuffle {
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
-        }
+        let (order, epoch_seed) = self.epoch_order(epoch, shuffle);
         let items = Arc::new(DetectItems {
             samples: Arc::clone(&self.samples),
             transform: self.transform.clone(),
@@ -253,5 +297,50 @@ impl Batches for DetectLoader {
 
     fn batch_len(batch: &DetectBatch) -> usize {
         batch.targets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::annotations::BoxAnnotation;
+
+    fn sample(i: usize, classes: &[usize]) -> DetectionSample {
+        DetectionSample {
+            path: format!("{i}.png").into(),
+            width: 10,
+            height: 10,
+            boxes: classes
+                .iter()
+                .map(|&c| BoxAnnotation { bbox: [0.0, 0.0, 5.0, 5.0], class: c, crowd: false })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn balanced_sampling_sees_a_rare_class_as_often_as_a_common_one() {
+        // Nine images of class 0, one of class 1, one negative.
+        let mut samples: Vec<DetectionSample> = (0..9).map(|i| sample(i, &[0])).collect();
+        samples.push(sample(9, &[1]));
+        samples.push(sample(10, &[]));
+        let weights = balanced_weights(&samples);
+        assert!((weights[0] - 1.0 / 9.0).abs() < 1e-12 && (weights[9] - 1.0).abs() < 1e-12);
+        assert!((weights[10] - (9.0 / 9.0 + 1.0) / 10.0).abs() < 1e-12, "negatives weigh the mean");
+        let loader =
+            DetectLoader::new(samples, DetectTransform::Eval, Normalize::default(), 32, 4, 1, 7, Arc::default())
+                .unwrap()
+                .with_balanced_sampling();
+        // The orders of many epochs (nothing is decoded): the rare image as often as all common ones together.
+        let (mut rare, mut common) = (0usize, 0usize);
+        for epoch in 0..200 {
+            let (order, _) = loader.epoch_order(epoch, true);
+            assert_eq!(order.len(), 11);
+            rare += order.iter().filter(|&&i| i == 9).count();
+            common += order.iter().filter(|&&i| i < 9).count();
+        }
+        let (plain, _) = loader.epoch_order(0, false);
+        assert_eq!(plain, (0..11).collect::<Vec<_>>(), "evaluation passes take every sample once, in order");
+        let ratio = rare as f64 / common as f64;
+        assert!((0.8..1.25).contains(&ratio), "rare {rare} vs all common images {common}");
     }
 }

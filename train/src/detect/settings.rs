@@ -24,6 +24,9 @@ pub struct DetectSettings {
     pub nms: NmsConfig,
     /// The score above which a detection counts for precision, recall, F1 and mean IoU.
     pub score_threshold: f64,
+    /// Draw each training epoch's images with replacement, weighted so that rare classes are seen as often as
+    /// common ones (an image weighs the mean of its boxes' inverse class frequencies; negatives the mean weight).
+    pub balanced_sampling: bool,
 }
 
 impl Default for DetectSettings {
@@ -36,6 +39,7 @@ impl Default for DetectSettings {
             augment: AugmentConfig::default(),
             nms: NmsConfig::default(),
             score_threshold: 0.3,
+            balanced_sampling: false,
         }
     }
 }

@@ -226,13 +226,16 @@ impl Task for Detection {
     }
 
     fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(DetectLoader, Option<DetectLoader>)> {
-        let train = make_loader(
+        let mut train = make_loader(
             config,
             &self.dataset,
             Split::Train,
             DetectTransform::Train(config.detect.augment.clone()),
             skips,
         )?;
+        if config.detect.balanced_sampling {
+            train = train.with_balanced_sampling();
+        }
         let val = if self.dataset.val.is_empty() {
             None
         } else {
