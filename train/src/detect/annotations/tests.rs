@@ -543,13 +543,19 @@ fn yolo_rejects_escaping_paths_in_data_yaml() {
 }
 
 #[test]
-fn yolo_hints_at_the_roboflow_relative_paths() {
+fn yolo_reads_roboflow_relative_paths_inside_the_root() {
     let dir = tmp();
     png(&dir.path().join("train/images/a.png"), 64, 48);
     write(&dir.path().join("train/labels/a.txt"), "0 0.5 0.5 0.25 0.25\n");
+    // Roboflow's export: `../train/images` for the folder beside data.yaml, as Ultralytics reads it.
     write(&dir.path().join("data.yaml"), &format!("{NAMES}train: ../train/images\n"));
+    let ds = open(dir.path(), None).unwrap();
+    assert_eq!(ds.train.len(), 1);
+    assert_close(ds.train[0].boxes[0].bbox, [24.0, 18.0, 40.0, 30.0]);
+    // A `..` path with no such folder inside the root still escapes.
+    write(&dir.path().join("data.yaml"), &format!("{NAMES}train: ../elsewhere/images\n"));
     let (_, text) = open_err(dir.path(), None);
-    assert!(text.contains("write `train: train/images`"), "{text}");
+    assert!(text.contains("elsewhere"), "{text}");
 
     write(&dir.path().join("data.yaml"), &format!("{NAMES}train: train/images\n"));
     let ds = open(dir.path(), None).unwrap();

@@ -281,7 +281,12 @@ fn split_folders(
             Err(PathProblem::Empty) => {
                 return Err(AnnotationError::malformed(yaml, at(), format!("`{key}` is an empty path")))
             }
-            Err(problem) => return Err(escaping(text, yaml, at(), problem, roboflow_hint(base, key, text))),
+            Err(problem) => match roboflow_folder(base, text) {
+                // Roboflow's export: `../train/images` means `train/images` inside the root (Ultralytics reads it
+                // so too); it does not leave the root.
+                Some(relative) => relative,
+                None => return Err(escaping(text, yaml, at(), problem, String::new())),
+            },
         };
         let dir = base.join(&relative);
         if dir.is_file() {
@@ -298,18 +303,11 @@ fn split_folders(
     Ok(out)
 }
 
-/// Roboflow's YOLO export writes `train: ../train/images` for the folder `train/images` beside data.yaml; say so
-/// when that folder exists.
-fn roboflow_hint(base: &Path, key: &str, text: &str) -> String {
-    let Some(rest) = text.strip_prefix("../").or_else(|| text.strip_prefix("..\\")) else {
-        return String::new();
-    };
-    match safe_relative(rest) {
-        Ok(relative) if base.join(&relative).is_dir() => {
-            format!("; the folder '{rest}' exists inside the root: write `{key}: {rest}`")
-        }
-        _ => String::new(),
-    }
+/// Roboflow's YOLO export writes `train: ../train/images` for the folder `train/images` beside data.yaml: the
+/// rest of such a path, when it is a safe relative path to a folder inside the root.
+fn roboflow_folder(base: &Path, text: &str) -> Option<PathBuf> {
+    let rest = text.strip_prefix("../").or_else(|| text.strip_prefix("..\\"))?;
+    safe_relative(rest).ok().filter(|relative| base.join(relative).is_dir())
 }
 
 /// The labels folder for an image folder: its last `images` component replaced by `labels`; `None` without one.
