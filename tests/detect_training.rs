@@ -138,3 +138,42 @@ fn a_detection_study_optimises_map_with_the_default_space() {
     }
     assert!(outcome.dir.join("best_params.json").is_file());
 }
+
+#[test]
+fn an_interrupted_detection_run_resumes_to_the_end() {
+    use std::ops::ControlFlow;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("scenes");
+    generate_scenes(&data, &ScenesSpec { classes: 2, images: (16, 8, 4), size: (64, 64), ..Default::default() })
+        .unwrap();
+    let config = TrainConfig {
+        task: TaskKind::Detect,
+        data,
+        model: "convnext_atto".into(),
+        epochs: 3,
+        batch: 8,
+        img_size: 64,
+        workers: 2,
+        device: "cpu".into(),
+        project: dir.path().join("runs"),
+        ..TrainConfig::default()
+    };
+    let interrupted = kiln_train::detect::train_observed(&config, &mut |record| {
+        if record.epoch == 1 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert!(interrupted.interrupted && interrupted.test.is_none());
+    let run = kiln_train::RunDir::open(&interrupted.run.path).unwrap();
+    let resumed = kiln_train::detect::resume(run.clone()).unwrap();
+    assert_eq!(resumed.epochs, 3);
+    assert!(resumed.test.is_some(), "the finished run is tested");
+    let rows = read_results(&run.results()).unwrap();
+    assert_eq!(rows.iter().map(|r| r.epoch).collect::<Vec<_>>(), [1, 2, 3]);
+    // Classification-only commands refuse a detection run by name.
+    let err = kiln_train::classify::predict(&run, &[], &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("detect run"), "{err}");
+}

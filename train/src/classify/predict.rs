@@ -95,6 +95,16 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// rest go on.
 pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Result<Vec<Prediction>> {
     let mut config = TrainConfig::load(&run.config())?;
+    if config.task != crate::config::TaskKind::Classify {
+        return Err(Error::InvalidSetting {
+            key: "run".into(),
+            reason: format!(
+                "{} is a {} run; kiln predict (libtorch) so far works on classification runs",
+                run.path.display(),
+                config.task.name()
+            ),
+        });
+    }
     config.weights = None;
     if let Some(batch) = options.batch {
         config.batch = batch.max(1);

@@ -51,6 +51,16 @@ pub struct EvalOptions {
 /// Loads the run's checkpoint and evaluates it on `split`, writing the report files into the run.
 pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result<SplitReport> {
     let mut config = TrainConfig::load(&run.config())?;
+    if config.task != crate::config::TaskKind::Classify {
+        return Err(Error::InvalidSetting {
+            key: "run".into(),
+            reason: format!(
+                "{} is a {} run; classify::evaluate_run works on classification runs",
+                run.path.display(),
+                config.task.name()
+            ),
+        });
+    }
     if let Some(data) = &options.data {
         config.data = data.clone();
     }
