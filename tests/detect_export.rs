@@ -91,3 +91,63 @@ fn exported_detector_matches_libtorch_on_ort_and_tract() {
         }
     }
 }
+
+#[test]
+fn the_detector_in_kiln_infer_finds_what_validation_found() {
+    use kiln_train::detect::annotations::Split;
+    use kiln_train::detect::evaluate::evaluate;
+    use kiln_train::detect::loader::DetectTransform;
+    use kiln_train::detect::task::{make_loader, open_dataset};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("scenes");
+    generate_scenes(&data, &ScenesSpec { classes: 2, images: (16, 6, 0), size: (128, 80), ..Default::default() })
+        .unwrap();
+    let config = TrainConfig {
+        task: TaskKind::Detect,
+        data: data.clone(),
+        model: "convnext_atto".into(),
+        epochs: 2,
+        batch: 8,
+        img_size: 64,
+        workers: 1,
+        device: "cpu".into(),
+        project: dir.path().join("runs"),
+        ..TrainConfig::default()
+    };
+    let run = kiln_train::detect::train(&config).unwrap().run;
+    let out = dir.path().join("det.onnx");
+    kiln_train::tasks::export_run(&run, &ExportOptions { out: Some(out.clone()), ..Default::default() }).unwrap();
+    // Validation's own detections (libtorch), in original pixels.
+    let ckpt = kiln_train::checkpoint::load(&run.checkpoint(kiln_train::Which::Best)).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ObjectDetector::new(&vs.root(), &detector_config(&ckpt.state.config, 2)).unwrap();
+    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[]).unwrap();
+    let saved = &ckpt.state.config;
+    let dataset = open_dataset(saved).unwrap();
+    let loader = make_loader(saved, &dataset, Split::Val, DetectTransform::Eval, &Default::default()).unwrap();
+    let precision = kiln_train::precision::Precision::resolve(saved.amp, false, Device::Cpu).unwrap();
+    let eval = evaluate(&model, &loader, &precision, &saved.detect, 2, saved.img_size).unwrap();
+    let bad = kiln_infer::Classifier::new(Model::builder().open(&out).unwrap()).err().unwrap().to_string();
+    assert!(bad.contains("'detect' model, not 'classify'"), "{bad}");
+    for backend in [Backend::Ort(Ep::Cpu), Backend::Tract] {
+        let detector =
+            kiln_infer::Detector::new(Model::builder().backend(backend.clone()).open(&out).unwrap()).unwrap();
+        assert_eq!(detector.nms(), &saved.detect.nms, "NMS settings from the metadata");
+        let mut total = 0;
+        for (index, expected) in &eval.detections {
+            let sample = &dataset.val[*index];
+            let got = detector.predict_path(&sample.path).unwrap();
+            assert_eq!(got.len(), expected.len(), "{backend} on {}", sample.path.display());
+            for (a, b) in got.iter().zip(expected) {
+                assert_eq!(a.class, b.class);
+                assert!((a.score - b.score).abs() < 1e-4, "{a:?} vs {b:?}");
+                for (x, y) in a.bbox.iter().zip(&b.bbox) {
+                    assert!((x - y).abs() < 1e-2, "{backend}: {a:?} vs {b:?} (original pixels)");
+                    assert!(*x >= 0.0 && *x <= sample.width.max(sample.height) as f32);
+                }
+            }
+            total += got.len();
+        }
+        assert!(total > 0, "some detections were compared");
+    }
+}

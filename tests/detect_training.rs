@@ -95,6 +95,34 @@ fn the_cli_trains_and_tests_a_detector() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    let onnx = dir.path().join("det.onnx");
+    let out = common::kiln(
+        &["export", "onnx", "--run", &run.to_string_lossy(), "--out", &onnx.to_string_lossy()],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("exported detect convnext_atto"));
+    std::fs::write(data.join("images/broken.png"), b"not a png").unwrap();
+    let images =
+        [data.join("images/test_00000.png"), data.join("images/broken.png"), data.join("images/test_00001.png")];
+    let mut args =
+        vec!["infer".to_string(), "--model".into(), onnx.to_string_lossy().into(), "--format".into(), "json".into()];
+    args.extend(["--score".into(), "0.01".into(), "--max-det".into(), "5".into()]);
+    args.extend(images.iter().map(|p| p.to_string_lossy().into_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::kiln(&args, dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "one line per image, the broken one included: {stdout}");
+    assert!(lines[1]["error"].is_string(), "{}", lines[1]);
+    for line in [&lines[0], &lines[2]] {
+        let detections = line["detections"].as_array().unwrap();
+        assert!(!detections.is_empty() && detections.len() <= 5, "--max-det 5: {line}");
+        let bbox = detections[0]["bbox"].as_array().unwrap();
+        assert!(bbox.iter().all(|v| (0.0..=64.0).contains(&v.as_f64().unwrap())), "original pixels: {line}");
+    }
 }
 
 #[test]

@@ -23,6 +23,7 @@
 
 pub mod backend;
 pub mod classifier;
+pub mod detector;
 pub mod error;
 pub mod model;
 pub mod nms;
@@ -31,6 +32,7 @@ pub mod runtime;
 
 pub use backend::{Backend, Ep};
 pub use classifier::{ClassScore, Classifier};
+pub use detector::{unletterbox, Detector};
 pub use error::{Error, Result};
 pub use model::{Model, ModelBuilder, Output, TensorSpec};
 pub use nms::{iou, nms, nms_per_image, Detection, NmsConfig};

@@ -83,6 +83,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         format: super::output::Format::Table,
         top_k: 2,
         batch: 1,
+        nms: Default::default(),
     })?;
     println!("\n$ kiln bench --model {} --backends ort-cpu,tract", export.path.display());
     super::bench::run(super::bench::BenchArgs {
@@ -144,5 +145,9 @@ fn detect(args: &DemoArgs) -> anyhow::Result<()> {
         export.path.display(),
         export.bytes as f64 / 1e6
     );
-    Ok(())
+    let examples: Vec<PathBuf> = (0..3).map(|i| args.out.join(format!("scenes/images/test_{i:05}.png"))).collect();
+    println!("\n$ kiln infer --model {} --score 0.3 <three test scenes>", export.path.display());
+    let model = super::infer::open_model(&export.path, kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), None)?;
+    let nms = super::infer_detect::NmsArgs { score: Some(0.3), ..Default::default() };
+    super::infer_detect::run(model, &examples, super::output::Format::Table, 1, &nms)
 }

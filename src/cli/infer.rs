@@ -1,4 +1,5 @@
-//! `kiln infer`: classify images with an exported ONNX model on ONNX Runtime or tract, streaming results.
+//! `kiln infer`: classify images (or, with a detection model, detect objects) with an exported ONNX model on ONNX
+//! Runtime or tract, streaming results.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -79,6 +80,9 @@ pub struct InferArgs {
     /// Images per run (a fixed-batch model is filled up to its own batch size).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Detection models: NMS overrides.
+    #[command(flatten)]
+    pub nms: super::infer_detect::NmsArgs,
 }
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
@@ -90,6 +94,9 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         model.backend(),
         model.load_time().as_secs_f64() * 1e3
     );
+    if model.metadata().is_some_and(|m| m.task == "detect") {
+        return super::infer_detect::run(model, &files, args.format, args.batch, &args.nms);
+    }
     let classifier = Classifier::new(model)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

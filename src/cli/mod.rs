@@ -7,6 +7,7 @@ mod doctor;
 mod eval;
 mod export;
 mod infer;
+mod infer_detect;
 mod output;
 mod predict;
 mod study;

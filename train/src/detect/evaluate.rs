@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use kiln_infer::nms::{nms_per_image, Detection};
+use kiln_infer::unletterbox;
 use kiln_models::{Locations, ObjectDetector};
 
 use super::coco_eval::{self, CocoParams, CocoStats, GroundTruth, Prediction};
@@ -109,15 +110,9 @@ pub fn evaluate(
                 let image_scores = &scores[i * a * num_classes..(i + 1) * a * num_classes];
                 let sample = &samples[target.index];
                 let placement = target.placement.expect("evaluation batches carry their placement");
-                let (w, h) = (sample.width as f32, sample.height as f32);
                 let original: Vec<Detection> = nms_per_image(image_scores, &image_boxes, num_classes, &settings.nms)
                     .into_iter()
-                    .map(|d| {
-                        let [x1, y1, x2, y2] = d.bbox;
-                        let ux = |x: f32| ((x - placement.offset_x as f32) / placement.scale_x).clamp(0.0, w);
-                        let uy = |y: f32| ((y - placement.offset_y as f32) / placement.scale_y).clamp(0.0, h);
-                        Detection { bbox: [ux(x1), uy(y1), ux(x2), uy(y2)], ..d }
-                    })
+                    .map(|d| Detection { bbox: unletterbox(d.bbox, &placement, sample.width, sample.height), ..d })
                     .collect();
                 let truths: Vec<TruthBox> =
                     sample.boxes.iter().map(|b| TruthBox { bbox: b.bbox, class: b.class, crowd: b.crowd }).collect();

@@ -1,0 +1,151 @@
+//! Object detection from a kiln model's metadata: letterbox preprocessing, the model's decoded `boxes` and
+//! `scores`, non-maximum suppression with the settings the model was validated with (or overrides), and boxes
+//! mapped back to each image's own pixels. Training's validation runs these same steps, so a detector's measured
+//! mAP is what this returns.
+
+use std::path::Path;
+
+use image::RgbImage;
+
+use crate::model::Model;
+use crate::nms::{nms_per_image, Detection, NmsConfig};
+use crate::preprocess::{decode_rgb, Placement, Preprocess, Resize};
+use crate::{Error, Result};
+
+/// A box on the letterboxed input mapped back to the pixels of the `width`×`height` image it came from,
+/// clamped to that image.
+pub fn unletterbox(bbox: [f32; 4], placement: &Placement, width: u32, height: u32) -> [f32; 4] {
+    let (w, h) = (width as f32, height as f32);
+    let x = |v: f32| ((v - placement.offset_x as f32) / placement.scale_x).clamp(0.0, w);
+    let y = |v: f32| ((v - placement.offset_y as f32) / placement.scale_y).clamp(0.0, h);
+    [x(bbox[0]), y(bbox[1]), x(bbox[2]), y(bbox[3])]
+}
+
+/// A detector over a [`Model`] whose metadata says `task: detect`.
+pub struct Detector {
+    model: Model,
+    class_names: Vec<String>,
+    preprocess: Preprocess,
+    nms: NmsConfig,
+    boxes_output: usize,
+    scores_output: usize,
+}
+
+impl Detector {
+    /// Wraps a model with kiln detection metadata; NMS settings come from the metadata (kiln-infer's defaults
+    /// when it has none).
+    pub fn new(model: Model) -> Result<Self> {
+        let path = model.path().to_path_buf();
+        let meta = model.metadata().ok_or_else(|| Error::NoMetadata { path: path.clone() })?;
+        if meta.task != "detect" {
+            return Err(Error::WrongTask { path, expected: "detect".into(), found: meta.task.clone() });
+        }
+        let nms = meta.nms.map_or_else(NmsConfig::default, |n| NmsConfig {
+            iou_threshold: n.iou_threshold,
+            score_threshold: n.score_threshold,
+            max_detections: n.max_detections,
+            class_agnostic: n.class_agnostic,
+            pre_nms_top_k: n.pre_nms_top_k,
+        });
+        let class_names = meta.class_names.clone();
+        let preprocess = model.preprocess().cloned().ok_or_else(|| Error::NoMetadata { path: path.clone() })?;
+        if preprocess.resize != Resize::Letterbox {
+            return Err(Error::Unsupported(format!(
+                "{}: a detector with '{:?}' resizing",
+                path.display(),
+                preprocess.resize
+            )));
+        }
+        let find = |name: &str| {
+            model.outputs().iter().position(|o| o.name == name).ok_or_else(|| Error::ModelFile {
+                path: path.clone(),
+                reason: format!("a detect model without a '{name}' output"),
+            })
+        };
+        let (boxes_output, scores_output) = (find("boxes")?, find("scores")?);
+        Ok(Self { model, class_names, preprocess, nms, boxes_output, scores_output })
+    }
+
+    /// Replaces the NMS settings (IoU, score threshold, max detections, class-agnostic, pre-NMS top-k).
+    pub fn with_nms(mut self, nms: NmsConfig) -> Self {
+        self.nms = nms;
+        self
+    }
+
+    pub fn nms(&self) -> &NmsConfig {
+        &self.nms
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// The detections of one decoded image, in its own pixels, highest score first.
+    pub fn predict(&self, image: &RgbImage) -> Result<Vec<Detection>> {
+        Ok(self.predict_batch(std::slice::from_ref(image))?.remove(0))
+    }
+
+    /// Decodes an image file and detects on it.
+    pub fn predict_path(&self, path: &Path) -> Result<Vec<Detection>> {
+        let image = decode_rgb(path).map_err(|reason| Error::Image { path: path.to_path_buf(), reason })?;
+        self.predict(&image)
+    }
+
+    /// The detections of each image (any sizes). A model with a fixed batch size is run in chunks of that size.
+    pub fn predict_batch(&self, images: &[RgbImage]) -> Result<Vec<Vec<Detection>>> {
+        let per = self.preprocess.tensor_len();
+        let fixed = self.model.fixed_batch();
+        let num_classes = self.class_names.len();
+        let mut results = Vec::with_capacity(images.len());
+        for group in images.chunks(fixed.unwrap_or(images.len().max(1))) {
+            let batch = fixed.unwrap_or(group.len());
+            let mut input = vec![0.0; batch * per];
+            let placements: Vec<Placement> =
+                group.iter().zip(input.chunks_mut(per)).map(|(image, out)| self.preprocess.apply(image, out)).collect();
+            let outputs = self.model.run(&input, batch)?;
+            let (boxes, scores) = (&outputs[self.boxes_output].data, &outputs[self.scores_output].data);
+            let locations = boxes.len() / 4 / batch;
+            if scores.len() != locations * num_classes * batch {
+                return Err(Error::InvalidInput(format!(
+                    "the model gives {} scores for {locations} boxes and {num_classes} class names",
+                    scores.len() / batch
+                )));
+            }
+            for (i, (image, placement)) in group.iter().zip(&placements).enumerate() {
+                let image_boxes: Vec<[f32; 4]> = boxes[i * locations * 4..(i + 1) * locations * 4]
+                    .chunks_exact(4)
+                    .map(|c| [c[0], c[1], c[2], c[3]])
+                    .collect();
+                let image_scores = &scores[i * locations * num_classes..(i + 1) * locations * num_classes];
+                let (w, h) = image.dimensions();
+                let kept = nms_per_image(image_scores, &image_boxes, num_classes, &self.nms)
+                    .into_iter()
+                    .map(|d| Detection { bbox: unletterbox(d.bbox, placement, w, h), ..d })
+                    .collect();
+                results.push(kept);
+            }
+        }
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unletterbox_inverts_the_letterbox_and_clamps() {
+        // A 200×100 image letterboxed onto 64×64: scale 0.32, 64×32 placed at y offset 16.
+        let placement = Placement { scale_x: 0.32, scale_y: 0.32, offset_x: 0, offset_y: 16 };
+        let back = unletterbox([6.4, 19.2, 32.0, 48.0], &placement, 200, 100);
+        for (got, want) in back.iter().zip([20.0, 10.0, 100.0, 100.0]) {
+            assert!((got - want).abs() < 1e-3, "{back:?}");
+        }
+        // A box in the padding above the image clamps to its top edge.
+        assert_eq!(unletterbox([0.0, 0.0, 10.0, 8.0], &placement, 200, 100)[1], 0.0);
+    }
+}
