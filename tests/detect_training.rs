@@ -123,6 +123,44 @@ fn the_cli_trains_and_tests_a_detector() {
         let bbox = detections[0]["bbox"].as_array().unwrap();
         assert!(bbox.iter().all(|v| (0.0..=64.0).contains(&v.as_f64().unwrap())), "original pixels: {line}");
     }
+
+    // COCO results; a model fused with itself by WBF gives that model's results.
+    let onnx_arg = onnx.to_string_lossy().into_owned();
+    let test_images: Vec<String> =
+        [0, 1].iter().map(|i| data.join(format!("images/test_0000{i}.png")).to_string_lossy().into_owned()).collect();
+    let coco = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["infer", "--model", &onnx_arg, "--format", "coco", "--score", "0.05"];
+        args.extend_from_slice(extra);
+        args.extend(test_images.iter().map(String::as_str));
+        let out = common::kiln(&args, dir.path());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let single = coco(&[]);
+    assert!(!single.as_array().unwrap().is_empty());
+    assert!(single[0]["file_name"].is_string() && single[0]["category"].is_string(), "{}", single[0]);
+    assert_eq!(coco(&["--model", &onnx_arg]), single, "WBF of one model with itself");
+    let gt = dir.path().join("gt.json");
+    let gt_json = serde_json::json!({
+        "images": [{"id": 7, "file_name": "test_00000.png", "width": 64, "height": 64}],
+        "categories": [{"id": 3, "name": "circle"}, {"id": 5, "name": "square"}],
+        "annotations": []
+    });
+    std::fs::write(&gt, gt_json.to_string()).unwrap();
+    let mut args = vec!["infer", "--model", &onnx_arg, "--format", "coco", "--coco-gt", gt.to_str().unwrap()];
+    args.extend(test_images.iter().map(String::as_str));
+    let out = common::kiln(&args, dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("test_00001.png: not an image of --coco-gt"),
+        "the image outside the ground truth: {stderr}"
+    );
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for r in results.as_array().unwrap() {
+        assert_eq!(r["image_id"], 7);
+        assert!([3, 5].contains(&r["category_id"].as_i64().unwrap()), "{r}");
+    }
 }
 
 #[test]

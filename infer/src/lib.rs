@@ -29,6 +29,7 @@ pub mod model;
 pub mod nms;
 pub mod preprocess;
 pub mod runtime;
+pub mod wbf;
 
 pub use backend::{Backend, Ep};
 pub use classifier::{ClassScore, Classifier};
@@ -37,3 +38,4 @@ pub use error::{Error, Result};
 pub use model::{Model, ModelBuilder, Output, TensorSpec};
 pub use nms::{iou, nms, nms_per_image, Detection, NmsConfig};
 pub use preprocess::{ChannelOrder, Preprocess, Resize};
+pub use wbf::{weighted_boxes_fusion, ConfType, WbfConfig};

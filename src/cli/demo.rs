@@ -72,7 +72,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .collect();
     println!("\n$ kiln infer --model {} --top-k 2 <one test image per class>", export.path.display());
     super::infer::run(super::infer::InferArgs {
-        model: export.path.clone(),
+        model: vec![export.path.clone()],
         backend: super::infer::BackendArgs {
             backend: super::infer::Runtime::Ort,
             ep: super::infer::EpArg::Cpu,
@@ -83,6 +83,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         format: super::output::Format::Table,
         top_k: 2,
         batch: 1,
+        coco_gt: None,
         nms: Default::default(),
     })?;
     println!("\n$ kiln bench --model {} --backends ort-cpu,tract", export.path.display());
@@ -149,5 +150,5 @@ fn detect(args: &DemoArgs) -> anyhow::Result<()> {
     println!("\n$ kiln infer --model {} --score 0.3 <three test scenes>", export.path.display());
     let model = super::infer::open_model(&export.path, kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), None)?;
     let nms = super::infer_detect::NmsArgs { score: Some(0.3), ..Default::default() };
-    super::infer_detect::run(model, &examples, super::output::Format::Table, 1, &nms)
+    super::infer_detect::run(vec![model], &examples, super::output::Format::Table, 1, &nms, None)
 }

@@ -64,9 +64,10 @@ pub fn open_model(path: &std::path::Path, backend: Backend, threads: Option<usiz
 
 #[derive(Args, Debug)]
 pub struct InferArgs {
-    /// An ONNX model exported by kiln.
-    #[arg(long, value_name = "FILE.onnx")]
-    pub model: PathBuf,
+    /// An ONNX model exported by kiln; several detection models (`--model a.onnx --model b.onnx`) are fused by
+    /// weighted boxes fusion.
+    #[arg(long, value_name = "FILE.onnx", required = true)]
+    pub model: Vec<PathBuf>,
     #[command(flatten)]
     pub backend: BackendArgs,
     /// Image files and folders (searched recursively).
@@ -80,6 +81,9 @@ pub struct InferArgs {
     /// Images per run (a fixed-batch model is filled up to its own batch size).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// With --format coco: a COCO ground-truth file whose image ids and category ids the results use.
+    #[arg(long, value_name = "INSTANCES.json")]
+    pub coco_gt: Option<PathBuf>,
     /// Detection models: NMS overrides.
     #[command(flatten)]
     pub nms: super::infer_detect::NmsArgs,
@@ -87,16 +91,28 @@ pub struct InferArgs {
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let files = kiln_train::classify::predict::expand_inputs(&args.inputs)?;
-    let model = open_model(&args.model, args.backend.backend(), args.backend.threads)?;
-    eprintln!(
-        "{} on {} (loaded in {:.0} ms)",
-        args.model.display(),
-        model.backend(),
-        model.load_time().as_secs_f64() * 1e3
-    );
-    if model.metadata().is_some_and(|m| m.task == "detect") {
-        return super::infer_detect::run(model, &files, args.format, args.batch, &args.nms);
+    let mut models = Vec::with_capacity(args.model.len());
+    for path in &args.model {
+        let model = open_model(path, args.backend.backend(), args.backend.threads)?;
+        eprintln!(
+            "{} on {} (loaded in {:.0} ms)",
+            path.display(),
+            model.backend(),
+            model.load_time().as_secs_f64() * 1e3
+        );
+        models.push(model);
     }
+    if models[0].metadata().is_some_and(|m| m.task == "detect") {
+        let coco = args.coco_gt.as_deref().map(super::coco_results::CocoGroundTruth::read).transpose()?;
+        return super::infer_detect::run(models, &files, args.format, args.batch, &args.nms, coco.as_ref());
+    }
+    anyhow::ensure!(models.len() == 1, "several --model files are fused for detection models only");
+    let model = models.remove(0);
+    anyhow::ensure!(
+        args.format != Format::Coco,
+        "--format coco is for detection models; {} classifies",
+        args.model[0].display()
+    );
     let classifier = Classifier::new(model)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -149,6 +165,7 @@ fn write_result(
             writeln!(out, "{shown}  {}", classes.join(", "))
         }
         Format::Json => writeln!(out, "{}", serde_json::json!({"path": shown, "top": top})),
+        Format::Coco => unreachable!("refused for classification models"),
         Format::Csv => {
             for (rank, c) in top.iter().enumerate() {
                 writeln!(out, "{},{},{},{:.6},", csv_field(&shown), rank + 1, csv_field(&c.class), c.probability)?;
@@ -164,5 +181,6 @@ fn write_error(out: &mut impl Write, format: Format, path: &std::path::Path, rea
         Format::Table => writeln!(out, "{shown}  error: {reason}"),
         Format::Json => writeln!(out, "{}", serde_json::json!({"path": shown, "error": reason})),
         Format::Csv => writeln!(out, "{},,,,{}", csv_field(&shown), csv_field(reason)),
+        Format::Coco => unreachable!("refused for classification models"),
     }
 }

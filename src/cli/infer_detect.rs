@@ -7,12 +7,13 @@ use clap::Args;
 
 use kiln_infer::nms::Detection;
 use kiln_infer::preprocess::decode_rgb;
-use kiln_infer::{Detector, Model};
+use kiln_infer::{weighted_boxes_fusion, Detector, Model, WbfConfig};
 
+use super::coco_results::{CocoGroundTruth, CocoResults};
 use super::output::{csv_field, Format};
 
 /// NMS overrides for a detection model (default: the settings in its metadata).
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct NmsArgs {
     /// IoU above which a lower-scored box of the same class is suppressed.
     #[arg(long)]
@@ -26,24 +27,58 @@ pub struct NmsArgs {
     /// Suppress across classes.
     #[arg(long)]
     pub agnostic: bool,
+    /// With several --model files: the IoU above which weighted boxes fusion merges their boxes.
+    #[arg(long, default_value_t = 0.55)]
+    pub wbf_iou: f32,
 }
 
-/// Runs `model` (a detect model) over `files`, writing each image's detections as they come.
-pub fn run(model: Model, files: &[PathBuf], format: Format, batch: usize, nms: &NmsArgs) -> anyhow::Result<()> {
-    let mut detector = Detector::new(model)?;
-    let mut settings = *detector.nms();
-    settings.iou_threshold = nms.iou.unwrap_or(settings.iou_threshold);
-    settings.score_threshold = nms.score.unwrap_or(settings.score_threshold);
-    settings.max_detections = nms.max_det.unwrap_or(settings.max_detections);
-    settings.class_agnostic |= nms.agnostic;
-    detector = detector.with_nms(settings);
-    let names = detector.class_names().to_vec();
+impl Default for NmsArgs {
+    fn default() -> Self {
+        Self { iou: None, score: None, max_det: None, agnostic: false, wbf_iou: WbfConfig::default().iou_threshold }
+    }
+}
+
+/// Runs `models` (detect models; several are fused by weighted boxes fusion) over `files`, writing each image's
+/// detections as they come (COCO results: all at the end).
+pub fn run(
+    models: Vec<Model>,
+    files: &[PathBuf],
+    format: Format,
+    batch: usize,
+    nms: &NmsArgs,
+    coco_gt: Option<&CocoGroundTruth>,
+) -> anyhow::Result<()> {
+    let mut detectors = Vec::with_capacity(models.len());
+    for model in models {
+        let path = model.path().to_path_buf();
+        let detector = Detector::new(model)?;
+        let mut settings = *detector.nms();
+        settings.iou_threshold = nms.iou.unwrap_or(settings.iou_threshold);
+        settings.score_threshold = nms.score.unwrap_or(settings.score_threshold);
+        settings.max_detections = nms.max_det.unwrap_or(settings.max_detections);
+        settings.class_agnostic |= nms.agnostic;
+        if let Some(first) = detectors.first() {
+            let first: &Detector = first;
+            anyhow::ensure!(
+                first.class_names() == detector.class_names(),
+                "{} detects {:?}, {} detects {:?}: fused models must share their classes",
+                first.model().path().display(),
+                first.class_names(),
+                path.display(),
+                detector.class_names()
+            );
+        }
+        detectors.push(detector.with_nms(settings));
+    }
+    let names = detectors[0].class_names().to_vec();
+    let wbf = WbfConfig { iou_threshold: nms.wbf_iou, ..WbfConfig::default() };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if format == Format::Csv {
         writeln!(out, "path,class,score,x1,y1,x2,y2,error")?;
     }
     let mut failed = 0;
+    let mut coco = CocoResults::new(&names, coco_gt)?;
     for chunk in files.chunks(batch.max(1)) {
         let (mut images, mut paths) = (Vec::new(), Vec::new());
         for path in chunk {
@@ -61,13 +96,37 @@ pub fn run(model: Model, files: &[PathBuf], format: Format, batch: usize, nms: &
         if images.is_empty() {
             continue;
         }
-        for (path, detections) in paths.iter().zip(detector.predict_batch(&images)?) {
-            write_detections(&mut out, format, path, &detections, &names)?;
+        let mut per_model = Vec::with_capacity(detectors.len());
+        for detector in &detectors {
+            per_model.push(detector.predict_batch(&images)?);
+        }
+        let fused: Vec<Vec<Detection>> = (0..images.len())
+            .map(|i| {
+                if per_model.len() == 1 {
+                    per_model[0][i].clone()
+                } else {
+                    let models: Vec<Vec<Detection>> = per_model.iter().map(|m| m[i].clone()).collect();
+                    weighted_boxes_fusion(&models, None, &wbf)
+                }
+            })
+            .collect();
+        for (path, detections) in paths.iter().zip(fused) {
+            if format == Format::Coco {
+                if let Err(reason) = coco.add(path, &detections) {
+                    failed += 1;
+                    eprintln!("{}: {reason}", path.display());
+                }
+            } else {
+                write_detections(&mut out, format, path, &detections, &names)?;
+            }
         }
         out.flush()?;
     }
+    if format == Format::Coco {
+        writeln!(out, "{}", serde_json::to_string(&coco.results)?)?;
+    }
     if failed > 0 {
-        eprintln!("{failed} of {} image(s) could not be read", files.len());
+        eprintln!("{failed} of {} image(s) could not be read or placed", files.len());
     }
     Ok(())
 }
@@ -105,6 +164,7 @@ fn write_detections(
                 .collect();
             writeln!(out, "{}", serde_json::json!({"path": shown, "detections": list}))
         }
+        Format::Coco => unreachable!("COCO results are collected, not streamed"),
         Format::Csv => {
             for d in detections {
                 let [x1, y1, x2, y2] = d.bbox;
@@ -127,5 +187,6 @@ fn write_error(out: &mut impl Write, format: Format, path: &Path, reason: &str) 
         Format::Table => writeln!(out, "{shown}  error: {reason}"),
         Format::Json => writeln!(out, "{}", serde_json::json!({"path": shown, "error": reason})),
         Format::Csv => writeln!(out, "{},,,,,,,{}", csv_field(&shown), csv_field(reason)),
+        Format::Coco => writeln!(std::io::stderr(), "{shown}: {reason}"),
     }
 }

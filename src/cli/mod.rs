@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_train;
+mod coco_results;
 mod demo;
 mod doctor;
 mod eval;

@@ -8,6 +8,8 @@ pub enum Format {
     Table,
     Json,
     Csv,
+    /// COCO results JSON (detection models only).
+    Coco,
 }
 
 fn print_metrics(title: &str, m: &ClassificationMetrics, class_names: &[String]) {
@@ -124,8 +126,10 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 pub fn print_predictions(predictions: &[Prediction], format: Format) -> anyhow::Result<()> {
+    anyhow::ensure!(format != Format::Coco, "--format coco is for detection models");
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(predictions)?),
+        Format::Coco => unreachable!("refused above"),
         Format::Csv => {
             println!("path,rank,class,probability,error");
             for p in predictions {
