@@ -140,6 +140,12 @@ fn the_cli_trains_and_tests_a_detector() {
     assert!(!single.as_array().unwrap().is_empty());
     assert!(single[0]["file_name"].is_string() && single[0]["category"].is_string(), "{}", single[0]);
     assert_eq!(coco(&["--model", &onnx_arg]), single, "WBF of one model with itself");
+    let vis = dir.path().join("vis");
+    coco(&["--save-vis", vis.to_str().unwrap()]);
+    for i in [0, 1] {
+        let drawn = image::open(vis.join(format!("test_0000{i}.png"))).unwrap();
+        assert_eq!((drawn.width(), drawn.height()), (64, 64), "one copy per input at its own size");
+    }
     let gt = dir.path().join("gt.json");
     let gt_json = serde_json::json!({
         "images": [{"id": 7, "file_name": "test_00000.png", "width": 64, "height": 64}],

@@ -84,6 +84,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         top_k: 2,
         batch: 1,
         coco_gt: None,
+        save_vis: None,
         nms: Default::default(),
     })?;
     println!("\n$ kiln bench --model {} --backends ort-cpu,tract", export.path.display());
@@ -150,5 +151,7 @@ fn detect(args: &DemoArgs) -> anyhow::Result<()> {
     println!("\n$ kiln infer --model {} --score 0.3 <three test scenes>", export.path.display());
     let model = super::infer::open_model(&export.path, kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), None)?;
     let nms = super::infer_detect::NmsArgs { score: Some(0.3), ..Default::default() };
-    super::infer_detect::run(vec![model], &examples, super::output::Format::Table, 1, &nms, None)
+    let output =
+        super::infer_detect::DetectOutput { format: super::output::Format::Table, coco_gt: None, save_vis: None };
+    super::infer_detect::run(vec![model], &examples, 1, &nms, &output)
 }

@@ -84,6 +84,9 @@ pub struct InferArgs {
     /// With --format coco: a COCO ground-truth file whose image ids and category ids the results use.
     #[arg(long, value_name = "INSTANCES.json")]
     pub coco_gt: Option<PathBuf>,
+    /// Detection models: also write each image with its boxes drawn to DIR/<name>.png.
+    #[arg(long, value_name = "DIR")]
+    pub save_vis: Option<PathBuf>,
     /// Detection models: NMS overrides.
     #[command(flatten)]
     pub nms: super::infer_detect::NmsArgs,
@@ -104,7 +107,12 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     }
     if models[0].metadata().is_some_and(|m| m.task == "detect") {
         let coco = args.coco_gt.as_deref().map(super::coco_results::CocoGroundTruth::read).transpose()?;
-        return super::infer_detect::run(models, &files, args.format, args.batch, &args.nms, coco.as_ref());
+        let options = super::infer_detect::DetectOutput {
+            format: args.format,
+            coco_gt: coco.as_ref(),
+            save_vis: args.save_vis.as_deref(),
+        };
+        return super::infer_detect::run(models, &files, args.batch, &args.nms, &options);
     }
     anyhow::ensure!(models.len() == 1, "several --model files are fused for detection models only");
     let model = models.remove(0);

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::Args;
 
 use kiln_infer::nms::Detection;
@@ -40,14 +41,26 @@ impl Default for NmsArgs {
 
 /// Runs `models` (detect models; several are fused by weighted boxes fusion) over `files`, writing each image's
 /// detections as they come (COCO results: all at the end).
+/// What to write besides the detections themselves.
+pub struct DetectOutput<'a> {
+    pub format: Format,
+    pub coco_gt: Option<&'a CocoGroundTruth>,
+    /// A folder for copies of the images with their boxes drawn.
+    pub save_vis: Option<&'a Path>,
+}
+
 pub fn run(
     models: Vec<Model>,
     files: &[PathBuf],
-    format: Format,
     batch: usize,
     nms: &NmsArgs,
-    coco_gt: Option<&CocoGroundTruth>,
+    output: &DetectOutput,
 ) -> anyhow::Result<()> {
+    let (format, coco_gt) = (output.format, output.coco_gt);
+    if let Some(dir) = output.save_vis {
+        std::fs::create_dir_all(dir).with_context(|| format!("--save-vis {}", dir.display()))?;
+    }
+    let mut vis_names = std::collections::HashSet::new();
     let mut detectors = Vec::with_capacity(models.len());
     for model in models {
         let path = model.path().to_path_buf();
@@ -110,7 +123,18 @@ pub fn run(
                 }
             })
             .collect();
-        for (path, detections) in paths.iter().zip(fused) {
+        for ((path, detections), image) in paths.iter().zip(fused).zip(&images) {
+            if let Some(dir) = output.save_vis {
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+                // Inputs from different folders may share a name: number the later ones.
+                let mut name = format!("{stem}.png");
+                let mut n = 2;
+                while !vis_names.insert(name.clone()) {
+                    name = format!("{stem}_{n}.png");
+                    n += 1;
+                }
+                kiln_train::detect::drawing::save_detections(&dir.join(name), image, &detections, &names)?;
+            }
             if format == Format::Coco {
                 if let Err(reason) = coco.add(path, &detections) {
                     failed += 1;

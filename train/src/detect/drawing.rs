@@ -69,6 +69,25 @@ pub fn draw_predictions(
     })
 }
 
+/// Writes `image` at its own size with `detections` (in its pixels) drawn and labelled, as PNG (`kiln infer
+/// --save-vis`).
+pub fn save_detections(path: &Path, image: &RgbImage, detections: &[Detection], class_names: &[String]) -> Result<()> {
+    let (width, height) = image.dimensions();
+    let name = |c: usize| class_names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let thick = (width.min(height) / 200).clamp(1, 4);
+    render_over(path, Some(image.as_raw().clone()), (width, height), |root| -> DrawResult<()> {
+        for d in detections {
+            let [x1, y1, x2, y2] = d.bbox;
+            let (a, b) = ((x1 as i32, y1 as i32), (x2 as i32, y2 as i32));
+            root.draw(&Rectangle::new([a, b], PREDICTED.stroke_width(thick)))?;
+            let label = format!("{} {:.2}", name(d.class), d.score);
+            let size = (12 + thick as i32 * 2) as f64;
+            root.draw(&Text::new(label, (a.0 + 2, a.1 + 2), (FONT, size).into_font().color(&PREDICTED)))?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +112,18 @@ mod tests {
         assert_eq!(png.get_pixel(160, 100).0, [PREDICTED.0, PREDICTED.1, PREDICTED.2]);
         // The low-score detection (the whole image) is not drawn: the image's corner stays black.
         assert_eq!(png.get_pixel(1, 150).0, [0, 0, 0]);
+    }
+
+    #[test]
+    fn saved_detections_are_drawn_at_the_image_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        let image = RgbImage::from_pixel(120, 90, image::Rgb([0, 0, 0]));
+        let detections = [Detection { bbox: [30.0, 20.0, 100.0, 80.0], score: 0.8, class: 0 }];
+        save_detections(&path, &image, &detections, &["a".into()]).unwrap();
+        let png = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(png.dimensions(), (120, 90));
+        assert_eq!(png.get_pixel(100, 60).0, [PREDICTED.0, PREDICTED.1, PREDICTED.2], "the right edge");
+        assert_eq!(png.get_pixel(10, 85).0, [0, 0, 0], "outside the box the image is untouched");
     }
 }
