@@ -33,7 +33,7 @@ unit: deps
 test: lint unit
 
 bench: deps
-	$(CARGO) bench --locked --bench data_pipeline --bench infer --bench tpe --bench study_storage
+	$(CARGO) bench --locked --bench data_pipeline --bench infer --bench tpe --bench study_storage --bench nms
 
 clean-runs:
 	rm -rf runs

@@ -13,9 +13,9 @@
 //!    [`NmsConfig::iou_threshold`] (as torchvision's `batched_nms`), stopping at [`NmsConfig::max_detections`].
 //!
 //! The result is sorted by score, highest first, and is deterministic. For n candidates of which m =
-//! min(n, `pre_nms_top_k`) are ranked and k kept, the cost is O(n + m log m) to rank and O(m·k) IoUs to suppress.
-
-use std::cmp::Ordering;
+//! min(n, `pre_nms_top_k`) are ranked and k kept, the cost is O(n + m log m) to rank and at most O(m·k) IoUs to
+//! suppress; class-aware, a candidate is only compared with the kept boxes of its class (m_c·k_c IoUs at most for
+//! the m_c candidates and k_c kept boxes of class c, summed over the classes), eight kept boxes at a time.
 
 use serde::{Deserialize, Serialize};
 
@@ -75,9 +75,8 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 pub fn nms(candidates: &[Detection], config: &NmsConfig) -> Vec<Detection> {
     let pool = candidates
         .iter()
-        .enumerate()
-        .filter(|(_, det)| det.score >= config.score_threshold)
-        .filter_map(|(index, &det)| box_area(&det.bbox).map(|area| Candidate { det, index, area }))
+        .filter(|det| det.score >= config.score_threshold)
+        .filter_map(|&det| box_area(&det.bbox).map(|area| Candidate { det, area }))
         .collect();
     suppress(pool, config)
 }
@@ -102,22 +101,23 @@ pub fn nms_per_image(scores: &[f32], boxes: &[[f32; 4]], num_classes: usize, con
         return Vec::new();
     }
     let mut pool = Vec::new();
-    for (b, (bbox, row)) in boxes.iter().zip(scores.chunks_exact(num_classes)).enumerate() {
+    for (bbox, row) in boxes.iter().zip(scores.chunks_exact(num_classes)) {
         let Some(area) = box_area(bbox) else { continue };
         for (class, &score) in row.iter().enumerate() {
             if score >= config.score_threshold {
                 let det = Detection { bbox: *bbox, score, class };
-                pool.push(Candidate { det, index: b * num_classes + class, area });
+                pool.push(Candidate { det, area });
             }
         }
     }
     suppress(pool, config)
 }
 
-/// A candidate that passed the filters, with its input position (the tie-break) and its area.
+/// A candidate that passed the filters, with its area. Both callers pool candidates in input order, so a candidate's
+/// position in the pool is the tie-break between equal scores.
+#[derive(Clone, Copy)]
 struct Candidate {
     det: Detection,
-    index: usize,
     area: f32,
 }
 
@@ -130,49 +130,183 @@ fn box_area(bbox: &[f32; 4]) -> Option<f32> {
 }
 
 /// IoU of two boxes whose areas, from [`box_area`], are finite and positive (so every width below is finite and the
-/// union is positive).
+/// union is positive). Branch-free, so that [`KeptBoxes::suppresses`] vectorizes: on finite coordinates the
+/// comparisons pick the same values as `f32::min` and `f32::max`, but for the sign of a zero, which cannot change the
+/// result.
+#[inline(always)]
 fn iou_with_areas(a: &[f32; 4], area_a: f32, b: &[f32; 4], area_b: f32) -> f32 {
-    let width = a[2].min(b[2]) - a[0].max(b[0]);
-    let height = a[3].min(b[3]) - a[1].max(b[1]);
-    if width <= 0.0 || height <= 0.0 {
-        return 0.0;
-    }
+    let min = |x: f32, y: f32| if x < y { x } else { y };
+    let max = |x: f32, y: f32| if x > y { x } else { y };
+    let width = min(a[2], b[2]) - max(a[0], b[0]);
+    let height = min(a[3], b[3]) - max(a[1], b[1]);
     let intersection = width * height;
     // The sum of the areas may overflow to infinity: the IoU is then 0, not NaN. Rounding may push it past 1.
-    (intersection / (area_a + area_b - intersection)).min(1.0)
+    let ratio = min(intersection / (area_a + area_b - intersection), 1.0);
+    if width <= 0.0 || height <= 0.0 {
+        0.0
+    } else {
+        ratio
+    }
 }
 
 /// Ranks `pool` (whose scores are not NaN), keeps its `pre_nms_top_k` best and suppresses greedily.
-fn suppress(mut pool: Vec<Candidate>, config: &NmsConfig) -> Vec<Detection> {
-    // Highest score first, then lowest input position: a total order, since scores are not NaN and positions are
-    // distinct, so the unstable sort and selection below give the same result as a stable sort by score.
-    let rank = |a: &Candidate, b: &Candidate| {
-        b.det.score.partial_cmp(&a.det.score).unwrap_or(Ordering::Equal).then(a.index.cmp(&b.index))
-    };
-    let top_k = config.pre_nms_top_k;
-    if top_k == 0 || config.max_detections == 0 {
+///
+/// Class-aware suppression compares a candidate only with kept boxes of its own class, so the candidates are
+/// grouped by class (each group in rank order) and every class is suppressed on its own against its kept boxes
+/// alone; the boxes kept, back in rank order, are the same as one pass over all candidates would keep. A class stops
+/// at `max_detections` kept boxes, since no later one could be returned.
+fn suppress(pool: Vec<Candidate>, config: &NmsConfig) -> Vec<Detection> {
+    if config.pre_nms_top_k == 0 || config.max_detections == 0 || pool.is_empty() {
         return Vec::new();
     }
-    if pool.len() > top_k {
-        pool.select_nth_unstable_by(top_k - 1, rank);
-        pool.truncate(top_k);
+    let ranked: Vec<Candidate> = rank(&pool, config.pre_nms_top_k).into_iter().map(|p| pool[p]).collect();
+    drop(pool);
+    // `keep[r]`: the candidate ranked r-th is kept.
+    let mut keep = vec![false; ranked.len()];
+    let mut kept = KeptBoxes::default();
+    if config.class_agnostic {
+        suppress_group(0..ranked.len(), &ranked, config, &mut kept, &mut keep);
+    } else {
+        let class = |r: usize| ranked[r].det.class;
+        for group in group_by_class(&ranked).chunk_by(|&a, &b| class(a) == class(b)) {
+            suppress_group(group.iter().copied(), &ranked, config, &mut kept, &mut keep);
+        }
     }
-    pool.sort_unstable_by(rank);
+    let kept = ranked.iter().zip(&keep).filter(|(_, &keep)| keep).map(|(candidate, _)| candidate.det);
+    kept.take(config.max_detections).collect()
+}
 
-    let mut kept: Vec<&Candidate> = Vec::with_capacity(config.max_detections.min(pool.len()));
-    for candidate in &pool {
-        let suppressed = kept.iter().any(|k| {
-            (config.class_agnostic || k.det.class == candidate.det.class)
-                && iou_with_areas(&k.det.bbox, k.area, &candidate.det.bbox, candidate.area) > config.iou_threshold
-        });
-        if !suppressed {
-            kept.push(candidate);
+/// Greedy suppression of the candidates ranked `group` (in rank order) against each other alone, stopping at
+/// `config.max_detections` kept: sets `keep` for those kept.
+fn suppress_group(
+    group: impl Iterator<Item = usize>,
+    ranked: &[Candidate],
+    config: &NmsConfig,
+    kept: &mut KeptBoxes,
+    keep: &mut [bool],
+) {
+    kept.clear();
+    for r in group {
+        let candidate = &ranked[r];
+        if !kept.suppresses(&candidate.det.bbox, candidate.area, config.iou_threshold) {
+            keep[r] = true;
+            kept.push(&candidate.det.bbox, candidate.area);
             if kept.len() == config.max_detections {
                 break;
             }
         }
     }
-    kept.into_iter().map(|k| k.det).collect()
+}
+
+/// The positions in `pool` of its `top_k` best candidates, best first: highest score first, then lowest position (a
+/// total order, since scores are not NaN and positions are distinct, so the unstable sort and selection below give
+/// the same result as a stable sort by score). Sorts integer keys, the score's key above the position.
+fn rank(pool: &[Candidate], top_k: usize) -> Vec<usize> {
+    let score = |p: usize| descending_key(pool[p].det.score);
+    if u32::try_from(pool.len()).is_err() {
+        let mut positions: Vec<usize> = (0..pool.len()).collect();
+        let key = |&p: &usize| (score(p), p);
+        if positions.len() > top_k {
+            positions.select_nth_unstable_by_key(top_k - 1, key);
+            positions.truncate(top_k);
+        }
+        positions.sort_unstable_by_key(key);
+        return positions;
+    }
+    let mut keys: Vec<u64> = (0..pool.len()).map(|p| (u64::from(score(p)) << 32) | p as u64).collect();
+    if keys.len() > top_k {
+        keys.select_nth_unstable(top_k - 1);
+        keys.truncate(top_k);
+    }
+    keys.sort_unstable();
+    keys.into_iter().map(|key| (key & u64::from(u32::MAX)) as usize).collect()
+}
+
+/// A key of a score that is not NaN, smaller for a higher score, equal for equal scores (0.0 and -0.0 included).
+fn descending_key(score: f32) -> u32 {
+    // -0.0 + 0.0 is 0.0. Then flipping the sign bit of positive floats and every bit of negative ones orders them as
+    // unsigned integers.
+    let bits = (score + 0.0).to_bits();
+    let ascending = if bits >> 31 == 1 { !bits } else { bits | 1 << 31 };
+    !ascending
+}
+
+/// The ranks `0..ranked.len()` grouped by class, each group in rank order: a counting sort when the classes are
+/// small numbers (as they are), a sort otherwise.
+fn group_by_class(ranked: &[Candidate]) -> Vec<usize> {
+    let max_class = ranked.iter().map(|candidate| candidate.det.class).max().unwrap_or(0);
+    if max_class > 2 * ranked.len() + 1024 {
+        let mut ranks: Vec<usize> = (0..ranked.len()).collect();
+        ranks.sort_unstable_by_key(|&r| (ranked[r].det.class, r));
+        return ranks;
+    }
+    // `next[c]`: where the next rank of class c goes.
+    let mut next = vec![0; max_class + 1];
+    for candidate in ranked {
+        next[candidate.det.class] += 1;
+    }
+    let mut start = 0;
+    for slot in &mut next {
+        (*slot, start) = (start, start + *slot);
+    }
+    let mut ranks = vec![0; ranked.len()];
+    for (r, candidate) in ranked.iter().enumerate() {
+        let slot = &mut next[candidate.det.class];
+        ranks[*slot] = r;
+        *slot += 1;
+    }
+    ranks
+}
+
+/// Lanes of a [`KeptBoxes`] block.
+const LANES: usize = 8;
+
+/// The boxes kept so far in one suppression pass, in blocks of [`LANES`] boxes, a coordinate (or the area) at a time,
+/// so that testing a candidate against a block is a few vector instructions.
+#[derive(Default)]
+struct KeptBoxes {
+    blocks: Vec<[[f32; LANES]; 5]>,
+    len: usize,
+}
+
+impl KeptBoxes {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.len = 0;
+    }
+
+    fn push(&mut self, bbox: &[f32; 4], area: f32) {
+        let lane = self.len % LANES;
+        if lane == 0 {
+            self.blocks.push([[0.0; LANES]; 5]);
+        }
+        let block = self.blocks.last_mut().expect("a block was pushed");
+        for (values, value) in block.iter_mut().zip([bbox[0], bbox[1], bbox[2], bbox[3], area]) {
+            values[lane] = value;
+        }
+        self.len += 1;
+    }
+
+    /// Whether a kept box's IoU with `bbox` (of area `area`) is greater than `threshold`.
+    fn suppresses(&self, bbox: &[f32; 4], area: f32, threshold: f32) -> bool {
+        if 0.0 > threshold {
+            return self.len > 0; // every IoU is at least 0
+        }
+        // The lanes of the last block past the last kept box hold zeros: a box of zero width, whose IoU with any box
+        // is 0, which is not above a threshold that is not negative.
+        self.blocks.iter().any(|[x1, y1, x2, y2, areas]| {
+            let mut any = false;
+            for lane in 0..LANES {
+                let kept = [x1[lane], y1[lane], x2[lane], y2[lane]];
+                any |= iou_with_areas(&kept, areas[lane], bbox, area) > threshold;
+            }
+            any
+        })
+    }
 }
 
 #[cfg(test)]
@@ -417,6 +551,36 @@ mod tests {
                 reference_nms(&expanded, &config),
                 "nms_per_image, case {case}: {config:?}"
             );
+        }
+    }
+
+    /// Larger cases than above, so that classes keep many boxes, with negative and NaN thresholds and class numbers
+    /// too large to count.
+    #[test]
+    fn matches_the_reference_on_large_random_cases() {
+        let mut rng = Rng(11);
+        for case in 0..60 {
+            let num_boxes = rng.below(400) as usize;
+            let classes: Vec<usize> = match case % 3 {
+                0 => vec![0],
+                1 => (0..1 + rng.below(6) as usize).collect(),
+                _ => vec![3, usize::MAX, usize::MAX - 1, 1 << 40],
+            };
+            let candidates: Vec<Detection> = (0..num_boxes)
+                .map(|_| {
+                    let (x, y) = (rng.below(60) as f32, rng.below(60) as f32);
+                    let bbox = [x, y, x + rng.below(12) as f32, y + rng.below(12) as f32];
+                    det(bbox, rng.pick(&[0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, -0.0, NAN]), rng.pick(&classes))
+                })
+                .collect();
+            let config = NmsConfig {
+                iou_threshold: rng.pick(&[0.0, 0.3, 0.5, 0.7, 1.0, -0.5, NAN]),
+                score_threshold: rng.pick(&[-INF, 0.0, 0.5]),
+                max_detections: rng.pick(&[1, 7, 20, 1000]),
+                class_agnostic: rng.below(4) == 0,
+                pre_nms_top_k: rng.pick(&[5, 100, 1000]),
+            };
+            assert_eq!(nms(&candidates, &config), reference_nms(&candidates, &config), "case {case}: {config:?}");
         }
     }
 }
