@@ -124,6 +124,34 @@ fn the_cli_trains_and_tests_a_detector() {
         assert!(bbox.iter().all(|v| (0.0..=64.0).contains(&v.as_f64().unwrap())), "original pixels: {line}");
     }
 
+    // kiln predict (libtorch, from the run) gives the detections kiln infer gives on the exported model.
+    let json_lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = common::kiln(args, dir.path());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let image_args: Vec<String> = images.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let run_arg = run.to_string_lossy().into_owned();
+    let onnx_path = onnx.to_string_lossy().into_owned();
+    let mut predict_args = vec!["predict", "--run", run_arg.as_str(), "--format", "json"];
+    predict_args.extend(image_args.iter().map(String::as_str));
+    let mut infer_args = vec!["infer", "--model", onnx_path.as_str(), "--format", "json"];
+    infer_args.extend(image_args.iter().map(String::as_str));
+    let (predicted, inferred) = (json_lines(&predict_args), json_lines(&infer_args));
+    assert_eq!(predicted.len(), 3);
+    assert!(predicted[1]["error"].is_string(), "the broken image is reported: {}", predicted[1]);
+    for (p, i) in predicted.iter().zip(&inferred).filter(|(p, _)| p["error"].is_null()) {
+        let (p, i) = (p["detections"].as_array().unwrap(), i["detections"].as_array().unwrap());
+        assert_eq!(p.len(), i.len(), "{p:?} vs {i:?}");
+        for (a, b) in p.iter().zip(i) {
+            assert_eq!(a["class"], b["class"]);
+            assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-3);
+            for (x, y) in a["bbox"].as_array().unwrap().iter().zip(b["bbox"].as_array().unwrap()) {
+                assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 0.05, "{a} vs {b}");
+            }
+        }
+    }
+
     // COCO results; a model fused with itself by WBF gives that model's results.
     let onnx_arg = onnx.to_string_lossy().into_owned();
     let test_images: Vec<String> =

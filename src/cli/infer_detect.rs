@@ -155,7 +155,7 @@ pub fn run(
     Ok(())
 }
 
-fn write_detections(
+pub fn write_detections(
     out: &mut impl Write,
     format: Format,
     path: &Path,
@@ -205,7 +205,7 @@ fn write_detections(
     }
 }
 
-fn write_error(out: &mut impl Write, format: Format, path: &Path, reason: &str) -> std::io::Result<()> {
+pub fn write_error(out: &mut impl Write, format: Format, path: &Path, reason: &str) -> std::io::Result<()> {
     let shown = path.display().to_string();
     match format {
         Format::Table => writeln!(out, "{shown}  error: {reason}"),

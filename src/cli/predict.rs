@@ -33,12 +33,48 @@ pub struct PredictArgs {
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let run = RunDir::open(&args.run)?;
+    if kiln_train::TrainConfig::load(&run.config())?.task == kiln_train::TaskKind::Detect {
+        return predict_detections(&run, &args);
+    }
     let options = PredictOptions { which: args.checkpoint, top_k: args.top_k, device: args.device, batch: args.batch };
     let predictions = predict(&run, &args.inputs, &options)?;
     print_predictions(&predictions, args.format)?;
     let failed = predictions.iter().filter(|p| p.error.is_some()).count();
     if failed > 0 {
         eprintln!("{failed} of {} image(s) could not be read", predictions.len());
+    }
+    Ok(())
+}
+
+/// `kiln predict` on a detection run: the detections `kiln infer` gives on the exported model.
+fn predict_detections(run: &RunDir, args: &PredictArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    anyhow::ensure!(
+        matches!(args.format, Format::Table | Format::Json | Format::Csv),
+        "kiln predict on a detection run prints table, json or csv (for COCO results export the run and use kiln infer)"
+    );
+    let files = kiln_train::classify::predict::expand_inputs(&args.inputs)?;
+    let (names, results) =
+        kiln_train::detect::predict::predict_detections(run, &files, args.checkpoint, args.device.as_deref())?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if args.format == Format::Csv {
+        writeln!(out, "path,class,score,x1,y1,x2,y2,error")?;
+    }
+    let mut failed = 0;
+    for r in &results {
+        match (&r.detections, &r.error) {
+            (Some(d), _) => super::infer_detect::write_detections(&mut out, args.format, &r.path, d, &names)?,
+            (None, reason) => {
+                failed += 1;
+                let reason = reason.as_deref().unwrap_or("not read");
+                super::infer_detect::write_error(&mut out, args.format, &r.path, reason)?;
+            }
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        eprintln!("{failed} of {} image(s) could not be read", results.len());
     }
     Ok(())
 }

@@ -20,3 +20,4 @@ pub mod task;
 
 pub use task::{resume, train, train_observed, Detection, TrainOutcome};
 pub mod drawing;
+pub mod predict;
