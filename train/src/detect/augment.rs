@@ -22,26 +22,9 @@ pub const FILL: u8 = 114;
 /// random transforms.
 pub const MIN_BOX_PX: f64 = 2.0;
 
-/// A rectangle of source pixels handed to the resizer; the same fields as `kiln_infer::preprocess::Crop`, so
-/// the wiring can replace this struct by `pub use kiln_infer::preprocess::Crop;` and pass
-/// `&kiln_infer::preprocess::resize_region` directly.
-///
-/// The crops this module asks for always lie inside the image (`0 ≤ left < width_of_image`,
-/// `left + width ≤ width_of_image`, the same for `top`/`height`) and are never empty.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Crop {
-    pub left: f64,
-    pub top: f64,
-    pub width: f64,
-    pub height: f64,
-}
-
-impl Crop {
-    /// The whole of an image.
-    pub fn full(image: &RgbImage) -> Self {
-        Crop { left: 0.0, top: 0.0, width: image.width() as f64, height: image.height() as f64 }
-    }
-}
+/// The rectangle of source pixels handed to the resizer (kiln-infer's). The crops this module asks for always lie
+/// inside the image and are never empty.
+pub use kiln_infer::preprocess::Crop;
 
 /// The resizer: `resize(image, crop, width, height)` returns `crop` of `image` resampled to `width`×`height`,
 /// RGB8 row-major (`3·width·height` bytes). kiln-infer's `resize_region` has this signature.

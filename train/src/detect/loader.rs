@@ -15,7 +15,7 @@ use tch::{Kind, Tensor};
 use kiln_infer::preprocess::{decode_rgb, resize_region, ChannelOrder, Placement, Preprocess, Resize};
 
 use super::annotations::DetectionSample;
-use super::augment::{augment, needs_mosaic, AugmentConfig, Crop, TargetBox};
+use super::augment::{augment, needs_mosaic, AugmentConfig, TargetBox};
 use crate::data::batcher::{mix, spawn_epoch, BatchIter, ItemSource};
 use crate::data::{Normalize, SkipLog};
 use crate::engine::Batches;
@@ -62,11 +62,6 @@ struct DetectItems {
     norm: Normalize,
     size: u32,
     skips: Arc<SkipLog>,
-}
-
-fn kiln_resize(image: &image::RgbImage, crop: Crop, width: u32, height: u32) -> Vec<u8> {
-    let crop = kiln_infer::preprocess::Crop { left: crop.left, top: crop.top, width: crop.width, height: crop.height };
-    resize_region(image, crop, width, height)
 }
 
 impl DetectItems {
@@ -141,9 +136,9 @@ impl ItemSource for DetectItems {
                     }
                     let refs: Vec<(&image::RgbImage, &[TargetBox])> =
                         tiles.iter().map(|(i, b)| (i, b.as_slice())).collect();
-                    augment(&refs, self.size, config, &mut rng, &kiln_resize)
+                    augment(&refs, self.size, config, &mut rng, &resize_region)
                 } else {
-                    augment(&[(&image, &boxes)], self.size, config, &mut rng, &kiln_resize)
+                    augment(&[(&image, &boxes)], self.size, config, &mut rng, &resize_region)
                 };
                 kiln_infer::preprocess::normalize_chw(
                     canvas.as_raw(),
