@@ -6,6 +6,7 @@ use tch::{Kind, Reduction, Tensor};
 
 use kiln_models::ObjectDetector;
 
+#[cfg(doc)]
 use super::evaluate::locations_on;
 use super::loader::DetectBatch;
 use super::targets::{assign, Assignment};
@@ -95,22 +96,23 @@ pub fn fcos_losses(
 }
 
 /// The training loss of a batch — forward in training mode under `precision`, FCOS targets for each image's
-/// canvas boxes, [`fcos_losses`] — as the engine's loss parts `[total, cls, box, ctr]`. Shared by the training
-/// loop and the step benchmark.
+/// canvas boxes at the input's locations (`points` `[A, 2]`, `strides` `[A]` on the device, from
+/// [`locations_on`], made once per run rather than every step), [`fcos_losses`] — as the engine's loss parts
+/// `[total, cls, box, ctr]`. Shared by the training loop and the step benchmark.
 pub fn batch_losses(
     model: &ObjectDetector,
     batch: &DetectBatch,
     precision: &Precision,
-    img_size: u32,
+    points: &Tensor,
+    strides: &Tensor,
 ) -> Result<Losses> {
     let device = precision.device;
-    let (_, points, strides) = locations_on(model, img_size as i64, device);
     let xs = precision.prepare_batch(&batch.images.to_device(device))?;
     let outputs = precision.autocast(|| model.forward_t(&xs, true));
     let assignments: Vec<_> = (0..batch.targets.len())
         .map(|i| {
             let (boxes, classes) = batch.boxes_tensors(i);
-            assign(&points, &strides, &boxes.to_device(device), &classes.to_device(device))
+            assign(points, strides, &boxes.to_device(device), &classes.to_device(device))
         })
         .collect();
     let l = fcos_losses(&outputs.cls_logits, &outputs.box_ltrb, &outputs.centerness_logits, &assignments);

@@ -7,6 +7,7 @@ use tch::{nn, Kind, Tensor};
 use kiln_models::{DetectorConfig, ObjectDetector};
 
 use super::augment::TargetBox;
+use super::evaluate::locations_on;
 use super::loader::{DetectBatch, ImageTargets};
 use super::loss::batch_losses;
 use crate::config::OptimizerKind;
@@ -61,9 +62,10 @@ pub fn bench_detect_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
         paths: Vec::new(),
     };
     let mut update = Update { optimizer: &mut optimizer, scaler: &mut scaler, ema: None, grad_clip: 0.0 };
+    let (_, points, strides) = locations_on(&model, s, device);
     let describe = precision.describe();
     time_steps(config, device, describe, &mut || {
-        let losses = batch_losses(&model, &batch, &precision, config.img_size)?;
+        let losses = batch_losses(&model, &batch, &precision, &points, &strides)?;
         update.apply(&losses.total, 2e-3).map(|_| ())
     })
 }

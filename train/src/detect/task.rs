@@ -12,7 +12,7 @@ use kiln_models::weights::{load_into, read_safetensors, HeadPolicy};
 use kiln_models::{DetectorConfig, ObjectDetector};
 
 use super::annotations::{self, DetectionDataset, Split};
-use super::evaluate::{draw_first_images, evaluate, DetectionEvaluation, DetectionMetrics};
+use super::evaluate::{draw_first_images, evaluate, locations_on, DetectionEvaluation, DetectionMetrics};
 use super::loader::{DetectBatch, DetectLoader, DetectTransform};
 use super::loss::batch_losses;
 use super::report::{evaluate_run, DetectionReport, EvalOptions};
@@ -97,6 +97,8 @@ pub struct Detection {
     dataset: DetectionDataset,
     settings: super::DetectSettings,
     img_size: u32,
+    /// The input's locations (points, strides) on the training device, made at the first step.
+    locations: std::cell::OnceCell<(tch::Tensor, tch::Tensor)>,
 }
 
 impl engine::Evaluation for DetectionEvaluation {
@@ -156,7 +158,12 @@ impl Task for Detection {
     type Report = DetectionReport;
 
     fn open(config: &TrainConfig) -> Result<Self> {
-        Ok(Self { dataset: open_dataset(config)?, settings: config.detect.clone(), img_size: config.img_size })
+        Ok(Self {
+            dataset: open_dataset(config)?,
+            settings: config.detect.clone(),
+            img_size: config.img_size,
+            locations: std::cell::OnceCell::new(),
+        })
     }
 
     fn class_names(&self) -> &[String] {
@@ -251,7 +258,11 @@ impl Task for Detection {
         precision: &Precision,
         _config: &TrainConfig,
     ) -> Result<Losses> {
-        batch_losses(model, batch, precision, self.img_size)
+        let (points, strides) = self.locations.get_or_init(|| {
+            let (_, points, strides) = locations_on(model, self.img_size as i64, precision.device);
+            (points, strides)
+        });
+        batch_losses(model, batch, precision, points, strides)
     }
 
     fn evaluate(
