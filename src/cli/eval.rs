@@ -29,9 +29,7 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs, split: Split) -> anyhow::Result<()> {
     let run = RunDir::open(&args.run)?;
     if kiln_train::TrainConfig::load(&run.config())?.task == kiln_train::TaskKind::Detect {
-        use kiln_train::detect::annotations::Split as DetectSplit;
         use kiln_train::detect::report::{evaluate_run, EvalOptions};
-        let split = if split == Split::Test { DetectSplit::Test } else { DetectSplit::Val };
         let options = EvalOptions { which: args.checkpoint, data: args.data, device: args.device };
         let report = evaluate_run(&run, split, &options)?;
         let (c, t) = (&report.metrics.coco, &report.metrics.at_threshold);

@@ -245,7 +245,7 @@ pub(super) fn read(root: &Path, report: &mut AnnotationReport) -> Result<Loaded,
                 let size = (image.width, image.height);
                 boxes::place(*xyxy, class_of[category], *crowd, size, origin, &mut sample.boxes, report);
             }
-            splits[split.index()].push(sample);
+            splits[*split as usize].push(sample);
         }
     }
     Ok(Loaded { class_names, splits })

@@ -101,7 +101,7 @@ pub(super) fn read(root: &Path, report: &mut AnnotationReport) -> Result<Loaded,
                     );
                 }
             }
-            splits[split.index()].push(sample);
+            splits[*split as usize].push(sample);
         }
     }
     Ok(Loaded { class_names, splits })

@@ -44,36 +44,8 @@ use paths::shown;
 pub use paths::IMAGE_EXTENSIONS;
 pub use report::{AnnotationReport, BoxIssue, MissingImage, UnreadableImage, CLIP_TOLERANCE_PX};
 
-/// A dataset split.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    Train,
-    Val,
-    Test,
-}
-
-impl Split {
-    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Val => "val",
-            Split::Test => "test",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for Split {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// A dataset split: the same `train` / `val` / `test` as classification's.
+pub use crate::data::Split;
 
 /// An annotation layout on disk. Parses from `csv`, `coco` or `yolo` (any case); displays as those names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -107,7 +107,7 @@ pub(super) fn read(root: &Path, report: &mut AnnotationReport) -> Result<Loaded,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(AnnotationError::io(&label, e)),
                 }
-                splits[split.index()].push(sample);
+                splits[split as usize].push(sample);
             }
             if label_root.is_dir() {
                 let is_txt = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"));
