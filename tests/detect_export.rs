@@ -150,4 +150,45 @@ fn the_detector_in_kiln_infer_finds_what_validation_found() {
         }
         assert!(total > 0, "some detections were compared");
     }
+
+    // The same model with NMS in its graph (dynamic batch): the same detections, on a batch of images of different
+    // sizes; a stricter threshold applies after the graph, a looser one is refused.
+    let in_graph = dir.path().join("det-nms.onnx");
+    let options =
+        ExportOptions { out: Some(in_graph.clone()), nms_in_graph: true, dynamic_batch: true, ..Default::default() };
+    let report = kiln_train::tasks::export_run(&run, &options).unwrap();
+    let names: Vec<&str> = report.metadata.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, kiln_export::NMS_OUTPUTS);
+    assert!(report.metadata.nms.unwrap().in_graph);
+    let mut images: Vec<image::RgbImage> = dataset.val.iter().map(|s| decode_rgb(&s.path).unwrap()).collect();
+    images.push(image::imageops::resize(&images[0], 200, 150, image::imageops::FilterType::Triangle));
+    for backend in [Backend::Ort(Ep::Cpu), Backend::Tract] {
+        let open = |path: &std::path::Path| {
+            kiln_infer::Detector::new(Model::builder().backend(backend.clone()).open(path).unwrap()).unwrap()
+        };
+        let (plain, fused) = (open(&out), open(&in_graph));
+        assert!(fused.nms_in_graph() && !plain.nms_in_graph());
+        assert_eq!(fused.nms(), plain.nms());
+        let same = |a: &[Vec<kiln_infer::nms::Detection>], b: &[Vec<kiln_infer::nms::Detection>], what: &str| {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!(x.len(), y.len(), "{backend} {what}: {x:?} vs {y:?}");
+                for (p, q) in x.iter().zip(y) {
+                    assert_eq!(p.class, q.class, "{backend} {what}");
+                    assert!((p.score - q.score).abs() < 1e-5, "{backend} {what}: {p:?} vs {q:?}");
+                    assert!(p.bbox.iter().zip(&q.bbox).all(|(u, v)| (u - v).abs() < 1e-3), "{p:?} vs {q:?}");
+                }
+            }
+        };
+        let expected = plain.predict_batch(&images).unwrap();
+        assert!(expected.iter().map(Vec::len).sum::<usize>() > 0);
+        same(&fused.predict_batch(&images).unwrap(), &expected, "in-graph NMS");
+        let stricter =
+            NmsConfig { score_threshold: fused.nms().score_threshold + 0.1, max_detections: 2, ..*fused.nms() };
+        let (plain, fused) = (plain.with_nms(stricter).unwrap(), fused.with_nms(stricter).unwrap());
+        same(&fused.predict_batch(&images).unwrap(), &plain.predict_batch(&images).unwrap(), "stricter");
+        let looser = NmsConfig { iou_threshold: 0.3, ..stricter };
+        let err = fused.with_nms(looser).err().expect("a new IoU cannot be applied after the graph").to_string();
+        assert!(err.contains("det-nms.onnx") && err.contains("inside this model's graph"), "{err}");
+    }
 }

@@ -152,6 +152,31 @@ fn the_cli_trains_and_tests_a_detector() {
         }
     }
 
+    // The same model exported with NMS in its graph (and a lower score threshold baked in) detects the same
+    // objects as the plain export given that threshold on the command line; a looser IoU is refused.
+    let fused = dir.path().join("det-nms.onnx");
+    let fused_arg = fused.to_string_lossy().into_owned();
+    let export = ["export", "onnx", "--run", &run_arg, "--out", &fused_arg, "--nms-in-graph", "--score", "0.1"];
+    let out = common::kiln(&export, dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut plain_args = vec!["infer", "--model", onnx_path.as_str(), "--format", "json", "--score", "0.1"];
+    plain_args.extend(image_args.iter().map(String::as_str));
+    let mut fused_args = vec!["infer", "--model", fused_arg.as_str(), "--format", "json"];
+    fused_args.extend(image_args.iter().map(String::as_str));
+    let (plain, in_graph) = (json_lines(&plain_args), json_lines(&fused_args));
+    assert!(plain[0]["detections"].as_array().is_some_and(|d| !d.is_empty()), "{}", plain[0]);
+    for (p, f) in plain.iter().zip(&in_graph).filter(|(p, _)| p["error"].is_null()) {
+        let (p, f) = (p["detections"].as_array().unwrap(), f["detections"].as_array().unwrap());
+        assert_eq!(p.len(), f.len(), "{p:?} vs {f:?}");
+        for (a, b) in p.iter().zip(f) {
+            assert_eq!(a["class"], b["class"]);
+            assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+    let out = common::kiln(&["infer", "--model", &fused_arg, "--iou", "0.3", &image_args[0]], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("inside this model's graph"), "{stderr}");
+
     // COCO results; a model fused with itself by WBF gives that model's results.
     let onnx_arg = onnx.to_string_lossy().into_owned();
     let test_images: Vec<String> =

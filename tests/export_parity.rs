@@ -259,6 +259,8 @@ fn bad_exports_are_clear_errors_and_leave_no_file() {
     let out = dir.path().join("missing/dir/m.onnx");
     let err = export_run(&run, &ExportOptions { out: Some(out), ..Default::default() }).unwrap_err().to_string();
     assert!(err.contains("missing/dir/m.onnx") && err.contains("does not exist"), "{err}");
+    let err = export_run(&run, &ExportOptions { nms_in_graph: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(err.contains("NMS settings are for detection runs"), "{err}");
 
     let mut ckpt = checkpoint::load(&run.checkpoint(Which::Best)).unwrap();
     ckpt.state.config.model = "resnet50".into();

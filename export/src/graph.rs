@@ -267,6 +267,18 @@ impl Graph {
         Ok(Value(name))
     }
 
+    /// An int64 constant of any shape (`&[]` for a scalar).
+    pub fn constant_i64_shaped(&mut self, hint: &str, dims: &[i64], values: &[i64]) -> Result<Value> {
+        if dims.iter().product::<i64>() as usize != values.len() {
+            return Err(Error::Graph(format!("{hint}: {} values for shape {dims:?}", values.len())));
+        }
+        let name = self.unique_name(hint);
+        let name = self.claim(name)?;
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializers.push(tensor_proto(&name, ElemType::I64, dims, raw));
+        Ok(Value(name))
+    }
+
     fn unique_name(&mut self, hint: &str) -> String {
         let base = if self.scope.is_empty() { hint.to_string() } else { format!("{}/{hint}", self.scope.join("/")) };
         let count = self.op_counts.entry(base.clone()).or_insert(0);
@@ -291,6 +303,27 @@ impl Graph {
         node.attribute = attrs.into_iter().map(Attr::proto).collect();
         self.nodes.push(node);
         Ok(Value(name))
+    }
+
+    /// Appends a node `op_type(inputs)` with `outputs` outputs (TopK's values and indices) and returns them.
+    pub fn op_multi(
+        &mut self,
+        op_type: &str,
+        inputs: &[&Value],
+        attrs: Vec<Attr>,
+        outputs: usize,
+    ) -> Result<Vec<Value>> {
+        let name = self.unique_name(op_type);
+        let name = self.claim(name)?;
+        let names = (0..outputs).map(|i| self.claim(format!("{name}:{i}"))).collect::<Result<Vec<String>>>()?;
+        let mut node = NodeProto::new();
+        node.op_type = op_type.into();
+        node.name = name;
+        node.input = inputs.iter().map(|v| v.0.clone()).collect();
+        node.output = names.clone();
+        node.attribute = attrs.into_iter().map(Attr::proto).collect();
+        self.nodes.push(node);
+        Ok(names.into_iter().map(Value).collect())
     }
 
     pub fn node_count(&self) -> usize {

@@ -43,6 +43,10 @@ pub struct NmsSettings {
     pub max_detections: usize,
     pub class_agnostic: bool,
     pub pre_nms_top_k: usize,
+    /// The graph applies these settings itself (outputs `num_detections`, `det_boxes`, `det_scores`,
+    /// `det_classes`) instead of returning every candidate (`boxes`, `scores`).
+    #[serde(default)]
+    pub in_graph: bool,
 }
 
 /// The image input.
@@ -163,8 +167,13 @@ mod tests {
             max_detections: 100,
             class_agnostic: false,
             pre_nms_top_k: 1000,
+            in_graph: true,
         });
         assert_eq!(ModelMetadata::from_json(&m.to_json()).unwrap(), m);
+        // Files written before `in_graph` existed return every candidate.
+        let old = m.to_json().replace(",\"in_graph\":true", "");
+        assert!(!old.contains("in_graph"), "{old}");
+        assert!(!ModelMetadata::from_json(&old).unwrap().nms.unwrap().in_graph);
     }
 
     #[test]

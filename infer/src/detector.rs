@@ -7,7 +7,9 @@ use std::path::Path;
 
 use image::RgbImage;
 
-use crate::model::Model;
+use kiln_export::NMS_OUTPUTS;
+
+use crate::model::{Model, Output};
 use crate::nms::{nms_per_image, Detection, NmsConfig};
 use crate::preprocess::{decode_rgb, Placement, Preprocess, Resize};
 use crate::{Error, Result};
@@ -21,14 +23,23 @@ pub fn unletterbox(bbox: [f32; 4], placement: &Placement, width: u32, height: u3
     [x(bbox[0]), y(bbox[1]), x(bbox[2]), y(bbox[3])]
 }
 
-/// A detector over a [`Model`] whose metadata says `task: detect`.
+/// Where a model's detections come from.
+enum Outputs {
+    /// Every candidate (`boxes` `[N, A, 4]`, `scores` `[N, A, C]`): NMS runs here.
+    Candidates { boxes: usize, scores: usize },
+    /// NMS inside the graph with the metadata's settings (`num_detections`, `det_boxes`, `det_scores`,
+    /// `det_classes`); a stricter score threshold and fewer detections can still be applied here.
+    InGraph { num: usize, boxes: usize, scores: usize, classes: usize, graph: NmsConfig },
+}
+
+/// A detector over a [`Model`] whose metadata says `task: detect`, in either export form: candidates that NMS
+/// runs on here, or NMS inside the graph (`kiln export onnx --nms-in-graph`). Both give the same detections.
 pub struct Detector {
     model: Model,
     class_names: Vec<String>,
     preprocess: Preprocess,
     nms: NmsConfig,
-    boxes_output: usize,
-    scores_output: usize,
+    outputs: Outputs,
 }
 
 impl Detector {
@@ -47,6 +58,7 @@ impl Detector {
             class_agnostic: n.class_agnostic,
             pre_nms_top_k: n.pre_nms_top_k,
         });
+        let in_graph = meta.nms.is_some_and(|n| n.in_graph);
         let class_names = meta.class_names.clone();
         let preprocess = model.preprocess().cloned().ok_or_else(|| Error::NoMetadata { path: path.clone() })?;
         if preprocess.resize != Resize::Letterbox {
@@ -62,18 +74,60 @@ impl Detector {
                 reason: format!("a detect model without a '{name}' output"),
             })
         };
-        let (boxes_output, scores_output) = (find("boxes")?, find("scores")?);
-        Ok(Self { model, class_names, preprocess, nms, boxes_output, scores_output })
+        let outputs = if in_graph {
+            let [num, boxes, scores, classes] = NMS_OUTPUTS;
+            Outputs::InGraph {
+                num: find(num)?,
+                boxes: find(boxes)?,
+                scores: find(scores)?,
+                classes: find(classes)?,
+                graph: nms,
+            }
+        } else {
+            Outputs::Candidates { boxes: find("boxes")?, scores: find("scores")? }
+        };
+        Ok(Self { model, class_names, preprocess, nms, outputs })
     }
 
-    /// Replaces the NMS settings (IoU, score threshold, max detections, class-agnostic, pre-NMS top-k).
-    pub fn with_nms(mut self, nms: NmsConfig) -> Self {
+    /// Replaces the NMS settings (IoU, score threshold, max detections, class-agnostic, pre-NMS top-k). A model
+    /// with NMS in its graph takes only a score threshold at least its own and at most its own max detections;
+    /// other changes are an error naming the file.
+    pub fn with_nms(mut self, nms: NmsConfig) -> Result<Self> {
+        if let Outputs::InGraph { graph, .. } = &self.outputs {
+            let same = nms.iou_threshold == graph.iou_threshold
+                && nms.class_agnostic == graph.class_agnostic
+                && nms.pre_nms_top_k == graph.pre_nms_top_k;
+            if !same || nms.score_threshold < graph.score_threshold || nms.max_detections > graph.max_detections {
+                return Err(Error::Unsupported(format!(
+                    "{}: NMS is inside this model's graph (IoU {}, score ≥ {}, {} detections, {}, top {} \
+                     candidates); only a higher score threshold and fewer detections can be applied to it \
+                     (asked for IoU {}, score ≥ {}, {} detections, {}, top {}); export without --nms-in-graph \
+                     to choose freely",
+                    self.model.path().display(),
+                    graph.iou_threshold,
+                    graph.score_threshold,
+                    graph.max_detections,
+                    agnostic_name(graph.class_agnostic),
+                    graph.pre_nms_top_k,
+                    nms.iou_threshold,
+                    nms.score_threshold,
+                    nms.max_detections,
+                    agnostic_name(nms.class_agnostic),
+                    nms.pre_nms_top_k,
+                )));
+            }
+        }
         self.nms = nms;
-        self
+        Ok(self)
     }
 
     pub fn nms(&self) -> &NmsConfig {
         &self.nms
+    }
+
+    /// Whether the model's graph runs NMS itself.
+    pub fn nms_in_graph(&self) -> bool {
+        matches!(self.outputs, Outputs::InGraph { .. })
     }
 
     pub fn model(&self) -> &Model {
@@ -99,7 +153,6 @@ impl Detector {
     pub fn predict_batch(&self, images: &[RgbImage]) -> Result<Vec<Vec<Detection>>> {
         let per = self.preprocess.tensor_len();
         let fixed = self.model.fixed_batch();
-        let num_classes = self.class_names.len();
         let mut results = Vec::with_capacity(images.len());
         for group in images.chunks(fixed.unwrap_or(images.len().max(1))) {
             let batch = fixed.unwrap_or(group.len());
@@ -107,22 +160,10 @@ impl Detector {
             let placements: Vec<Placement> =
                 group.iter().zip(input.chunks_mut(per)).map(|(image, out)| self.preprocess.apply(image, out)).collect();
             let outputs = self.model.run(&input, batch)?;
-            let (boxes, scores) = (&outputs[self.boxes_output].data, &outputs[self.scores_output].data);
-            let locations = boxes.len() / 4 / batch;
-            if scores.len() != locations * num_classes * batch {
-                return Err(Error::InvalidInput(format!(
-                    "the model gives {} scores for {locations} boxes and {num_classes} class names",
-                    scores.len() / batch
-                )));
-            }
             for (i, (image, placement)) in group.iter().zip(&placements).enumerate() {
-                let image_boxes: Vec<[f32; 4]> = boxes[i * locations * 4..(i + 1) * locations * 4]
-                    .chunks_exact(4)
-                    .map(|c| [c[0], c[1], c[2], c[3]])
-                    .collect();
-                let image_scores = &scores[i * locations * num_classes..(i + 1) * locations * num_classes];
                 let (w, h) = image.dimensions();
-                let kept = nms_per_image(image_scores, &image_boxes, num_classes, &self.nms)
+                let kept = self
+                    .detections(&outputs, i, batch)?
                     .into_iter()
                     .map(|d| Detection { bbox: unletterbox(d.bbox, placement, w, h), ..d })
                     .collect();
@@ -130,6 +171,60 @@ impl Detector {
             }
         }
         Ok(results)
+    }
+
+    /// Image `i`'s detections on the letterboxed input, highest score first.
+    fn detections(&self, outputs: &[Output], i: usize, batch: usize) -> Result<Vec<Detection>> {
+        let num_classes = self.class_names.len();
+        match self.outputs {
+            Outputs::Candidates { boxes, scores } => {
+                let (boxes, scores) = (&outputs[boxes].data, &outputs[scores].data);
+                let locations = boxes.len() / 4 / batch;
+                if scores.len() != locations * num_classes * batch {
+                    return Err(Error::InvalidInput(format!(
+                        "{}: the model gives {} scores for {locations} boxes and {num_classes} class names",
+                        self.model.path().display(),
+                        scores.len() / batch
+                    )));
+                }
+                let image_boxes: Vec<[f32; 4]> = boxes[i * locations * 4..(i + 1) * locations * 4]
+                    .chunks_exact(4)
+                    .map(|c| [c[0], c[1], c[2], c[3]])
+                    .collect();
+                let image_scores = &scores[i * locations * num_classes..(i + 1) * locations * num_classes];
+                Ok(nms_per_image(image_scores, &image_boxes, num_classes, &self.nms))
+            }
+            Outputs::InGraph { num, boxes, scores, classes, .. } => {
+                let slots = outputs[scores].data.len() / batch;
+                let count = (outputs[num].data[i] as usize).min(slots);
+                let (boxes, scores, classes) = (&outputs[boxes].data, &outputs[scores].data, &outputs[classes].data);
+                let mut kept = Vec::with_capacity(count);
+                for j in i * slots..i * slots + count {
+                    let class = classes[j];
+                    if class < 0.0 || class as usize >= num_classes {
+                        return Err(Error::InvalidInput(format!(
+                            "{}: a detection of class {class} from a model with {num_classes} class names",
+                            self.model.path().display()
+                        )));
+                    }
+                    let score = scores[j];
+                    if score < self.nms.score_threshold || kept.len() == self.nms.max_detections {
+                        break;
+                    }
+                    let bbox = [boxes[4 * j], boxes[4 * j + 1], boxes[4 * j + 2], boxes[4 * j + 3]];
+                    kept.push(Detection { bbox, score, class: class as usize });
+                }
+                Ok(kept)
+            }
+        }
+    }
+}
+
+fn agnostic_name(agnostic: bool) -> &'static str {
+    if agnostic {
+        "class-agnostic"
+    } else {
+        "per class"
     }
 }
 

@@ -17,12 +17,40 @@ use crate::backend::{Backend, Ep};
 use crate::preprocess::Preprocess;
 use crate::{runtime, Error, Result};
 
-/// A graph input or output: name, dimensions (`None` where chosen at run time) and whether it is fp16.
+/// The element type of a graph input or output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorType {
+    F32,
+    F16,
+    /// Counts and class indices (a detector with NMS in its graph).
+    I64,
+    /// Any other ONNX element type (its `TensorProto.DataType` number), which [`Model::run`] cannot return.
+    Other(i32),
+}
+
+impl TensorType {
+    fn from_onnx(elem: i32) -> Self {
+        match elem {
+            1 => Self::F32,
+            10 => Self::F16,
+            7 => Self::I64,
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// A graph input or output: name, dimensions (`None` where chosen at run time) and element type.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorSpec {
     pub name: String,
     pub shape: Vec<Option<usize>>,
-    pub half: bool,
+    pub dtype: TensorType,
+}
+
+impl TensorSpec {
+    pub fn is_half(&self) -> bool {
+        self.dtype == TensorType::F16
+    }
 }
 
 fn tensor_spec(info: &ValueInfoProto) -> TensorSpec {
@@ -40,10 +68,11 @@ fn tensor_spec(info: &ValueInfoProto) -> TensorSpec {
         ),
         _ => (Vec::new(), 0),
     };
-    TensorSpec { name: info.name.clone(), shape, half: elem == 10 }
+    TensorSpec { name: info.name.clone(), shape, dtype: TensorType::from_onnx(elem) }
 }
 
-/// One output of a run, as f32 whatever the model's output type.
+/// One output of a run, as f32 whatever the model's output type (int64 outputs are counts and class indices, exact
+/// in f32 below 2^24).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Output {
     pub name: String,
@@ -71,7 +100,7 @@ impl TractPlans {
         let model = tract_onnx::onnx().model_for_read(&mut std::io::Cursor::new(bytes)).map_err(tract_error)?;
         let plans = Self { model, plans: Mutex::new(HashMap::new()) };
         if let Some(image) = image {
-            plans.plan(input.half, image, first_batch)?;
+            plans.plan(input.is_half(), image, first_batch)?;
         }
         Ok(plans)
     }
@@ -147,6 +176,12 @@ impl ModelBuilder {
             ModelMetadata::from_model(&proto).map_err(|source| Error::Metadata { path: path.to_path_buf(), source })?;
         let input = tensor_spec(&proto.graph.input[0]);
         let outputs: Vec<TensorSpec> = proto.graph.output.iter().map(tensor_spec).collect();
+        if let Some(output) = outputs.iter().find(|o| matches!(o.dtype, TensorType::Other(_))) {
+            return Err(file_err(format!(
+                "output '{}' has ONNX element type {:?}; kiln reads float32, float16 and int64 outputs",
+                output.name, output.dtype
+            )));
+        }
         if input.shape.len() != 4 {
             return Err(Error::Unsupported(format!(
                 "input '{}' has rank {}, expected NCHW",
@@ -308,13 +343,13 @@ impl Model {
         let shape = [batch, c, h, w];
         match &self.engine {
             Engine::Ort(session) => self.run_ort(session, input, shape),
-            Engine::Tract(plans) => self.run_tract(&plans.plan(self.input.half, [c, h, w], batch)?, input, shape),
+            Engine::Tract(plans) => self.run_tract(&plans.plan(self.input.is_half(), [c, h, w], batch)?, input, shape),
         }
     }
 
     fn run_ort(&self, session: &Mutex<Session>, input: &[f32], shape: [usize; 4]) -> Result<Vec<Output>> {
         let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
-        let value: ort::value::DynValue = if self.input.half {
+        let value: ort::value::DynValue = if self.input.is_half() {
             let data: Vec<half::f16> = input.iter().map(|&v| half::f16::from_f32(v)).collect();
             ort::value::Tensor::from_array((shape, data))?.into_dyn()
         } else {
@@ -325,12 +360,19 @@ impl Model {
             .iter()
             .map(|spec| {
                 let value = &outputs[spec.name.as_str()];
-                let (dims, data) = if spec.half {
-                    let (s, d) = value.try_extract_tensor::<half::f16>()?;
-                    (s.to_vec(), d.iter().map(|v| v.to_f32()).collect())
-                } else {
-                    let (s, d) = value.try_extract_tensor::<f32>()?;
-                    (s.to_vec(), d.to_vec())
+                let (dims, data) = match spec.dtype {
+                    TensorType::F16 => {
+                        let (s, d) = value.try_extract_tensor::<half::f16>()?;
+                        (s.to_vec(), d.iter().map(|v| v.to_f32()).collect())
+                    }
+                    TensorType::I64 => {
+                        let (s, d) = value.try_extract_tensor::<i64>()?;
+                        (s.to_vec(), d.iter().map(|&v| v as f32).collect())
+                    }
+                    _ => {
+                        let (s, d) = value.try_extract_tensor::<f32>()?;
+                        (s.to_vec(), d.to_vec())
+                    }
                 };
                 Ok(Output { name: spec.name.clone(), shape: dims.iter().map(|&d| d as usize).collect(), data })
             })
@@ -339,7 +381,7 @@ impl Model {
 
     fn run_tract(&self, plan: &Arc<TypedRunnableModel>, input: &[f32], shape: [usize; 4]) -> Result<Vec<Output>> {
         let tract = tract_error;
-        let tensor = if self.input.half {
+        let tensor = if self.input.is_half() {
             let data: Vec<half::f16> = input.iter().map(|&v| half::f16::from_f32(v)).collect();
             tract_onnx::prelude::Tensor::from_shape(&shape, &data).map_err(tract)?
         } else {

@@ -36,6 +36,13 @@ pub struct OnnxArgs {
     /// With --half: fp16 inputs and outputs too.
     #[arg(long, requires = "half")]
     pub half_io: bool,
+    /// Detection: end the graph in ONNX NonMaxSuppression, returning at most --max-det boxes per image
+    /// (num_detections, det_boxes, det_scores, det_classes) instead of every candidate.
+    #[arg(long)]
+    pub nms_in_graph: bool,
+    /// Detection: NMS settings for the metadata (and the graph) instead of the run's.
+    #[command(flatten)]
+    pub nms: super::infer_detect::NmsOverrides,
 }
 
 pub fn run(format: ExportFormat) -> anyhow::Result<()> {
@@ -48,6 +55,14 @@ pub fn run(format: ExportFormat) -> anyhow::Result<()> {
         dynamic_batch: args.dynamic_batch,
         half: args.half,
         half_io: args.half_io,
+        nms: None,
+        nms_in_graph: args.nms_in_graph,
+    };
+    let options = if args.nms.any() {
+        let config = kiln_train::TrainConfig::load(&run.config())?;
+        ExportOptions { nms: Some(args.nms.apply(config.detect.nms)), ..options }
+    } else {
+        options
     };
     let report = export_run(&run, &options)?;
     let m = &report.metadata;

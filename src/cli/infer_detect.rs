@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
-use kiln_infer::nms::Detection;
+use kiln_infer::nms::{Detection, NmsConfig};
 use kiln_infer::preprocess::decode_rgb;
 use kiln_infer::{weighted_boxes_fusion, Detector, Model, WbfConfig};
 
 use super::coco_results::{CocoGroundTruth, CocoResults};
 use super::output::{csv_field, Format};
 
-/// NMS overrides for a detection model (default: the settings in its metadata).
-#[derive(Args, Debug, Clone)]
-pub struct NmsArgs {
+/// NMS settings given on the command line, each replacing the model's (or the run's) own.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NmsOverrides {
     /// IoU above which a lower-scored box of the same class is suppressed.
     #[arg(long)]
     pub iou: Option<f32>,
@@ -28,6 +28,28 @@ pub struct NmsArgs {
     /// Suppress across classes.
     #[arg(long)]
     pub agnostic: bool,
+}
+
+impl NmsOverrides {
+    /// `settings` with the given overrides applied.
+    pub fn apply(&self, mut settings: NmsConfig) -> NmsConfig {
+        settings.iou_threshold = self.iou.unwrap_or(settings.iou_threshold);
+        settings.score_threshold = self.score.unwrap_or(settings.score_threshold);
+        settings.max_detections = self.max_det.unwrap_or(settings.max_detections);
+        settings.class_agnostic |= self.agnostic;
+        settings
+    }
+
+    pub fn any(&self) -> bool {
+        self.iou.is_some() || self.score.is_some() || self.max_det.is_some() || self.agnostic
+    }
+}
+
+/// NMS overrides for a detection model (default: the settings in its metadata) and ensembling.
+#[derive(Args, Debug, Clone)]
+pub struct NmsArgs {
+    #[command(flatten)]
+    pub overrides: NmsOverrides,
     /// With several --model files: the IoU above which weighted boxes fusion merges their boxes.
     #[arg(long, default_value_t = 0.55)]
     pub wbf_iou: f32,
@@ -35,7 +57,7 @@ pub struct NmsArgs {
 
 impl Default for NmsArgs {
     fn default() -> Self {
-        Self { iou: None, score: None, max_det: None, agnostic: false, wbf_iou: WbfConfig::default().iou_threshold }
+        Self { overrides: NmsOverrides::default(), wbf_iou: WbfConfig::default().iou_threshold }
     }
 }
 
@@ -65,11 +87,7 @@ pub fn run(
     for model in models {
         let path = model.path().to_path_buf();
         let detector = Detector::new(model)?;
-        let mut settings = *detector.nms();
-        settings.iou_threshold = nms.iou.unwrap_or(settings.iou_threshold);
-        settings.score_threshold = nms.score.unwrap_or(settings.score_threshold);
-        settings.max_detections = nms.max_det.unwrap_or(settings.max_detections);
-        settings.class_agnostic |= nms.agnostic;
+        let settings = nms.overrides.apply(*detector.nms());
         if let Some(first) = detectors.first() {
             let first: &Detector = first;
             anyhow::ensure!(
@@ -81,7 +99,7 @@ pub fn run(
                 detector.class_names()
             );
         }
-        detectors.push(detector.with_nms(settings));
+        detectors.push(detector.with_nms(settings)?);
     }
     let names = detectors[0].class_names().to_vec();
     let wbf = WbfConfig { iou_threshold: nms.wbf_iou, ..WbfConfig::default() };

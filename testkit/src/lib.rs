@@ -1,5 +1,8 @@
-//! Support for kiln's test suites (a dev-dependency only, never shipped).
+//! Support for kiln's test suites (a dev-dependency only, never shipped): a throwaway PostgreSQL server and a
+//! throwaway Python environment with the reference tools from PyPI.
 
 mod postgres_server;
+mod python_env;
 
 pub use postgres_server::PostgresServer;
+pub use python_env::PythonEnv;

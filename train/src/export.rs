@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use kiln_export::{ElemType, Graph, ModelMetadata};
+use kiln_infer::nms::NmsConfig;
 
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
@@ -26,11 +27,25 @@ pub struct ExportOptions {
     pub half: bool,
     /// With `half`: fp16 graph inputs and outputs too (else they stay fp32, converted inside the graph).
     pub half_io: bool,
+    /// Detection: these NMS settings in the metadata (and in the graph with `nms_in_graph`) instead of the run's.
+    pub nms: Option<NmsConfig>,
+    /// Detection: non-maximum suppression inside the graph, which then returns at most `max_detections` boxes per
+    /// image (`num_detections`, `det_boxes`, `det_scores`, `det_classes`) instead of every candidate.
+    pub nms_in_graph: bool,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        Self { which: Which::Best, out: None, opset: 17, dynamic_batch: false, half: false, half_io: false }
+        Self {
+            which: Which::Best,
+            out: None,
+            opset: 17,
+            dynamic_batch: false,
+            half: false,
+            half_io: false,
+            nms: None,
+            nms_in_graph: false,
+        }
     }
 }
 

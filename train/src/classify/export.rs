@@ -90,6 +90,12 @@ pub fn classifier_onnx(
 /// Exports a run's checkpoint. Everything is checked before anything is written; the file appears whole or not
 /// at all.
 pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
+    if options.nms_in_graph || options.nms.is_some() {
+        return Err(Error::InvalidSetting {
+            key: "nms".into(),
+            reason: format!("{}: NMS settings are for detection runs, this one classifies", run.path.display()),
+        });
+    }
     let (ckpt_path, out) = plan_export(run, options)?;
     let ckpt = checkpoint::load(&ckpt_path)?;
     let config = &ckpt.state.config;

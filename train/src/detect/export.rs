@@ -4,7 +4,8 @@
 //! and the NMS settings validation used, so that an application reproduces what training measured.
 
 use kiln_export::{
-    Attr, Dim, Graph, InputSpec, ModelMetadata, NmsSettings, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION,
+    emit_nms, Attr, Dim, ElemType, Graph, InputSpec, ModelMetadata, NmsSettings, OutputSpec, TrainingInfo,
+    METADATA_KEY, NMS_OUTPUTS, SCHEMA_VERSION,
 };
 use kiln_infer::nms::NmsConfig;
 use kiln_models::weights::{load_into, HeadPolicy};
@@ -39,10 +40,13 @@ pub fn nms_settings(nms: &NmsConfig) -> NmsSettings {
         max_detections: nms.max_detections,
         class_agnostic: nms.class_agnostic,
         pre_nms_top_k: nms.pre_nms_top_k,
+        in_graph: false,
     }
 }
 
-/// Builds the ONNX model of `model` with metadata; returns the bytes, the metadata and the node count.
+/// Builds the ONNX model of `model` with metadata; returns the bytes, the metadata and the node count. With
+/// `options.nms_in_graph` the graph ends in non-maximum suppression with `spec.nms`
+/// ([`kiln_export::emit_nms`]).
 pub fn detector_onnx(
     model: &ObjectDetector,
     spec: &DetectorGraphSpec,
@@ -57,18 +61,74 @@ pub fn detector_onnx(
     let images = g.input("images", io, &[batch.clone(), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)])?;
     let x = if io != compute { g.op("Cast", &[&images], vec![Attr::Int("to", ONNX_FLOAT16)])? } else { images };
     let (boxes, scores) = model.emit(&mut g, &x, s, s)?;
-    let (boxes, scores) = if io != compute {
-        (
-            g.op("Cast", &[&boxes], vec![Attr::Int("to", ONNX_FLOAT)])?,
-            g.op("Cast", &[&scores], vec![Attr::Int("to", ONNX_FLOAT)])?,
-        )
-    } else {
-        (boxes, scores)
-    };
-    g.output(&boxes, "boxes", io, &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(4)])?;
-    g.output(&scores, "scores", io, &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(classes)])?;
-    let nodes = g.node_count();
     let batch_meta = if options.dynamic_batch { None } else { Some(1) };
+    let io_name = dtype_name(io);
+    let output = |name: &str, shape: Vec<Option<i64>>, dtype: &str, meaning: &str| OutputSpec {
+        name: name.into(),
+        shape,
+        dtype: dtype.into(),
+        meaning: meaning.into(),
+    };
+    let cast = |g: &mut Graph, v: &kiln_export::Value, to: i64| g.op("Cast", &[v], vec![Attr::Int("to", to)]);
+    let mut nms = nms_settings(&spec.nms);
+    let outputs = if options.nms_in_graph {
+        nms.in_graph = true;
+        let (boxes, scores) = if compute != ElemType::F32 {
+            (cast(&mut g, &boxes, ONNX_FLOAT)?, cast(&mut g, &scores, ONNX_FLOAT)?)
+        } else {
+            (boxes, scores)
+        };
+        let detections = emit_nms(&mut g, &boxes, &scores, locations, classes, &nms)?;
+        let (det_boxes, det_scores) = if io != ElemType::F32 {
+            (cast(&mut g, &detections.boxes, ONNX_FLOAT16)?, cast(&mut g, &detections.scores, ONNX_FLOAT16)?)
+        } else {
+            (detections.boxes, detections.scores)
+        };
+        let m = Dim::Fixed(nms.max_detections as i64);
+        let [num_name, boxes_name, scores_name, classes_name] = NMS_OUTPUTS;
+        g.output(&detections.num_detections, num_name, ElemType::I64, std::slice::from_ref(&batch))?;
+        g.output(&det_boxes, boxes_name, io, &[batch.clone(), m.clone(), Dim::Fixed(4)])?;
+        g.output(&det_scores, scores_name, io, &[batch.clone(), m.clone()])?;
+        g.output(&detections.classes, classes_name, ElemType::I64, &[batch.clone(), m])?;
+        let max = Some(nms.max_detections as i64);
+        vec![
+            output(num_name, vec![batch_meta], "int64", "detections kept in each image (rows past it are padding)"),
+            output(
+                boxes_name,
+                vec![batch_meta, max, Some(4)],
+                io_name,
+                "x1, y1, x2, y2 of each detection in input (letterboxed) pixels, highest score first; undo the \
+                 letterbox",
+            ),
+            output(scores_name, vec![batch_meta, max], io_name, "score of each detection (0 in padding)"),
+            output(classes_name, vec![batch_meta, max], "int64", "class_names index of each detection (-1 in padding)"),
+        ]
+    } else {
+        let (boxes, scores) = if io != compute {
+            (cast(&mut g, &boxes, ONNX_FLOAT)?, cast(&mut g, &scores, ONNX_FLOAT)?)
+        } else {
+            (boxes, scores)
+        };
+        g.output(&boxes, "boxes", io, &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(4)])?;
+        g.output(&scores, "scores", io, &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(classes)])?;
+        vec![
+            output(
+                "boxes",
+                vec![batch_meta, Some(locations), Some(4)],
+                io_name,
+                "one candidate box per feature-map location: x1, y1, x2, y2 in input (letterboxed) pixels, \
+                 clamped to the input; apply NMS with the `nms` settings and undo the letterbox",
+            ),
+            output(
+                "scores",
+                vec![batch_meta, Some(locations), Some(classes)],
+                io_name,
+                "per-class score of each candidate box, sqrt(sigmoid(class logit) * sigmoid(centerness)), one per \
+                 class_names entry",
+            ),
+        ]
+    };
+    let nodes = g.node_count();
     let metadata = ModelMetadata {
         schema_version: SCHEMA_VERSION,
         kiln_version: env!("CARGO_PKG_VERSION").into(),
@@ -80,35 +140,18 @@ pub fn detector_onnx(
             name: "images".into(),
             shape: vec![batch_meta, Some(3), Some(s), Some(s)],
             layout: "NCHW".into(),
-            dtype: dtype_name(io).into(),
+            dtype: io_name.into(),
             color: "RGB".into(),
             resize: "letterbox".into(),
             size: [spec.img_size, spec.img_size],
             mean: spec.normalize.mean,
             std: spec.normalize.std,
         },
-        outputs: vec![
-            OutputSpec {
-                name: "boxes".into(),
-                shape: vec![batch_meta, Some(locations), Some(4)],
-                dtype: dtype_name(io).into(),
-                meaning: "one candidate box per feature-map location: x1, y1, x2, y2 in input (letterboxed) pixels, \
-                          clamped to the input; apply NMS with the `nms` settings and undo the letterbox"
-                    .into(),
-            },
-            OutputSpec {
-                name: "scores".into(),
-                shape: vec![batch_meta, Some(locations), Some(classes)],
-                dtype: dtype_name(io).into(),
-                meaning: "per-class score of each candidate box, sqrt(sigmoid(class logit) * sigmoid(centerness)), \
-                          one per class_names entry"
-                    .into(),
-            },
-        ],
+        outputs,
         precision: if options.half { "fp16" } else { "fp32" }.into(),
         opset: options.opset,
         training: spec.training.clone(),
-        nms: Some(nms_settings(&spec.nms)),
+        nms: Some(nms),
     };
     let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
     Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))
@@ -133,7 +176,7 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
         normalize: config.normalize,
         class_names,
         variant: config.model.clone(),
-        nms: config.detect.nms,
+        nms: options.nms.unwrap_or(config.detect.nms),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
     };
     let (bytes, metadata, nodes) = tch::no_grad(|| detector_onnx(&model, &spec, options))?;
