@@ -126,7 +126,7 @@ fn both_block_types_match_libtorch_at_every_opset_and_in_fp16() {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = fixture_model(&vs, case, conv_mlp);
         let input = random_input(2, 64, 1);
-        for opset in [13, 16, 17, 18, 21] {
+        for opset in [13, 16, 17, 18, 19, 20, 21] {
             let options = ExportOptions { opset, dynamic_batch: true, ..Default::default() };
             let (bytes, _, _) = classifier_onnx(&model, &spec(64, 5, "custom"), &options).unwrap();
             check(&format!("{case} opset {opset}"), &model, &bytes, &input, [2, 3, 64, 64], 1e-4);

@@ -20,11 +20,14 @@ use crate::{Error, Result};
 pub const MIN_OPSET: i64 = 13;
 pub const MAX_OPSET: i64 = 21;
 /// The ONNX IR version written (IR 8 covers opsets up to 19, IR 10 up to 21).
+/// The IR version ONNX releases pair with an opset (ONNX's versioning table, docs/Versioning.md: ONNX 1.8–1.9
+/// opsets 13–14 IR 7, 1.10–1.13 opsets 15–18 IR 8, 1.14–1.15 opsets 19–20 IR 9, 1.16 opset 21 IR 10).
 fn ir_version(opset: i64) -> i64 {
-    if opset <= 19 {
-        8
-    } else {
-        10
+    match opset {
+        ..=14 => 7,
+        15..=18 => 8,
+        19 | 20 => 9,
+        _ => 10,
     }
 }
 
@@ -392,6 +395,15 @@ mod tests {
         assert_eq!(back.graph.output[0].name, "out");
         assert_eq!(back.opset_import[0].version, 17);
         assert_eq!(back.metadata_props[0].key, "kiln");
+    }
+
+    #[test]
+    fn each_opset_gets_the_ir_version_onnx_pairs_it_with() {
+        let table = [(13, 7), (14, 7), (15, 8), (16, 8), (17, 8), (18, 8), (19, 9), (20, 9), (21, 10)];
+        for (opset, ir) in table {
+            let model = Graph::new(opset, ElemType::F32).unwrap().into_model("m", &[]);
+            assert_eq!(model.ir_version, ir, "opset {opset}");
+        }
     }
 
     #[test]
