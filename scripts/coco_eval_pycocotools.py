@@ -18,19 +18,27 @@ import sys
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-NAMES = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
-         "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
+# COCOeval.stats in order, under the names of kiln's `CocoStats`.
+STAT_NAMES = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+              "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
 
 
-def main(gt_path, results_path):
-    with contextlib.redirect_stdout(io.StringIO()):
+def evaluate(gt_path, results_path):
+    """COCOeval (bbox) of a results file against a ground truth, evaluated, accumulated and summarized; returns it
+    with the loaded results and what pycocotools printed."""
+    with contextlib.redirect_stdout(io.StringIO()) as log:
         gt = COCO(gt_path)
         dt = gt.loadRes(results_path)
         evaluation = COCOeval(gt, dt, "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    stats = {name: float(v) for name, v in zip(NAMES, evaluation.stats)}
+    return evaluation, dt, log.getvalue()
+
+
+def main(gt_path, results_path):
+    evaluation, dt, _ = evaluate(gt_path, results_path)
+    stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluation.stats)}
     stats["results"] = len(dt.getAnnIds())
     print(json.dumps(stats))
 

@@ -54,35 +54,19 @@ was produced with pycocotools 2.0.11 and numpy 2.4.6 on Python 3.11.
 """
 
 import argparse
-import contextlib
 import importlib.metadata
-import io
 import json
 import os
 import random
 import sys
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from coco_eval_pycocotools import STAT_NAMES, evaluate  # noqa: E402  (the scoring shared with kiln's tests)
 
 SEED = 20240601
 IMG_W, IMG_H = 640, 480
-
-STAT_NAMES = [
-    "map",
-    "map_50",
-    "map_75",
-    "map_small",
-    "map_medium",
-    "map_large",
-    "mar_1",
-    "mar_10",
-    "mar_100",
-    "mar_small",
-    "mar_medium",
-    "mar_large",
-]
 
 # Listed unsorted on purpose; pycocotools sorts category ids.
 CATEGORIES = [
@@ -292,13 +276,7 @@ def mean_valid(s):
 
 
 def run_cocoeval(gt_path, pred_path):
-    with contextlib.redirect_stdout(io.StringIO()) as log:
-        gt = COCO(gt_path)
-        dt = gt.loadRes(pred_path)
-        ev = COCOeval(gt, dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+    ev, _, log = evaluate(gt_path, pred_path)
     p = ev.params
     prec = ev.eval["precision"]  # [T, R, K, A, M]
     rec = ev.eval["recall"]  # [T, K, A, M]
@@ -328,7 +306,7 @@ def run_cocoeval(gt_path, pred_path):
         "iou_thresholds": [float(x) for x in p.iouThrs],
         "recall_thresholds": [float(x) for x in p.recThrs],
     }
-    return expected, log.getvalue()
+    return expected, log
 
 
 def write_case(out_dir, gt, preds):

@@ -61,7 +61,7 @@ pub fn emit_nms(
     if locations < 1 || classes < 1 {
         return Err(Error::Graph(format!("in-graph NMS over {locations} boxes and {classes} classes")));
     }
-    let top_k = (settings.pre_nms_top_k as i64).min(locations * classes);
+    let top_k_len = (settings.pre_nms_top_k as i64).min(locations * classes);
     let max = settings.max_detections as i64;
     g.scoped("nms", |g| {
         let axis = |g: &mut Graph, a: i64| g.constant_i64("axis", &[a]);
@@ -72,6 +72,12 @@ pub fn emit_nms(
         let unsqueeze = |g: &mut Graph, x: &Value, ax: i64| -> Result<Value> {
             let a = axis(g, ax)?;
             g.op("Unsqueeze", &[x, &a], vec![])
+        };
+        // Values and indices of the `k` largest along axis 1, sorted, lower index first among equals.
+        let top_k = |g: &mut Graph, x: &Value, hint: &str, k: i64| -> Result<Vec<Value>> {
+            let k = g.constant_i64(hint, &[k])?;
+            let attrs = vec![Attr::Int("axis", 1), Attr::Int("largest", 1), Attr::Int("sorted", 1)];
+            g.op_multi("TopK", &[x, &k], attrs, 2)
         };
         let reshape = |g: &mut Graph, x: &Value, shape: &[i64]| -> Result<Value> {
             let s = g.constant_i64("shape", shape)?;
@@ -96,13 +102,7 @@ pub fn emit_nms(
 
         // 2. The best `top_k` (box, class) pairs of each image, in rank order.
         let flat = reshape(g, &candidates, &[0, -1])?;
-        let k = g.constant_i64("top_k", &[top_k])?;
-        let ranked = g.op_multi(
-            "TopK",
-            &[&flat, &k],
-            vec![Attr::Int("axis", 1), Attr::Int("largest", 1), Attr::Int("sorted", 1)],
-            2,
-        )?;
+        let ranked = top_k(g, &flat, "top_k", top_k_len)?;
         let (rank_scores, pair) = (&ranked[0], &ranked[1]);
         let num_classes = g.constant_i64_shaped("classes", &[], &[classes])?;
         let box_index = g.op("Div", &[pair, &num_classes], vec![])?;
@@ -133,7 +133,7 @@ pub fn emit_nms(
         let selected_image = reshape(g, &selected_image, &[-1])?;
         let selected_rank = slice(g, &selected, 2, 3, 1)?;
         let selected_rank = reshape(g, &selected_rank, &[-1])?;
-        let k_scalar = g.constant_i64_shaped("top_k_scalar", &[], &[top_k])?;
+        let k_scalar = g.constant_i64_shaped("top_k_scalar", &[], &[top_k_len])?;
         let offset = g.op("Mul", &[&selected_image, &k_scalar], vec![])?;
         let selected_flat = g.op("Add", &[&offset, &selected_rank], vec![])?;
 
@@ -159,13 +159,7 @@ pub fn emit_nms(
         let key_row = unsqueeze(g, &key_ext, 0)?;
         let no_rank = g.constant_f32("no_rank", &[], &[NO_RANK])?;
         let keys = g.op("Where", &[&mine, &key_row, &no_rank], vec![])?;
-        let m = g.constant_i64("max_detections", &[max])?;
-        let best = g.op_multi(
-            "TopK",
-            &[&keys, &m],
-            vec![Attr::Int("axis", 1), Attr::Int("largest", 1), Attr::Int("sorted", 1)],
-            2,
-        )?;
+        let best = top_k(g, &keys, "max_detections", max)?;
         let half_no_rank = g.constant_f32("valid_above", &[], &[NO_RANK / 2.0])?;
         let valid = g.op("Greater", &[&best[0], &half_no_rank], vec![])?;
         let chosen = g.op("Gather", &[&flat_ext, &best[1]], vec![Attr::Int("axis", 0)])?;

@@ -36,6 +36,6 @@ pub use classifier::{ClassScore, Classifier};
 pub use detector::{unletterbox, Detector};
 pub use error::{Error, Result};
 pub use model::{Model, ModelBuilder, Output, TensorSpec, TensorType};
-pub use nms::{iou, nms, nms_per_image, Detection, NmsConfig};
+pub use nms::{iou, nms, nms_per_image, Detection, NmsConfig, NmsOverrides};
 pub use preprocess::{ChannelOrder, Preprocess, Resize};
 pub use wbf::{weighted_boxes_fusion, ConfType, WbfConfig};

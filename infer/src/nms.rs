@@ -60,6 +60,35 @@ impl Default for NmsConfig {
     }
 }
 
+/// Changes to an [`NmsConfig`], as a command line or an export option gives them: each `Some` replaces that
+/// setting, `None` keeps the one being changed (a model's metadata, a run's config).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NmsOverrides {
+    pub iou_threshold: Option<f32>,
+    pub score_threshold: Option<f32>,
+    pub max_detections: Option<usize>,
+    pub class_agnostic: Option<bool>,
+    pub pre_nms_top_k: Option<usize>,
+}
+
+impl NmsOverrides {
+    /// `settings` with these changes.
+    pub fn apply(&self, settings: NmsConfig) -> NmsConfig {
+        NmsConfig {
+            iou_threshold: self.iou_threshold.unwrap_or(settings.iou_threshold),
+            score_threshold: self.score_threshold.unwrap_or(settings.score_threshold),
+            max_detections: self.max_detections.unwrap_or(settings.max_detections),
+            class_agnostic: self.class_agnostic.unwrap_or(settings.class_agnostic),
+            pre_nms_top_k: self.pre_nms_top_k.unwrap_or(settings.pre_nms_top_k),
+        }
+    }
+
+    /// Nothing is changed.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Intersection over union of two `[x1, y1, x2, y2]` boxes, in `[0, 1]`. A box that cannot be a detection (a NaN or
 /// infinite coordinate, `x2 <= x1` or `y2 <= y1`, an area that overflows) has IoU 0 with every box, itself included,
 /// so the result is never NaN.
@@ -312,6 +341,16 @@ impl KeptBoxes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_replace_only_what_they_name() {
+        let base = NmsConfig::default();
+        assert!(NmsOverrides::default().is_empty());
+        assert_eq!(NmsOverrides::default().apply(base), base);
+        let changes = NmsOverrides { score_threshold: Some(0.3), class_agnostic: Some(true), ..Default::default() };
+        assert!(!changes.is_empty());
+        assert_eq!(changes.apply(base), NmsConfig { score_threshold: 0.3, class_agnostic: true, ..base });
+    }
 
     fn det(bbox: [f32; 4], score: f32, class: usize) -> Detection {
         Detection { bbox, score, class }

@@ -150,8 +150,8 @@ fn detect(args: &DemoArgs) -> anyhow::Result<()> {
     let examples: Vec<PathBuf> = (0..3).map(|i| args.out.join(format!("scenes/images/test_{i:05}.png"))).collect();
     println!("\n$ kiln infer --model {} --score 0.3 <three test scenes>", export.path.display());
     let model = super::infer::open_model(&export.path, kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), None)?;
-    let overrides = super::infer_detect::NmsOverrides { score: Some(0.3), ..Default::default() };
-    let nms = super::infer_detect::NmsArgs { overrides, ..Default::default() };
+    let flags = super::infer_detect::NmsFlags { score: Some(0.3), ..Default::default() };
+    let nms = super::infer_detect::NmsArgs { flags, ..Default::default() };
     let output =
         super::infer_detect::DetectOutput { format: super::output::Format::Table, coco_gt: None, save_vis: None };
     super::infer_detect::run(vec![model], &examples, 1, &nms, &output)

@@ -42,7 +42,7 @@ pub struct OnnxArgs {
     pub nms_in_graph: bool,
     /// Detection: NMS settings for the metadata (and the graph) instead of the run's.
     #[command(flatten)]
-    pub nms: super::infer_detect::NmsOverrides,
+    pub nms: super::infer_detect::NmsFlags,
 }
 
 pub fn run(format: ExportFormat) -> anyhow::Result<()> {
@@ -55,14 +55,8 @@ pub fn run(format: ExportFormat) -> anyhow::Result<()> {
         dynamic_batch: args.dynamic_batch,
         half: args.half,
         half_io: args.half_io,
-        nms: None,
+        nms: args.nms.overrides(),
         nms_in_graph: args.nms_in_graph,
-    };
-    let options = if args.nms.any() {
-        let config = kiln_train::TrainConfig::load(&run.config())?;
-        ExportOptions { nms: Some(args.nms.apply(config.detect.nms)), ..options }
-    } else {
-        options
     };
     let report = export_run(&run, &options)?;
     let m = &report.metadata;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
-use kiln_infer::nms::{Detection, NmsConfig};
+use kiln_infer::nms::{Detection, NmsOverrides};
 use kiln_infer::preprocess::decode_rgb;
 use kiln_infer::{weighted_boxes_fusion, Detector, Model, WbfConfig};
 
@@ -15,7 +15,7 @@ use super::output::{csv_field, Format};
 
 /// NMS settings given on the command line, each replacing the model's (or the run's) own.
 #[derive(Args, Debug, Clone, Default)]
-pub struct NmsOverrides {
+pub struct NmsFlags {
     /// IoU above which a lower-scored box of the same class is suppressed.
     #[arg(long)]
     pub iou: Option<f32>,
@@ -30,18 +30,15 @@ pub struct NmsOverrides {
     pub agnostic: bool,
 }
 
-impl NmsOverrides {
-    /// `settings` with the given overrides applied.
-    pub fn apply(&self, mut settings: NmsConfig) -> NmsConfig {
-        settings.iou_threshold = self.iou.unwrap_or(settings.iou_threshold);
-        settings.score_threshold = self.score.unwrap_or(settings.score_threshold);
-        settings.max_detections = self.max_det.unwrap_or(settings.max_detections);
-        settings.class_agnostic |= self.agnostic;
-        settings
-    }
-
-    pub fn any(&self) -> bool {
-        self.iou.is_some() || self.score.is_some() || self.max_det.is_some() || self.agnostic
+impl NmsFlags {
+    pub fn overrides(&self) -> NmsOverrides {
+        NmsOverrides {
+            iou_threshold: self.iou,
+            score_threshold: self.score,
+            max_detections: self.max_det,
+            class_agnostic: self.agnostic.then_some(true),
+            pre_nms_top_k: None,
+        }
     }
 }
 
@@ -49,7 +46,7 @@ impl NmsOverrides {
 #[derive(Args, Debug, Clone)]
 pub struct NmsArgs {
     #[command(flatten)]
-    pub overrides: NmsOverrides,
+    pub flags: NmsFlags,
     /// With several --model files: the IoU above which weighted boxes fusion merges their boxes.
     #[arg(long, default_value_t = 0.55)]
     pub wbf_iou: f32,
@@ -57,7 +54,7 @@ pub struct NmsArgs {
 
 impl Default for NmsArgs {
     fn default() -> Self {
-        Self { overrides: NmsOverrides::default(), wbf_iou: WbfConfig::default().iou_threshold }
+        Self { flags: NmsFlags::default(), wbf_iou: WbfConfig::default().iou_threshold }
     }
 }
 
@@ -87,7 +84,7 @@ pub fn run(
     for model in models {
         let path = model.path().to_path_buf();
         let detector = Detector::new(model)?;
-        let settings = nms.overrides.apply(*detector.nms());
+        let settings = nms.flags.overrides().apply(*detector.nms());
         if let Some(first) = detectors.first() {
             let first: &Detector = first;
             anyhow::ensure!(

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_export::{ElemType, Graph, ModelMetadata};
-use kiln_infer::nms::NmsConfig;
+use kiln_export::{Dim, ElemType, Graph, ModelMetadata, OutputSpec, Value};
+use kiln_infer::nms::NmsOverrides;
 
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
@@ -27,8 +27,8 @@ pub struct ExportOptions {
     pub half: bool,
     /// With `half`: fp16 graph inputs and outputs too (else they stay fp32, converted inside the graph).
     pub half_io: bool,
-    /// Detection: these NMS settings in the metadata (and in the graph with `nms_in_graph`) instead of the run's.
-    pub nms: Option<NmsConfig>,
+    /// Detection: changes to the run's NMS settings, for the metadata (and the graph with `nms_in_graph`).
+    pub nms: NmsOverrides,
     /// Detection: non-maximum suppression inside the graph, which then returns at most `max_detections` boxes per
     /// image (`num_detections`, `det_boxes`, `det_scores`, `det_classes`) instead of every candidate.
     pub nms_in_graph: bool,
@@ -43,7 +43,7 @@ impl Default for ExportOptions {
             dynamic_batch: false,
             half: false,
             half_io: false,
-            nms: None,
+            nms: NmsOverrides::default(),
             nms_in_graph: false,
         }
     }
@@ -71,8 +71,30 @@ pub struct ExportReport {
 pub fn dtype_name(elem: ElemType) -> &'static str {
     match elem {
         ElemType::F16 => "float16",
-        _ => "float32",
+        ElemType::I64 => "int64",
+        ElemType::F32 => "float32",
     }
+}
+
+/// Declares `value` as the graph output `name` and returns its metadata entry, whose shape (`null` for a
+/// symbolic dimension) and dtype are the graph's own.
+pub fn declare_output(
+    g: &mut Graph,
+    value: &Value,
+    name: &str,
+    elem: ElemType,
+    dims: &[Dim],
+    meaning: &str,
+) -> Result<OutputSpec> {
+    g.output(value, name, elem, dims)?;
+    let shape = dims
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(v) => Some(*v),
+            Dim::Symbolic(_) => None,
+        })
+        .collect();
+    Ok(OutputSpec { name: name.into(), shape, dtype: dtype_name(elem).into(), meaning: meaning.into() })
 }
 
 /// The checkpoint to export and the file to write, after checking that the output directory exists and the

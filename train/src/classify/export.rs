@@ -1,7 +1,7 @@
 //! `kiln export onnx`: a run's checkpoint as a self-describing ONNX model that computes what the libtorch model
 //! computes (logits and softmax probabilities), written atomically.
 
-use kiln_export::{Attr, Dim, Graph, InputSpec, ModelMetadata, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION};
+use kiln_export::{Attr, Dim, Graph, InputSpec, ModelMetadata, TrainingInfo, METADATA_KEY, SCHEMA_VERSION};
 use kiln_models::weights::{load_into, HeadPolicy};
 use kiln_models::{ConvNextConfig, ImageClassifier};
 use tch::{nn, Device};
@@ -9,7 +9,7 @@ use tch::{nn, Device};
 use super::model::classifier_config;
 use crate::checkpoint;
 use crate::data::Normalize;
-use crate::export::{dtype_name, plan_export, ONNX_FLOAT, ONNX_FLOAT16};
+use crate::export::{declare_output, dtype_name, plan_export, ONNX_FLOAT, ONNX_FLOAT16};
 pub use crate::export::{ExportOptions, ExportReport};
 use crate::fsutil::write_atomic;
 use crate::run_dir::RunDir;
@@ -42,8 +42,17 @@ pub fn classifier_onnx(
     let logits = if io != compute { g.op("Cast", &[&logits], vec![Attr::Int("to", ONNX_FLOAT)])? } else { logits };
     let probs = g.op("Softmax", &[&logits], vec![Attr::Int("axis", -1)])?;
     let out_dims = [batch.clone(), Dim::Fixed(classes)];
-    g.output(&logits, "logits", io, &out_dims)?;
-    g.output(&probs, "probs", io, &out_dims)?;
+    let outputs = vec![
+        declare_output(
+            &mut g,
+            &logits,
+            "logits",
+            io,
+            &out_dims,
+            "unnormalised class scores, one per class_names entry",
+        )?,
+        declare_output(&mut g, &probs, "probs", io, &out_dims, "softmax probabilities over class_names")?,
+    ];
     let nodes = g.node_count();
     let batch_meta = if options.dynamic_batch { None } else { Some(1) };
     let metadata = ModelMetadata {
@@ -64,20 +73,7 @@ pub fn classifier_onnx(
             mean: spec.normalize.mean,
             std: spec.normalize.std,
         },
-        outputs: vec![
-            OutputSpec {
-                name: "logits".into(),
-                shape: vec![batch_meta, Some(classes)],
-                dtype: dtype_name(io).into(),
-                meaning: "unnormalised class scores, one per class_names entry".into(),
-            },
-            OutputSpec {
-                name: "probs".into(),
-                shape: vec![batch_meta, Some(classes)],
-                dtype: dtype_name(io).into(),
-                meaning: "softmax probabilities over class_names".into(),
-            },
-        ],
+        outputs,
         precision: if options.half { "fp16" } else { "fp32" }.into(),
         opset: options.opset,
         training: spec.training.clone(),
@@ -90,7 +86,7 @@ pub fn classifier_onnx(
 /// Exports a run's checkpoint. Everything is checked before anything is written; the file appears whole or not
 /// at all.
 pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
-    if options.nms_in_graph || options.nms.is_some() {
+    if options.nms_in_graph || !options.nms.is_empty() {
         return Err(Error::InvalidSetting {
             key: "nms".into(),
             reason: format!("{}: NMS settings are for detection runs, this one classifies", run.path.display()),

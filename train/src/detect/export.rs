@@ -4,8 +4,8 @@
 //! and the NMS settings validation used, so that an application reproduces what training measured.
 
 use kiln_export::{
-    emit_nms, Attr, Dim, ElemType, Graph, InputSpec, ModelMetadata, NmsSettings, OutputSpec, TrainingInfo,
-    METADATA_KEY, NMS_OUTPUTS, SCHEMA_VERSION,
+    emit_nms, Attr, Dim, ElemType, Graph, InputSpec, ModelMetadata, NmsSettings, TrainingInfo, Value, METADATA_KEY,
+    NMS_OUTPUTS, SCHEMA_VERSION,
 };
 use kiln_infer::nms::NmsConfig;
 use kiln_models::weights::{load_into, HeadPolicy};
@@ -16,7 +16,7 @@ use super::task::detector_config;
 use crate::checkpoint;
 use crate::config::TaskKind;
 use crate::data::Normalize;
-use crate::export::{dtype_name, plan_export, ExportOptions, ExportReport, ONNX_FLOAT, ONNX_FLOAT16};
+use crate::export::{declare_output, dtype_name, plan_export, ExportOptions, ExportReport, ONNX_FLOAT, ONNX_FLOAT16};
 use crate::fsutil::write_atomic;
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
@@ -61,15 +61,7 @@ pub fn detector_onnx(
     let images = g.input("images", io, &[batch.clone(), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)])?;
     let x = if io != compute { g.op("Cast", &[&images], vec![Attr::Int("to", ONNX_FLOAT16)])? } else { images };
     let (boxes, scores) = model.emit(&mut g, &x, s, s)?;
-    let batch_meta = if options.dynamic_batch { None } else { Some(1) };
-    let io_name = dtype_name(io);
-    let output = |name: &str, shape: Vec<Option<i64>>, dtype: &str, meaning: &str| OutputSpec {
-        name: name.into(),
-        shape,
-        dtype: dtype.into(),
-        meaning: meaning.into(),
-    };
-    let cast = |g: &mut Graph, v: &kiln_export::Value, to: i64| g.op("Cast", &[v], vec![Attr::Int("to", to)]);
+    let cast = |g: &mut Graph, v: &Value, to: i64| g.op("Cast", &[v], vec![Attr::Int("to", to)]);
     let mut nms = nms_settings(&spec.nms);
     let outputs = if options.nms_in_graph {
         nms.in_graph = true;
@@ -86,22 +78,40 @@ pub fn detector_onnx(
         };
         let m = Dim::Fixed(nms.max_detections as i64);
         let [num_name, boxes_name, scores_name, classes_name] = NMS_OUTPUTS;
-        g.output(&detections.num_detections, num_name, ElemType::I64, std::slice::from_ref(&batch))?;
-        g.output(&det_boxes, boxes_name, io, &[batch.clone(), m.clone(), Dim::Fixed(4)])?;
-        g.output(&det_scores, scores_name, io, &[batch.clone(), m.clone()])?;
-        g.output(&detections.classes, classes_name, ElemType::I64, &[batch.clone(), m])?;
-        let max = Some(nms.max_detections as i64);
         vec![
-            output(num_name, vec![batch_meta], "int64", "detections kept in each image (rows past it are padding)"),
-            output(
+            declare_output(
+                &mut g,
+                &detections.num_detections,
+                num_name,
+                ElemType::I64,
+                std::slice::from_ref(&batch),
+                "detections kept in each image (rows past it are padding)",
+            )?,
+            declare_output(
+                &mut g,
+                &det_boxes,
                 boxes_name,
-                vec![batch_meta, max, Some(4)],
-                io_name,
+                io,
+                &[batch.clone(), m.clone(), Dim::Fixed(4)],
                 "x1, y1, x2, y2 of each detection in input (letterboxed) pixels, highest score first; undo the \
                  letterbox",
-            ),
-            output(scores_name, vec![batch_meta, max], io_name, "score of each detection (0 in padding)"),
-            output(classes_name, vec![batch_meta, max], "int64", "class_names index of each detection (-1 in padding)"),
+            )?,
+            declare_output(
+                &mut g,
+                &det_scores,
+                scores_name,
+                io,
+                &[batch.clone(), m.clone()],
+                "score of each detection (0 in padding)",
+            )?,
+            declare_output(
+                &mut g,
+                &detections.classes,
+                classes_name,
+                ElemType::I64,
+                &[batch.clone(), m],
+                "class_names index of each detection (-1 in padding)",
+            )?,
         ]
     } else {
         let (boxes, scores) = if io != compute {
@@ -109,26 +119,29 @@ pub fn detector_onnx(
         } else {
             (boxes, scores)
         };
-        g.output(&boxes, "boxes", io, &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(4)])?;
-        g.output(&scores, "scores", io, &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(classes)])?;
         vec![
-            output(
+            declare_output(
+                &mut g,
+                &boxes,
                 "boxes",
-                vec![batch_meta, Some(locations), Some(4)],
-                io_name,
+                io,
+                &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(4)],
                 "one candidate box per feature-map location: x1, y1, x2, y2 in input (letterboxed) pixels, \
                  clamped to the input; apply NMS with the `nms` settings and undo the letterbox",
-            ),
-            output(
+            )?,
+            declare_output(
+                &mut g,
+                &scores,
                 "scores",
-                vec![batch_meta, Some(locations), Some(classes)],
-                io_name,
+                io,
+                &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(classes)],
                 "per-class score of each candidate box, sqrt(sigmoid(class logit) * sigmoid(centerness)), one per \
                  class_names entry",
-            ),
+            )?,
         ]
     };
     let nodes = g.node_count();
+    let batch_meta = if options.dynamic_batch { None } else { Some(1) };
     let metadata = ModelMetadata {
         schema_version: SCHEMA_VERSION,
         kiln_version: env!("CARGO_PKG_VERSION").into(),
@@ -140,7 +153,7 @@ pub fn detector_onnx(
             name: "images".into(),
             shape: vec![batch_meta, Some(3), Some(s), Some(s)],
             layout: "NCHW".into(),
-            dtype: io_name.into(),
+            dtype: dtype_name(io).into(),
             color: "RGB".into(),
             resize: "letterbox".into(),
             size: [spec.img_size, spec.img_size],
@@ -176,7 +189,7 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
         normalize: config.normalize,
         class_names,
         variant: config.model.clone(),
-        nms: options.nms.unwrap_or(config.detect.nms),
+        nms: options.nms.apply(config.detect.nms),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
     };
     let (bytes, metadata, nodes) = tch::no_grad(|| detector_onnx(&model, &spec, options))?;
