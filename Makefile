@@ -33,7 +33,7 @@ unit: deps
 test: lint unit
 
 bench: deps
-	$(CARGO) bench --locked --bench data_pipeline --bench infer --bench tpe --bench study_storage --bench nms --bench detector
+	$(CARGO) bench --locked --bench data_pipeline --bench infer --bench tpe --bench study_storage --bench nms --bench detector --bench ctc --bench recognizer
 
 clean-runs:
 	rm -rf runs

@@ -13,6 +13,8 @@ pub mod write;
 
 pub use error::{Error, Result};
 pub use graph::{from_bytes, to_bytes, Attr, Dim, ElemType, Graph, Value, MAX_OPSET, MIN_OPSET};
-pub use metadata::{InputSpec, ModelMetadata, NmsSettings, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION};
+pub use metadata::{
+    CtcSettings, InputSpec, ModelMetadata, NmsSettings, OutputSpec, TrainingInfo, METADATA_KEY, SCHEMA_VERSION,
+};
 pub use nms::{emit_nms, NmsValues, NMS_OUTPUTS};
 pub use write::write_atomic;

@@ -15,7 +15,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct ModelMetadata {
     pub schema_version: u32,
     pub kiln_version: String,
-    /// `classify` (later `detect`, `recognize`).
+    /// `classify`, `detect` or `ocr`.
     pub task: String,
     /// Architecture family (`convnext`) and variant (`convnext_atto`).
     pub architecture: String,
@@ -31,6 +31,18 @@ pub struct ModelMetadata {
     /// Detection: the non-maximum suppression the model was validated with (absent for other tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nms: Option<NmsSettings>,
+    /// Text recognition: how the per-frame scores are decoded (absent for other tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctc: Option<CtcSettings>,
+}
+
+/// How a text recognizer's output is read: per-frame probabilities over `blank` and the characters, where
+/// output class `c` is `class_names[c - 1]` for `c > blank` (kiln's blank is 0), and a line `w` pixels wide
+/// after the input's resize occupies the first `ceil(w / width_stride)` frames (the rest is padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtcSettings {
+    pub blank: usize,
+    pub width_stride: u32,
 }
 
 /// Non-maximum suppression settings: keep a box unless a kept box of the same class (any class when
@@ -61,8 +73,9 @@ pub struct InputSpec {
     pub dtype: String,
     /// Channel order: `RGB`.
     pub color: String,
-    /// How an image is brought to `size`: `stretch` (resize to exactly height × width, ignoring aspect ratio) or
-    /// `letterbox`.
+    /// How an image is brought to `size`: `stretch` (resize to exactly height × width, ignoring aspect ratio),
+    /// `letterbox`, or `fit_height` (text lines: resize to the height keeping the aspect ratio, at most the width,
+    /// padded on the right with grey 114).
     pub resize: String,
     /// `[height, width]`.
     pub size: [u32; 2],
@@ -143,6 +156,7 @@ pub(crate) fn example() -> ModelMetadata {
         opset: 17,
         training: TrainingInfo { epoch: 3, metrics: Some(serde_json::json!({"accuracy": 0.9})) },
         nms: None,
+        ctc: None,
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! 1. Open a model on a backend: [`Model::builder`]`().backend(Backend::Ort(Ep::Cpu)).threads(4).open(path)`.
 //!    ONNX Runtime is loaded from `ORT_DYLIB_PATH` or a kiln deps directory ([`runtime`]).
-//! 2. Wrap it in a task: [`Classifier::new`] reads class names and preprocessing from the model's metadata.
+//! 2. Wrap it in a task: [`Classifier::new`] reads class names and preprocessing from the model's metadata;
+//!    [`Detector::new`] and [`TextRecognizer::new`] do the same for detection and OCR models.
 //! 3. Predict: [`Classifier::predict`] (one decoded image), [`Classifier::predict_path`], [`Classifier::predict_batch`].
 //!
 //! ```no_run
@@ -23,19 +24,25 @@
 
 pub mod backend;
 pub mod classifier;
+pub mod ctc;
 pub mod detector;
 pub mod error;
 pub mod model;
 pub mod nms;
 pub mod preprocess;
+pub mod recognizer;
 pub mod runtime;
+pub mod text_metrics;
 pub mod wbf;
 
 pub use backend::{Backend, Ep};
 pub use classifier::{ClassScore, Classifier};
+pub use ctc::{ctc_forward_probability, BeamSearch, Constraint, Decoded};
 pub use detector::{unletterbox, Detector};
 pub use error::{Error, Result};
 pub use model::{Model, ModelBuilder, Output, TensorSpec, TensorType};
 pub use nms::{iou, nms, nms_per_image, Detection, NmsConfig, NmsOverrides};
 pub use preprocess::{ChannelOrder, Preprocess, Resize};
+pub use recognizer::{Decoding, Reading, TextRecognizer};
+pub use text_metrics::{edit_distance, TextScores, TextSummary};
 pub use wbf::{weighted_boxes_fusion, ConfType, WbfConfig};

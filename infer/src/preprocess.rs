@@ -72,6 +72,15 @@ pub enum Resize {
     Stretch,
     /// Keep the aspect ratio, fit inside the input size and pad the rest with grey (114).
     Letterbox,
+    /// Text lines: resize to the input height keeping the aspect ratio, at most the input width (a wider line is
+    /// squeezed to it), placed at the left and padded on the right with grey (114). See [`fit_height_width`].
+    FitHeight,
+}
+
+/// The width a `width`×`height` line takes after [`Resize::FitHeight`] to `[input_height, input_width]`.
+pub fn fit_height_width(width: u32, height: u32, input_height: u32, input_width: u32) -> u32 {
+    let scaled = (width as f64 * input_height as f64 / height.max(1) as f64).round() as u32;
+    scaled.clamp(1, input_width.max(1))
 }
 
 /// The order of the colour channels the model expects.
@@ -122,6 +131,7 @@ impl Preprocess {
         let resize = match input.resize.as_str() {
             "stretch" => Resize::Stretch,
             "letterbox" => Resize::Letterbox,
+            "fit_height" => Resize::FitHeight,
             other => return Err(Error::Unsupported(format!("resize mode '{other}'"))),
         };
         Ok(Self { size: input.size, resize, mean: input.mean, std: input.std, channels })
@@ -162,8 +172,26 @@ impl Preprocess {
                 self.normalize(&canvas, w as usize, h as usize, out);
                 Placement { scale_x: scale, scale_y: scale, offset_x: ox, offset_y: oy }
             }
+            Resize::FitHeight => {
+                let (iw, ih) = image.dimensions();
+                let rw = fit_height_width(iw, ih, h, w);
+                let resized = resize_region(image, Crop::full(image), rw, h);
+                let canvas = pad_right(&resized, rw, h, w);
+                self.normalize(&canvas, w as usize, h as usize, out);
+                Placement { scale_x: rw as f32 / iw as f32, scale_y: h as f32 / ih as f32, offset_x: 0, offset_y: 0 }
+            }
         }
     }
+}
+
+/// Row-major RGB8 `pixels` of `width`×`height` placed at the left of a `canvas_width` canvas of grey (114).
+pub fn pad_right(pixels: &[u8], width: u32, height: u32, canvas_width: u32) -> Vec<u8> {
+    let (w, cw) = (width.min(canvas_width) as usize * 3, canvas_width as usize * 3);
+    let mut canvas = vec![LETTERBOX_FILL; cw * height as usize];
+    for (row, src) in canvas.chunks_mut(cw).zip(pixels.chunks(width as usize * 3)) {
+        row[..w].copy_from_slice(&src[..w]);
+    }
+    canvas
 }
 
 impl Preprocess {

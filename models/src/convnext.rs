@@ -41,6 +41,10 @@ pub struct ConvNextConfig {
     pub layer_scale_init: f64,
     /// Stochastic depth rate of the last block; earlier blocks ramp up linearly from 0.
     pub drop_path_rate: f64,
+    /// Downsampling layers halve only the height (2×1 kernels, stride 2×1), so that the width keeps the stem's
+    /// stride 4: the backbone of a text-line recognizer, whose width becomes its frames.
+    #[serde(default)]
+    pub height_only_downsample: bool,
 }
 
 impl ConvNextConfig {
@@ -52,6 +56,7 @@ impl ConvNextConfig {
             kernel_size: 7,
             layer_scale_init: 1e-6,
             drop_path_rate: 0.0,
+            height_only_downsample: false,
         }
     }
     pub fn atto() -> Self {
@@ -100,6 +105,28 @@ impl ConvNextConfig {
         self
     }
 
+    /// The same stages with [`ConvNextConfig::height_only_downsample`] set.
+    pub fn for_text_lines(mut self) -> Self {
+        self.height_only_downsample = true;
+        self
+    }
+
+    /// The stride each downsampling layer applies, `[height, width]`.
+    pub fn downsample_stride(&self) -> [i64; 2] {
+        if self.height_only_downsample {
+            [2, 1]
+        } else {
+            [2, 2]
+        }
+    }
+
+    /// The output stride of the last stage, `[height, width]`.
+    pub fn output_stride(&self) -> [i64; 2] {
+        let [sh, sw] = self.downsample_stride();
+        let n = self.dims.len().saturating_sub(1) as u32;
+        [4 * sh.pow(n), 4 * sw.pow(n)]
+    }
+
     /// Channels of the last stage, i.e. of the features the head sees.
     pub fn num_features(&self) -> i64 {
         *self.dims.last().unwrap_or(&0)
@@ -131,6 +158,20 @@ fn conv_config(padding: i64, stride: i64, groups: i64) -> nn::ConvConfig {
         ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
         bs_init: nn::Init::Const(0.0),
         ..Default::default()
+    }
+}
+
+/// `config` for kernels given per dimension.
+fn conv_config_nd(config: &nn::ConvConfig) -> nn::ConvConfigND<[i64; 2]> {
+    nn::ConvConfigND {
+        stride: [config.stride; 2],
+        padding: [config.padding; 2],
+        dilation: [config.dilation; 2],
+        groups: config.groups,
+        bias: config.bias,
+        ws_init: config.ws_init,
+        bs_init: config.bs_init,
+        padding_mode: config.padding_mode,
     }
 }
 
@@ -251,6 +292,8 @@ impl ModuleT for Block {
 #[derive(Debug)]
 pub struct Stage {
     downsample: Option<(LayerNorm2d, nn::Conv2D)>,
+    /// The downsampling convolution's stride (and kernel), `[height, width]`.
+    downsample_stride: [i64; 2],
     pub blocks: Vec<Block>,
     name: String,
 }
@@ -261,7 +304,7 @@ impl Stage {
         let mut y = match &self.downsample {
             Some((norm, conv)) => {
                 let y = norm.emit(g, x)?;
-                onnx::conv2d(g, &join(&self.name, "downsample.1"), conv, 2, 0, 1, &y)?
+                onnx::conv2d_hw(g, &join(&self.name, "downsample.1"), conv, self.downsample_stride, [0, 0], 1, &y)?
             }
             None => x.clone(),
         };
@@ -303,6 +346,7 @@ impl ConvNext {
         let stem_conv = nn::conv2d(p / "stem" / "0", 3, dims[0], 4, conv_config(0, 4, 1));
         let stem_norm = LayerNorm2d::new(p / "stem" / "1", dims[0], CONVNEXT_EPS);
         let rates = block_rates(&config.depths, config.drop_path_rate);
+        let stride = config.downsample_stride();
         let stages = (0..dims.len())
             .map(|i| {
                 let sp = p / "stages" / i;
@@ -310,13 +354,19 @@ impl ConvNext {
                     let ds = &sp / "downsample";
                     (
                         LayerNorm2d::new(&ds / "0", dims[i - 1], CONVNEXT_EPS),
-                        nn::conv2d(&ds / "1", dims[i - 1], dims[i], 2, conv_config(0, 2, 1)),
+                        nn::conv(
+                            &ds / "1",
+                            dims[i - 1],
+                            dims[i],
+                            stride,
+                            nn::ConvConfigND { stride, padding: [0, 0], ..conv_config_nd(&conv_config(0, 1, 1)) },
+                        ),
                     )
                 });
                 let blocks = (0..config.depths[i])
                     .map(|j| Block::new(&sp / "blocks" / j, dims[i], config, rates[i][j]))
                     .collect();
-                Stage { downsample, blocks, name: path_of(&sp) }
+                Stage { downsample, downsample_stride: stride, blocks, name: path_of(&sp) }
             })
             .collect();
         Ok(Self { stem_conv, stem_norm, stages, config: config.clone(), name: path_of(p) })
@@ -358,7 +408,7 @@ impl ConvNext {
         features
     }
 
-    /// Output stride of each stage's features: 4, 8, 16, 32.
+    /// Output stride of each stage's features: 4, 8, 16, 32 (the height's, for a text-line backbone).
     pub fn feature_strides(&self) -> Vec<i64> {
         (0..self.stages.len()).map(|i| 4 << i).collect()
     }

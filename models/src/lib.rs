@@ -1,17 +1,20 @@
 //! kiln-models: the models kiln trains, on libtorch (`tch`).
 //!
 //! 1. Pick a backbone preset: [`ConvNextConfig::atto`] … [`ConvNextConfig::base`], or by timm name.
-//! 2. Build a task model under a `tch::nn::VarStore` root: [`ImageClassifier::new`], or [`ObjectDetector::new`]
-//!    (ConvNeXt + [`Fpn`] + [`FcosHead`], anchor-free).
+//! 2. Build a task model under a `tch::nn::VarStore` root: [`ImageClassifier::new`], [`ObjectDetector::new`]
+//!    (ConvNeXt + [`Fpn`] + [`FcosHead`], anchor-free), or [`TextLineRecognizer::new`] (CRNN: a ConvNeXt that
+//!    downsamples only the height, a bidirectional LSTM, per-frame scores for CTC).
 //! 3. Optionally load timm weights saved as safetensors: [`weights::load_safetensors`] (a classifier checkpoint
 //!    into a detector's backbone with [`weights::HeadPolicy::Backbone`]).
-//! 4. Emit the inference graph as ONNX: [`ImageClassifier::emit`] or [`ObjectDetector::emit`] (boxes and
-//!    scores, decoded in the graph) into a `kiln_export::Graph`; every layer's
+//! 4. Emit the inference graph as ONNX: [`ImageClassifier::emit`], [`ObjectDetector::emit`] (boxes and
+//!    scores, decoded in the graph) or [`TextLineRecognizer::emit`] (per-frame probabilities; the LSTM as ONNX
+//!    `LSTM`) into a `kiln_export::Graph`; every layer's
 //!    `emit` sits beside its `forward`.
 //!
 //! Parameter names equal timm's state-dict keys, so checkpoints move between kiln and timm unchanged; the
 //! detector's pyramid (`fpn.`) and head (`head.`) follow torchvision's FCOS names.
 
+pub mod bilstm;
 pub mod classifier;
 pub mod convnext;
 pub mod detector;
@@ -23,6 +26,7 @@ pub mod fpn;
 pub mod group_norm;
 pub mod layer_norm;
 pub mod onnx;
+pub mod text_line;
 pub mod weights;
 
 pub use classifier::{ClassifierConfig, ImageClassifier};
@@ -33,3 +37,4 @@ pub use fcos_decode::Locations;
 pub use fcos_head::{FcosHead, HeadOutputs};
 pub use fpn::Fpn;
 pub use group_norm::GroupNorm;
+pub use text_line::{RecognizerConfig, TextLineRecognizer};

@@ -43,6 +43,20 @@ pub fn conv2d(
     conv_apply(g, name, &params, stride, padding, groups, x)
 }
 
+/// A 2-D convolution with per-dimension stride and padding (`[height, width]`, padding on both sides).
+pub fn conv2d_hw(
+    g: &mut Graph,
+    name: &str,
+    conv: &nn::Conv2D,
+    stride: [i64; 2],
+    padding: [i64; 2],
+    groups: i64,
+    x: &Value,
+) -> Result<Value> {
+    let params = conv_params(g, name, conv)?;
+    conv_apply_hw(g, name, &params, stride, padding, groups, x)
+}
+
 /// A convolution's weights added once as initializers, for a layer applied to several inputs (a head shared
 /// across pyramid levels): [`conv_params`] once, then [`conv_apply`] per input.
 #[derive(Clone, Debug)]
@@ -69,6 +83,19 @@ pub fn conv_apply(
     groups: i64,
     x: &Value,
 ) -> Result<Value> {
+    conv_apply_hw(g, scope, params, [stride; 2], [padding; 2], groups, x)
+}
+
+/// [`conv_apply`] with per-dimension stride and padding, `[height, width]`.
+pub fn conv_apply_hw(
+    g: &mut Graph,
+    scope: &str,
+    params: &ConvParams,
+    stride: [i64; 2],
+    [pad_h, pad_w]: [i64; 2],
+    groups: i64,
+    x: &Value,
+) -> Result<Value> {
     let mut inputs = vec![x, &params.weight];
     if let Some(b) = &params.bias {
         inputs.push(b);
@@ -79,8 +106,8 @@ pub fn conv_apply(
             &inputs,
             vec![
                 Attr::Ints("kernel_shape", params.kernel.clone()),
-                Attr::Ints("strides", vec![stride, stride]),
-                Attr::Ints("pads", vec![padding; 4]),
+                Attr::Ints("strides", stride.to_vec()),
+                Attr::Ints("pads", vec![pad_h, pad_w, pad_h, pad_w]),
                 Attr::Ints("dilations", vec![1, 1]),
                 Attr::Int("group", groups),
             ],
@@ -151,11 +178,18 @@ pub fn standardize(g: &mut Graph, x: &Value, eps: f64, axis: i64) -> Result<Valu
 }
 
 fn reduce_mean(g: &mut Graph, x: &Value, axis: i64) -> Result<Value> {
+    mean_over(g, x, axis, true)
+}
+
+/// The mean over one axis, kept as size 1 or removed (ReduceMean; axes as an attribute below opset 18, as an
+/// input from 18).
+pub fn mean_over(g: &mut Graph, x: &Value, axis: i64, keep: bool) -> Result<Value> {
+    let keepdims = Attr::Int("keepdims", keep as i64);
     if g.opset() >= 18 {
         let axes = g.constant_i64("axes", &[axis])?;
-        Ok(g.op("ReduceMean", &[x, &axes], vec![Attr::Int("keepdims", 1)])?)
+        Ok(g.op("ReduceMean", &[x, &axes], vec![keepdims])?)
     } else {
-        Ok(g.op("ReduceMean", &[x], vec![Attr::Ints("axes", vec![axis]), Attr::Int("keepdims", 1)])?)
+        Ok(g.op("ReduceMean", &[x], vec![Attr::Ints("axes", vec![axis]), keepdims])?)
     }
 }
 

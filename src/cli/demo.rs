@@ -1,7 +1,8 @@
 //! `kiln demo`: the main jobs on embedded data. A procedural shapes data set is generated under `runs/demo/`,
 //! convnext_atto trains on it on CPU for a few epochs, the best checkpoint is tested, exported, run and
 //! benchmarked; then a small detector trains on generated scenes (shapes at several scales on cluttered
-//! canvases, exact boxes) and prints its COCO mAP.
+//! canvases, exact boxes) and prints its COCO mAP; then a text recognizer trains on lines rendered from a font
+//! and prints its CER and exact match.
 
 use std::path::PathBuf;
 
@@ -28,6 +29,9 @@ pub struct DemoArgs {
     /// Epochs of the detector (0 skips detection).
     #[arg(long, default_value_t = 8)]
     pub detect_epochs: usize,
+    /// Epochs of the text recognizer (0 skips OCR).
+    #[arg(long, default_value_t = 8)]
+    pub ocr_epochs: usize,
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -86,6 +90,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         coco_gt: None,
         save_vis: None,
         nms: Default::default(),
+        decode: Default::default(),
     })?;
     println!("\n$ kiln bench --model {} --backends ort-cpu,tract", export.path.display());
     super::bench::run(super::bench::BenchArgs {
@@ -102,7 +107,55 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.detect_epochs > 0 {
         detect(&args)?;
     }
+    if args.ocr_epochs > 0 {
+        ocr(&args)?;
+    }
     Ok(())
+}
+
+/// The OCR half: digit and letter lines rendered with the embedded font (varied size, spacing, blur and noise), a
+/// small ConvNeXt + BiLSTM recognizer trained with CTC, CER and exact match, ONNX.
+fn ocr(args: &DemoArgs) -> anyhow::Result<()> {
+    use kiln_train::ocr::synthetic::{write_text_lines, TextLinesSpec};
+    let data = args.out.join("lines");
+    if !data.join("train/labels.txt").is_file() {
+        let spec = TextLinesSpec { lines: (3000, 300, 300), alphabet: "0-9A-Z".into(), length: (3, 9), ..Default::default() };
+        let n = write_text_lines(&data, &spec)?;
+        println!("\nrendered {n} text lines of digits and capitals in {}", data.display());
+    } else {
+        println!("\nusing the text lines in {}", data.display());
+    }
+    let mut config = TrainConfig {
+        task: kiln_train::TaskKind::Ocr,
+        data,
+        model: "convnext_atto".into(),
+        epochs: args.ocr_epochs,
+        batch: 32,
+        lr: 2e-3,
+        warmup_epochs: 1.0,
+        drop_path_rate: 0.0,
+        device: args.device.clone(),
+        project: args.out.clone(),
+        name: Some("recognizer".into()),
+        ..TrainConfig::default()
+    };
+    config.ocr.charset = "0-9A-Z".into();
+    config.ocr.width = 160;
+    config.ocr.dims = Some(vec![32, 64, 96, 128]);
+    config.ocr.depths = Some(vec![1, 1, 2, 1]);
+    let outcome = kiln_train::ocr::train(&config)?;
+    super::output::print_ocr_outcome(&outcome);
+    let options = kiln_train::export::ExportOptions { dynamic_batch: true, ..Default::default() };
+    let export = kiln_train::tasks::export_run(&outcome.run, &options)?;
+    println!(
+        "recognizer ONNX model: {} ({:.1} MB, per-frame probabilities; charset and CTC settings in its metadata)",
+        export.path.display(),
+        export.bytes as f64 / 1e6
+    );
+    let examples: Vec<PathBuf> = (0..4).map(|i| args.out.join(format!("lines/test/images/{i:05}.png"))).collect();
+    println!("\n$ kiln infer --model {} <four test lines>", export.path.display());
+    let model = super::infer::open_model(&export.path, kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), None)?;
+    super::infer_ocr::run(model, &examples, 4, super::output::Format::Table, &Default::default())
 }
 
 /// The detection half: scenes in the CSV layout, convnext_atto + FPN + FCOS from scratch, COCO mAP, ONNX.

@@ -28,7 +28,24 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs, split: Split) -> anyhow::Result<()> {
     let run = RunDir::open(&args.run)?;
-    if kiln_train::TrainConfig::load(&run.config())?.task == kiln_train::TaskKind::Detect {
+    let task = kiln_train::TrainConfig::load(&run.config())?.task;
+    if task == kiln_train::TaskKind::Ocr {
+        use kiln_train::ocr::report::{evaluate_run, EvalOptions};
+        let options = EvalOptions { which: args.checkpoint, data: args.data, device: args.device };
+        let report = evaluate_run(&run, split, &options)?;
+        let m = &report.metrics;
+        println!(
+            "{split} ({} lines, epoch {}): CER {:.4}  WER {:.4}  exact match {:.4}  mean NED {:.4}",
+            report.lines, report.epoch, m.cer, m.wer, m.accuracy, m.mean_ned
+        );
+        println!(
+            "wrote {} and {}",
+            run.metrics(split.name()).display(),
+            run.path.join(format!("{}_predictions.csv", split.name())).display()
+        );
+        return Ok(());
+    }
+    if task == kiln_train::TaskKind::Detect {
         use kiln_train::detect::report::{evaluate_run, EvalOptions};
         let options = EvalOptions { which: args.checkpoint, data: args.data, device: args.device };
         let report = evaluate_run(&run, split, &options)?;

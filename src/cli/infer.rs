@@ -1,4 +1,4 @@
-//! `kiln infer`: classify images (or, with a detection model, detect objects) with an exported ONNX model on ONNX
+//! `kiln infer`: classify images (or, with a detection model, detect objects; with an OCR model, read text) with an exported ONNX model on ONNX
 //! Runtime or tract, streaming results.
 
 use std::io::Write;
@@ -90,6 +90,8 @@ pub struct InferArgs {
     /// Detection models: NMS overrides.
     #[command(flatten)]
     pub nms: super::infer_detect::NmsArgs,
+    #[command(flatten)]
+    pub decode: super::infer_ocr::DecodeArgs,
 }
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
@@ -116,6 +118,9 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(models.len() == 1, "several --model files are fused for detection models only");
     let model = models.remove(0);
+    if model.metadata().is_some_and(|m| m.task == "ocr") {
+        return super::infer_ocr::run(model, &files, args.batch, args.format, &args.decode);
+    }
     anyhow::ensure!(
         args.format != Format::Coco,
         "--format coco is for detection models; {} classifies",

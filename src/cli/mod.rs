@@ -9,6 +9,7 @@ mod eval;
 mod export;
 mod infer;
 mod infer_detect;
+mod infer_ocr;
 mod output;
 mod predict;
 mod study;

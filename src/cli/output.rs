@@ -89,6 +89,35 @@ pub fn print_outcome(outcome: &TrainOutcome) {
 
 /// What a detection run prints: epochs, the best validation and the test metrics, the run directory.
 pub fn print_detection_outcome(outcome: &kiln_train::detect::TrainOutcome) {
+    let show = |m: &kiln_train::detect::evaluate::DetectionMetrics| {
+        let (c, t) = (&m.coco, &m.at_threshold);
+        format!(
+            "mAP@[.5:.95] {:.4}  mAP@.5 {:.4}  mAP@.75 {:.4}  mean IoU {:.4}  P/R/F1 {:.3}/{:.3}/{:.3} at score {:.2} \
+             (best F1 {:.3} at {:.2})",
+            c.map, c.map_50, c.map_75, t.mean_iou, t.precision, t.recall, t.f1, t.score_threshold, t.best_f1,
+            t.best_f1_threshold
+        )
+    };
+    print_task_outcome(outcome, show, outcome.test.as_ref().map(|t| (t.images, "images", &t.metrics)));
+}
+
+pub fn print_ocr_outcome(outcome: &kiln_train::ocr::TrainOutcome) {
+    let show = |m: &kiln_train::ocr::evaluate::TextMetrics| {
+        format!(
+            "CER {:.4}  WER {:.4}  exact match {:.4}  mean NED {:.4}",
+            m.cer, m.wer, m.accuracy, m.mean_ned
+        )
+    };
+    print_task_outcome(outcome, show, outcome.test.as_ref().map(|t| (t.lines, "lines", &t.metrics)));
+}
+
+/// A finished run of any task with a metrics summary: epochs, best validation and test metrics, skipped files,
+/// the run directory.
+fn print_task_outcome<T: kiln_train::engine::Task>(
+    outcome: &kiln_train::engine::Outcome<T>,
+    show: impl Fn(&T::Metrics) -> String,
+    test: Option<(usize, &str, &T::Metrics)>,
+) {
     println!(
         "trained {} epoch(s) on {}{}; best epoch {}",
         outcome.epochs,
@@ -96,20 +125,11 @@ pub fn print_detection_outcome(outcome: &kiln_train::detect::TrainOutcome) {
         if outcome.stopped_early { " (stopped early)" } else { "" },
         outcome.best_epoch
     );
-    let show = |what: &str, m: &kiln_train::detect::evaluate::DetectionMetrics| {
-        let (c, t) = (&m.coco, &m.at_threshold);
-        println!(
-            "{what}: mAP@[.5:.95] {:.4}  mAP@.5 {:.4}  mAP@.75 {:.4}  mean IoU {:.4}  P/R/F1 {:.3}/{:.3}/{:.3} at score \
-             {:.2} (best F1 {:.3} at {:.2})",
-            c.map, c.map_50, c.map_75, t.mean_iou, t.precision, t.recall, t.f1, t.score_threshold, t.best_f1,
-            t.best_f1_threshold
-        );
-    };
     if let Some(val) = &outcome.best_val {
-        show("best validation", val);
+        println!("best validation: {}", show(val));
     }
-    if let Some(test) = &outcome.test {
-        show(&format!("test ({} images)", test.images), &test.metrics);
+    if let Some((n, what, metrics)) = test {
+        println!("test ({n} {what}): {}", show(metrics));
     }
     if !outcome.skipped.is_empty() {
         println!("skipped {} unreadable image(s); first: {}", outcome.skipped.len(), outcome.skipped[0].0.display());

@@ -33,8 +33,10 @@ pub struct PredictArgs {
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let run = RunDir::open(&args.run)?;
-    if kiln_train::TrainConfig::load(&run.config())?.task == kiln_train::TaskKind::Detect {
-        return predict_detections(&run, &args);
+    match kiln_train::TrainConfig::load(&run.config())?.task {
+        kiln_train::TaskKind::Detect => return predict_detections(&run, &args),
+        kiln_train::TaskKind::Ocr => return predict_lines(&run, &args),
+        kiln_train::TaskKind::Classify => {}
     }
     let options = PredictOptions { which: args.checkpoint, top_k: args.top_k, device: args.device, batch: args.batch };
     let predictions = predict(&run, &args.inputs, &options)?;
@@ -69,6 +71,36 @@ fn predict_detections(run: &RunDir, args: &PredictArgs) -> anyhow::Result<()> {
                 failed += 1;
                 let reason = reason.as_deref().unwrap_or("not read");
                 super::infer_detect::write_error(&mut out, args.format, &r.path, reason)?;
+            }
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        eprintln!("{failed} of {} image(s) could not be read", results.len());
+    }
+    Ok(())
+}
+
+/// `kiln predict` on an OCR run: the text `kiln infer` reads with the exported model (greedy decoding).
+fn predict_lines(run: &RunDir, args: &PredictArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    anyhow::ensure!(args.format != Format::Coco, "--format coco is for detection models");
+    let files = kiln_train::classify::predict::expand_inputs(&args.inputs)?;
+    let results =
+        kiln_train::ocr::predict::predict_lines(run, &files, args.checkpoint, args.device.as_deref(), args.batch)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    super::infer_ocr::write_header(&mut out, args.format)?;
+    let mut failed = 0;
+    for r in &results {
+        match &r.text {
+            Some(text) => {
+                let reading = kiln_infer::Reading { text: text.clone(), confidence: r.confidence, chars: r.chars.clone() };
+                super::infer_ocr::write_reading(&mut out, args.format, &r.path, &reading)?;
+            }
+            None => {
+                failed += 1;
+                super::infer_ocr::write_error(&mut out, args.format, &r.path, r.error.as_deref().unwrap_or("not read"))?;
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use kiln_train::tune::{best_trial, importances, Direction, SearchSpace, StorageUrl, TrialRecord};
+use kiln_train::tune::{best_trial, importances, SearchSpace, StorageUrl, TrialRecord};
 
 #[derive(Subcommand, Debug)]
 pub enum StudyCommand {
@@ -19,9 +19,9 @@ pub struct ShowArgs {
     pub study: String,
 }
 
-/// The trials as a table.
-pub fn print_trials(trials: &[TrialRecord]) {
-    println!("| trial | state | val accuracy | epochs | params | reason |");
+/// The trials as a table; `objective` names the value column.
+pub fn print_trials(trials: &[TrialRecord], objective: &str) {
+    println!("| trial | state | {objective} | epochs | params | reason |");
     println!("|---|---|---|---|---|---|");
     for t in trials {
         println!(
@@ -37,10 +37,10 @@ pub fn print_trials(trials: &[TrialRecord]) {
 }
 
 /// The best trial's number, value and parameters, or that none completed.
-pub fn print_best(best: Option<&TrialRecord>) -> anyhow::Result<()> {
+pub fn print_best(best: Option<&TrialRecord>, objective: &str) -> anyhow::Result<()> {
     match best {
         Some(b) => println!(
-            "best trial {} (val accuracy {:.4}): {}",
+            "best trial {} ({objective} {:.4}): {}",
             b.number,
             b.value.unwrap_or(f64::NAN),
             serde_json::to_string(&b.params)?
@@ -58,16 +58,14 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
         anyhow::ensure!(path.is_file(), "{}: no such study database", path.display());
     }
     let mut storage = url.open()?;
-    anyhow::ensure!(
-        storage.has_study(&args.study)?,
-        "{url}: no study named '{}' (studies: {})",
-        args.study,
-        storage.studies()?.join(", ")
-    );
-    let study = storage.study(&args.study, Direction::Maximize)?;
+    let Some(direction) = storage.study_direction(&args.study)? else {
+        anyhow::bail!("{url}: no study named '{}' (studies: {})", args.study, storage.studies()?.join(", "));
+    };
+    let study = storage.study(&args.study, direction)?;
     let trials = storage.trials(study)?;
-    print_trials(&trials);
-    print_best(best_trial(&trials, Direction::Maximize))?;
+    let objective = format!("value ({})", direction.name());
+    print_trials(&trials, &objective);
+    print_best(best_trial(&trials, direction), &objective)?;
     if let Some(space) = storage.space(study)? {
         let space: SearchSpace = serde_json::from_str(&space)?;
         let shares = importances(&space, &trials);

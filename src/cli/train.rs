@@ -11,7 +11,7 @@ use kiln_train::data::CacheMode;
 use kiln_train::precision::AmpMode;
 use kiln_train::{RunDir, TrainConfig};
 
-use super::output::{print_detection_outcome, print_outcome};
+use super::output::{print_detection_outcome, print_ocr_outcome, print_outcome};
 
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
@@ -74,6 +74,16 @@ pub struct TrainArgs {
     pub cache: Option<CacheMode>,
     #[arg(long)]
     pub img_size: Option<u32>,
+    /// OCR: input line height (a multiple of 32).
+    #[arg(long)]
+    pub ocr_h: Option<u32>,
+    /// OCR: input line width (a multiple of 4; lines are padded to it, wider ones squeezed).
+    #[arg(long)]
+    pub ocr_w: Option<u32>,
+    /// OCR: the characters read: a string with ranges (default 0-9A-Za-z), a file of characters, or auto (those
+    /// of the training labels).
+    #[arg(long, value_name = "STRING|FILE|auto")]
+    pub charset: Option<String>,
     /// Image decoding threads.
     #[arg(long)]
     pub workers: Option<usize>,
@@ -145,6 +155,7 @@ pub enum TaskArg {
     #[default]
     Classify,
     Detect,
+    Ocr,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -181,6 +192,7 @@ impl TrainArgs {
         let task = match self.task {
             TaskArg::Classify => TaskKind::Classify,
             TaskArg::Detect => TaskKind::Detect,
+            TaskArg::Ocr => TaskKind::Ocr,
         };
         put("task", Some(serde_json::to_value(task)?));
         put("data", self.data.as_ref().map(|p| Value::from(p.to_string_lossy().into_owned())));
@@ -207,6 +219,19 @@ impl TrainArgs {
         put("channels_last", self.channels_last.map(Value::from));
         put("cache", self.cache.map(serde_json::to_value).transpose()?);
         put("img_size", self.img_size.map(Value::from));
+        let mut ocr = Map::new();
+        for (key, value) in [
+            ("height", self.ocr_h.map(Value::from)),
+            ("width", self.ocr_w.map(Value::from)),
+            ("charset", self.charset.clone().map(Value::from)),
+        ] {
+            if let Some(v) = value {
+                ocr.insert(key.into(), v);
+            }
+        }
+        if !ocr.is_empty() {
+            map.insert("ocr".into(), Value::Object(ocr));
+        }
         put("workers", self.workers.map(Value::from));
         put("threads", self.threads.map(Value::from));
         put("seed", self.seed.map(Value::from));
@@ -250,6 +275,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                     print_detection_outcome(&kiln_train::detect::resume(run)?);
                     return Ok(());
                 }
+                TaskKind::Ocr => {
+                    print_ocr_outcome(&kiln_train::ocr::resume(run)?);
+                    return Ok(());
+                }
             }
         }
         None => {
@@ -258,6 +287,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 TaskKind::Classify => kiln_train::classify::train(&config)?,
                 TaskKind::Detect => {
                     print_detection_outcome(&kiln_train::detect::train(&config)?);
+                    return Ok(());
+                }
+                TaskKind::Ocr => {
+                    print_ocr_outcome(&kiln_train::ocr::train(&config)?);
                     return Ok(());
                 }
             }
@@ -317,8 +350,9 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
         unsafe { libc::_exit(130) }
     })?;
     let outcome = kiln_train::tune::run_study(config, &options)?;
-    super::study::print_trials(&outcome.trials);
-    super::study::print_best(outcome.best.as_ref())?;
+    let objective = format!("val {}", kiln_train::tasks::objective(config.task).metric);
+    super::study::print_trials(&outcome.trials, &objective);
+    super::study::print_best(outcome.best.as_ref(), &objective)?;
     println!("study directory: {} (ran {} trial(s) now)", outcome.dir.display(), outcome.ran);
     Ok(())
 }

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::data::{AugmentConfig, CacheMode, Normalize};
 use crate::detect::DetectSettings;
+use crate::ocr::OcrSettings;
 use crate::precision::AmpMode;
 use crate::{Error, Result};
 
@@ -19,6 +20,8 @@ pub enum TaskKind {
     #[default]
     Classify,
     Detect,
+    /// Text-line recognition.
+    Ocr,
 }
 
 impl TaskKind {
@@ -26,6 +29,7 @@ impl TaskKind {
         match self {
             TaskKind::Classify => "classify",
             TaskKind::Detect => "detect",
+            TaskKind::Ocr => "ocr",
         }
     }
 }
@@ -130,6 +134,8 @@ pub struct TrainConfig {
     pub augment: AugmentConfig,
     /// Detection's settings (`task: detect`).
     pub detect: DetectSettings,
+    /// Text recognition's settings (`task: ocr`).
+    pub ocr: OcrSettings,
     pub normalize: Normalize,
     /// Runs go to `<project>/<task>/<name>`.
     pub project: PathBuf,
@@ -176,6 +182,7 @@ impl Default for TrainConfig {
             drop_rate: 0.0,
             augment: AugmentConfig::default(),
             detect: DetectSettings::default(),
+            ocr: OcrSettings::default(),
             normalize: Normalize::default(),
             project: PathBuf::from("runs"),
             name: None,
@@ -292,6 +299,9 @@ impl TrainConfig {
         }
         if self.task == TaskKind::Detect {
             self.detect.validate().or_else(|(key, reason)| bad(&key, reason))?;
+        }
+        if self.task == TaskKind::Ocr {
+            self.ocr.validate().or_else(|(key, reason)| bad(&key, reason))?;
         }
         kiln_models::ConvNextConfig::from_name(&self.model)?;
         Ok(())

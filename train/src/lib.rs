@@ -18,6 +18,7 @@ pub mod error;
 pub mod export;
 pub mod fsutil;
 pub mod metrics;
+pub mod ocr;
 pub mod native;
 pub mod optim;
 pub mod plots;

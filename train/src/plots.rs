@@ -43,7 +43,8 @@ pub struct Panel {
 
 /// The family name the embedded font is registered under.
 pub(crate) const FONT: &str = "sans-serif";
-static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+/// DejaVu Sans (its licence is beside it in `assets/fonts/`), also what rendered text lines are drawn with.
+pub(crate) static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 static FONT_REGISTERED: OnceLock<bool> = OnceLock::new();
 
 /// Width and height of one panel of [`plot_panels`], in pixels.

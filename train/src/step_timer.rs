@@ -122,6 +122,28 @@ pub fn time_steps(
     })
 }
 
+/// The optimiser every step benchmark updates with (AdamW, weight decay 0.05, every variable of `vs` in name
+/// order) and its loss scaler for `precision`.
+pub fn bench_optimizer(
+    vs: &tch::nn::VarStore,
+    precision: &crate::precision::Precision,
+) -> (crate::optim::Optimizer, crate::optim::GradScaler) {
+    use crate::optim::{GradScaler, Optimizer, OptimizerConfig, Param};
+    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let optimizer = Optimizer::new(
+        vars.into_iter().map(|(name, tensor)| Param::new(name, tensor)).collect(),
+        OptimizerConfig {
+            kind: crate::config::OptimizerKind::AdamW,
+            weight_decay: 0.05,
+            momentum: 0.9,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+        },
+    );
+    (optimizer, GradScaler::new(precision.needs_loss_scaling()))
+}
+
 /// The heap policy, device, threads and seed of a benchmark.
 pub fn bench_runtime(config: &StepBenchConfig) -> Result<Device> {
     config.validate()?;

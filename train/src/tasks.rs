@@ -4,6 +4,7 @@
 use crate::classify::Classification;
 use crate::config::{TaskKind, TrainConfig};
 use crate::detect::Detection;
+use crate::ocr::TextRecognition;
 use crate::engine::{self, EpochCallback, Objective, Outcome, Task};
 use crate::export::{ExportOptions, ExportReport};
 use crate::run_dir::RunDir;
@@ -30,6 +31,7 @@ pub fn objective(kind: TaskKind) -> Objective {
     match kind {
         TaskKind::Classify => Classification::OBJECTIVE,
         TaskKind::Detect => Detection::OBJECTIVE,
+        TaskKind::Ocr => TextRecognition::OBJECTIVE,
     }
 }
 
@@ -38,6 +40,7 @@ pub fn default_space(kind: TaskKind) -> SearchSpace {
     match kind {
         TaskKind::Classify => Classification::default_space(),
         TaskKind::Detect => Detection::default_space(),
+        TaskKind::Ocr => TextRecognition::default_space(),
     }
 }
 
@@ -46,6 +49,7 @@ pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<R
     match config.task {
         TaskKind::Classify => engine::train::<Classification>(config, on_epoch).map(summary::<Classification>),
         TaskKind::Detect => engine::train::<Detection>(config, on_epoch).map(summary::<Detection>),
+        TaskKind::Ocr => engine::train::<TextRecognition>(config, on_epoch).map(summary::<TextRecognition>),
     }
 }
 
@@ -54,6 +58,7 @@ pub fn bench_train_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
     match config.task {
         TaskKind::Classify => crate::classify::bench_train_step(config),
         TaskKind::Detect => crate::detect::step_bench::bench_detect_step(config),
+        TaskKind::Ocr => crate::ocr::step_bench::bench_ocr_step(config),
     }
 }
 
@@ -62,5 +67,6 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
     match TrainConfig::load(&run.config())?.task {
         TaskKind::Classify => crate::classify::export_run(run, options),
         TaskKind::Detect => crate::detect::export::export_run(run, options),
+        TaskKind::Ocr => crate::ocr::export::export_run(run, options),
     }
 }

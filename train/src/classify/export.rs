@@ -78,6 +78,7 @@ pub fn classifier_onnx(
         opset: options.opset,
         training: spec.training.clone(),
         nms: None,
+        ctc: None,
     };
     let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
     Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))

@@ -8,11 +8,9 @@ use tch::{nn, Kind, Tensor};
 use kiln_models::{ClassifierConfig, ImageClassifier};
 
 use super::loss::classification_loss;
-use crate::config::OptimizerKind;
 use crate::engine::Update;
-use crate::optim::{GradScaler, Optimizer, OptimizerConfig, Param};
 use crate::precision::Precision;
-use crate::step_timer::{bench_runtime, time_steps};
+use crate::step_timer::{bench_optimizer, bench_runtime, time_steps};
 pub use crate::step_timer::{StepBenchConfig, StepBenchResult};
 use crate::Result;
 
@@ -32,20 +30,7 @@ pub fn bench_train_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
     )?;
     let precision = Precision::resolve(config.amp, config.channels_last, device)?;
     precision.prepare_params(&vs)?;
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let params = vars.into_iter().map(|(name, tensor)| Param::new(name, tensor)).collect();
-    let mut optimizer = Optimizer::new(
-        params,
-        OptimizerConfig {
-            kind: OptimizerKind::AdamW,
-            weight_decay: 0.05,
-            momentum: 0.9,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-        },
-    );
-    let mut scaler = GradScaler::new(precision.needs_loss_scaling());
+    let (mut optimizer, mut scaler) = bench_optimizer(&vs, &precision);
     let s = config.img_size as i64;
     let images = Tensor::randn([config.batch as i64, 3, s, s], (Kind::Float, device));
     let labels = Tensor::randint(config.num_classes as i64, [config.batch as i64], (Kind::Int64, device));

@@ -165,6 +165,7 @@ pub fn detector_onnx(
         opset: options.opset,
         training: spec.training.clone(),
         nms: Some(nms),
+        ctc: None,
     };
     let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
     Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))

@@ -10,11 +10,9 @@ use super::augment::TargetBox;
 use super::evaluate::locations_on;
 use super::loader::{DetectBatch, ImageTargets};
 use super::loss::batch_losses;
-use crate::config::OptimizerKind;
 use crate::engine::Update;
-use crate::optim::{GradScaler, Optimizer, OptimizerConfig, Param};
 use crate::precision::Precision;
-use crate::step_timer::{bench_runtime, time_steps, StepBenchConfig, StepBenchResult};
+use crate::step_timer::{bench_optimizer, bench_runtime, time_steps, StepBenchConfig, StepBenchResult};
 use crate::Result;
 
 /// Two boxes per image at fixed places and sizes (a small and a large one), classes cycling.
@@ -36,19 +34,7 @@ pub fn bench_detect_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
     )?;
     let precision = Precision::resolve(config.amp, config.channels_last, device)?;
     precision.prepare_params(&vs)?;
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut optimizer = Optimizer::new(
-        vars.into_iter().map(|(name, tensor)| Param::new(name, tensor)).collect(),
-        OptimizerConfig {
-            kind: OptimizerKind::AdamW,
-            weight_decay: 0.05,
-            momentum: 0.9,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-        },
-    );
-    let mut scaler = GradScaler::new(precision.needs_loss_scaling());
+    let (mut optimizer, mut scaler) = bench_optimizer(&vs, &precision);
     let s = config.img_size as i64;
     let batch = DetectBatch {
         images: Tensor::randn([config.batch as i64, 3, s, s], (Kind::Float, device)),

@@ -27,6 +27,7 @@ mod coco_layout;
 mod csv_layout;
 mod error;
 mod paths;
+pub(crate) use paths::safe_relative;
 mod report;
 mod yolo_layout;
 

@@ -9,10 +9,20 @@ pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
 
 /// Why a path written in an annotation file is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum PathProblem {
+pub(crate) enum PathProblem {
     Empty,
     Absolute,
     ParentDir,
+}
+
+impl std::fmt::Display for PathProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathProblem::Empty => "empty path",
+            PathProblem::Absolute => "an absolute path leaves the data root",
+            PathProblem::ParentDir => "a '..' component leaves the data root",
+        })
+    }
 }
 
 /// Turns a path written in an annotation file into a relative path that stays below its base folder.
@@ -20,7 +30,7 @@ pub(super) enum PathProblem {
 /// The check is lexical: `/` and `\` both separate components (so Windows-written paths work and `..\x` is
 /// caught), `.` and empty components are dropped, and an absolute path (leading `/` or `\`, a drive such as `C:`)
 /// or any `..` component is refused. Symbolic links inside the root are not followed or checked.
-pub(super) fn safe_relative(value: &str) -> Result<PathBuf, PathProblem> {
+pub(crate) fn safe_relative(value: &str) -> Result<PathBuf, PathProblem> {
     let bytes = value.as_bytes();
     let drive = bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':';
     if value.starts_with('/') || value.starts_with('\\') || drive || Path::new(value).is_absolute() {

@@ -52,6 +52,15 @@ impl TrialState {
 /// Whether the study's objective is minimised or maximised (the task's objective direction).
 pub use crate::engine::Direction;
 
+/// A stored direction name as a [`Direction`].
+pub(crate) fn direction_named(name: &str) -> Direction {
+    if name == Direction::Minimize.name() {
+        Direction::Minimize
+    } else {
+        Direction::Maximize
+    }
+}
+
 /// One trial as stored.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TrialRecord {
@@ -103,8 +112,12 @@ pub trait Storage: Send {
     fn trials(&mut self, study: i64) -> Result<Vec<TrialRecord>>;
     /// The names of the stored studies.
     fn studies(&mut self) -> Result<Vec<String>>;
+    /// The direction a study was created with; `None` when there is no such study.
+    fn study_direction(&mut self, name: &str) -> Result<Option<Direction>>;
     /// Whether the study exists.
-    fn has_study(&mut self, name: &str) -> Result<bool>;
+    fn has_study(&mut self, name: &str) -> Result<bool> {
+        Ok(self.study_direction(name)?.is_some())
+    }
 }
 
 /// A storage address, as `--storage` takes it: `sqlite:///study.db` (relative), `sqlite:////abs/study.db`
@@ -243,6 +256,7 @@ mod tests {
             let mut storage = url.open().unwrap();
             let study = storage.study("s", Direction::Minimize).unwrap();
             assert!(storage.has_study("s").unwrap() && !storage.has_study("t").unwrap());
+            assert_eq!(storage.study_direction("s").unwrap(), Some(Direction::Maximize));
             for _ in 0..3 {
                 let n = storage.claim_trial(study, 6, "a").unwrap().unwrap();
                 storage.finish(study, n, TrialState::Complete, Some(1.0), None).unwrap();

@@ -274,9 +274,11 @@ impl Storage for PostgresStorage {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    fn has_study(&mut self, name: &str) -> Result<bool> {
-        let row =
-            self.client.query_opt("SELECT 1 FROM kiln_studies WHERE name = $1", &[&name]).map_err(|e| self.err(e))?;
-        Ok(row.is_some())
+    fn study_direction(&mut self, name: &str) -> Result<Option<Direction>> {
+        let row = self
+            .client
+            .query_opt("SELECT direction FROM kiln_studies WHERE name = $1", &[&name])
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| super::direction_named(r.get::<_, &str>(0))))
     }
 }

@@ -237,12 +237,12 @@ impl Storage for SqliteStorage {
         Ok(names)
     }
 
-    fn has_study(&mut self, name: &str) -> Result<bool> {
-        Ok(self
+    fn study_direction(&mut self, name: &str) -> Result<Option<Direction>> {
+        let stored: Option<String> = self
             .conn
-            .query_row("SELECT 1 FROM studies WHERE name = ?1", params![name], |_| Ok(()))
+            .query_row("SELECT direction FROM studies WHERE name = ?1", params![name], |r| r.get(0))
             .optional()
-            .map_err(|e| self.err(e))?
-            .is_some())
+            .map_err(|e| self.err(e))?;
+        Ok(stored.as_deref().map(super::direction_named))
     }
 }

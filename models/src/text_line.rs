@@ -1,0 +1,216 @@
+//! Text-line recognition (CRNN: Shi et al., "An End-to-End Trainable Neural Network for Image-based Sequence
+//! Recognition", <https://arxiv.org/abs/1507.05717>): a ConvNeXt backbone whose downsampling halves only the
+//! height, so a line of width W becomes W / 4 frames; the remaining height is averaged away; a stacked
+//! bidirectional LSTM reads the frames; a linear layer scores each frame over the charset and the CTC blank
+//! (class 0).
+//!
+//! Parameters: the backbone at the root with timm's names (`stem.*`, `stages.*`; the downsampling kernels are
+//! 2×1, so timm classifier weights do not load into them), the LSTM under `rnn.` with PyTorch's names, the
+//! frame classifier under `head.`.
+
+use kiln_export::{Attr, Graph, Value};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::{Kind, Tensor};
+
+use crate::bilstm::BiLstm;
+use crate::convnext::{ConvNext, ConvNextConfig};
+use crate::onnx;
+use crate::{Error, Result};
+
+/// The CTC blank's class index.
+pub const BLANK: i64 = 0;
+
+fn default_lstm_hidden() -> i64 {
+    128
+}
+fn default_lstm_layers() -> usize {
+    2
+}
+
+/// What a text-line recognizer is. Only `architecture`, `num_classes` and `input_height` are required when
+/// deserialising.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecognizerConfig {
+    /// The backbone's widths and depths, by timm name (`convnext_atto` … `convnext_base`), unless `dims` and
+    /// `depths` are given.
+    pub architecture: String,
+    /// Charset size + 1 (the blank, class 0).
+    pub num_classes: i64,
+    /// Input height in pixels: a multiple of the backbone's height stride (32 with four stages).
+    pub input_height: i64,
+    /// Channels per stage, replacing the preset's (a smaller backbone for short lines or the CPU).
+    #[serde(default)]
+    pub dims: Option<Vec<i64>>,
+    /// Blocks per stage, replacing the preset's.
+    #[serde(default)]
+    pub depths: Option<Vec<usize>>,
+    /// LSTM units per direction.
+    #[serde(default = "default_lstm_hidden")]
+    pub lstm_hidden: i64,
+    #[serde(default = "default_lstm_layers")]
+    pub lstm_layers: usize,
+    #[serde(default)]
+    pub drop_path_rate: f64,
+}
+
+impl RecognizerConfig {
+    pub fn new(architecture: &str, num_classes: i64, input_height: i64) -> Self {
+        Self {
+            architecture: architecture.into(),
+            num_classes,
+            input_height,
+            dims: None,
+            depths: None,
+            lstm_hidden: default_lstm_hidden(),
+            lstm_layers: default_lstm_layers(),
+            drop_path_rate: 0.0,
+        }
+    }
+
+    /// The backbone: the named preset (or the given widths and depths) with height-only downsampling.
+    pub fn backbone(&self) -> Result<ConvNextConfig> {
+        let mut config = ConvNextConfig::from_name(&self.architecture)?;
+        if let Some(dims) = &self.dims {
+            config.dims = dims.clone();
+        }
+        if let Some(depths) = &self.depths {
+            config.depths = depths.clone();
+        }
+        Ok(config.with_drop_path_rate(self.drop_path_rate).for_text_lines())
+    }
+
+    fn validate(&self, backbone: &ConvNextConfig) -> Result<()> {
+        let invalid = |key: &str, reason: String| Err(Error::InvalidSetting { key: key.into(), reason });
+        let [stride_h, _] = backbone.output_stride();
+        if self.input_height < stride_h || self.input_height % stride_h != 0 {
+            return invalid(
+                "input_height",
+                format!("{} is not a multiple of the backbone's height stride {stride_h}", self.input_height),
+            );
+        }
+        if self.num_classes < 2 {
+            return invalid("num_classes", format!("{} leaves no class besides the blank", self.num_classes));
+        }
+        if self.lstm_hidden < 1 || self.lstm_layers < 1 {
+            return invalid("lstm_hidden/lstm_layers", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The recognizer: backbone → mean over the remaining height → BiLSTM → per-frame class scores.
+#[derive(Debug)]
+pub struct TextLineRecognizer {
+    pub backbone: ConvNext,
+    pub rnn: BiLstm,
+    head: nn::Linear,
+    pub config: RecognizerConfig,
+    width_stride: i64,
+}
+
+impl TextLineRecognizer {
+    /// Builds the model under `p` (the VarStore root).
+    pub fn new(p: &nn::Path, config: &RecognizerConfig) -> Result<Self> {
+        let backbone_config = config.backbone()?;
+        config.validate(&backbone_config)?;
+        let backbone = ConvNext::new(p, &backbone_config)?;
+        let rnn = BiLstm::new(&(p / "rnn"), backbone_config.num_features(), config.lstm_hidden, config.lstm_layers);
+        let head = nn::linear(
+            p / "head",
+            rnn.output_dim(),
+            config.num_classes,
+            nn::LinearConfig {
+                ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
+            },
+        );
+        let [_, width_stride] = backbone_config.output_stride();
+        Ok(Self { backbone, rnn, head, config: config.clone(), width_stride })
+    }
+
+    /// Input pixels per output frame along the width (4).
+    pub fn width_stride(&self) -> i64 {
+        self.width_stride
+    }
+
+    /// The frames of an input `width` pixels wide.
+    pub fn frames(&self, width: i64) -> i64 {
+        width / self.width_stride
+    }
+
+    /// Parameter-path prefixes of the backbone's freezable units (the stem, downsampling layers, blocks).
+    pub fn encoder_units(&self) -> Vec<String> {
+        self.backbone.unit_prefixes()
+    }
+
+    /// Per-frame class scores (logits; softmax over the last dimension gives probabilities, class 0 the blank).
+    ///
+    /// # Shapes
+    /// `[N, 3, H, W]` → `[N, W / 4, num_classes]`
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let features = self.backbone.forward_t(xs, train); // [N, C, H / 32, W / 4]
+        let frames = features.mean_dim(&[2i64][..], false, features.kind()).permute([0, 2, 1]); // [N, T, C]
+        self.rnn.forward_t(&frames, train).apply(&self.head)
+    }
+
+    /// Per-frame probabilities at inference, what the exported graph returns.
+    pub fn probabilities(&self, xs: &Tensor) -> Tensor {
+        self.forward_t(xs, false).softmax(-1, Kind::Float)
+    }
+
+    /// ONNX of [`TextLineRecognizer::probabilities`]: `[N, 3, H, W]` → `[N, W / 4, num_classes]`.
+    pub fn emit(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        let features = self.backbone.emit(g, x)?;
+        let frames = g.scoped("frames", |g| -> Result<Value> {
+            let pooled = onnx::mean_over(g, &features, 2, false)?; // [N, C, T]
+            Ok(g.op("Transpose", &[&pooled], vec![Attr::Ints("perm", vec![2, 0, 1])])?) // [T, N, C]
+        })?;
+        let sequence = self.rnn.emit(g, &frames)?; // [T, N, 2 · hidden]
+        let scores = onnx::linear(g, "head", &self.head, &sequence)?;
+        Ok(g.scoped("head", |g| -> kiln_export::Result<Value> {
+            let scores = g.op("Transpose", &[&scores], vec![Attr::Ints("perm", vec![1, 0, 2])])?;
+            g.op("Softmax", &[&scores], vec![Attr::Int("axis", -1)])
+        })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn small(classes: i64) -> RecognizerConfig {
+        RecognizerConfig {
+            dims: Some(vec![8, 16, 24, 32]),
+            depths: Some(vec![1, 1, 1, 1]),
+            lstm_hidden: 16,
+            ..RecognizerConfig::new("convnext_atto", classes, 32)
+        }
+    }
+
+    #[test]
+    fn a_line_becomes_a_frame_per_four_pixels_of_width() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = TextLineRecognizer::new(&vs.root(), &small(11)).unwrap();
+        let xs = Tensor::randn([2, 3, 32, 96], (Kind::Float, Device::Cpu));
+        let probs = tch::no_grad(|| model.probabilities(&xs));
+        assert_eq!(probs.size(), [2, 24, 11]);
+        assert_eq!(model.frames(96), 24);
+        let sums = probs.sum_dim_intlist(&[-1i64][..], false, Kind::Float);
+        assert!(sums.allclose(&Tensor::ones_like(&sums), 1e-5, 1e-5, false));
+        // Height 64 collapses too.
+        let tall = Tensor::randn([1, 3, 64, 40], (Kind::Float, Device::Cpu));
+        assert_eq!(tch::no_grad(|| model.forward_t(&tall, false)).size(), [1, 10, 11]);
+    }
+
+    #[test]
+    fn bad_heights_and_class_counts_are_named() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let err = TextLineRecognizer::new(&vs.root(), &RecognizerConfig { input_height: 48, ..small(5) }).unwrap_err();
+        assert!(err.to_string().contains("input_height") && err.to_string().contains("32"), "{err}");
+        let err = TextLineRecognizer::new(&vs.root(), &small(1)).unwrap_err();
+        assert!(err.to_string().contains("num_classes"), "{err}");
+    }
+}

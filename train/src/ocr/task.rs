@@ -1,0 +1,251 @@
+//! Text-line recognition as a [`Task`] of the shared engine: a `labels.txt` / `gt.txt` dataset, the CRNN
+//! recognizer (ConvNeXt + BiLSTM), the CTC loss, CER as the objective (minimised), and the test report.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tch::nn;
+
+use kiln_models::weights::{load_into, read_safetensors, HeadPolicy};
+use kiln_models::{RecognizerConfig, TextLineRecognizer};
+
+use super::charset::Charset;
+use super::dataset::{self, CharsetChoice, TextDataset};
+use super::evaluate::{evaluate, TextEvaluation, TextMetrics};
+use super::loader::{LineInput, TextBatch, TextLoader, TextTransform};
+use super::loss::batch_loss;
+use super::report::{evaluate_run, EvalOptions, TextReport};
+use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
+use crate::config::{TaskKind, TrainConfig};
+use crate::data::{SkipLog, Split};
+use crate::engine::{self, Built, Direction, EpochCallback, Losses, Objective, Task};
+use crate::optim::Param;
+use crate::precision::Precision;
+use crate::run_dir::RunDir;
+use crate::tune::{Distribution, SearchSpace};
+use crate::{Error, Result};
+
+/// What a finished OCR run reports.
+pub type TrainOutcome = engine::Outcome<TextRecognition>;
+
+/// Starts a new OCR run.
+pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
+    train_observed(config, &mut |_| ControlFlow::Continue(()))
+}
+
+/// [`train`] with a callback after every epoch.
+pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<TrainOutcome> {
+    engine::train::<TextRecognition>(config, on_epoch)
+}
+
+/// Continues an OCR run from its `last` checkpoint.
+pub fn resume(run: RunDir) -> Result<TrainOutcome> {
+    engine::resume::<TextRecognition>(run, &mut |_| ControlFlow::Continue(()))
+}
+
+/// The recognizer's config from the training config, for a charset of `num_chars` characters.
+pub fn recognizer_config(config: &TrainConfig, num_chars: usize) -> RecognizerConfig {
+    let ocr = &config.ocr;
+    RecognizerConfig {
+        dims: ocr.dims.clone(),
+        depths: ocr.depths.clone(),
+        lstm_hidden: ocr.lstm_hidden,
+        lstm_layers: ocr.lstm_layers,
+        drop_path_rate: config.drop_path_rate,
+        ..RecognizerConfig::new(&config.model, num_chars as i64 + 1, ocr.height as i64)
+    }
+}
+
+/// The input geometry of the config.
+pub fn line_input(config: &TrainConfig) -> LineInput {
+    LineInput { height: config.ocr.height, width: config.ocr.width, normalize: config.normalize }
+}
+
+/// Opens the config's text dataset; without a val split, `val_split` of train (seeded) becomes val. A charset
+/// saved by a run (`charset` given) replaces the config's setting.
+pub fn open_dataset(config: &TrainConfig, charset: Option<&[String]>) -> Result<TextDataset> {
+    let choice = match charset {
+        Some(chars) => CharsetChoice::Saved(Charset::new(chars.iter().cloned())),
+        None => CharsetChoice::Setting(&config.ocr.charset),
+    };
+    let mut dataset = dataset::open(&config.data, choice, config.ocr.frames())?;
+    if dataset.val.is_empty() && config.val_split > 0.0 && dataset.train.len() > 1 {
+        let mut train = std::mem::take(&mut dataset.train);
+        train.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed));
+        let n = ((train.len() as f64 * config.val_split).round() as usize).clamp(1, train.len() - 1);
+        dataset.val = train.split_off(train.len() - n);
+        train.sort_by(|a, b| a.path.cmp(&b.path));
+        dataset.val.sort_by(|a, b| a.path.cmp(&b.path));
+        dataset.train = train;
+    }
+    if !dataset.skipped.is_empty() {
+        eprintln!("labels: {} line(s) skipped", dataset.skipped.len());
+        for s in dataset.skipped.iter().take(10) {
+            eprintln!("  {}:{}: {}", s.file.display(), s.line, s.reason);
+        }
+    }
+    Ok(dataset)
+}
+
+/// A loader over one split's lines.
+pub fn make_loader(
+    config: &TrainConfig,
+    dataset: &TextDataset,
+    split: Split,
+    transform: TextTransform,
+    skips: &Arc<SkipLog>,
+) -> Result<TextLoader> {
+    TextLoader::new(
+        dataset.split(split.name()).to_vec(),
+        dataset.charset.clone(),
+        transform,
+        line_input(config),
+        config.batch,
+        config.workers,
+        config.seed,
+        Arc::clone(skips),
+    )
+    .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })
+}
+
+/// The OCR task over one dataset.
+pub struct TextRecognition {
+    dataset: TextDataset,
+}
+
+impl engine::Evaluation for TextEvaluation {
+    fn values(&self) -> Vec<Option<f64>> {
+        let m = &self.metrics;
+        vec![Some(self.loss), Some(m.cer), Some(m.wer), Some(m.accuracy), Some(m.mean_ned)]
+    }
+    fn images(&self) -> usize {
+        self.images
+    }
+}
+
+impl Task for TextRecognition {
+    const KIND: TaskKind = TaskKind::Ocr;
+    const LOSSES: &'static [&'static str] = &["loss"];
+    const METRICS: &'static [&'static str] = &["loss", "cer", "wer", "accuracy", "mean_ned"];
+    const OBJECTIVE: Objective = Objective { metric: "cer", direction: Direction::Minimize };
+    const PLOTTED: &'static [(&'static str, &'static str)] =
+        &[("cer", "CER"), ("wer", "WER"), ("accuracy", "exact match")];
+    const LOSS_LABEL: &'static str = "CTC";
+
+    type Model = TextLineRecognizer;
+    type Loader = TextLoader;
+    type Evaluation = TextEvaluation;
+    type Metrics = TextMetrics;
+    type Report = TextReport;
+
+    fn open(config: &TrainConfig) -> Result<Self> {
+        Ok(Self { dataset: open_dataset(config, None)? })
+    }
+
+    fn class_names(&self) -> &[String] {
+        self.dataset.charset.chars()
+    }
+
+    fn dataset_summary(&self) -> serde_json::Value {
+        let d = &self.dataset;
+        let split = |s: &[dataset::TextSample]| {
+            let chars: usize = s.iter().map(|x| super::charset::graphemes(&x.text).len()).sum();
+            serde_json::json!({"lines": s.len(), "characters": chars})
+        };
+        serde_json::json!({
+            "root": d.root, "layout": d.layout, "charset": d.charset.chars(),
+            "train": split(&d.train), "val": split(&d.val), "test": split(&d.test), "skipped": d.skipped,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let d = &self.dataset;
+        format!(
+            "{} characters in the charset; {} train / {} val / {} test lines",
+            d.charset.len(),
+            d.train.len(),
+            d.val.len(),
+            d.test.len()
+        )
+    }
+
+    fn has_test(&self) -> bool {
+        !self.dataset.test.is_empty()
+    }
+
+    fn check_resume(&self, config: &TrainConfig, ckpt: &Checkpoint) -> Result<()> {
+        if self.dataset.charset.chars() != ckpt.state.class_names.as_slice() {
+            return Err(Error::ClassMismatch {
+                root: config.data.clone(),
+                split: "train (charset)".into(),
+                expected: ckpt.state.class_names.clone(),
+                found: self.dataset.charset.chars().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<TextLineRecognizer>> {
+        let model = TextLineRecognizer::new(&vs.root(), &recognizer_config(config, self.dataset.charset.len()))?;
+        let loaded = match &config.weights {
+            Some(path) => {
+                let tensors = read_safetensors(path)?;
+                let report = load_into(vs, tensors, path, HeadPolicy::ReinitialiseHead, &TRAINING_PREFIXES)?;
+                let fresh = if report.reinitialised.is_empty() { "" } else { " (the head starts fresh)" };
+                Some(format!("loaded {} tensors from {}{fresh}", report.loaded, path.display()))
+            }
+            None => None,
+        };
+        Ok(Built { model, loaded })
+    }
+
+    fn trainable_params(&self, vs: &nn::VarStore, model: &TextLineRecognizer, config: &TrainConfig) -> Vec<Param> {
+        engine::freeze::trainable_params(vs, &model.encoder_units(), config.freeze.0)
+    }
+
+    fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(TextLoader, Option<TextLoader>)> {
+        let train =
+            make_loader(config, &self.dataset, Split::Train, TextTransform::Train(config.ocr.augment.clone()), skips)?;
+        let val = if self.dataset.val.is_empty() {
+            None
+        } else {
+            Some(make_loader(config, &self.dataset, Split::Val, TextTransform::Eval, skips)?)
+        };
+        Ok((train, val))
+    }
+
+    fn losses(
+        &self,
+        model: &TextLineRecognizer,
+        batch: &TextBatch,
+        precision: &Precision,
+        _config: &TrainConfig,
+    ) -> Result<Losses> {
+        batch_loss(model, batch, precision)
+    }
+
+    fn evaluate(&self, model: &TextLineRecognizer, loader: &TextLoader, precision: &Precision) -> Result<TextEvaluation> {
+        evaluate(model, loader, &self.dataset.charset, precision)
+    }
+
+    fn metrics(evaluation: &TextEvaluation) -> TextMetrics {
+        evaluation.metrics.clone()
+    }
+
+    fn default_space() -> SearchSpace {
+        SearchSpace::from([
+            ("lr".to_string(), Distribution::Float { low: 3e-4, high: 3e-3, log: true, step: None }),
+            ("weight_decay".to_string(), Distribution::Float { low: 1e-4, high: 1e-1, log: true, step: None }),
+            ("batch".to_string(), Distribution::Categorical { choices: vec![16.into(), 32.into(), 64.into()] }),
+            ("ocr.lstm_hidden".to_string(), Distribution::Categorical { choices: vec![64.into(), 128.into(), 256.into()] }),
+            ("ocr.augment.rotate".to_string(), Distribution::Float { low: 0.0, high: 4.0, log: false, step: None }),
+            ("ocr.augment.noise".to_string(), Distribution::Float { low: 0.0, high: 0.08, log: false, step: None }),
+        ])
+    }
+
+    fn test(run: &RunDir, device: &str) -> Result<TextReport> {
+        evaluate_run(run, Split::Test, &EvalOptions { device: Some(device.to_string()), ..Default::default() })
+    }
+}
