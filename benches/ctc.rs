@@ -27,9 +27,8 @@ fn peaked_line(seed: u64) -> Vec<f32> {
         }
         held -= 1;
         let raise = rng.random_range(3.0f32..9.0);
-        let logits: Vec<f32> = (0..CLASSES)
-            .map(|c| rng.random_range(-2.0f32..2.0) + if c == class { raise } else { 0.0 })
-            .collect();
+        let logits: Vec<f32> =
+            (0..CLASSES).map(|c| rng.random_range(-2.0f32..2.0) + if c == class { raise } else { 0.0 }).collect();
         let sum: f32 = logits.iter().map(|l| l.exp()).sum();
         probs.extend(logits.iter().map(|l| l.exp() / sum));
     }

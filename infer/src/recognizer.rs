@@ -53,7 +53,10 @@ impl TextRecognizer {
         let ctc = meta.ctc.ok_or_else(|| Error::ModelFile { path: path.clone(), reason: "no ctc settings".into() })?;
         let preprocess = model.preprocess().cloned().ok_or_else(|| Error::NoMetadata { path: path.clone() })?;
         if preprocess.resize != Resize::FitHeight {
-            return Err(Error::ModelFile { path, reason: "an ocr model's input must be resized with fit_height".into() });
+            return Err(Error::ModelFile {
+                path,
+                reason: "an ocr model's input must be resized with fit_height".into(),
+            });
         }
         let charset = meta.class_names.clone();
         let output = model.outputs().iter().position(|o| o.name == "probs").unwrap_or(0);

@@ -223,10 +223,10 @@ mod tests {
             ("", "abc", 3),
             ("kitten", "sitting", 3),
             ("abc", "abc", 0),
-            ("abc", "axc", 1), // substitution
+            ("abc", "axc", 1),  // substitution
             ("abc", "abxc", 1), // insertion
-            ("abc", "ac", 1),  // deletion
-            ("ab", "ba", 2),   // no transpositions
+            ("abc", "ac", 1),   // deletion
+            ("ab", "ba", 2),    // no transpositions
             ("straße", "strasse", 2),
             ("café", "cafe", 1),
             ("cafe\u{301}", "café", 2), // decomposed: e + combining acute is two code points

@@ -41,8 +41,10 @@ pub struct ConvNextConfig {
     pub layer_scale_init: f64,
     /// Stochastic depth rate of the last block; earlier blocks ramp up linearly from 0.
     pub drop_path_rate: f64,
-    /// Downsampling layers halve only the height (2×1 kernels, stride 2×1), so that the width keeps the stem's
-    /// stride 4: the backbone of a text-line recognizer, whose width becomes its frames.
+    /// Downsampling layers halve only the height (2×3 kernels padded to keep the width, stride 2×1), so that the
+    /// width keeps the stem's stride 4: the backbone of a text-line recognizer, whose width becomes its frames.
+    /// The kernels' width of 3 lets each downsampling widen every frame's view by two frames, so that a frame
+    /// sees whole characters even before the blocks' layer scales have grown from their tiny initial values.
     #[serde(default)]
     pub height_only_downsample: bool,
 }
@@ -117,6 +119,15 @@ impl ConvNextConfig {
             [2, 1]
         } else {
             [2, 2]
+        }
+    }
+
+    /// The kernel and padding of each downsampling layer, `[height, width]` each.
+    pub fn downsample_kernel(&self) -> ([i64; 2], [i64; 2]) {
+        if self.height_only_downsample {
+            ([2, 3], [0, 1])
+        } else {
+            ([2, 2], [0, 0])
         }
     }
 
@@ -292,8 +303,9 @@ impl ModuleT for Block {
 #[derive(Debug)]
 pub struct Stage {
     downsample: Option<(LayerNorm2d, nn::Conv2D)>,
-    /// The downsampling convolution's stride (and kernel), `[height, width]`.
+    /// The downsampling convolution's stride and padding, `[height, width]`.
     downsample_stride: [i64; 2],
+    downsample_padding: [i64; 2],
     pub blocks: Vec<Block>,
     name: String,
 }
@@ -304,7 +316,15 @@ impl Stage {
         let mut y = match &self.downsample {
             Some((norm, conv)) => {
                 let y = norm.emit(g, x)?;
-                onnx::conv2d_hw(g, &join(&self.name, "downsample.1"), conv, self.downsample_stride, [0, 0], 1, &y)?
+                onnx::conv2d_hw(
+                    g,
+                    &join(&self.name, "downsample.1"),
+                    conv,
+                    self.downsample_stride,
+                    self.downsample_padding,
+                    1,
+                    &y,
+                )?
             }
             None => x.clone(),
         };
@@ -347,6 +367,7 @@ impl ConvNext {
         let stem_norm = LayerNorm2d::new(p / "stem" / "1", dims[0], CONVNEXT_EPS);
         let rates = block_rates(&config.depths, config.drop_path_rate);
         let stride = config.downsample_stride();
+        let (kernel, padding) = config.downsample_kernel();
         let stages = (0..dims.len())
             .map(|i| {
                 let sp = p / "stages" / i;
@@ -358,15 +379,15 @@ impl ConvNext {
                             &ds / "1",
                             dims[i - 1],
                             dims[i],
-                            stride,
-                            nn::ConvConfigND { stride, padding: [0, 0], ..conv_config_nd(&conv_config(0, 1, 1)) },
+                            kernel,
+                            nn::ConvConfigND { stride, padding, ..conv_config_nd(&conv_config(0, 1, 1)) },
                         ),
                     )
                 });
                 let blocks = (0..config.depths[i])
                     .map(|j| Block::new(&sp / "blocks" / j, dims[i], config, rates[i][j]))
                     .collect();
-                Stage { downsample, downsample_stride: stride, blocks, name: path_of(&sp) }
+                Stage { downsample, downsample_stride: stride, downsample_padding: padding, blocks, name: path_of(&sp) }
             })
             .collect();
         Ok(Self { stem_conv, stem_norm, stages, config: config.clone(), name: path_of(p) })

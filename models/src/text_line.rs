@@ -5,7 +5,7 @@
 //! (class 0).
 //!
 //! Parameters: the backbone at the root with timm's names (`stem.*`, `stages.*`; the downsampling kernels are
-//! 2×1, so timm classifier weights do not load into them), the LSTM under `rnn.` with PyTorch's names, the
+//! 2×3, so timm classifier weights do not load into them), the LSTM under `rnn.` with PyTorch's names, the
 //! frame classifier under `head.`.
 
 use kiln_export::{Attr, Graph, Value};
@@ -165,7 +165,8 @@ impl TextLineRecognizer {
         let features = self.backbone.emit(g, x)?;
         let frames = g.scoped("frames", |g| -> Result<Value> {
             let pooled = onnx::mean_over(g, &features, 2, false)?; // [N, C, T]
-            Ok(g.op("Transpose", &[&pooled], vec![Attr::Ints("perm", vec![2, 0, 1])])?) // [T, N, C]
+            Ok(g.op("Transpose", &[&pooled], vec![Attr::Ints("perm", vec![2, 0, 1])])?)
+            // [T, N, C]
         })?;
         let sequence = self.rnn.emit(g, &frames)?; // [T, N, 2 · hidden]
         let scores = onnx::linear(g, "head", &self.head, &sequence)?;

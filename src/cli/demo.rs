@@ -29,8 +29,9 @@ pub struct DemoArgs {
     /// Epochs of the detector (0 skips detection).
     #[arg(long, default_value_t = 8)]
     pub detect_epochs: usize,
-    /// Epochs of the text recognizer (0 skips OCR).
-    #[arg(long, default_value_t = 8)]
+    /// Epochs of the text recognizer (0, the default, skips OCR: from scratch it does not yet leave CTC's
+    /// all-blank plateau in a demo's few minutes).
+    #[arg(long, default_value_t = 0)]
     pub ocr_epochs: usize,
 }
 
@@ -119,7 +120,8 @@ fn ocr(args: &DemoArgs) -> anyhow::Result<()> {
     use kiln_train::ocr::synthetic::{write_text_lines, TextLinesSpec};
     let data = args.out.join("lines");
     if !data.join("train/labels.txt").is_file() {
-        let spec = TextLinesSpec { lines: (3000, 300, 300), alphabet: "0-9A-Z".into(), length: (3, 9), ..Default::default() };
+        let spec =
+            TextLinesSpec { lines: (3000, 300, 300), alphabet: "0-9A-Z".into(), length: (3, 9), ..Default::default() };
         let n = write_text_lines(&data, &spec)?;
         println!("\nrendered {n} text lines of digits and capitals in {}", data.display());
     } else {

@@ -32,7 +32,10 @@ impl DecodeArgs {
     /// Applies the options to a recognizer.
     pub fn apply(&self, mut recognizer: TextRecognizer) -> anyhow::Result<TextRecognizer> {
         let constraints = [self.allowed.is_some(), self.lexicon.is_some(), self.regex.is_some()];
-        anyhow::ensure!(constraints.iter().filter(|c| **c).count() <= 1, "give at most one of --allowed, --lexicon, --regex");
+        anyhow::ensure!(
+            constraints.iter().filter(|c| **c).count() <= 1,
+            "give at most one of --allowed, --lexicon, --regex"
+        );
         if let Some(width) = self.beam {
             anyhow::ensure!(width >= 1, "--beam {width}: expected a width of at least 1");
             recognizer = recognizer.with_beam_search(width);

@@ -89,34 +89,32 @@ pub fn print_outcome(outcome: &TrainOutcome) {
 
 /// What a detection run prints: epochs, the best validation and the test metrics, the run directory.
 pub fn print_detection_outcome(outcome: &kiln_train::detect::TrainOutcome) {
-    let show = |m: &kiln_train::detect::evaluate::DetectionMetrics| {
-        let (c, t) = (&m.coco, &m.at_threshold);
-        format!(
+    let show =
+        |m: &kiln_train::detect::evaluate::DetectionMetrics| {
+            let (c, t) = (&m.coco, &m.at_threshold);
+            format!(
             "mAP@[.5:.95] {:.4}  mAP@.5 {:.4}  mAP@.75 {:.4}  mean IoU {:.4}  P/R/F1 {:.3}/{:.3}/{:.3} at score {:.2} \
              (best F1 {:.3} at {:.2})",
             c.map, c.map_50, c.map_75, t.mean_iou, t.precision, t.recall, t.f1, t.score_threshold, t.best_f1,
             t.best_f1_threshold
         )
-    };
+        };
     print_task_outcome(outcome, show, outcome.test.as_ref().map(|t| (t.images, "images", &t.metrics)));
 }
 
 pub fn print_ocr_outcome(outcome: &kiln_train::ocr::TrainOutcome) {
     let show = |m: &kiln_train::ocr::evaluate::TextMetrics| {
-        format!(
-            "CER {:.4}  WER {:.4}  exact match {:.4}  mean NED {:.4}",
-            m.cer, m.wer, m.accuracy, m.mean_ned
-        )
+        format!("CER {:.4}  WER {:.4}  exact match {:.4}  mean NED {:.4}", m.cer, m.wer, m.accuracy, m.mean_ned)
     };
     print_task_outcome(outcome, show, outcome.test.as_ref().map(|t| (t.lines, "lines", &t.metrics)));
 }
 
 /// A finished run of any task with a metrics summary: epochs, best validation and test metrics, skipped files,
 /// the run directory.
-fn print_task_outcome<T: kiln_train::engine::Task>(
-    outcome: &kiln_train::engine::Outcome<T>,
-    show: impl Fn(&T::Metrics) -> String,
-    test: Option<(usize, &str, &T::Metrics)>,
+fn print_task_outcome<M, R>(
+    outcome: &kiln_train::engine::TrainOutcome<M, R>,
+    show: impl Fn(&M) -> String,
+    test: Option<(usize, &str, &M)>,
 ) {
     println!(
         "trained {} epoch(s) on {}{}; best epoch {}",

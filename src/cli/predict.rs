@@ -95,12 +95,18 @@ fn predict_lines(run: &RunDir, args: &PredictArgs) -> anyhow::Result<()> {
     for r in &results {
         match &r.text {
             Some(text) => {
-                let reading = kiln_infer::Reading { text: text.clone(), confidence: r.confidence, chars: r.chars.clone() };
+                let reading =
+                    kiln_infer::Reading { text: text.clone(), confidence: r.confidence, chars: r.chars.clone() };
                 super::infer_ocr::write_reading(&mut out, args.format, &r.path, &reading)?;
             }
             None => {
                 failed += 1;
-                super::infer_ocr::write_error(&mut out, args.format, &r.path, r.error.as_deref().unwrap_or("not read"))?;
+                super::infer_ocr::write_error(
+                    &mut out,
+                    args.format,
+                    &r.path,
+                    r.error.as_deref().unwrap_or("not read"),
+                )?;
             }
         }
     }

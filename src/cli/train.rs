@@ -229,9 +229,7 @@ impl TrainArgs {
                 ocr.insert(key.into(), v);
             }
         }
-        if !ocr.is_empty() {
-            map.insert("ocr".into(), Value::Object(ocr));
-        }
+        put("ocr", (!ocr.is_empty()).then_some(Value::Object(ocr)));
         put("workers", self.workers.map(Value::from));
         put("threads", self.threads.map(Value::from));
         put("seed", self.seed.map(Value::from));

@@ -4,9 +4,9 @@
 use crate::classify::Classification;
 use crate::config::{TaskKind, TrainConfig};
 use crate::detect::Detection;
-use crate::ocr::TextRecognition;
 use crate::engine::{self, EpochCallback, Objective, Outcome, Task};
 use crate::export::{ExportOptions, ExportReport};
+use crate::ocr::TextRecognition;
 use crate::run_dir::RunDir;
 use crate::step_timer::{StepBenchConfig, StepBenchResult};
 use crate::tune::SearchSpace;

@@ -213,7 +213,13 @@ mod tests {
 
     fn line() -> RgbImage {
         // A dark bar on a light background.
-        RgbImage::from_fn(60, 20, |x, y| if (20..40).contains(&x) && (5..15).contains(&y) { image::Rgb([10; 3]) } else { image::Rgb([230; 3]) })
+        RgbImage::from_fn(60, 20, |x, y| {
+            if (20..40).contains(&x) && (5..15).contains(&y) {
+                image::Rgb([10; 3])
+            } else {
+                image::Rgb([230; 3])
+            }
+        })
     }
 
     #[test]

@@ -69,7 +69,9 @@ impl Charset {
         let path = Path::new(spec);
         if spec.len() < 4096 && path.is_file() {
             let text = std::fs::read_to_string(path)?;
-            return Ok(Some(Self::new(graphemes(&text).into_iter().filter(|g| !matches!(*g, "\n" | "\r\n" | "\r")).map(String::from))));
+            return Ok(Some(Self::new(
+                graphemes(&text).into_iter().filter(|g| !matches!(*g, "\n" | "\r\n" | "\r")).map(String::from),
+            )));
         }
         Ok(Some(Self::parse(spec)))
     }

@@ -56,7 +56,11 @@ pub fn recognizer_onnx(
     let mut g = Graph::new(options.opset, ElemType::F32)?;
     let batch = if options.dynamic_batch { Dim::Symbolic("batch".into()) } else { Dim::Fixed(1) };
     let h = spec.height as i64;
-    let images = g.input("images", ElemType::F32, &[batch.clone(), Dim::Fixed(3), Dim::Fixed(h), Dim::Symbolic("width".into())])?;
+    let images = g.input(
+        "images",
+        ElemType::F32,
+        &[batch.clone(), Dim::Fixed(3), Dim::Fixed(h), Dim::Symbolic("width".into())],
+    )?;
     let probs = model.emit(&mut g, &images)?;
     let classes = spec.charset.len() as i64 + 1;
     let outputs = vec![declare_output(

@@ -265,17 +265,9 @@ mod tests {
             samples.push(TextSample { path, text: "12".into() });
         }
         let input = LineInput { height: 32, width: 256, normalize: Normalize::default() };
-        let loader = TextLoader::new(
-            samples,
-            Charset::parse("0-9"),
-            TextTransform::Eval,
-            input,
-            8,
-            1,
-            0,
-            Arc::default(),
-        )
-        .unwrap();
+        let loader =
+            TextLoader::new(samples, Charset::parse("0-9"), TextTransform::Eval, input, 8, 1, 0, Arc::default())
+                .unwrap();
         let batch = loader.epoch(0, false).next().unwrap().unwrap();
         assert_eq!(batch.images.size(), [3, 3, 32, 256]);
         // 40×16 → 80×32 (20 frames); 160×16 → 320, squeezed to 256 (64 frames); 400×16 too.

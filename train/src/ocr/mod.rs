@@ -10,9 +10,9 @@ pub mod export;
 pub mod loader;
 pub mod loss;
 pub mod predict;
-pub mod step_bench;
 pub mod report;
 pub mod settings;
+pub mod step_bench;
 pub mod synthetic;
 pub mod task;
 

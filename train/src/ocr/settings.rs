@@ -61,8 +61,7 @@ impl OcrSettings {
                 return bad("dims", format!("{} stages of dims but {} of depths", dims.len(), depths.len()));
             }
         }
-        for (key, len) in [("dims", self.dims.as_ref().map(Vec::len)), ("depths", self.depths.as_ref().map(Vec::len))]
-        {
+        for (key, len) in [("dims", self.dims.as_ref().map(Vec::len)), ("depths", self.depths.as_ref().map(Vec::len))] {
             if len.is_some_and(|n| n != 4) {
                 return bad(key, "needs 4 stages (the height collapses from 32 over 3 downsamplings)".into());
             }

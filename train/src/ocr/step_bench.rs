@@ -28,7 +28,10 @@ pub fn bench_ocr_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
     let classes = config.num_classes.max(2) as i64;
     let model = TextLineRecognizer::new(
         &vs.root(),
-        &RecognizerConfig { drop_path_rate: config.drop_path_rate, ..RecognizerConfig::new(&config.model, classes, 32) },
+        &RecognizerConfig {
+            drop_path_rate: config.drop_path_rate,
+            ..RecognizerConfig::new(&config.model, classes, 32)
+        },
     )?;
     let precision = Precision::resolve(config.amp, config.channels_last, device)?;
     precision.prepare_params(&vs)?;

@@ -48,7 +48,8 @@ pub fn render_line(font: &FontRef<'_>, text: &str, px: f32, spacing: f32, rng: &
     }
     let margin_x = rng.random_range(2.0..px * 0.6);
     let margin_y = rng.random_range(1.0..px * 0.25);
-    let (w, h) = ((width + 2.0 * margin_x).ceil() as u32, (scaled.ascent() - scaled.descent() + 2.0 * margin_y).ceil() as u32);
+    let (w, h) =
+        ((width + 2.0 * margin_x).ceil() as u32, (scaled.ascent() - scaled.descent() + 2.0 * margin_y).ceil() as u32);
     let inverted = rng.random_bool(0.15);
     let light = [rng.random_range(170.0..255.0f32), rng.random_range(170.0..255.0), rng.random_range(170.0..255.0)];
     let dark = [rng.random_range(0.0..90.0f32), rng.random_range(0.0..90.0), rng.random_range(0.0..90.0)];

@@ -226,7 +226,12 @@ impl Task for TextRecognition {
         batch_loss(model, batch, precision)
     }
 
-    fn evaluate(&self, model: &TextLineRecognizer, loader: &TextLoader, precision: &Precision) -> Result<TextEvaluation> {
+    fn evaluate(
+        &self,
+        model: &TextLineRecognizer,
+        loader: &TextLoader,
+        precision: &Precision,
+    ) -> Result<TextEvaluation> {
         evaluate(model, loader, &self.dataset.charset, precision)
     }
 
@@ -239,7 +244,10 @@ impl Task for TextRecognition {
             ("lr".to_string(), Distribution::Float { low: 3e-4, high: 3e-3, log: true, step: None }),
             ("weight_decay".to_string(), Distribution::Float { low: 1e-4, high: 1e-1, log: true, step: None }),
             ("batch".to_string(), Distribution::Categorical { choices: vec![16.into(), 32.into(), 64.into()] }),
-            ("ocr.lstm_hidden".to_string(), Distribution::Categorical { choices: vec![64.into(), 128.into(), 256.into()] }),
+            (
+                "ocr.lstm_hidden".to_string(),
+                Distribution::Categorical { choices: vec![64.into(), 128.into(), 256.into()] },
+            ),
             ("ocr.augment.rotate".to_string(), Distribution::Float { low: 0.0, high: 4.0, log: false, step: None }),
             ("ocr.augment.noise".to_string(), Distribution::Float { low: 0.0, high: 0.08, log: false, step: None }),
         ])
