@@ -50,7 +50,7 @@ mod tests {
     #[test]
     fn a_confident_right_alignment_costs_nearly_nothing_and_padding_frames_do_not_count() {
         // Frames: 1, blank, 2, then padding frames that strongly say "1".
-        let mut logits = vec![[-9.0f32; 3]; 6];
+        let mut logits = [[-9.0f32; 3]; 6];
         logits[0][1] = 9.0;
         logits[1][0] = 9.0;
         logits[2][2] = 9.0;
