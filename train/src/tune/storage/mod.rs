@@ -256,7 +256,8 @@ mod tests {
             let mut storage = url.open().unwrap();
             let study = storage.study("s", Direction::Minimize).unwrap();
             assert!(storage.has_study("s").unwrap() && !storage.has_study("t").unwrap());
-            assert_eq!(storage.study_direction("s").unwrap(), Some(Direction::Maximize));
+            assert_eq!(storage.study_direction("s").unwrap(), Some(Direction::Minimize));
+            assert_eq!(storage.study_direction("t").unwrap(), None);
             for _ in 0..3 {
                 let n = storage.claim_trial(study, 6, "a").unwrap().unwrap();
                 storage.finish(study, n, TrialState::Complete, Some(1.0), None).unwrap();
