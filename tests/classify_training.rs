@@ -10,19 +10,9 @@ use kiln_train::engine::read_results;
 use kiln_train::{Error, RunDir, Which};
 use tch::{Device, Tensor};
 
-/// Tests in one binary run on parallel threads, and libtorch's random generator is global: two trainings at once
-/// interleave their draws (dropout, initialisation), which made the accuracy test's result vary from run to run
-/// (best validation accuracy 0.867 and 0.883 in two full-suite runs, against its 0.9 bar; above it in others).
-/// Each training test holds this lock, so every run sees the same numbers.
-static ONE_TRAINING_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_TRAINING_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[test]
 fn convnext_atto_reaches_90_percent_and_writes_a_complete_run() {
-    let _serial = one_at_a_time();
+    let _serial = common::one_training_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = common::shapes(dir.path(), (80, 20, 20), 11);
     let config = common::quick_config(&data, &dir.path().join("runs"), 12);
@@ -61,7 +51,7 @@ fn weights(run: &RunDir) -> Vec<(String, Tensor)> {
 
 #[test]
 fn resume_continues_with_the_epoch_counter_and_optimizer_state_restored() {
-    let _serial = one_at_a_time();
+    let _serial = common::one_training_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = common::shapes(dir.path(), (20, 6, 0), 5);
     let mut config = common::quick_config(&data, &dir.path().join("runs"), 4);
@@ -120,7 +110,7 @@ fn resume_continues_with_the_epoch_counter_and_optimizer_state_restored() {
 
 #[test]
 fn zero_byte_and_truncated_images_are_skipped_and_counted() {
-    let _serial = one_at_a_time();
+    let _serial = common::one_training_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = common::shapes(dir.path(), (10, 4, 0), 3);
     std::fs::write(data.join("train/circle/zero.png"), b"").unwrap();
@@ -137,7 +127,7 @@ fn zero_byte_and_truncated_images_are_skipped_and_counted() {
 
 #[test]
 fn a_dataset_with_no_readable_image_aborts_clearly() {
-    let _serial = one_at_a_time();
+    let _serial = common::one_training_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("broken");
     for class in ["a", "b"] {
@@ -155,7 +145,7 @@ fn a_dataset_with_no_readable_image_aborts_clearly() {
 
 #[test]
 fn early_stopping_ends_a_run_that_stops_improving() {
-    let _serial = one_at_a_time();
+    let _serial = common::one_training_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = common::shapes(dir.path(), (8, 4, 0), 9);
     let mut config = common::quick_config(&data, &dir.path().join("runs"), 6);

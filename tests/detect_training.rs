@@ -10,6 +10,7 @@ use kiln_train::TrainConfig;
 
 #[test]
 fn a_generated_set_trains_to_a_useful_map() {
+    let _serial = common::one_training_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("scenes");
     let spec = ScenesSpec { classes: 2, images: (192, 48, 32), size: (128, 96), max_objects: 3, ..Default::default() };
@@ -224,6 +225,7 @@ fn the_cli_trains_and_tests_a_detector() {
 
 #[test]
 fn a_detection_study_optimises_map_with_the_default_space() {
+    let _serial = common::one_training_at_a_time();
     use kiln_train::tune::{run_study, PrunerKind, SamplerKind, StorageUrl, StudyOptions, TrialState};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("scenes");
@@ -266,6 +268,7 @@ fn a_detection_study_optimises_map_with_the_default_space() {
 
 #[test]
 fn an_interrupted_detection_run_resumes_to_the_end() {
+    let _serial = common::one_training_at_a_time();
     use std::ops::ControlFlow;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("scenes");

@@ -6,7 +6,7 @@
 //!
 //! Parameters: the backbone at the root with timm's names (`stem.*`, `stages.*`; the downsampling kernels are
 //! 2×3, so timm classifier weights do not load into them), the LSTM under `rnn.` with PyTorch's names, the
-//! frame classifier under `head.`.
+//! frame classifier (over the LSTM output and the frame features) under `head.`.
 
 use kiln_export::{Attr, Graph, Value};
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,9 @@ fn default_lstm_hidden() -> i64 {
 }
 fn default_lstm_layers() -> usize {
     2
+}
+fn default_layer_scale_init() -> f64 {
+    1e-6
 }
 
 /// What a text-line recognizer is. Only `architecture`, `num_classes` and `input_height` are required when
@@ -52,6 +55,10 @@ pub struct RecognizerConfig {
     pub lstm_layers: usize,
     #[serde(default)]
     pub drop_path_rate: f64,
+    /// The backbone blocks' initial layer scale (`gamma`); timm's 1e-6 (the default here) makes each block start
+    /// as the identity. Training text lines from scratch, kiln's OCR settings use 1.0.
+    #[serde(default = "default_layer_scale_init")]
+    pub layer_scale_init: f64,
 }
 
 impl RecognizerConfig {
@@ -65,6 +72,7 @@ impl RecognizerConfig {
             lstm_hidden: default_lstm_hidden(),
             lstm_layers: default_lstm_layers(),
             drop_path_rate: 0.0,
+            layer_scale_init: default_layer_scale_init(),
         }
     }
 
@@ -77,6 +85,7 @@ impl RecognizerConfig {
         if let Some(depths) = &self.depths {
             config.depths = depths.clone();
         }
+        config.layer_scale_init = self.layer_scale_init;
         Ok(config.with_drop_path_rate(self.drop_path_rate).for_text_lines())
     }
 
@@ -99,7 +108,14 @@ impl RecognizerConfig {
     }
 }
 
-/// The recognizer: backbone → mean over the remaining height → BiLSTM → per-frame class scores.
+/// The recognizer: backbone → mean over the remaining height → BiLSTM → per-frame class scores from the LSTM's
+/// output and, beside it, the frame features themselves.
+///
+/// The shortcut around the LSTM is what lets the model train from scratch: with the LSTM alone between the
+/// ConvNeXt features and the classifier, CTC stayed on its all-blank plateau (loss ≈ 2.64 per character on
+/// rendered digit lines) for 900 Adam steps at every learning rate and layer-scale init tried, while the same
+/// backbone with a per-frame linear classifier, or a VGG-BN backbone with the LSTM, left it within 200 steps;
+/// with the shortcut the loss fell to 0.5 in 150 steps and the LSTM adds context once the frames are read.
 #[derive(Debug)]
 pub struct TextLineRecognizer {
     pub backbone: ConvNext,
@@ -116,15 +132,13 @@ impl TextLineRecognizer {
         config.validate(&backbone_config)?;
         let backbone = ConvNext::new(p, &backbone_config)?;
         let rnn = BiLstm::new(&(p / "rnn"), backbone_config.num_features(), config.lstm_hidden, config.lstm_layers);
+        // PyTorch's default Linear init (uniform in ±1/√fan_in), not timm's N(0, 0.02) head: with the small init
+        // the shortcut's gradient into the backbone was too weak to leave CTC's plateau in 300 steps.
         let head = nn::linear(
             p / "head",
-            rnn.output_dim(),
+            rnn.output_dim() + backbone_config.num_features(),
             config.num_classes,
-            nn::LinearConfig {
-                ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
-                bs_init: Some(nn::Init::Const(0.0)),
-                bias: true,
-            },
+            nn::LinearConfig::default(),
         );
         let [_, width_stride] = backbone_config.output_stride();
         Ok(Self { backbone, rnn, head, config: config.clone(), width_stride })
@@ -152,7 +166,8 @@ impl TextLineRecognizer {
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let features = self.backbone.forward_t(xs, train); // [N, C, H / 32, W / 4]
         let frames = features.mean_dim(&[2i64][..], false, features.kind()).permute([0, 2, 1]); // [N, T, C]
-        self.rnn.forward_t(&frames, train).apply(&self.head)
+        let sequence = self.rnn.forward_t(&frames, train); // [N, T, 2 · hidden]
+        Tensor::cat(&[&sequence, &frames], -1).apply(&self.head)
     }
 
     /// Per-frame probabilities at inference, what the exported graph returns.
@@ -169,7 +184,8 @@ impl TextLineRecognizer {
             // [T, N, C]
         })?;
         let sequence = self.rnn.emit(g, &frames)?; // [T, N, 2 · hidden]
-        let scores = onnx::linear(g, "head", &self.head, &sequence)?;
+        let both = g.scoped("head", |g| g.op("Concat", &[&sequence, &frames], vec![Attr::Int("axis", -1)]))?;
+        let scores = onnx::linear(g, "head", &self.head, &both)?;
         Ok(g.scoped("head", |g| -> kiln_export::Result<Value> {
             let scores = g.op("Transpose", &[&scores], vec![Attr::Ints("perm", vec![1, 0, 2])])?;
             g.op("Softmax", &[&scores], vec![Attr::Int("axis", -1)])

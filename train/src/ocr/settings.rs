@@ -25,6 +25,10 @@ pub struct OcrSettings {
     /// LSTM units per direction.
     pub lstm_hidden: i64,
     pub lstm_layers: usize,
+    /// The backbone blocks' initial layer scale (`gamma`). 1.0 by default: from scratch on 1,600 rendered digit
+    /// lines (batch 32, lr 1e-3, 12 epochs) the validation CER reached 4.7 % with 1.0, 14 % with 0.1 and 85 % with
+    /// timm's 1e-6, whose blocks start as the identity and leave CTC's all-blank plateau last.
+    pub layer_scale_init: f64,
     pub augment: TextAugment,
 }
 
@@ -38,6 +42,7 @@ impl Default for OcrSettings {
             depths: None,
             lstm_hidden: 128,
             lstm_layers: 2,
+            layer_scale_init: 1.0,
             augment: TextAugment::default(),
         }
     }

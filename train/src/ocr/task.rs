@@ -54,6 +54,7 @@ pub fn recognizer_config(config: &TrainConfig, num_chars: usize) -> RecognizerCo
         lstm_hidden: ocr.lstm_hidden,
         lstm_layers: ocr.lstm_layers,
         drop_path_rate: config.drop_path_rate,
+        layer_scale_init: ocr.layer_scale_init,
         ..RecognizerConfig::new(&config.model, num_chars as i64 + 1, ocr.height as i64)
     }
 }
