@@ -29,9 +29,8 @@ pub struct DemoArgs {
     /// Epochs of the detector (0 skips detection).
     #[arg(long, default_value_t = 8)]
     pub detect_epochs: usize,
-    /// Epochs of the text recognizer (0, the default, skips OCR: from scratch it does not yet leave CTC's
-    /// all-blank plateau in a demo's few minutes).
-    #[arg(long, default_value_t = 0)]
+    /// Epochs of the text recognizer (0 skips OCR).
+    #[arg(long, default_value_t = 12)]
     pub ocr_epochs: usize,
 }
 
@@ -132,8 +131,8 @@ fn ocr(args: &DemoArgs) -> anyhow::Result<()> {
         data,
         model: "convnext_atto".into(),
         epochs: args.ocr_epochs,
-        batch: 32,
-        lr: 2e-3,
+        batch: 16,
+        lr: 1e-3,
         warmup_epochs: 1.0,
         drop_path_rate: 0.0,
         device: args.device.clone(),
@@ -145,6 +144,7 @@ fn ocr(args: &DemoArgs) -> anyhow::Result<()> {
     config.ocr.width = 160;
     config.ocr.dims = Some(vec![32, 64, 96, 128]);
     config.ocr.depths = Some(vec![1, 1, 2, 1]);
+    config.ocr.lstm_hidden = 96;
     let outcome = kiln_train::ocr::train(&config)?;
     super::output::print_ocr_outcome(&outcome);
     let options = kiln_train::export::ExportOptions { dynamic_batch: true, ..Default::default() };
