@@ -197,3 +197,43 @@ fn a_label_outside_the_charset_is_an_error_naming_the_character_and_line() {
     let err = kiln_train::ocr::train(&config).err().unwrap().to_string();
     assert!(err.contains("\"x\"") && err.contains("labels.txt:1") && err.contains("labels.txt:2"), "{err}");
 }
+
+#[test]
+fn an_ocr_study_minimises_cer_with_the_default_space() {
+    let _serial = common::one_training_at_a_time();
+    use kiln_train::tune::{run_study, PrunerKind, SamplerKind, StorageUrl, StudyOptions, TrialState};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lines");
+    write_text_lines(&data, &TextLinesSpec { lines: (32, 8, 0), length: (2, 4), ..TextLinesSpec::default() }).unwrap();
+    let mut base = digits_config(&data, &dir.path().join("runs"), 1);
+    base.ocr.dims = Some(vec![16, 24, 32, 48]);
+    base.ocr.depths = Some(vec![1, 1, 1, 1]);
+    base.ocr.width = 96;
+    let options = StudyOptions {
+        trials: 3,
+        storage: StorageUrl::Sqlite(dir.path().join("study.db")),
+        name: "ocr".into(),
+        sampler: SamplerKind::Random,
+        pruner: PrunerKind::None,
+        space: None,
+        heartbeat_timeout: std::time::Duration::from_secs(60),
+        worker: "test".into(),
+        running: None,
+    };
+    let outcome = run_study(&base, &options).unwrap();
+    assert_eq!(outcome.trials.len(), 3);
+    let mut values = Vec::new();
+    for trial in &outcome.trials {
+        assert_eq!(trial.state, TrialState::Complete, "{:?}", trial.reason);
+        assert!(trial.params.contains_key("ocr.lstm_hidden"), "the OCR space: {:?}", trial.params);
+        // The trial's value is its run's validation CER.
+        let run = dir.path().join(format!("runs/ocr/ocr/trial_{}", trial.number));
+        let rows = read_results(&run.join("results.csv")).unwrap();
+        assert_eq!(trial.value, rows[0].val("cer"), "trial {}", trial.number);
+        values.push(trial.value.unwrap());
+    }
+    // CER is minimised: the best trial has the lowest value.
+    let lowest = values.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(outcome.best.as_ref().and_then(|b| b.value), Some(lowest));
+    assert!(outcome.dir.join("best_params.json").is_file());
+}
