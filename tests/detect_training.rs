@@ -226,7 +226,7 @@ fn the_cli_trains_and_tests_a_detector() {
 #[test]
 fn a_detection_study_optimises_map_with_the_default_space() {
     let _serial = common::one_training_at_a_time();
-    use kiln_train::tune::{run_study, PrunerKind, SamplerKind, StorageUrl, StudyOptions, TrialState};
+    use kiln_train::tune::{run_study, TrialState};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("scenes");
     generate_scenes(&data, &ScenesSpec { classes: 2, images: (16, 8, 0), size: (64, 64), ..Default::default() })
@@ -242,17 +242,7 @@ fn a_detection_study_optimises_map_with_the_default_space() {
         project: dir.path().join("runs"),
         ..TrainConfig::default()
     };
-    let options = StudyOptions {
-        trials: 2,
-        storage: StorageUrl::Sqlite(dir.path().join("study.db")),
-        name: "det".into(),
-        sampler: SamplerKind::Random,
-        pruner: PrunerKind::None,
-        space: None,
-        heartbeat_timeout: std::time::Duration::from_secs(60),
-        worker: "test".into(),
-        running: None,
-    };
+    let options = common::sqlite_study(dir.path(), "det", 2);
     let outcome = run_study(&base, &options).unwrap();
     assert_eq!(outcome.trials.len(), 2);
     for trial in &outcome.trials {

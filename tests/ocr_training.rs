@@ -201,7 +201,7 @@ fn a_label_outside_the_charset_is_an_error_naming_the_character_and_line() {
 #[test]
 fn an_ocr_study_minimises_cer_with_the_default_space() {
     let _serial = common::one_training_at_a_time();
-    use kiln_train::tune::{run_study, PrunerKind, SamplerKind, StorageUrl, StudyOptions, TrialState};
+    use kiln_train::tune::{run_study, TrialState};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("lines");
     write_text_lines(&data, &TextLinesSpec { lines: (32, 8, 0), length: (2, 4), ..TextLinesSpec::default() }).unwrap();
@@ -209,17 +209,7 @@ fn an_ocr_study_minimises_cer_with_the_default_space() {
     base.ocr.dims = Some(vec![16, 24, 32, 48]);
     base.ocr.depths = Some(vec![1, 1, 1, 1]);
     base.ocr.width = 96;
-    let options = StudyOptions {
-        trials: 3,
-        storage: StorageUrl::Sqlite(dir.path().join("study.db")),
-        name: "ocr".into(),
-        sampler: SamplerKind::Random,
-        pruner: PrunerKind::None,
-        space: None,
-        heartbeat_timeout: std::time::Duration::from_secs(60),
-        worker: "test".into(),
-        running: None,
-    };
+    let options = common::sqlite_study(dir.path(), "ocr", 3);
     let outcome = run_study(&base, &options).unwrap();
     assert_eq!(outcome.trials.len(), 3);
     let mut values = Vec::new();

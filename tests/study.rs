@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use kiln_testkit::PostgresServer;
 use kiln_train::tune::{
-    run_study, Direction, Distribution, PrunerKind, SamplerKind, SearchSpace, StorageUrl, StudyOptions, TrialRecord,
-    TrialState,
+    run_study, Direction, Distribution, SamplerKind, SearchSpace, StorageUrl, StudyOptions, TrialRecord, TrialState,
 };
 
 /// `kiln train` arguments for a small random-sampler study without pruning.
@@ -63,15 +62,10 @@ fn a_study_runs_records_failures_and_resumes() {
         ("lr".to_string(), Distribution::Float { low: 1e-3, high: 3e-3, log: true, step: None }),
     ]);
     let mut options = StudyOptions {
-        trials: 3,
-        storage: StorageUrl::Sqlite(dir.path().join("study.db")),
-        name: "shapes".into(),
         sampler: SamplerKind::Grid,
-        pruner: PrunerKind::None,
         space: Some(space),
         heartbeat_timeout: std::time::Duration::from_secs(600),
-        worker: "test".into(),
-        running: None,
+        ..common::sqlite_study(dir.path(), "shapes", 3)
     };
     let first = run_study(&base, &options).unwrap();
     assert_eq!(first.ran, 3);

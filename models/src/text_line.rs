@@ -28,7 +28,7 @@ fn default_lstm_layers() -> usize {
     2
 }
 fn default_layer_scale_init() -> f64 {
-    1e-6
+    1.0
 }
 
 /// What a text-line recognizer is. Only `architecture`, `num_classes` and `input_height` are required when
@@ -55,8 +55,9 @@ pub struct RecognizerConfig {
     pub lstm_layers: usize,
     #[serde(default)]
     pub drop_path_rate: f64,
-    /// The backbone blocks' initial layer scale (`gamma`); timm's 1e-6 (the default here) makes each block start
-    /// as the identity. Training text lines from scratch, kiln's OCR settings use 1.0.
+    /// The backbone blocks' initial layer scale (`gamma`). 1.0 by default, not timm's 1e-6 (blocks that start as
+    /// the identity): from scratch, text lines leave CTC's all-blank plateau soonest with 1.0 (see
+    /// `kiln_train::ocr::OcrSettings::layer_scale_init` for the measurement).
     #[serde(default = "default_layer_scale_init")]
     pub layer_scale_init: f64,
 }

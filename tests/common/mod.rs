@@ -17,6 +17,23 @@ pub fn one_training_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A study of `trials` trials in `dir/study.db` for the tests: random sampler, no pruner, the task's default
+/// space, one worker.
+pub fn sqlite_study(dir: &Path, name: &str, trials: usize) -> kiln_train::tune::StudyOptions {
+    use kiln_train::tune::{PrunerKind, SamplerKind, StorageUrl, StudyOptions};
+    StudyOptions {
+        trials,
+        storage: StorageUrl::Sqlite(dir.join("study.db")),
+        name: name.into(),
+        sampler: SamplerKind::Random,
+        pruner: PrunerKind::None,
+        space: None,
+        heartbeat_timeout: std::time::Duration::from_secs(60),
+        worker: "test".into(),
+        running: None,
+    }
+}
+
 /// A 3-class shapes set (circle, square, triangle) at 64 px with train/val/test folders.
 pub fn shapes(root: &Path, per_class: (usize, usize, usize), seed: u64) -> PathBuf {
     let data = root.join("shapes");
