@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 
 use kiln_testkit::PostgresServer;
-use kiln_train::tune::{Direction, Params, Storage, StorageUrl, TrialState};
+use kiln_train::tune::{Direction, Distribution, Params, SearchSpace, Storage, StorageUrl, TrialState};
 
 const TRIALS: u32 = 1000;
 const EPOCHS: usize = 20;
@@ -16,10 +16,14 @@ const EPOCHS: usize = 20;
 fn filled(url: &StorageUrl) -> (Box<dyn Storage>, i64, u32) {
     let mut storage = url.open().unwrap();
     let study = storage.study("bench", Direction::Maximize).unwrap();
+    let space = SearchSpace::from([
+        ("lr".to_string(), Distribution::Float { low: 0.0, high: 10.0, log: false, step: None }),
+        ("batch".to_string(), Distribution::Int { low: 8, high: 256, step: 8, log: false }),
+    ]);
     for _ in 0..TRIALS {
         let n = storage.claim_trial(study, usize::MAX, "w").unwrap().unwrap();
         let params = Params::from([("lr".to_string(), json!(1e-3 * n as f64)), ("batch".to_string(), json!(32))]);
-        storage.set_params(study, n, &params).unwrap();
+        storage.set_params(study, n, &params, &space).unwrap();
         for step in 1..=EPOCHS {
             storage.report(study, n, step, step as f64 / EPOCHS as f64).unwrap();
         }

@@ -195,8 +195,18 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         let Some(number) = storage.claim_trial(study, options.trials, &options.worker)? else { break };
         ran += 1;
         let history = storage.trials(study).map_err(|e| abandon(&mut *storage, study, number, e))?;
-        let params = sampler(options.sampler, base.seed, number).sample(&space, &observations(&history, direction));
-        storage.set_params(study, number, &params).map_err(|e| abandon(&mut *storage, study, number, e))?;
+        let mut params = sampler(options.sampler, base.seed, number).sample(&space, &observations(&history, direction));
+        // A trial enqueued from Python (`study.enqueue_trial`) keeps the parameters it was given.
+        if let Some(claimed) = history.iter().find(|t| t.number == number) {
+            for (key, value) in &claimed.fixed_params {
+                if space.contains_key(key) {
+                    params.insert(key.clone(), value.clone());
+                } else {
+                    eprintln!("warning: trial {number}: enqueued parameter {key} is not in the search space; ignored");
+                }
+            }
+        }
+        storage.set_params(study, number, &params, &space).map_err(|e| abandon(&mut *storage, study, number, e))?;
         if let Some(running) = &options.running {
             *running.lock().unwrap_or_else(|e| e.into_inner()) = Some((options.storage.clone(), study, number));
         }
@@ -251,6 +261,10 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         if let Some(e) = report_error {
             return Err(abandon(&mut *storage, study, number, e));
         }
+        if let Ok(summary) = &result {
+            let dir = Value::from(summary.run.path.display().to_string());
+            storage.set_user_attr(study, number, super::storage::RUN_DIR_ATTR, &dir)?;
+        }
         let (state, value, reason) = match result {
             Ok(outcome) if pruned && outcome.interrupted => {
                 // As in Optuna, a pruned trial's value is its last reported one.
@@ -288,7 +302,8 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
     let trials = storage.trials(study)?;
     let best = best_trial(&trials, direction).cloned();
     if let Some(b) = &best {
-        let run = dir.join(format!("trial_{}", b.number));
+        // The directory the trial recorded; a numbered name may differ from `trial_N` when that was taken.
+        let run = b.run_dir.clone().unwrap_or_else(|| dir.join(format!("trial_{}", b.number)));
         let json = serde_json::json!({"trial": b.number, "value": b.value, "params": b.params, "run": run});
         write_atomic(&dir.join("best_params.json"), &serde_json::to_vec_pretty(&json).expect("serialises"))?;
         // The best trial's checkpoint and test metrics, beside the study's other outputs.
@@ -379,7 +394,7 @@ pub fn trials_csv(trials: &[TrialRecord]) -> String {
             t.value.map(|v| v.to_string()).unwrap_or_default(),
             serde_json::to_string(&t.params).unwrap_or_default(),
             serde_json::to_string(&t.intermediate).unwrap_or_default(),
-            t.finished.map(|f| format!("{:.1}", f - t.started)).unwrap_or_default(),
+            t.finished.zip(t.started).map(|(f, s)| format!("{:.1}", f - s)).unwrap_or_default(),
             t.reason.clone().unwrap_or_default(),
         ]);
     }
@@ -401,7 +416,9 @@ mod tests {
             intermediate: Default::default(),
             reason: None,
             worker: "w".into(),
-            started: 0.0,
+            run_dir: None,
+            fixed_params: Params::new(),
+            started: Some(0.0),
             finished: None,
         };
         let trials = [

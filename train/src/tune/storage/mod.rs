@@ -1,9 +1,14 @@
-//! Where studies live: their trials (number, state, parameters, value, reason, heartbeat) and intermediate values.
-//! [`SqliteStorage`] is one file for workers on one machine; [`PostgresStorage`] is a server for workers on many.
-//! Both hand out trial numbers inside a transaction that serialises the claims of one study, so no number is given
-//! twice and a study never exceeds its total, and both move a trial out of RUNNING exactly once.
+//! Where studies live: their trials (number, state, parameters, value, reason, heartbeat) and intermediate values,
+//! in Optuna's own RDB schema, so that `optuna.load_study`, optuna-dashboard and Python workers share a study with
+//! kiln. [`SqliteStorage`] is one file for workers on one machine; [`PostgresStorage`] is a server for workers on
+//! many. Both hand out trial numbers inside a transaction that serialises the claims of one study (and Optuna's
+//! own), so no number is given twice and a study never exceeds its total, and both move a trial out of RUNNING
+//! exactly once. Study files of kiln's own earlier tables are refused until `kiln study migrate` converts them.
 
+mod legacy;
+mod optuna;
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::collections::BTreeMap;
@@ -12,12 +17,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::sampler::Params;
+use super::space::SearchSpace;
 use crate::{Error, Result};
 
+pub use legacy::{migrate, Migration};
+pub use optuna::{ALEMBIC_VERSION, LIBRARY_VERSION, RUN_DIR_ATTR, SCHEMA_VERSION};
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
+pub(crate) use rows::TrialRows;
 
 /// Where a trial stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +37,8 @@ pub enum TrialState {
     Complete,
     Pruned,
     Fail,
+    /// Enqueued (by `study.enqueue_trial` in Python) and not yet claimed; the next claim runs it.
+    Waiting,
 }
 
 impl TrialState {
@@ -36,6 +48,7 @@ impl TrialState {
             TrialState::Complete => "COMPLETE",
             TrialState::Pruned => "PRUNED",
             TrialState::Fail => "FAIL",
+            TrialState::Waiting => "WAITING",
         }
     }
 
@@ -44,6 +57,7 @@ impl TrialState {
             "COMPLETE" => TrialState::Complete,
             "PRUNED" => TrialState::Pruned,
             "FAIL" => TrialState::Fail,
+            "WAITING" => TrialState::Waiting,
             _ => TrialState::Running,
         }
     }
@@ -51,15 +65,6 @@ impl TrialState {
 
 /// Whether the study's objective is minimised or maximised (the task's objective direction).
 pub use crate::engine::Direction;
-
-/// A stored direction name as a [`Direction`].
-pub(crate) fn direction_named(name: &str) -> Direction {
-    if name == Direction::Minimize.name() {
-        Direction::Minimize
-    } else {
-        Direction::Maximize
-    }
-}
 
 /// One trial as stored.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -70,11 +75,16 @@ pub struct TrialRecord {
     pub value: Option<f64>,
     /// Reported values by step.
     pub intermediate: BTreeMap<usize, f64>,
-    /// Why a trial failed.
+    /// Why a trial failed (the `fail_reason` system attribute).
     pub reason: Option<String>,
+    /// The kiln worker (`host:pid`) that claimed the trial; empty for trials other clients ran.
     pub worker: String,
-    /// Seconds since the epoch (the database server's clock for PostgreSQL).
-    pub started: f64,
+    /// The trial's run directory (the `run_dir` user attribute), once training has started.
+    pub run_dir: Option<PathBuf>,
+    /// Parameters fixed by `study.enqueue_trial` (the `fixed_params` system attribute); the sampler draws the rest.
+    pub fixed_params: Params,
+    /// Seconds since the epoch; `None` for a WAITING trial.
+    pub started: Option<f64>,
     pub finished: Option<f64>,
 }
 
@@ -88,10 +98,13 @@ pub trait Storage: Send {
     fn set_space(&mut self, study: i64, space: &str) -> Result<String>;
     /// The study's search space (JSON), if one was stored.
     fn space(&mut self, study: i64) -> Result<Option<String>>;
-    /// Claims the next trial number, as RUNNING, if the study has fewer than `total` trials (failed ones count
-    /// too); `None` when it is full.
+    /// Claims a trial as RUNNING: the oldest WAITING one if any, else a new one if the study has fewer than `total`
+    /// trials (failed ones count too); `None` when it is full.
     fn claim_trial(&mut self, study: i64, total: usize, worker: &str) -> Result<Option<u32>>;
-    fn set_params(&mut self, study: i64, number: u32, params: &Params) -> Result<()>;
+    /// Stores the trial's parameters with their distributions from `space` (a parameter outside it is an error).
+    fn set_params(&mut self, study: i64, number: u32, params: &Params, space: &SearchSpace) -> Result<()>;
+    /// Sets a user attribute of the trial (shown by optuna-dashboard, `trial.user_attrs` in Python).
+    fn set_user_attr(&mut self, study: i64, number: u32, key: &str, value: &Value) -> Result<()>;
     /// Records an intermediate value and refreshes the heartbeat.
     fn report(&mut self, study: i64, number: u32, step: usize, value: f64) -> Result<()>;
     /// Refreshes a RUNNING trial's heartbeat.
@@ -118,6 +131,50 @@ pub trait Storage: Send {
     fn has_study(&mut self, name: &str) -> Result<bool> {
         Ok(self.study_direction(name)?.is_some())
     }
+}
+
+/// The parameter as `trial_params` stores it: the internal number and the distribution's JSON.
+fn stored_param(space: &SearchSpace, name: &str, value: &Value) -> Result<(f64, String), String> {
+    let distribution = space.get(name).ok_or_else(|| format!("parameter '{name}' is not in the search space"))?;
+    let stored = optuna::param_value(distribution, value)
+        .ok_or_else(|| format!("parameter '{name}' = {value} does not belong to its distribution"))?;
+    Ok((stored, optuna::distribution_json(distribution)))
+}
+
+/// The attribute rows kiln keeps for a trial: (table, key, value).
+fn trial_attributes(trial: &TrialRecord) -> Vec<(&'static str, &'static str, Value)> {
+    let mut rows = Vec::new();
+    if !trial.worker.is_empty() {
+        rows.push(("trial_user_attributes", optuna::WORKER_ATTR, Value::from(trial.worker.clone())));
+    }
+    if let Some(dir) = &trial.run_dir {
+        rows.push(("trial_user_attributes", optuna::RUN_DIR_ATTR, Value::from(dir.display().to_string())));
+    }
+    if let Some(reason) = &trial.reason {
+        rows.push(("trial_system_attributes", optuna::FAIL_REASON_ATTR, Value::from(reason.clone())));
+    }
+    rows
+}
+
+/// Checks a study's stored directions (by objective) against the one asked for.
+fn check_direction(url: &str, name: &str, stored: &[String], direction: Direction) -> Result<()> {
+    let refuse = |reason: String| Err(Error::Storage { url: url.into(), reason });
+    match stored {
+        [one] => match optuna::direction_from(one) {
+            Some(d) if d == direction => Ok(()),
+            Some(d) => refuse(format!("study '{name}' was created to {}, not to {}", d.name(), direction.name())),
+            None => refuse(format!("study '{name}' has no direction ({one}); kiln needs minimize or maximize")),
+        },
+        _ => refuse(format!(
+            "study '{name}' has {} objectives; kiln optimises studies of one objective",
+            stored.len()
+        )),
+    }
+}
+
+/// The fail reason of a trial whose worker stopped beating.
+fn stale_reason(timeout: Duration) -> String {
+    format!("no heartbeat for {} s (worker gone)", timeout.as_secs_f64())
 }
 
 /// A storage address, as `--storage` takes it: `sqlite:///study.db` (relative), `sqlite:////abs/study.db`
@@ -185,6 +242,7 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tune::space::Distribution;
     use kiln_testkit::PostgresServer;
     use serde_json::json;
 
@@ -195,6 +253,10 @@ mod tests {
         if let Some(server) = PostgresServer::start_or_skip(test) {
             check(&StorageUrl::parse(&server.url()).unwrap());
         }
+    }
+
+    fn x_space() -> SearchSpace {
+        SearchSpace::from([("x".to_string(), Distribution::Int { low: 0, high: 100, step: 1, log: false })])
     }
 
     #[test]
@@ -229,7 +291,8 @@ mod tests {
                             let mut storage = url.open().unwrap();
                             let mut mine = Vec::new();
                             while let Some(n) = storage.claim_trial(study, 23, &format!("w{w}")).unwrap() {
-                                storage.set_params(study, n, &Params::from([("x".to_string(), json!(n))])).unwrap();
+                                let x = Params::from([("x".to_string(), json!(n))]);
+                                storage.set_params(study, n, &x, &x_space()).unwrap();
                                 storage.report(study, n, 1, n as f64).unwrap();
                                 assert!(storage.finish(study, n, TrialState::Complete, Some(n as f64), None).unwrap());
                                 mine.push(n);
@@ -276,7 +339,7 @@ mod tests {
             assert!(err.contains("created to minimize"), "{err}");
             let trials = storage.trials(study).unwrap();
             assert_eq!(trials[4].reason.as_deref(), Some("NaN loss"));
-            assert!(trials[4].finished.unwrap() >= trials[4].started);
+            assert!(trials[4].finished.unwrap() >= trials[4].started.unwrap());
             assert_eq!(storage.set_space(study, "{\"lr\":1}").unwrap(), "{\"lr\":1}");
             assert_eq!(storage.set_space(study, "{\"lr\":2}").unwrap(), "{\"lr\":1}", "the first space stays");
             let other = storage.study("other", Direction::Maximize).unwrap();

@@ -1,19 +1,20 @@
-//! Study storage in one SQLite file, shared by processes on one machine: WAL journal, a busy timeout, and trial
-//! numbers claimed inside `BEGIN IMMEDIATE` transactions (one writer at a time).
+//! Study storage in one SQLite file, shared by processes on one machine, in Optuna's own schema (so
+//! `optuna.load_study`, `optuna-dashboard sqlite:///FILE` and Python workers share the file with kiln): WAL journal,
+//! a busy timeout, and trial numbers claimed inside `BEGIN IMMEDIATE` transactions (one writer at a time, which
+//! also serialises kiln's claims with Optuna's). Times are stored as Optuna stores them: start and completion in the
+//! local time of the writer, heartbeats in UTC (SQLite's `CURRENT_TIMESTAMP`, which Optuna compares them with).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde_json::Value;
 
-use super::{Direction, Storage, TrialRecord, TrialState};
+use super::optuna::{self, FAIL_REASON_ATTR, FIXED_PARAMS_ATTR, RUN_DIR_ATTR, SEARCH_SPACE_ATTR, WORKER_ATTR};
+use super::{legacy, Direction, Storage, TrialRecord, TrialState};
 use crate::tune::sampler::Params;
+use crate::tune::space::SearchSpace;
 use crate::{Error, Result};
-
-fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
 
 /// A study database file.
 pub struct SqliteStorage {
@@ -21,118 +22,308 @@ pub struct SqliteStorage {
     conn: Connection,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS studies (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, direction TEXT NOT NULL, created REAL NOT NULL, space TEXT);
-CREATE TABLE IF NOT EXISTS trials (
-    id INTEGER PRIMARY KEY, study_id INTEGER NOT NULL REFERENCES studies(id), number INTEGER NOT NULL,
-    state TEXT NOT NULL, params TEXT NOT NULL DEFAULT '{}', value REAL, reason TEXT, worker TEXT NOT NULL,
-    started REAL NOT NULL, finished REAL, heartbeat REAL NOT NULL, UNIQUE (study_id, number));
-CREATE TABLE IF NOT EXISTS intermediate (
-    trial_id INTEGER NOT NULL REFERENCES trials(id), step INTEGER NOT NULL, value REAL NOT NULL,
-    PRIMARY KEY (trial_id, step));
-";
+/// The statements with which Optuna 5.0.0 (SQLAlchemy) creates an empty database, verbatim, in its order.
+pub(crate) const OPTUNA_DDL: &[&str] = &[
+    "CREATE TABLE studies (\n\tstudy_id INTEGER NOT NULL, \n\tstudy_name VARCHAR(512) NOT NULL, \n\tPRIMARY KEY (study_id)\n)",
+    "CREATE UNIQUE INDEX ix_studies_study_name ON studies (study_name)",
+    "CREATE TABLE version_info (\n\tversion_info_id INTEGER NOT NULL, \n\tschema_version INTEGER, \n\tlibrary_version VARCHAR(256), \n\tPRIMARY KEY (version_info_id), \n\tCHECK (version_info_id=1)\n)",
+    "CREATE TABLE study_directions (\n\tstudy_direction_id INTEGER NOT NULL, \n\tdirection VARCHAR(8) NOT NULL, \n\tstudy_id INTEGER NOT NULL, \n\tobjective INTEGER NOT NULL, \n\tPRIMARY KEY (study_direction_id), \n\tUNIQUE (study_id, objective), \n\tFOREIGN KEY(study_id) REFERENCES studies (study_id)\n)",
+    "CREATE TABLE study_user_attributes (\n\tstudy_user_attribute_id INTEGER NOT NULL, \n\tstudy_id INTEGER, \n\t\"key\" VARCHAR(512), \n\tvalue_json TEXT, \n\tPRIMARY KEY (study_user_attribute_id), \n\tUNIQUE (study_id, \"key\"), \n\tFOREIGN KEY(study_id) REFERENCES studies (study_id)\n)",
+    "CREATE TABLE study_system_attributes (\n\tstudy_system_attribute_id INTEGER NOT NULL, \n\tstudy_id INTEGER, \n\t\"key\" VARCHAR(512), \n\tvalue_json TEXT, \n\tPRIMARY KEY (study_system_attribute_id), \n\tUNIQUE (study_id, \"key\"), \n\tFOREIGN KEY(study_id) REFERENCES studies (study_id)\n)",
+    "CREATE TABLE trials (\n\ttrial_id INTEGER NOT NULL, \n\tnumber INTEGER, \n\tstudy_id INTEGER, \n\tstate VARCHAR(8) NOT NULL, \n\tdatetime_start DATETIME, \n\tdatetime_complete DATETIME, \n\tPRIMARY KEY (trial_id), \n\tFOREIGN KEY(study_id) REFERENCES studies (study_id)\n)",
+    "CREATE INDEX ix_trials_study_id ON trials (study_id)",
+    "CREATE TABLE trial_user_attributes (\n\ttrial_user_attribute_id INTEGER NOT NULL, \n\ttrial_id INTEGER, \n\t\"key\" VARCHAR(512), \n\tvalue_json TEXT, \n\tPRIMARY KEY (trial_user_attribute_id), \n\tUNIQUE (trial_id, \"key\"), \n\tFOREIGN KEY(trial_id) REFERENCES trials (trial_id)\n)",
+    "CREATE TABLE trial_system_attributes (\n\ttrial_system_attribute_id INTEGER NOT NULL, \n\ttrial_id INTEGER, \n\t\"key\" VARCHAR(512), \n\tvalue_json TEXT, \n\tPRIMARY KEY (trial_system_attribute_id), \n\tUNIQUE (trial_id, \"key\"), \n\tFOREIGN KEY(trial_id) REFERENCES trials (trial_id)\n)",
+    "CREATE TABLE trial_params (\n\tparam_id INTEGER NOT NULL, \n\ttrial_id INTEGER, \n\tparam_name VARCHAR(512), \n\tparam_value FLOAT, \n\tdistribution_json TEXT, \n\tPRIMARY KEY (param_id), \n\tUNIQUE (trial_id, param_name), \n\tFOREIGN KEY(trial_id) REFERENCES trials (trial_id)\n)",
+    "CREATE TABLE trial_values (\n\ttrial_value_id INTEGER NOT NULL, \n\ttrial_id INTEGER NOT NULL, \n\tobjective INTEGER NOT NULL, \n\tvalue FLOAT, \n\tvalue_type VARCHAR(7) NOT NULL, \n\tPRIMARY KEY (trial_value_id), \n\tUNIQUE (trial_id, objective), \n\tFOREIGN KEY(trial_id) REFERENCES trials (trial_id)\n)",
+    "CREATE TABLE trial_intermediate_values (\n\ttrial_intermediate_value_id INTEGER NOT NULL, \n\ttrial_id INTEGER NOT NULL, \n\tstep INTEGER NOT NULL, \n\tintermediate_value FLOAT, \n\tintermediate_value_type VARCHAR(7) NOT NULL, \n\tPRIMARY KEY (trial_intermediate_value_id), \n\tUNIQUE (trial_id, step), \n\tFOREIGN KEY(trial_id) REFERENCES trials (trial_id)\n)",
+    "CREATE TABLE trial_heartbeats (\n\ttrial_heartbeat_id INTEGER NOT NULL, \n\ttrial_id INTEGER NOT NULL, \n\theartbeat DATETIME NOT NULL, \n\tPRIMARY KEY (trial_heartbeat_id), \n\tUNIQUE (trial_id), \n\tFOREIGN KEY(trial_id) REFERENCES trials (trial_id)\n)",
+    "CREATE TABLE alembic_version (\n\tversion_num VARCHAR(32) NOT NULL, \n\tCONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)\n)",
+];
+
+/// Local time with microseconds, as Optuna's `datetime.now()` is stored (SQLite's clock has milliseconds).
+const LOCAL_NOW: &str = "strftime('%Y-%m-%d %H:%M:%f000', 'now', 'localtime')";
+/// UTC with microseconds: the heartbeat's clock.
+const UTC_NOW: &str = "strftime('%Y-%m-%d %H:%M:%f000', 'now')";
+/// A stored local time as seconds since the epoch.
+fn epoch(column: &str) -> String {
+    format!("(julianday({column}, 'utc') - 2440587.5) * 86400.0")
+}
+/// The row of trial `?2` of study `?1`.
+const TRIAL: &str = "(SELECT trial_id FROM trials WHERE study_id = ?1 AND number = ?2)";
+
+fn storage_error(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
+    move |e| Error::Storage { url: format!("sqlite:///{}", path.display()), reason: e.to_string() }
+}
+
+/// The names of the file's tables.
+pub(crate) fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
+    let names = stmt.query_map([], |r| r.get(0))?.collect();
+    names
+}
+
+/// Creates Optuna's schema in an empty database (the caller holds a write transaction).
+pub(crate) fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
+    for statement in OPTUNA_DDL {
+        conn.execute(statement, [])?;
+    }
+    conn.execute(
+        "INSERT INTO version_info (version_info_id, schema_version, library_version) VALUES (1, ?1, ?2)",
+        params![optuna::SCHEMA_VERSION, optuna::LIBRARY_VERSION],
+    )?;
+    conn.execute("INSERT INTO alembic_version (version_num) VALUES (?1)", params![optuna::ALEMBIC_VERSION])?;
+    Ok(())
+}
+
+/// Why kiln cannot use the file's schema, if it cannot: an old kiln study file, or another Optuna schema version.
+fn refusal(conn: &Connection, path: &Path) -> rusqlite::Result<Option<String>> {
+    if legacy::is_legacy_sqlite(conn)? {
+        return Ok(Some(legacy::refusal(&format!("sqlite:///{}", path.display()))));
+    }
+    let version: Option<i64> =
+        conn.query_row("SELECT schema_version FROM version_info", [], |r| r.get(0)).optional()?.flatten();
+    let alembic: Option<String> = conn.query_row("SELECT version_num FROM alembic_version", [], |r| r.get(0)).optional()?;
+    Ok(optuna::version_refusal(version, alembic.as_deref()))
+}
+
+/// Opens the file with kiln's connection settings.
+pub(crate) fn connect(path: &Path) -> Result<Connection> {
+    let err = storage_error(path);
+    let conn = Connection::open(path).map_err(&err)?;
+    conn.busy_timeout(Duration::from_secs(60)).map_err(&err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(&err)?;
+    Ok(conn)
+}
 
 impl SqliteStorage {
-    /// Opens (creating if needed) a study database.
+    /// Opens (creating if needed) a study database; a file in kiln's old format or in an Optuna schema version kiln
+    /// does not know is refused, saying what to do.
     pub fn open(path: &Path) -> Result<Self> {
-        let err =
-            |e: rusqlite::Error| Error::Storage { url: format!("sqlite:///{}", path.display()), reason: e.to_string() };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(60)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        // Files written before studies stored their search space.
-        let has_space = conn
-            .prepare("SELECT 1 FROM pragma_table_info('studies') WHERE name = 'space'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(err)?;
-        if !has_space {
-            conn.execute_batch("ALTER TABLE studies ADD COLUMN space TEXT").map_err(err)?;
+        let err = storage_error(path);
+        let mut conn = connect(path)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
+        let tables = table_names(&tx).map_err(&err)?;
+        if !tables.iter().any(|t| t == "studies") {
+            create_schema(&tx).map_err(&err)?;
+        } else if let Some(reason) = refusal(&tx, path).map_err(&err)? {
+            return Err(Error::Storage { url: format!("sqlite:///{}", path.display()), reason });
         }
+        tx.commit().map_err(&err)?;
         Ok(Self { path: path.to_path_buf(), conn })
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
-        Error::Storage { url: format!("sqlite:///{}", self.path.display()), reason: e.to_string() }
+        storage_error(&self.path)(e)
     }
+}
+
+/// Writes a whole trial as it is (number, state, times, parameters, values, attributes) into study `study`.
+pub(crate) fn insert_trial(conn: &Connection, study: i64, trial: &TrialRecord, space: &SearchSpace) -> Result<()> {
+    let invalid = |reason: String| Error::Storage { url: String::new(), reason };
+    let at = |t: Option<f64>| t.map(|t| format!("strftime('%Y-%m-%d %H:%M:%f000', {t}, 'unixepoch', 'localtime')"));
+    let sql = |e: rusqlite::Error| invalid(e.to_string());
+    conn.execute(
+        &format!(
+            "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) VALUES (?1, ?2, ?3, {}, {})",
+            at(trial.started).unwrap_or("NULL".into()),
+            at(trial.finished).unwrap_or("NULL".into())
+        ),
+        params![trial.number, study, trial.state.name()],
+    )
+    .map_err(sql)?;
+    let id = conn.last_insert_rowid();
+    for (name, value) in &trial.params {
+        let (stored, json) = super::stored_param(space, name, value).map_err(invalid)?;
+        conn.execute(
+            "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?1, ?2, ?3, ?4)",
+            params![id, name, stored, json],
+        )
+        .map_err(sql)?;
+    }
+    if let Some((value, kind)) = trial.value.and_then(optuna::objective_value) {
+        conn.execute(
+            "INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?1, 0, ?2, ?3)",
+            params![id, value, kind],
+        )
+        .map_err(sql)?;
+    }
+    for (step, value) in &trial.intermediate {
+        let (value, kind) = optuna::intermediate_value(*value);
+        conn.execute(
+            "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![id, *step as i64, value, kind],
+        )
+        .map_err(sql)?;
+    }
+    for (table, key, value) in super::trial_attributes(trial) {
+        conn.execute(&format!("INSERT INTO {table} (trial_id, key, value_json) VALUES (?1, ?2, ?3)"), params![
+            id,
+            key,
+            value.to_string()
+        ])
+        .map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Creates study `name` with `direction` (the caller holds a write transaction); returns its id.
+pub(crate) fn insert_study(conn: &Connection, name: &str, direction: Direction) -> rusqlite::Result<i64> {
+    conn.execute("INSERT INTO studies (study_name) VALUES (?1)", params![name])?;
+    let id = conn.last_insert_rowid();
+    conn.execute(
+        "INSERT INTO study_directions (direction, study_id, objective) VALUES (?1, ?2, 0)",
+        params![optuna::direction_name(direction), id],
+    )?;
+    Ok(id)
 }
 
 impl Storage for SqliteStorage {
     fn study(&mut self, name: &str, direction: Direction) -> Result<i64> {
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO studies (name, direction, created) VALUES (?1, ?2, ?3)",
-                params![name, direction.name(), now()],
-            )
-            .map_err(|e| self.err(e))?;
-        let (id, stored): (i64, String) = self
-            .conn
-            .query_row("SELECT id, direction FROM studies WHERE name = ?1", params![name], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(|e| self.err(e))?;
-        if stored != direction.name() {
-            return Err(Error::Storage {
-                url: format!("sqlite:///{}", self.path.display()),
-                reason: format!("study '{name}' was created to {stored}, not to {}", direction.name()),
-            });
-        }
+        let path = self.path.clone();
+        let err = storage_error(&path);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
+        let id: Option<i64> = tx
+            .query_row("SELECT study_id FROM studies WHERE study_name = ?1", params![name], |r| r.get(0))
+            .optional()
+            .map_err(&err)?;
+        let id = match id {
+            Some(id) => id,
+            None => insert_study(&tx, name, direction).map_err(&err)?,
+        };
+        let directions: Vec<String> = {
+            let mut stmt = tx
+                .prepare("SELECT direction FROM study_directions WHERE study_id = ?1 ORDER BY objective")
+                .map_err(&err)?;
+            let rows = stmt.query_map(params![id], |r| r.get(0)).map_err(&err)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(&err)?
+        };
+        tx.commit().map_err(&err)?;
+        super::check_direction(&format!("sqlite:///{}", path.display()), name, &directions, direction)?;
         Ok(id)
     }
 
     fn set_space(&mut self, study: i64, space: &str) -> Result<String> {
         self.conn
-            .execute("UPDATE studies SET space = ?2 WHERE id = ?1 AND space IS NULL", params![study, space])
+            .execute(
+                "INSERT OR IGNORE INTO study_system_attributes (study_id, key, value_json) VALUES (?1, ?2, ?3)",
+                params![study, SEARCH_SPACE_ATTR, space],
+            )
             .map_err(|e| self.err(e))?;
         Ok(self.space(study)?.unwrap_or_default())
     }
 
     fn space(&mut self, study: i64) -> Result<Option<String>> {
         self.conn
-            .query_row("SELECT space FROM studies WHERE id = ?1", params![study], |r| r.get(0))
+            .query_row(
+                "SELECT value_json FROM study_system_attributes WHERE study_id = ?1 AND key = ?2",
+                params![study, SEARCH_SPACE_ATTR],
+                |r| r.get(0),
+            )
+            .optional()
             .map_err(|e| self.err(e))
     }
 
     fn claim_trial(&mut self, study: i64, total: usize, worker: &str) -> Result<Option<u32>> {
         let path = self.path.clone();
-        let err =
-            |e: rusqlite::Error| Error::Storage { url: format!("sqlite:///{}", path.display()), reason: e.to_string() };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
-        let (count, max): (i64, Option<i64>) = tx
-            .query_row("SELECT COUNT(*), MAX(number) FROM trials WHERE study_id = ?1", params![study], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(err)?;
-        if count as usize >= total {
-            return Ok(None);
-        }
-        let number = max.map_or(0, |m| m + 1);
-        let t = now();
+        let err = storage_error(&path);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
+        // A trial that a Python worker enqueued (`study.enqueue_trial`) runs first, as in Optuna.
+        let waiting: Option<(i64, u32)> = tx
+            .query_row(
+                "SELECT trial_id, number FROM trials WHERE study_id = ?1 AND state = 'WAITING' ORDER BY trial_id LIMIT 1",
+                params![study],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(&err)?;
+        let (id, number) = match waiting {
+            Some((id, number)) => {
+                tx.execute(
+                    &format!("UPDATE trials SET state = 'RUNNING', datetime_start = {LOCAL_NOW} WHERE trial_id = ?1"),
+                    params![id],
+                )
+                .map_err(&err)?;
+                (id, number)
+            }
+            None => {
+                let count: i64 = tx
+                    .query_row("SELECT COUNT(*) FROM trials WHERE study_id = ?1", params![study], |r| r.get(0))
+                    .map_err(&err)?;
+                if count as usize >= total {
+                    return Ok(None);
+                }
+                // Optuna numbers a trial by the trials created before it.
+                tx.execute(
+                    &format!(
+                        "INSERT INTO trials (number, study_id, state, datetime_start) VALUES (?1, ?2, 'RUNNING', {LOCAL_NOW})"
+                    ),
+                    params![count, study],
+                )
+                .map_err(&err)?;
+                (tx.last_insert_rowid(), count as u32)
+            }
+        };
         tx.execute(
-            "INSERT INTO trials (study_id, number, state, worker, started, heartbeat) VALUES (?1, ?2, 'RUNNING', ?3, ?4, ?4)",
-            params![study, number, worker, t],
+            &format!(
+                "INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?1, {UTC_NOW})
+                 ON CONFLICT (trial_id) DO UPDATE SET heartbeat = excluded.heartbeat"
+            ),
+            params![id],
         )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(Some(number as u32))
+        .map_err(&err)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO trial_user_attributes (trial_id, key, value_json) VALUES (?1, ?2, ?3)",
+            params![id, WORKER_ATTR, Value::from(worker).to_string()],
+        )
+        .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok(Some(number))
     }
 
-    fn set_params(&mut self, study: i64, number: u32, params: &Params) -> Result<()> {
-        let json = serde_json::to_string(params).expect("params serialise");
+    fn set_params(&mut self, study: i64, number: u32, params: &Params, space: &SearchSpace) -> Result<()> {
+        let path = self.path.clone();
+        let err = storage_error(&path);
+        let url = format!("sqlite:///{}", path.display());
+        let tx = self.conn.transaction().map_err(&err)?;
+        for (name, value) in params {
+            let (stored, json) =
+                super::stored_param(space, name, value).map_err(|reason| Error::Storage { url: url.clone(), reason })?;
+            tx.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO trial_params (trial_id, param_name, param_value, distribution_json)
+                     VALUES ({TRIAL}, ?3, ?4, ?5)"
+                ),
+                params![study, number, name, stored, json],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)?;
+        Ok(())
+    }
+
+    fn set_user_attr(&mut self, study: i64, number: u32, key: &str, value: &Value) -> Result<()> {
         self.conn
-            .execute("UPDATE trials SET params = ?3 WHERE study_id = ?1 AND number = ?2", params![study, number, json])
+            .execute(
+                &format!(
+                    "INSERT OR REPLACE INTO trial_user_attributes (trial_id, key, value_json) VALUES ({TRIAL}, ?3, ?4)"
+                ),
+                params![study, number, key, value.to_string()],
+            )
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     fn report(&mut self, study: i64, number: u32, step: usize, value: f64) -> Result<()> {
+        let (value, kind) = optuna::intermediate_value(value);
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO intermediate (trial_id, step, value)
-                 SELECT id, ?3, ?4 FROM trials WHERE study_id = ?1 AND number = ?2 AND state = 'RUNNING'",
-                params![study, number, step as i64, value],
+                "INSERT OR REPLACE INTO trial_intermediate_values
+                     (trial_id, step, intermediate_value, intermediate_value_type)
+                 SELECT trial_id, ?3, ?4, ?5 FROM trials WHERE study_id = ?1 AND number = ?2 AND state = 'RUNNING'",
+                params![study, number, step as i64, value, kind],
             )
             .map_err(|e| self.err(e))?;
         self.heartbeat(study, number)
@@ -141,8 +332,11 @@ impl Storage for SqliteStorage {
     fn heartbeat(&mut self, study: i64, number: u32) -> Result<()> {
         self.conn
             .execute(
-                "UPDATE trials SET heartbeat = ?3 WHERE study_id = ?1 AND number = ?2 AND state = 'RUNNING'",
-                params![study, number, now()],
+                &format!(
+                    "UPDATE trial_heartbeats SET heartbeat = {UTC_NOW}
+                     WHERE trial_id = (SELECT trial_id FROM trials WHERE study_id = ?1 AND number = ?2 AND state = 'RUNNING')"
+                ),
+                params![study, number],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -156,79 +350,145 @@ impl Storage for SqliteStorage {
         value: Option<f64>,
         reason: Option<&str>,
     ) -> Result<bool> {
-        let changed = self
-            .conn
-            .execute(
-                "UPDATE trials SET state = ?3, value = ?4, reason = ?5, finished = ?6
-                 WHERE study_id = ?1 AND number = ?2 AND state = 'RUNNING'",
-                params![study, number, state.name(), value, reason, now()],
+        let path = self.path.clone();
+        let err = storage_error(&path);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT trial_id FROM trials WHERE study_id = ?1 AND number = ?2 AND state = 'RUNNING'",
+                params![study, number],
+                |r| r.get(0),
             )
-            .map_err(|e| self.err(e))?;
-        Ok(changed == 1)
+            .optional()
+            .map_err(&err)?;
+        let Some(id) = id else { return Ok(false) };
+        tx.execute(
+            &format!("UPDATE trials SET state = ?2, datetime_complete = {LOCAL_NOW} WHERE trial_id = ?1"),
+            params![id, state.name()],
+        )
+        .map_err(&err)?;
+        if let Some((value, kind)) = value.and_then(optuna::objective_value) {
+            tx.execute(
+                "INSERT OR REPLACE INTO trial_values (trial_id, objective, value, value_type) VALUES (?1, 0, ?2, ?3)",
+                params![id, value, kind],
+            )
+            .map_err(&err)?;
+        }
+        if let Some(reason) = reason {
+            tx.execute(
+                "INSERT OR REPLACE INTO trial_system_attributes (trial_id, key, value_json) VALUES (?1, ?2, ?3)",
+                params![id, FAIL_REASON_ATTR, Value::from(reason).to_string()],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)?;
+        Ok(true)
     }
 
     fn fail_stale(&mut self, study: i64, timeout: Duration) -> Result<usize> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE trials SET state = 'FAIL', reason = 'no heartbeat for ' || ?3 || ' s (worker gone)', finished = ?2
-                 WHERE study_id = ?1 AND state = 'RUNNING' AND heartbeat < ?2 - ?3",
-                params![study, now(), timeout.as_secs_f64()],
+        let path = self.path.clone();
+        let err = storage_error(&path);
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
+        let stale: Vec<i64> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT t.trial_id FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id
+                     WHERE t.study_id = ?1 AND t.state = 'RUNNING'
+                       AND julianday(h.heartbeat) < julianday('now') - ?2 / 86400.0",
+                )
+                .map_err(&err)?;
+            let rows = stmt.query_map(params![study, timeout.as_secs_f64()], |r| r.get(0)).map_err(&err)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(&err)?
+        };
+        let reason = Value::from(super::stale_reason(timeout)).to_string();
+        for id in &stale {
+            tx.execute(
+                &format!("UPDATE trials SET state = 'FAIL', datetime_complete = {LOCAL_NOW} WHERE trial_id = ?1"),
+                params![id],
             )
-            .map_err(|e| self.err(e))?;
-        Ok(n)
+            .map_err(&err)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO trial_system_attributes (trial_id, key, value_json) VALUES (?1, ?2, ?3)",
+                params![id, FAIL_REASON_ATTR, reason],
+            )
+            .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)?;
+        Ok(stale.len())
     }
 
     fn trials(&mut self, study: i64) -> Result<Vec<TrialRecord>> {
-        // One read transaction, so trials and their intermediate values are a consistent snapshot.
         let path = self.path.clone();
-        let err =
-            |e: rusqlite::Error| Error::Storage { url: format!("sqlite:///{}", path.display()), reason: e.to_string() };
-        let tx = self.conn.transaction().map_err(err)?;
-        let mut trials = {
+        let err = storage_error(&path);
+        // One read transaction, so trials and their rows are a consistent snapshot.
+        let tx = self.conn.transaction().map_err(&err)?;
+        let mut rows = super::TrialRows::default();
+        let of_study = "JOIN trials t ON t.trial_id = x.trial_id WHERE t.study_id = ?1";
+        {
             let mut stmt = tx
-                .prepare(
-                    "SELECT number, state, params, value, reason, worker, started, finished FROM trials
-                     WHERE study_id = ?1 ORDER BY number",
-                )
-                .map_err(err)?;
-            let rows = stmt
-                .query_map(params![study], |r| {
-                    Ok(TrialRecord {
-                        number: r.get(0)?,
-                        state: TrialState::parse(&r.get::<_, String>(1)?),
-                        params: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
-                        value: r.get(3)?,
-                        reason: r.get(4)?,
-                        worker: r.get(5)?,
-                        started: r.get(6)?,
-                        finished: r.get(7)?,
-                        intermediate: BTreeMap::new(),
-                    })
-                })
-                .map_err(err)?;
-            rows.collect::<std::result::Result<Vec<_>, _>>().map_err(err)?
-        };
-        let mut stmt = tx
-            .prepare(
-                "SELECT t.number, i.step, i.value FROM intermediate i JOIN trials t ON t.id = i.trial_id
-                 WHERE t.study_id = ?1",
-            )
-            .map_err(err)?;
-        let steps = stmt
-            .query_map(params![study], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?, r.get::<_, f64>(2)?)))
-            .map_err(err)?;
-        for step in steps {
-            let (number, step, value) = step.map_err(err)?;
-            if let Ok(i) = trials.binary_search_by_key(&number, |t| t.number) {
-                trials[i].intermediate.insert(step as usize, value);
+                .prepare(&format!(
+                    "SELECT trial_id, number, state, {}, {} FROM trials WHERE study_id = ?1 ORDER BY number",
+                    epoch("datetime_start"),
+                    epoch("datetime_complete")
+                ))
+                .map_err(&err)?;
+            let mut q = stmt.query(params![study]).map_err(&err)?;
+            while let Some(r) = q.next().map_err(&err)? {
+                rows.trial(r.get(0).map_err(&err)?, r.get(1).map_err(&err)?, &r.get::<_, String>(2).map_err(&err)?, r.get(3).map_err(&err)?, r.get(4).map_err(&err)?);
             }
         }
-        Ok(trials)
+        {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT x.trial_id, x.param_name, x.param_value, x.distribution_json FROM trial_params x {of_study}"
+                ))
+                .map_err(&err)?;
+            let mut q = stmt.query(params![study]).map_err(&err)?;
+            while let Some(r) = q.next().map_err(&err)? {
+                rows.param(r.get(0).map_err(&err)?, r.get(1).map_err(&err)?, r.get(2).map_err(&err)?, &r.get::<_, String>(3).map_err(&err)?);
+            }
+        }
+        {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT x.trial_id, x.value, x.value_type FROM trial_values x {of_study} AND x.objective = 0"
+                ))
+                .map_err(&err)?;
+            let mut q = stmt.query(params![study]).map_err(&err)?;
+            while let Some(r) = q.next().map_err(&err)? {
+                rows.value(r.get(0).map_err(&err)?, r.get(1).map_err(&err)?, &r.get::<_, String>(2).map_err(&err)?);
+            }
+        }
+        {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT x.trial_id, x.step, x.intermediate_value, x.intermediate_value_type
+                     FROM trial_intermediate_values x {of_study}"
+                ))
+                .map_err(&err)?;
+            let mut q = stmt.query(params![study]).map_err(&err)?;
+            while let Some(r) = q.next().map_err(&err)? {
+                rows.intermediate(r.get(0).map_err(&err)?, r.get(1).map_err(&err)?, r.get(2).map_err(&err)?, &r.get::<_, String>(3).map_err(&err)?);
+            }
+        }
+        for table in ["trial_user_attributes", "trial_system_attributes"] {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT x.trial_id, x.key, x.value_json FROM {table} x {of_study}
+                     AND x.key IN ('{WORKER_ATTR}', '{RUN_DIR_ATTR}', '{FAIL_REASON_ATTR}', '{FIXED_PARAMS_ATTR}')"
+                ))
+                .map_err(&err)?;
+            let mut q = stmt.query(params![study]).map_err(&err)?;
+            while let Some(r) = q.next().map_err(&err)? {
+                let value: Option<String> = r.get(2).map_err(&err)?;
+                rows.attribute(r.get(0).map_err(&err)?, &r.get::<_, String>(1).map_err(&err)?, value.as_deref());
+            }
+        }
+        Ok(rows.into_records())
     }
 
     fn studies(&mut self) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare("SELECT name FROM studies ORDER BY id").map_err(|e| self.err(e))?;
+        let mut stmt = self.conn.prepare("SELECT study_name FROM studies ORDER BY study_id").map_err(|e| self.err(e))?;
         let names = stmt
             .query_map([], |r| r.get(0))
             .map_err(|e| self.err(e))?
@@ -240,9 +500,14 @@ impl Storage for SqliteStorage {
     fn study_direction(&mut self, name: &str) -> Result<Option<Direction>> {
         let stored: Option<String> = self
             .conn
-            .query_row("SELECT direction FROM studies WHERE name = ?1", params![name], |r| r.get(0))
+            .query_row(
+                "SELECT d.direction FROM study_directions d JOIN studies s ON s.study_id = d.study_id
+                 WHERE s.study_name = ?1 AND d.objective = 0",
+                params![name],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.err(e))?;
-        Ok(stored.as_deref().map(super::direction_named))
+        Ok(stored.as_deref().and_then(optuna::direction_from))
     }
 }

@@ -1,0 +1,321 @@
+//! Study databases in kiln's own earlier tables (before kiln wrote Optuna's schema): SQLite files with `studies`,
+//! `trials` and `intermediate` (whose `studies` clashes with Optuna's table of that name), and PostgreSQL databases
+//! with `kiln_studies`, `kiln_trials` and `kiln_intermediate`. Opening one is refused with the command that converts
+//! it; [`migrate`] converts it in place, keeping a copy first, and loses nothing: numbers, states, times, values,
+//! intermediate values, parameters (with the distributions of the study's stored space), fail reasons and workers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, TransactionBehavior};
+use serde_json::Value;
+
+use super::{postgres, sqlite, Direction, StorageUrl, TrialRecord, TrialState};
+use crate::tune::space::{Distribution, SearchSpace};
+use crate::{Error, Result};
+
+/// The table whose presence marks kiln's earlier PostgreSQL tables.
+pub(crate) const POSTGRES_MARKER: &str = "kiln_studies";
+
+/// What [`migrate`] converted, and where the copy of the old data is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Migration {
+    pub studies: usize,
+    pub trials: usize,
+    /// A copy of the SQLite file as it was, or (PostgreSQL) the renamed old tables.
+    pub backup: String,
+}
+
+/// The message for a database in the earlier tables.
+pub(crate) fn refusal(url: &str) -> String {
+    format!(
+        "{url} holds studies in kiln's earlier tables, from before kiln stored studies in Optuna's schema; convert it \
+         with `kiln study migrate {url}` (it keeps a copy of the old data first)"
+    )
+}
+
+/// Whether a SQLite file has kiln's earlier tables (its `studies` has a `name` column; Optuna's has `study_name`).
+pub(crate) fn is_legacy_sqlite(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare("SELECT 1 FROM pragma_table_info('studies') WHERE name = 'name'")?.exists([])
+}
+
+/// One study as the earlier tables hold it.
+struct LegacyStudy {
+    name: String,
+    direction: Direction,
+    space: Option<String>,
+    trials: Vec<(TrialRecord, f64)>,
+}
+
+/// The earlier tables' rows: (study id, name, direction, space), trials by study id with their heartbeats, and
+/// intermediate values by (study id, number).
+type LegacyRows = (
+    Vec<(i64, String, String, Option<String>)>,
+    Vec<(i64, TrialRecord, f64)>,
+    Vec<(i64, u32, i64, f64)>,
+);
+
+fn assemble((studies, trials, steps): LegacyRows) -> Vec<LegacyStudy> {
+    let mut by_id: BTreeMap<i64, LegacyStudy> = studies
+        .into_iter()
+        .map(|(id, name, direction, space)| {
+            let direction = if direction == "minimize" { Direction::Minimize } else { Direction::Maximize };
+            (id, LegacyStudy { name, direction, space, trials: Vec::new() })
+        })
+        .collect();
+    for (study, trial, heartbeat) in trials {
+        if let Some(s) = by_id.get_mut(&study) {
+            s.trials.push((trial, heartbeat));
+        }
+    }
+    for (study, number, step, value) in steps {
+        if let Some(s) = by_id.get_mut(&study) {
+            if let Some((t, _)) = s.trials.iter_mut().find(|(t, _)| t.number == number) {
+                t.intermediate.insert(step.max(0) as usize, value);
+            }
+        }
+    }
+    by_id.into_values().collect()
+}
+
+/// The distributions for a study's parameters: its stored space, and for a parameter outside it (studies from
+/// before the space was stored) a categorical of the values its trials took, so every value is kept.
+fn space_of(study: &LegacyStudy) -> Result<SearchSpace, String> {
+    let mut space: SearchSpace = match &study.space {
+        Some(json) => serde_json::from_str(json).map_err(|e| format!("study '{}': stored space: {e}", study.name))?,
+        None => SearchSpace::new(),
+    };
+    for (trial, _) in &study.trials {
+        for (name, value) in &trial.params {
+            let fits = space.get(name).is_some_and(|d| super::optuna::param_value(d, value).is_some());
+            if !fits {
+                let entry = space.entry(name.clone()).or_insert(Distribution::Categorical { choices: Vec::new() });
+                match entry {
+                    Distribution::Categorical { choices } if !choices.contains(value) => choices.push(value.clone()),
+                    Distribution::Categorical { .. } => {}
+                    other => {
+                        return Err(format!(
+                            "study '{}': trial {} has {name} = {value}, outside its distribution {other:?}",
+                            study.name, trial.number
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    Ok(space)
+}
+
+fn legacy_trial(number: u32, state: &str, params: &str, value: Option<f64>, reason: Option<String>, worker: String, started: f64, finished: Option<f64>) -> TrialRecord {
+    TrialRecord {
+        number,
+        state: TrialState::parse(state),
+        params: serde_json::from_str::<BTreeMap<String, Value>>(params).unwrap_or_default(),
+        value,
+        intermediate: BTreeMap::new(),
+        reason,
+        worker,
+        run_dir: None,
+        fixed_params: Default::default(),
+        started: Some(started),
+        finished,
+    }
+}
+
+/// Converts a database in kiln's earlier tables to Optuna's schema, in place, after keeping a copy of the old data:
+/// a SQLite file is first copied (consistently, `VACUUM INTO`) to `FILE.pre-optuna.bak`; PostgreSQL's old tables are
+/// renamed with the suffix `_pre_optuna` in the same transaction that writes the new ones.
+pub fn migrate(url: &StorageUrl) -> Result<Migration> {
+    match url {
+        StorageUrl::Sqlite(path) => migrate_sqlite(path),
+        StorageUrl::Postgres(address) => migrate_postgres(address),
+    }
+}
+
+fn migrate_sqlite(path: &Path) -> Result<Migration> {
+    let url = format!("sqlite:///{}", path.display());
+    let fail = |reason: String| Error::Storage { url: url.clone(), reason };
+    let err = |e: rusqlite::Error| fail(e.to_string());
+    if !path.is_file() {
+        return Err(fail("no such file".into()));
+    }
+    let mut conn = sqlite::connect(path)?;
+    if !is_legacy_sqlite(&conn).map_err(err)? {
+        return Err(fail("not in kiln's earlier tables (nothing to migrate)".into()));
+    }
+    let backup = PathBuf::from(format!("{}.pre-optuna.bak", path.display()));
+    if backup.exists() {
+        return Err(fail(format!("{} exists; move it away to migrate again", backup.display())));
+    }
+    conn.execute("VACUUM INTO ?1", params![backup.to_string_lossy()]).map_err(err)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+    let studies = {
+        let mut stmt = tx.prepare("SELECT id, name, direction, space FROM studies ORDER BY id").map_err(err)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(err)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?
+    };
+    let trials = {
+        let mut stmt = tx
+            .prepare(
+                "SELECT study_id, number, state, params, value, reason, worker, started, finished, heartbeat
+                 FROM trials ORDER BY study_id, number",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let trial = legacy_trial(
+                    r.get(1)?,
+                    &r.get::<_, String>(2)?,
+                    &r.get::<_, String>(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                );
+                Ok((r.get(0)?, trial, r.get(9)?))
+            })
+            .map_err(err)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?
+    };
+    let steps = {
+        let mut stmt = tx
+            .prepare("SELECT t.study_id, t.number, i.step, i.value FROM intermediate i JOIN trials t ON t.id = i.trial_id")
+            .map_err(err)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(err)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?
+    };
+    let studies = assemble((studies, trials, steps));
+    tx.execute_batch("DROP TABLE intermediate; DROP TABLE trials; DROP TABLE studies;").map_err(err)?;
+    sqlite::create_schema(&tx).map_err(err)?;
+    let mut count = 0;
+    for study in &studies {
+        let space = space_of(study).map_err(fail)?;
+        let id = sqlite::insert_study(&tx, &study.name, study.direction).map_err(err)?;
+        if let Some(stored) = &study.space {
+            tx.execute(
+                "INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (?1, ?2, ?3)",
+                params![id, super::optuna::SEARCH_SPACE_ATTR, stored],
+            )
+            .map_err(err)?;
+        }
+        for (trial, heartbeat) in &study.trials {
+            sqlite::insert_trial(&tx, id, trial, &space).map_err(|e| fail(e.to_string()))?;
+            if trial.state == TrialState::Running {
+                tx.execute(
+                    "INSERT INTO trial_heartbeats (trial_id, heartbeat)
+                     VALUES (last_insert_rowid(), strftime('%Y-%m-%d %H:%M:%f000', ?1, 'unixepoch'))",
+                    params![heartbeat],
+                )
+                .map_err(err)?;
+            }
+            count += 1;
+        }
+    }
+    tx.commit().map_err(err)?;
+    Ok(Migration { studies: studies.len(), trials: count, backup: backup.display().to_string() })
+}
+
+fn migrate_postgres(url: &str) -> Result<Migration> {
+    let shown = super::redact(url);
+    let fail = |reason: String| Error::Storage { url: shown.clone(), reason };
+    let err = |e: ::postgres::Error| fail(postgres::reason(&e));
+    let mut client = postgres::connect(url)?;
+    let mut tx = client.transaction().map_err(err)?;
+    postgres::lock_schema(&mut tx).map_err(err)?;
+    let tables = postgres::table_names(&mut tx).map_err(err)?;
+    if !tables.iter().any(|t| t == POSTGRES_MARKER) {
+        return Err(fail("no kiln_studies table: not in kiln's earlier tables (nothing to migrate)".into()));
+    }
+    let studies = tx
+        .query("SELECT id, name, direction, space FROM kiln_studies ORDER BY id", &[])
+        .map_err(err)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let trials = tx
+        .query(
+            "SELECT study_id, number, state, params, value, reason, worker, started, finished, heartbeat
+             FROM kiln_trials ORDER BY study_id, number",
+            &[],
+        )
+        .map_err(err)?
+        .iter()
+        .map(|r| {
+            let trial = legacy_trial(
+                r.get::<_, i32>(1) as u32,
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+                r.get(8),
+            );
+            (r.get(0), trial, r.get(9))
+        })
+        .collect();
+    let steps = tx
+        .query(
+            "SELECT t.study_id, t.number, i.step, i.value FROM kiln_intermediate i JOIN kiln_trials t ON t.id = i.trial_id",
+            &[],
+        )
+        .map_err(err)?
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i32>(1) as u32, i64::from(r.get::<_, i32>(2)), r.get(3)))
+        .collect();
+    let studies = assemble((studies, trials, steps));
+    if !tables.iter().any(|t| t == "studies") {
+        postgres::create_schema(&mut tx).map_err(err)?;
+    }
+    let mut count = 0;
+    for study in &studies {
+        let space = space_of(study).map_err(fail)?;
+        let id = postgres::insert_study(&mut tx, &study.name, study.direction).map_err(err)?;
+        if let Some(stored) = &study.space {
+            tx.execute(
+                "INSERT INTO study_system_attributes (study_id, key, value_json) VALUES ($1::int8, $2, $3)",
+                &[&id, &super::optuna::SEARCH_SPACE_ATTR, stored],
+            )
+            .map_err(err)?;
+        }
+        for (trial, heartbeat) in &study.trials {
+            postgres::insert_trial(&mut tx, id, trial, &space).map_err(|e| fail(e.to_string()))?;
+            if trial.state == TrialState::Running {
+                tx.execute(
+                    "INSERT INTO trial_heartbeats (trial_id, heartbeat)
+                     SELECT trial_id, to_timestamp($3)::timestamp FROM trials WHERE study_id = $1::int8 AND number = $2",
+                    &[&id, &(trial.number as i32), heartbeat],
+                )
+                .map_err(err)?;
+            }
+            count += 1;
+        }
+    }
+    tx.batch_execute(
+        "ALTER TABLE kiln_intermediate RENAME TO kiln_intermediate_pre_optuna;
+         ALTER TABLE kiln_trials RENAME TO kiln_trials_pre_optuna;
+         ALTER TABLE kiln_studies RENAME TO kiln_studies_pre_optuna;",
+    )
+    .map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(Migration {
+        studies: studies.len(),
+        trials: count,
+        backup: "tables kiln_studies_pre_optuna, kiln_trials_pre_optuna, kiln_intermediate_pre_optuna".into(),
+    })
+}
+
+/// kiln's earlier tables, for tests that make an old study file.
+#[cfg(test)]
+pub(crate) const SQLITE_LEGACY_SCHEMA: &str = "
+CREATE TABLE studies (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, direction TEXT NOT NULL, created REAL NOT NULL, space TEXT);
+CREATE TABLE trials (
+    id INTEGER PRIMARY KEY, study_id INTEGER NOT NULL REFERENCES studies(id), number INTEGER NOT NULL,
+    state TEXT NOT NULL, params TEXT NOT NULL DEFAULT '{}', value REAL, reason TEXT, worker TEXT NOT NULL,
+    started REAL NOT NULL, finished REAL, heartbeat REAL NOT NULL, UNIQUE (study_id, number));
+CREATE TABLE intermediate (
+    trial_id INTEGER NOT NULL REFERENCES trials(id), step INTEGER NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (trial_id, step));
+";
