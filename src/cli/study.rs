@@ -1,13 +1,33 @@
-//! `kiln study show`: a study's trials, its best trial and the parameter importances.
+//! `kiln study show`: a study's trials, its best trial and the parameter importances; `kiln study migrate`: a study
+//! database in kiln's earlier tables converted to Optuna's schema.
 
 use clap::{Args, Subcommand};
 
-use kiln_train::tune::{best_trial, importances, SearchSpace, StorageUrl, TrialRecord};
+use kiln_train::tune::{best_trial, importances, migrate, SearchSpace, StorageUrl, TrialRecord};
 
 #[derive(Subcommand, Debug)]
 pub enum StudyCommand {
     /// Print the trials table, the best trial and the parameter importances (fANOVA over the complete trials).
     Show(ShowArgs),
+    /// Convert a study database written by kiln before it used Optuna's schema, in place, keeping a copy of the old
+    /// data (a SQLite file: FILE.pre-optuna.bak; PostgreSQL: the old tables renamed *_pre_optuna).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// A SQLite file, sqlite:///FILE or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
+    #[arg(value_name = "FILE_OR_URL")]
+    pub storage: String,
+}
+
+/// A study database named by URL or, for SQLite, by its path.
+fn storage_url(text: &str) -> anyhow::Result<StorageUrl> {
+    if text.contains("://") {
+        Ok(StorageUrl::parse(text)?)
+    } else {
+        Ok(StorageUrl::Sqlite(text.into()))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -51,7 +71,18 @@ pub fn print_best(best: Option<&TrialRecord>, objective: &str) -> anyhow::Result
 }
 
 pub fn run(command: StudyCommand) -> anyhow::Result<()> {
-    let StudyCommand::Show(args) = command;
+    let args = match command {
+        StudyCommand::Show(args) => args,
+        StudyCommand::Migrate(args) => {
+            let url = storage_url(&args.storage)?;
+            let done = migrate(&url)?;
+            println!(
+                "{url}: {} studies with {} trials now in Optuna's schema; the old data is kept in {}",
+                done.studies, done.trials, done.backup
+            );
+            return Ok(());
+        }
+    };
     let url = StorageUrl::parse(&args.storage)?;
     if let StorageUrl::Sqlite(path) = &url {
         // Opening would create an empty database.

@@ -15,7 +15,10 @@ pub use importance::{fanova_importances, plot_importances, FanovaConfig};
 pub use pruner::{Curve, MedianPruner, NoPruner, Pruner, SuccessiveHalvingPruner};
 pub use sampler::{GridSampler, Observation, Outcome, Params, RandomSampler, Sampler, TpeConfig, TpeSampler};
 pub use space::{Distribution, SearchSpace};
-pub use storage::{Direction, PostgresStorage, SqliteStorage, Storage, StorageUrl, TrialRecord, TrialState};
+pub use storage::{
+    migrate, Direction, Migration, PostgresStorage, SqliteStorage, Storage, StorageUrl, TrialRecord, TrialState,
+    ALEMBIC_VERSION, LIBRARY_VERSION, SCHEMA_VERSION,
+};
 pub use study::{
     best_trial, default_space, fail_running, importances, run_study, trials_csv, PrunerKind, RunningTrial, SamplerKind,
     StudyOptions, StudyOutcome,

@@ -49,11 +49,7 @@ struct LegacyStudy {
 
 /// The earlier tables' rows: (study id, name, direction, space), trials by study id with their heartbeats, and
 /// intermediate values by (study id, number).
-type LegacyRows = (
-    Vec<(i64, String, String, Option<String>)>,
-    Vec<(i64, TrialRecord, f64)>,
-    Vec<(i64, u32, i64, f64)>,
-);
+type LegacyRows = (Vec<(i64, String, String, Option<String>)>, Vec<(i64, TrialRecord, f64)>, Vec<(i64, u32, i64, f64)>);
 
 fn assemble((studies, trials, steps): LegacyRows) -> Vec<LegacyStudy> {
     let mut by_id: BTreeMap<i64, LegacyStudy> = studies
@@ -106,7 +102,13 @@ fn space_of(study: &LegacyStudy) -> Result<SearchSpace, String> {
     Ok(space)
 }
 
-fn legacy_trial(number: u32, state: &str, params: &str, value: Option<f64>, reason: Option<String>, worker: String, started: f64, finished: Option<f64>) -> TrialRecord {
+/// A trial of the earlier `trials` table, from its columns `number, state, params, value, reason, worker, started,
+/// finished` in that order.
+fn legacy_trial(
+    (number, state, params): (u32, &str, &str),
+    (value, reason, worker): (Option<f64>, Option<String>, String),
+    (started, finished): (f64, Option<f64>),
+) -> TrialRecord {
     TrialRecord {
         number,
         state: TrialState::parse(state),
@@ -164,14 +166,9 @@ fn migrate_sqlite(path: &Path) -> Result<Migration> {
         let rows = stmt
             .query_map([], |r| {
                 let trial = legacy_trial(
-                    r.get(1)?,
-                    &r.get::<_, String>(2)?,
-                    &r.get::<_, String>(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
+                    (r.get(1)?, &r.get::<_, String>(2)?, &r.get::<_, String>(3)?),
+                    (r.get(4)?, r.get(5)?, r.get(6)?),
+                    (r.get(7)?, r.get(8)?),
                 );
                 Ok((r.get(0)?, trial, r.get(9)?))
             })
@@ -180,7 +177,9 @@ fn migrate_sqlite(path: &Path) -> Result<Migration> {
     };
     let steps = {
         let mut stmt = tx
-            .prepare("SELECT t.study_id, t.number, i.step, i.value FROM intermediate i JOIN trials t ON t.id = i.trial_id")
+            .prepare(
+                "SELECT t.study_id, t.number, i.step, i.value FROM intermediate i JOIN trials t ON t.id = i.trial_id",
+            )
             .map_err(err)?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(err)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)?
@@ -243,14 +242,9 @@ fn migrate_postgres(url: &str) -> Result<Migration> {
         .iter()
         .map(|r| {
             let trial = legacy_trial(
-                r.get::<_, i32>(1) as u32,
-                r.get(2),
-                r.get(3),
-                r.get(4),
-                r.get(5),
-                r.get(6),
-                r.get(7),
-                r.get(8),
+                (r.get::<_, i32>(1) as u32, r.get(2), r.get(3)),
+                (r.get(4), r.get(5), r.get(6)),
+                (r.get(7), r.get(8)),
             );
             (r.get(0), trial, r.get(9))
         })
@@ -306,16 +300,119 @@ fn migrate_postgres(url: &str) -> Result<Migration> {
     })
 }
 
-/// kiln's earlier tables, for tests that make an old study file.
 #[cfg(test)]
-pub(crate) const SQLITE_LEGACY_SCHEMA: &str = "
-CREATE TABLE studies (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, direction TEXT NOT NULL, created REAL NOT NULL, space TEXT);
-CREATE TABLE trials (
-    id INTEGER PRIMARY KEY, study_id INTEGER NOT NULL REFERENCES studies(id), number INTEGER NOT NULL,
-    state TEXT NOT NULL, params TEXT NOT NULL DEFAULT '{}', value REAL, reason TEXT, worker TEXT NOT NULL,
-    started REAL NOT NULL, finished REAL, heartbeat REAL NOT NULL, UNIQUE (study_id, number));
-CREATE TABLE intermediate (
-    trial_id INTEGER NOT NULL REFERENCES trials(id), step INTEGER NOT NULL, value REAL NOT NULL,
-    PRIMARY KEY (trial_id, step));
-";
+mod tests {
+    use super::*;
+    use kiln_testkit::PostgresServer;
+    use serde_json::json;
+
+    /// kiln's earlier tables as both backends created them (the PostgreSQL ones prefixed `kiln_`).
+    fn legacy_schema(prefix: &str, id: &str, real: &str) -> String {
+        format!(
+            "CREATE TABLE {prefix}studies (id {id} PRIMARY KEY, name TEXT NOT NULL UNIQUE, direction TEXT NOT NULL,
+                 created {real} NOT NULL, space TEXT);
+             CREATE TABLE {prefix}trials (id {id} PRIMARY KEY, study_id BIGINT NOT NULL REFERENCES {prefix}studies(id),
+                 number INTEGER NOT NULL, state TEXT NOT NULL, params TEXT NOT NULL DEFAULT '{{}}', value {real},
+                 reason TEXT, worker TEXT NOT NULL, started {real} NOT NULL, finished {real}, heartbeat {real} NOT NULL,
+                 UNIQUE (study_id, number));
+             CREATE TABLE {prefix}intermediate (trial_id BIGINT NOT NULL REFERENCES {prefix}trials(id),
+                 step INTEGER NOT NULL, value {real} NOT NULL, PRIMARY KEY (trial_id, step));
+             INSERT INTO {prefix}studies (id, name, direction, created, space) VALUES
+                 (1, 'cls', 'maximize', 1.0e9,
+                  '{{\"lr\":{{\"type\":\"float\",\"low\":0.0001,\"high\":0.1,\"log\":true,\"step\":null}},\"optim\":{{\"type\":\"categorical\",\"choices\":[\"adamw\",\"sgd\"]}}}}'),
+                 (2, 'ocr', 'minimize', 1.0e9, NULL);
+             INSERT INTO {prefix}trials (id, study_id, number, state, params, value, reason, worker, started, finished, heartbeat) VALUES
+                 (1, 1, 0, 'COMPLETE', '{{\"lr\":0.01,\"optim\":\"sgd\",\"width\":3}}', 0.75, NULL, 'a:1', 1700000000.25, 1700000100.5, 1700000100.5),
+                 (2, 1, 1, 'FAIL', '{{\"lr\":0.001,\"optim\":\"adamw\",\"width\":5}}', NULL, 'NaN loss', 'b:2', 1700000200.0, 1700000201.0, 1700000201.0),
+                 (3, 1, 2, 'RUNNING', '{{}}', NULL, NULL, 'a:1', 1700000300.0, NULL, 1700000400.0),
+                 (4, 2, 0, 'PRUNED', '{{\"beam\":4}}', 0.5, NULL, 'c:3', 1700000500.0, 1700000600.0, 1700000600.0);
+             INSERT INTO {prefix}intermediate (trial_id, step, value) VALUES (1, 1, 0.5), (1, 2, 0.75), (4, 1, 0.5);"
+        )
+    }
+
+    fn check_migrated(url: &StorageUrl) {
+        let err = url.open().err().expect("the old tables are refused").to_string();
+        assert!(err.contains("kiln study migrate") && err.contains("earlier tables"), "{err}");
+        let migration = migrate(url).unwrap();
+        assert_eq!((migration.studies, migration.trials), (2, 4), "{url}");
+        let mut storage = url.open().unwrap();
+        assert_eq!(storage.studies().unwrap(), vec!["cls".to_string(), "ocr".to_string()]);
+        assert_eq!(storage.study_direction("ocr").unwrap(), Some(Direction::Minimize));
+        let cls = storage.study("cls", Direction::Maximize).unwrap();
+        assert!(storage.space(cls).unwrap().unwrap().contains("\"optim\""), "the stored space is kept");
+        let trials = storage.trials(cls).unwrap();
+        assert_eq!(trials.len(), 3);
+        let t = &trials[0];
+        assert_eq!((t.state, t.value, t.worker.as_str()), (TrialState::Complete, Some(0.75), "a:1"));
+        assert_eq!(
+            t.params,
+            BTreeMap::from([
+                ("lr".to_string(), json!(0.01)),
+                ("optim".to_string(), json!("sgd")),
+                ("width".to_string(), json!(3)),
+            ])
+        );
+        assert_eq!(t.intermediate, BTreeMap::from([(1, 0.5), (2, 0.75)]));
+        assert!((t.started.unwrap() - 1700000000.25).abs() < 2e-3, "{:?}", t.started);
+        assert!((t.finished.unwrap() - 1700000100.5).abs() < 2e-3, "{:?}", t.finished);
+        assert_eq!((trials[1].state, trials[1].reason.as_deref()), (TrialState::Fail, Some("NaN loss")));
+        assert_eq!(trials[1].params["width"], json!(5), "a parameter outside the stored space becomes a categorical");
+        assert_eq!(trials[2].state, TrialState::Running);
+        // The old RUNNING trial kept its (old) heartbeat, so a live worker's timeout fails it.
+        assert_eq!(storage.fail_stale(cls, std::time::Duration::from_secs(60)).unwrap(), 1);
+        let ocr = storage.study("ocr", Direction::Minimize).unwrap();
+        let pruned = &storage.trials(ocr).unwrap()[0];
+        assert_eq!(
+            (pruned.state, pruned.value, pruned.params["beam"].clone()),
+            (TrialState::Pruned, Some(0.5), json!(4))
+        );
+        let again = migrate(url).unwrap_err().to_string();
+        assert!(again.contains("nothing to migrate"), "{again}");
+    }
+
+    #[test]
+    fn an_old_kiln_study_file_is_refused_then_migrated_losing_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        Connection::open(&path).unwrap().execute_batch(&legacy_schema("", "INTEGER", "REAL")).unwrap();
+        check_migrated(&StorageUrl::Sqlite(path.clone()));
+        let backup = Connection::open(dir.path().join("old.db.pre-optuna.bak")).unwrap();
+        assert!(is_legacy_sqlite(&backup).unwrap(), "the copy holds the old tables");
+        let kept: i64 = backup.query_row("SELECT COUNT(*) FROM intermediate", [], |r| r.get(0)).unwrap();
+        assert_eq!(kept, 3);
+        if let Some(server) = PostgresServer::start_or_skip("legacy: migrate postgres") {
+            let url = StorageUrl::parse(&server.url()).unwrap();
+            let mut client = ::postgres::Client::connect(&server.url(), ::postgres::NoTls).unwrap();
+            client.batch_execute(&legacy_schema("kiln_", "BIGINT", "DOUBLE PRECISION")).unwrap();
+            check_migrated(&url);
+            let kept: i64 = client.query_one("SELECT COUNT(*) FROM kiln_trials_pre_optuna", &[]).unwrap().get(0);
+            assert_eq!(kept, 4, "the old tables are kept, renamed");
+        }
+    }
+
+    #[test]
+    fn an_optuna_schema_of_another_version_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v11.db");
+        drop(StorageUrl::Sqlite(path.clone()).open().unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "UPDATE version_info SET schema_version = 11; UPDATE alembic_version SET version_num = 'v3.0.0.d'",
+            )
+            .unwrap();
+        let err = StorageUrl::Sqlite(path).open().err().unwrap().to_string();
+        assert!(
+            err.contains("schema version 11 (alembic revision v3.0.0.d)") && err.contains("schema version 12"),
+            "{err}"
+        );
+        if let Some(server) = PostgresServer::start_or_skip("legacy: postgres schema version") {
+            let url = StorageUrl::parse(&server.url()).unwrap();
+            drop(url.open().unwrap());
+            let mut client = ::postgres::Client::connect(&server.url(), ::postgres::NoTls).unwrap();
+            client.batch_execute("UPDATE version_info SET schema_version = 13").unwrap();
+            let err = url.open().err().unwrap().to_string();
+            assert!(err.contains("schema version 13") && !err.contains("upgrade"), "{err}");
+        }
+    }
+}

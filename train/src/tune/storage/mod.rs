@@ -26,8 +26,8 @@ use crate::{Error, Result};
 pub use legacy::{migrate, Migration};
 pub use optuna::{ALEMBIC_VERSION, LIBRARY_VERSION, RUN_DIR_ATTR, SCHEMA_VERSION};
 pub use postgres::PostgresStorage;
-pub use sqlite::SqliteStorage;
 pub(crate) use rows::TrialRows;
+pub use sqlite::SqliteStorage;
 
 /// Where a trial stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,10 +165,7 @@ fn check_direction(url: &str, name: &str, stored: &[String], direction: Directio
             Some(d) => refuse(format!("study '{name}' was created to {}, not to {}", d.name(), direction.name())),
             None => refuse(format!("study '{name}' has no direction ({one}); kiln needs minimize or maximize")),
         },
-        _ => refuse(format!(
-            "study '{name}' has {} objectives; kiln optimises studies of one objective",
-            stored.len()
-        )),
+        _ => refuse(format!("study '{name}' has {} objectives; kiln optimises studies of one objective", stored.len())),
     }
 }
 

@@ -121,24 +121,32 @@ pub fn parse_distribution(text: &str) -> Result<Distribution, String> {
     let a = &json["attributes"];
     let float = |key: &str| a[key].as_f64().ok_or_else(|| format!("distribution {text}: no number '{key}'"));
     let int = |key: &str| {
-        a[key].as_i64().or_else(|| a[key].as_f64().map(|f| f as i64)).ok_or_else(|| format!("distribution {text}: no integer '{key}'"))
+        a[key]
+            .as_i64()
+            .or_else(|| a[key].as_f64().map(|f| f as i64))
+            .ok_or_else(|| format!("distribution {text}: no integer '{key}'"))
     };
     let flag = |key: &str| a[key].as_bool().unwrap_or(false);
     let step_or_one = || if a["step"].is_null() { Ok(1) } else { int("step") };
     Ok(match name {
-        "FloatDistribution" => Distribution::Float {
-            low: float("low")?,
-            high: float("high")?,
-            log: flag("log"),
-            step: a["step"].as_f64(),
-        },
-        "UniformDistribution" => Distribution::Float { low: float("low")?, high: float("high")?, log: false, step: None },
-        "LogUniformDistribution" => Distribution::Float { low: float("low")?, high: float("high")?, log: true, step: None },
+        "FloatDistribution" => {
+            Distribution::Float { low: float("low")?, high: float("high")?, log: flag("log"), step: a["step"].as_f64() }
+        }
+        "UniformDistribution" => {
+            Distribution::Float { low: float("low")?, high: float("high")?, log: false, step: None }
+        }
+        "LogUniformDistribution" => {
+            Distribution::Float { low: float("low")?, high: float("high")?, log: true, step: None }
+        }
         "DiscreteUniformDistribution" => {
             Distribution::Float { low: float("low")?, high: float("high")?, log: false, step: Some(float("q")?) }
         }
-        "IntDistribution" => Distribution::Int { low: int("low")?, high: int("high")?, step: step_or_one()?, log: flag("log") },
-        "IntUniformDistribution" => Distribution::Int { low: int("low")?, high: int("high")?, step: step_or_one()?, log: false },
+        "IntDistribution" => {
+            Distribution::Int { low: int("low")?, high: int("high")?, step: step_or_one()?, log: flag("log") }
+        }
+        "IntUniformDistribution" => {
+            Distribution::Int { low: int("low")?, high: int("high")?, step: step_or_one()?, log: false }
+        }
         "IntLogUniformDistribution" => Distribution::Int { low: int("low")?, high: int("high")?, step: 1, log: true },
         "CategoricalDistribution" => Distribution::Categorical {
             choices: a["choices"].as_array().cloned().ok_or_else(|| format!("distribution {text}: no choices"))?,
@@ -186,18 +194,27 @@ mod tests {
             Distribution::Float { low: 0.0, high: 1.0, log: false, step: Some(0.25) },
             Distribution::Int { low: 1, high: 9, step: 2, log: false },
             Distribution::Int { low: 1, high: 64, step: 1, log: true },
-            Distribution::Categorical { choices: vec![json!("adamw"), json!("sgd"), Value::Null, json!(1.5), json!(true)] },
+            Distribution::Categorical {
+                choices: vec![json!("adamw"), json!("sgd"), Value::Null, json!(1.5), json!(true)],
+            },
         ];
         for d in cases {
             assert_eq!(parse_distribution(&distribution_json(&d)).unwrap(), d);
         }
         // Written by Optuna 5.0.0 (`distribution_to_json`), copied from a database it made.
-        let optuna = r#"{"name": "FloatDistribution", "attributes": {"step": null, "low": 0.0001, "high": 0.1, "log": true}}"#;
-        assert_eq!(parse_distribution(optuna).unwrap(), Distribution::Float { low: 1e-4, high: 0.1, log: true, step: None });
+        let optuna =
+            r#"{"name": "FloatDistribution", "attributes": {"step": null, "low": 0.0001, "high": 0.1, "log": true}}"#;
+        assert_eq!(
+            parse_distribution(optuna).unwrap(),
+            Distribution::Float { low: 1e-4, high: 0.1, log: true, step: None }
+        );
         let legacy = r#"{"name": "IntUniformDistribution", "attributes": {"low": 8, "high": 64, "step": 8}}"#;
         assert_eq!(parse_distribution(legacy).unwrap(), Distribution::Int { low: 8, high: 64, step: 8, log: false });
         let q = r#"{"name": "DiscreteUniformDistribution", "attributes": {"low": 0.0, "high": 1.0, "q": 0.1}}"#;
-        assert_eq!(parse_distribution(q).unwrap(), Distribution::Float { low: 0.0, high: 1.0, log: false, step: Some(0.1) });
+        assert_eq!(
+            parse_distribution(q).unwrap(),
+            Distribution::Float { low: 0.0, high: 1.0, log: false, step: Some(0.1) }
+        );
         let err = parse_distribution(r#"{"name": "BetaDistribution", "attributes": {}}"#).unwrap_err();
         assert!(err.contains("unknown kind 'BetaDistribution'"), "{err}");
     }

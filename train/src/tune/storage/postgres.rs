@@ -189,10 +189,8 @@ pub(crate) fn connect(url: &str) -> Result<Client> {
 
 /// The tables of the connection's current schema.
 pub(crate) fn table_names(client: &mut impl GenericClient) -> std::result::Result<Vec<String>, postgres::Error> {
-    let rows = client.query(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
-        &[],
-    )?;
+    let rows = client
+        .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()", &[])?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
@@ -227,10 +225,8 @@ impl PostgresStorage {
         if !tables.iter().any(|t| t == "studies") {
             create_schema(&mut tx).map_err(err)?;
         } else {
-            let version: Option<i32> = tx
-                .query_opt("SELECT schema_version FROM version_info", &[])
-                .map_err(err)?
-                .and_then(|r| r.get(0));
+            let version: Option<i32> =
+                tx.query_opt("SELECT schema_version FROM version_info", &[]).map_err(err)?.and_then(|r| r.get(0));
             let alembic: Option<String> =
                 tx.query_opt("SELECT version_num::text FROM alembic_version", &[]).map_err(err)?.map(|r| r.get(0));
             if let Some(reason) = optuna::version_refusal(version.map(i64::from), alembic.as_deref()) {
@@ -311,11 +307,10 @@ pub(crate) fn insert_trial(
     }
     for (table, key, value) in super::trial_attributes(trial) {
         client
-            .execute(&format!("INSERT INTO {table} (trial_id, key, value_json) VALUES ($1, $2, $3)"), &[
-                &id,
-                &key,
-                &value.to_string(),
-            ])
+            .execute(
+                &format!("INSERT INTO {table} (trial_id, key, value_json) VALUES ($1, $2, $3)"),
+                &[&id, &key, &value.to_string()],
+            )
             .map_err(sql)?;
     }
     Ok(())
@@ -352,10 +347,7 @@ impl Storage for PostgresStorage {
             None => insert_study(&mut tx, name, direction).map_err(err)?,
         };
         let directions: Vec<String> = tx
-            .query(
-                "SELECT direction::text FROM study_directions WHERE study_id = $1::int8 ORDER BY objective",
-                &[&id],
-            )
+            .query("SELECT direction::text FROM study_directions WHERE study_id = $1::int8 ORDER BY objective", &[&id])
             .map_err(err)?
             .iter()
             .map(|r| r.get(0))
@@ -446,8 +438,8 @@ impl Storage for PostgresStorage {
         let err = |e: postgres::Error| Error::Storage { url: url.clone(), reason: reason(&e) };
         let mut tx = self.client.transaction().map_err(err)?;
         for (name, value) in params {
-            let (stored, json) =
-                super::stored_param(space, name, value).map_err(|reason| Error::Storage { url: url.clone(), reason })?;
+            let (stored, json) = super::stored_param(space, name, value)
+                .map_err(|reason| Error::Storage { url: url.clone(), reason })?;
             tx.execute(
                 &format!(
                     "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
@@ -656,8 +648,10 @@ impl Storage for PostgresStorage {
     }
 
     fn studies(&mut self) -> Result<Vec<String>> {
-        let rows =
-            self.client.query("SELECT study_name::text FROM studies ORDER BY study_id", &[]).map_err(|e| self.err(e))?;
+        let rows = self
+            .client
+            .query("SELECT study_name::text FROM studies ORDER BY study_id", &[])
+            .map_err(|e| self.err(e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

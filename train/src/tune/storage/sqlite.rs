@@ -83,7 +83,8 @@ fn refusal(conn: &Connection, path: &Path) -> rusqlite::Result<Option<String>> {
     }
     let version: Option<i64> =
         conn.query_row("SELECT schema_version FROM version_info", [], |r| r.get(0)).optional()?.flatten();
-    let alembic: Option<String> = conn.query_row("SELECT version_num FROM alembic_version", [], |r| r.get(0)).optional()?;
+    let alembic: Option<String> =
+        conn.query_row("SELECT version_num FROM alembic_version", [], |r| r.get(0)).optional()?;
     Ok(optuna::version_refusal(version, alembic.as_deref()))
 }
 
@@ -159,11 +160,10 @@ pub(crate) fn insert_trial(conn: &Connection, study: i64, trial: &TrialRecord, s
         .map_err(sql)?;
     }
     for (table, key, value) in super::trial_attributes(trial) {
-        conn.execute(&format!("INSERT INTO {table} (trial_id, key, value_json) VALUES (?1, ?2, ?3)"), params![
-            id,
-            key,
-            value.to_string()
-        ])
+        conn.execute(
+            &format!("INSERT INTO {table} (trial_id, key, value_json) VALUES (?1, ?2, ?3)"),
+            params![id, key, value.to_string()],
+        )
         .map_err(sql)?;
     }
     Ok(())
@@ -289,8 +289,8 @@ impl Storage for SqliteStorage {
         let url = format!("sqlite:///{}", path.display());
         let tx = self.conn.transaction().map_err(&err)?;
         for (name, value) in params {
-            let (stored, json) =
-                super::stored_param(space, name, value).map_err(|reason| Error::Storage { url: url.clone(), reason })?;
+            let (stored, json) = super::stored_param(space, name, value)
+                .map_err(|reason| Error::Storage { url: url.clone(), reason })?;
             tx.execute(
                 &format!(
                     "INSERT OR REPLACE INTO trial_params (trial_id, param_name, param_value, distribution_json)
@@ -434,7 +434,13 @@ impl Storage for SqliteStorage {
                 .map_err(&err)?;
             let mut q = stmt.query(params![study]).map_err(&err)?;
             while let Some(r) = q.next().map_err(&err)? {
-                rows.trial(r.get(0).map_err(&err)?, r.get(1).map_err(&err)?, &r.get::<_, String>(2).map_err(&err)?, r.get(3).map_err(&err)?, r.get(4).map_err(&err)?);
+                rows.trial(
+                    r.get(0).map_err(&err)?,
+                    r.get(1).map_err(&err)?,
+                    &r.get::<_, String>(2).map_err(&err)?,
+                    r.get(3).map_err(&err)?,
+                    r.get(4).map_err(&err)?,
+                );
             }
         }
         {
@@ -445,7 +451,12 @@ impl Storage for SqliteStorage {
                 .map_err(&err)?;
             let mut q = stmt.query(params![study]).map_err(&err)?;
             while let Some(r) = q.next().map_err(&err)? {
-                rows.param(r.get(0).map_err(&err)?, r.get(1).map_err(&err)?, r.get(2).map_err(&err)?, &r.get::<_, String>(3).map_err(&err)?);
+                rows.param(
+                    r.get(0).map_err(&err)?,
+                    r.get(1).map_err(&err)?,
+                    r.get(2).map_err(&err)?,
+                    &r.get::<_, String>(3).map_err(&err)?,
+                );
             }
         }
         {
@@ -468,7 +479,12 @@ impl Storage for SqliteStorage {
                 .map_err(&err)?;
             let mut q = stmt.query(params![study]).map_err(&err)?;
             while let Some(r) = q.next().map_err(&err)? {
-                rows.intermediate(r.get(0).map_err(&err)?, r.get(1).map_err(&err)?, r.get(2).map_err(&err)?, &r.get::<_, String>(3).map_err(&err)?);
+                rows.intermediate(
+                    r.get(0).map_err(&err)?,
+                    r.get(1).map_err(&err)?,
+                    r.get(2).map_err(&err)?,
+                    &r.get::<_, String>(3).map_err(&err)?,
+                );
             }
         }
         for table in ["trial_user_attributes", "trial_system_attributes"] {
@@ -488,7 +504,8 @@ impl Storage for SqliteStorage {
     }
 
     fn studies(&mut self) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare("SELECT study_name FROM studies ORDER BY study_id").map_err(|e| self.err(e))?;
+        let mut stmt =
+            self.conn.prepare("SELECT study_name FROM studies ORDER BY study_id").map_err(|e| self.err(e))?;
         let names = stmt
             .query_map([], |r| r.get(0))
             .map_err(|e| self.err(e))?
