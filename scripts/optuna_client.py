@@ -5,6 +5,8 @@
   optuna_client.py read URL STUDY                prints the study as Optuna sees it (JSON)
   optuna_client.py add URL STUDY N SEED SPACE    runs N trials of Optuna's TPE on kiln's search space (JSON)
   optuna_client.py enqueue URL STUDY PARAMS      enqueues a trial with fixed parameters (JSON)
+  optuna_client.py fail-stale URL STUDY GRACE    Optuna's stale-trial check (heartbeats older than GRACE s); prints
+                                                 the numbers of the study's FAIL trials
 
 URL is kiln's form: sqlite:///FILE or postgres://USER@HOST:PORT/DB (opened with psycopg 3).
 The objective of `add` is a made-up smooth function of the parameters, so that TPE has something to model.
@@ -20,10 +22,10 @@ from optuna.distributions import distribution_to_json
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def storage(url):
+def storage(url, **options):
     if url.startswith("postgres://") or url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    return optuna.storages.RDBStorage(url)
+    return optuna.storages.RDBStorage(url, **options)
 
 
 def finite(v):
@@ -92,6 +94,12 @@ def main(argv):
         add(url, argv[3], int(argv[4]), int(argv[5]), json.loads(argv[6]))
     elif command == "enqueue":
         optuna.load_study(study_name=argv[3], storage=storage(url)).enqueue_trial(json.loads(argv[4]))
+    elif command == "fail-stale":
+        beating = storage(url, heartbeat_interval=1, grace_period=int(argv[4]))
+        study = optuna.load_study(study_name=argv[3], storage=beating)
+        optuna.storages.fail_stale_trials(study)
+        failed = [t.number for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+        print(json.dumps(failed))
     else:
         sys.exit(f"unknown command {command}")
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use kiln_testkit::{PostgresServer, PythonEnv};
 use kiln_train::tune::{
-    run_study, Distribution, Observation, Outcome, Sampler, SamplerKind, SearchSpace, StorageUrl, StudyOptions,
-    TpeConfig, TpeSampler, TrialRecord, TrialState,
+    run_study, Direction, Distribution, Observation, Outcome, Sampler, SamplerKind, SearchSpace, StorageUrl,
+    StudyOptions, TpeConfig, TpeSampler, TrialRecord, TrialState,
 };
 use serde_json::{json, Value};
 
@@ -159,6 +159,24 @@ fn kiln_and_optuna_share_a_study(python: &PythonEnv, url: &str, dir: &Path, name
         assert_same_trial(kiln, optuna);
     }
     assert_eq!(seen["importances"].as_object().unwrap().len(), 3, "get_param_importances reads every parameter");
+    optunas_stale_trial_check_agrees(python, url);
+}
+
+/// Optuna's `fail_stale_trials` reads kiln's heartbeats as kiln does: a silent trial fails, a beating one does not.
+fn optunas_stale_trial_check_agrees(python: &PythonEnv, url: &str) {
+    let url_parsed = StorageUrl::parse(url).unwrap();
+    let mut storage = url_parsed.open().unwrap();
+    let study = storage.study("stale", Direction::Minimize).unwrap();
+    let silent = storage.claim_trial(study, 2, "w").unwrap().unwrap();
+    let beating = storage.claim_trial(study, 2, "w").unwrap().unwrap();
+    // Seven silent seconds against a grace of four (SQLite's clock, which Optuna reads, has whole seconds), and a
+    // fresh beat that stays within the grace if Python starts within four seconds.
+    std::thread::sleep(Duration::from_secs(7));
+    storage.heartbeat(study, beating).unwrap();
+    let failed: Vec<u32> = serde_json::from_str(&client(python, &["fail-stale", url, "stale", "4"])).unwrap();
+    assert_eq!(failed, vec![silent], "Optuna fails the trial without a heartbeat, and only that one");
+    let trials = storage.trials(study).unwrap();
+    assert_eq!((trials[0].state, trials[1].state), (TrialState::Fail, TrialState::Running));
 }
 
 #[test]

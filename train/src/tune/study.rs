@@ -199,10 +199,13 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         // A trial enqueued from Python (`study.enqueue_trial`) keeps the parameters it was given.
         if let Some(claimed) = history.iter().find(|t| t.number == number) {
             for (key, value) in &claimed.fixed_params {
-                if space.contains_key(key) {
-                    params.insert(key.clone(), value.clone());
-                } else {
-                    eprintln!("warning: trial {number}: enqueued parameter {key} is not in the search space; ignored");
+                match space.get(key) {
+                    Some(distribution) if distribution.to_internal(value).is_some() => {
+                        params.insert(key.clone(), value.clone());
+                    }
+                    _ => eprintln!(
+                        "warning: trial {number}: enqueued {key} = {value} is not in the search space; sampled instead"
+                    ),
                 }
             }
         }

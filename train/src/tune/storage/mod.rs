@@ -350,6 +350,42 @@ mod tests {
     }
 
     #[test]
+    fn parameters_read_back_as_written_and_values_outside_the_space_are_refused() {
+        on_every_backend("storage: parameters", |url| {
+            let mut storage = url.open().unwrap();
+            let study = storage.study("s", Direction::Maximize).unwrap();
+            let space = SearchSpace::from([
+                ("lr".to_string(), Distribution::Float { low: 1e-4, high: 1e-1, log: true, step: None }),
+                ("batch".to_string(), Distribution::Int { low: 8, high: 64, step: 8, log: false }),
+                ("optim".to_string(), Distribution::Categorical { choices: vec![json!("adamw"), json!("sgd")] }),
+            ]);
+            let n = storage.claim_trial(study, 2, "w").unwrap().unwrap();
+            let params = Params::from([
+                ("lr".into(), json!(0.0123)),
+                ("batch".into(), json!(24)),
+                ("optim".into(), json!("sgd")),
+            ]);
+            storage.set_params(study, n, &params, &space).unwrap();
+            storage.set_user_attr(study, n, RUN_DIR_ATTR, &json!("runs/classify/s/trial_0")).unwrap();
+            storage.report(study, n, 1, f64::NAN).unwrap();
+            storage.finish(study, n, TrialState::Complete, Some(f64::NEG_INFINITY), None).unwrap();
+            let trial = &storage.trials(study).unwrap()[0];
+            assert_eq!(trial.params, params, "{url}");
+            assert!(trial.params["batch"].is_i64(), "an int parameter reads back as an integer");
+            assert_eq!(trial.run_dir.as_deref(), Some(std::path::Path::new("runs/classify/s/trial_0")));
+            assert!(trial.intermediate[&1].is_nan());
+            assert_eq!(trial.value, Some(f64::NEG_INFINITY));
+            let m = storage.claim_trial(study, 2, "w").unwrap().unwrap();
+            let lion = Params::from([("optim".to_string(), json!("lion"))]);
+            let err = storage.set_params(study, m, &lion, &space).unwrap_err().to_string();
+            assert!(err.contains("optim") && err.contains("does not belong"), "{err}");
+            let unknown = Params::from([("momentum".to_string(), json!(0.9))]);
+            let err = storage.set_params(study, m, &unknown, &space).unwrap_err().to_string();
+            assert!(err.contains("momentum") && err.contains("not in the search space"), "{err}");
+        });
+    }
+
+    #[test]
     fn a_trial_leaves_running_once() {
         on_every_backend("storage: finish once", |url| {
             let mut storage = url.open().unwrap();

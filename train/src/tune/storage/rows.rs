@@ -44,12 +44,12 @@ impl TrialRows {
 
     /// A row of `trial_params`; one whose distribution kiln cannot read is left out.
     pub fn param(&mut self, id: i64, name: String, stored: Option<f64>, distribution_json: &str) {
-        let distribution = self
-            .distributions
-            .entry(distribution_json.to_string())
-            .or_insert_with(|| optuna::parse_distribution(distribution_json).ok())
-            .clone();
-        let value = distribution.zip(stored).and_then(|(d, stored)| optuna::param_from_stored(&d, stored));
+        if !self.distributions.contains_key(distribution_json) {
+            let parsed = optuna::parse_distribution(distribution_json).ok();
+            self.distributions.insert(distribution_json.to_string(), parsed);
+        }
+        let distribution = self.distributions[distribution_json].as_ref();
+        let value = distribution.zip(stored).and_then(|(d, stored)| optuna::param_from_stored(d, stored));
         if let (Some(value), Some(record)) = (value, self.record(id)) {
             record.params.insert(name, value);
         }

@@ -4,6 +4,7 @@
 //! also serialises kiln's claims with Optuna's). Times are stored as Optuna stores them: start and completion in the
 //! local time of the writer, heartbeats in UTC (SQLite's `CURRENT_TIMESTAMP`, which Optuna compares them with).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ use crate::{Error, Result};
 pub struct SqliteStorage {
     path: PathBuf,
     conn: Connection,
+    /// Trial ids by (study, number): Optuna's schema indexes trials by study only, and a trial's id never changes.
+    ids: HashMap<(i64, u32), i64>,
 }
 
 /// The statements with which Optuna 5.0.0 (SQLAlchemy) creates an empty database, verbatim, in its order.
@@ -54,6 +57,26 @@ const TRIAL: &str = "(SELECT trial_id FROM trials WHERE study_id = ?1 AND number
 
 fn storage_error(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| Error::Storage { url: format!("sqlite:///{}", path.display()), reason: e.to_string() }
+}
+
+/// Runs `sql` (with the study id as `?1`) and hands each row to `f`.
+fn each_row(
+    conn: &Connection,
+    sql: &str,
+    study: i64,
+    mut f: impl FnMut(&rusqlite::Row) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![study])?;
+    while let Some(row) = rows.next()? {
+        f(row)?;
+    }
+    Ok(())
+}
+
+/// A text column, borrowed.
+fn text<'r>(row: &'r rusqlite::Row, i: usize) -> rusqlite::Result<&'r str> {
+    Ok(row.get_ref(i)?.as_str()?)
 }
 
 /// The names of the file's tables.
@@ -112,11 +135,27 @@ impl SqliteStorage {
             return Err(Error::Storage { url: format!("sqlite:///{}", path.display()), reason });
         }
         tx.commit().map_err(&err)?;
-        Ok(Self { path: path.to_path_buf(), conn })
+        Ok(Self { path: path.to_path_buf(), conn, ids: HashMap::new() })
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
         storage_error(&self.path)(e)
+    }
+
+    /// The id of trial `number` of `study`; `None` when there is no such trial.
+    fn trial_id(&mut self, study: i64, number: u32) -> Result<Option<i64>> {
+        if let Some(id) = self.ids.get(&(study, number)) {
+            return Ok(Some(*id));
+        }
+        let id: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT trial_id FROM trials WHERE study_id = ?1 AND number = ?2")
+            .and_then(|mut s| s.query_row(params![study, number], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))?;
+        if let Some(id) = id {
+            self.ids.insert((study, number), id);
+        }
+        Ok(id)
     }
 }
 
@@ -280,6 +319,7 @@ impl Storage for SqliteStorage {
         )
         .map_err(&err)?;
         tx.commit().map_err(&err)?;
+        self.ids.insert((study, number), id);
         Ok(Some(number))
     }
 
@@ -317,27 +357,27 @@ impl Storage for SqliteStorage {
     }
 
     fn report(&mut self, study: i64, number: u32, step: usize, value: f64) -> Result<()> {
+        let Some(id) = self.trial_id(study, number)? else { return Ok(()) };
         let (value, kind) = optuna::intermediate_value(value);
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT OR REPLACE INTO trial_intermediate_values
                      (trial_id, step, intermediate_value, intermediate_value_type)
-                 SELECT trial_id, ?3, ?4, ?5 FROM trials WHERE study_id = ?1 AND number = ?2 AND state = 'RUNNING'",
-                params![study, number, step as i64, value, kind],
+                 SELECT trial_id, ?2, ?3, ?4 FROM trials WHERE trial_id = ?1 AND state = 'RUNNING'",
             )
+            .and_then(|mut s| s.execute(params![id, step as i64, value, kind]))
             .map_err(|e| self.err(e))?;
         self.heartbeat(study, number)
     }
 
     fn heartbeat(&mut self, study: i64, number: u32) -> Result<()> {
+        let Some(id) = self.trial_id(study, number)? else { return Ok(()) };
         self.conn
-            .execute(
-                &format!(
-                    "UPDATE trial_heartbeats SET heartbeat = {UTC_NOW}
-                     WHERE trial_id = (SELECT trial_id FROM trials WHERE study_id = ?1 AND number = ?2 AND state = 'RUNNING')"
-                ),
-                params![study, number],
-            )
+            .prepare_cached(&format!(
+                "UPDATE trial_heartbeats SET heartbeat = {UTC_NOW}
+                 WHERE trial_id = ?1 AND EXISTS (SELECT 1 FROM trials WHERE trial_id = ?1 AND state = 'RUNNING')"
+            ))
+            .and_then(|mut s| s.execute(params![id]))
             .map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -424,81 +464,50 @@ impl Storage for SqliteStorage {
         let tx = self.conn.transaction().map_err(&err)?;
         let mut rows = super::TrialRows::default();
         let of_study = "JOIN trials t ON t.trial_id = x.trial_id WHERE t.study_id = ?1";
-        {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "SELECT trial_id, number, state, {}, {} FROM trials WHERE study_id = ?1 ORDER BY number",
-                    epoch("datetime_start"),
-                    epoch("datetime_complete")
-                ))
-                .map_err(&err)?;
-            let mut q = stmt.query(params![study]).map_err(&err)?;
-            while let Some(r) = q.next().map_err(&err)? {
-                rows.trial(
-                    r.get(0).map_err(&err)?,
-                    r.get(1).map_err(&err)?,
-                    &r.get::<_, String>(2).map_err(&err)?,
-                    r.get(3).map_err(&err)?,
-                    r.get(4).map_err(&err)?,
-                );
-            }
-        }
-        {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "SELECT x.trial_id, x.param_name, x.param_value, x.distribution_json FROM trial_params x {of_study}"
-                ))
-                .map_err(&err)?;
-            let mut q = stmt.query(params![study]).map_err(&err)?;
-            while let Some(r) = q.next().map_err(&err)? {
-                rows.param(
-                    r.get(0).map_err(&err)?,
-                    r.get(1).map_err(&err)?,
-                    r.get(2).map_err(&err)?,
-                    &r.get::<_, String>(3).map_err(&err)?,
-                );
-            }
-        }
-        {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "SELECT x.trial_id, x.value, x.value_type FROM trial_values x {of_study} AND x.objective = 0"
-                ))
-                .map_err(&err)?;
-            let mut q = stmt.query(params![study]).map_err(&err)?;
-            while let Some(r) = q.next().map_err(&err)? {
-                rows.value(r.get(0).map_err(&err)?, r.get(1).map_err(&err)?, &r.get::<_, String>(2).map_err(&err)?);
-            }
-        }
-        {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "SELECT x.trial_id, x.step, x.intermediate_value, x.intermediate_value_type
-                     FROM trial_intermediate_values x {of_study}"
-                ))
-                .map_err(&err)?;
-            let mut q = stmt.query(params![study]).map_err(&err)?;
-            while let Some(r) = q.next().map_err(&err)? {
-                rows.intermediate(
-                    r.get(0).map_err(&err)?,
-                    r.get(1).map_err(&err)?,
-                    r.get(2).map_err(&err)?,
-                    &r.get::<_, String>(3).map_err(&err)?,
-                );
-            }
-        }
+        let trials = format!(
+            "SELECT trial_id, number, state, {}, {} FROM trials WHERE study_id = ?1",
+            epoch("datetime_start"),
+            epoch("datetime_complete")
+        );
+        each_row(&tx, &trials, study, |r| {
+            rows.trial(r.get(0)?, r.get(1)?, text(r, 2)?, r.get(3)?, r.get(4)?);
+            Ok(())
+        })
+        .map_err(&err)?;
+        let params = format!(
+            "SELECT x.trial_id, x.param_name, x.param_value, x.distribution_json FROM trial_params x {of_study}"
+        );
+        each_row(&tx, &params, study, |r| {
+            rows.param(r.get(0)?, r.get(1)?, r.get(2)?, text(r, 3)?);
+            Ok(())
+        })
+        .map_err(&err)?;
+        let values =
+            format!("SELECT x.trial_id, x.value, x.value_type FROM trial_values x {of_study} AND x.objective = 0");
+        each_row(&tx, &values, study, |r| {
+            rows.value(r.get(0)?, r.get(1)?, text(r, 2)?);
+            Ok(())
+        })
+        .map_err(&err)?;
+        let steps = format!(
+            "SELECT x.trial_id, x.step, x.intermediate_value, x.intermediate_value_type
+             FROM trial_intermediate_values x {of_study}"
+        );
+        each_row(&tx, &steps, study, |r| {
+            rows.intermediate(r.get(0)?, r.get(1)?, r.get(2)?, text(r, 3)?);
+            Ok(())
+        })
+        .map_err(&err)?;
         for table in ["trial_user_attributes", "trial_system_attributes"] {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "SELECT x.trial_id, x.key, x.value_json FROM {table} x {of_study}
-                     AND x.key IN ('{WORKER_ATTR}', '{RUN_DIR_ATTR}', '{FAIL_REASON_ATTR}', '{FIXED_PARAMS_ATTR}')"
-                ))
-                .map_err(&err)?;
-            let mut q = stmt.query(params![study]).map_err(&err)?;
-            while let Some(r) = q.next().map_err(&err)? {
-                let value: Option<String> = r.get(2).map_err(&err)?;
-                rows.attribute(r.get(0).map_err(&err)?, &r.get::<_, String>(1).map_err(&err)?, value.as_deref());
-            }
+            let attributes = format!(
+                "SELECT x.trial_id, x.key, x.value_json FROM {table} x {of_study}
+                 AND x.key IN ('{WORKER_ATTR}', '{RUN_DIR_ATTR}', '{FAIL_REASON_ATTR}', '{FIXED_PARAMS_ATTR}')"
+            );
+            each_row(&tx, &attributes, study, |r| {
+                rows.attribute(r.get(0)?, text(r, 1)?, r.get_ref(2)?.as_str_or_null()?);
+                Ok(())
+            })
+            .map_err(&err)?;
         }
         Ok(rows.into_records())
     }
