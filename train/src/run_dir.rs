@@ -34,13 +34,15 @@ pub struct RunDir {
 
 impl RunDir {
     /// Creates a new run directory. Without a name, the first free of `exp`, `exp2`, …; with a name that is
-    /// taken, the first free of `name2`, `name3`, …
+    /// taken, the first free of `name2`, `name3`, …, or of `name-2`, `name-3`, … when the name ends in a digit, so
+    /// that a taken `trial_3` never becomes `trial_32` (trial 32's name).
     pub fn create(project: &Path, task: TaskKind, name: Option<&str>) -> Result<Self> {
         let parent = project.join(task.name());
         std::fs::create_dir_all(&parent).map_err(|source| Error::Io { path: parent.clone(), source })?;
         let base = name.unwrap_or("exp");
+        let separator = if base.ends_with(|c: char| c.is_ascii_digit()) { "-" } else { "" };
         for n in 1.. {
-            let candidate = if n == 1 { parent.join(base) } else { parent.join(format!("{base}{n}")) };
+            let candidate = if n == 1 { parent.join(base) } else { parent.join(format!("{base}{separator}{n}")) };
             // A name with a slash (`study/trial_3`) nests the run under its study.
             if let Some(dir) = candidate.parent() {
                 std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
@@ -119,6 +121,12 @@ mod tests {
         let d = RunDir::create(dir.path(), TaskKind::Classify, Some("demo")).unwrap();
         let names: Vec<_> = [&a, &b, &c, &d].iter().map(|r| r.path.file_name().unwrap().to_owned()).collect();
         assert_eq!(names, ["exp", "exp2", "demo", "demo2"]);
+        let trial_3 = RunDir::create(dir.path(), TaskKind::Classify, Some("s/trial_3")).unwrap();
+        let again = RunDir::create(dir.path(), TaskKind::Classify, Some("s/trial_3")).unwrap();
+        let trial_32 = RunDir::create(dir.path(), TaskKind::Classify, Some("s/trial_32")).unwrap();
+        let names: Vec<_> =
+            [&trial_3, &again, &trial_32].iter().map(|r| r.path.file_name().unwrap().to_owned()).collect();
+        assert_eq!(names, ["trial_3", "trial_3-2", "trial_32"], "a numbered name never takes another trial's name");
         assert!(a.weights_dir().is_dir());
         assert!(a.path.starts_with(dir.path().join("classify")));
         let err = RunDir::open(&a.path).unwrap_err().to_string();
