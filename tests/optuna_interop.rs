@@ -122,6 +122,7 @@ fn kiln_and_optuna_share_a_study(python: &PythonEnv, url: &str, dir: &Path, name
     let best: Value = serde_json::from_slice(&std::fs::read(first.dir.join("best_params.json")).unwrap()).unwrap();
     assert_eq!(seen["best_number"], best["trial"]);
     assert_eq!(seen["best_params"], best["params"], "study.best_params is kiln's best_params.json");
+    assert!(first.dir.join("best.safetensors").is_file(), "kiln's best trial's checkpoint is copied");
     let stored_space: SearchSpace = serde_json::from_value(seen["study_attrs"]["kiln:search_space"].clone()).unwrap();
     assert_eq!(stored_space, space(), "the search space is a study attribute");
 
@@ -152,7 +153,15 @@ fn kiln_and_optuna_share_a_study(python: &PythonEnv, url: &str, dir: &Path, name
     assert_eq!(second.trials[15].params, proposal(&history));
     assert_ne!(second.trials[15].params, proposal(&history[..2]), "without Optuna's trials it would sample randomly");
 
+    // Optuna's trials score above any accuracy, so the best trial ran in Python: no run directory, no checkpoint.
+    let best = second.best.as_ref().unwrap();
+    assert!((2..14).contains(&best.number), "{}", best.number);
+    let best_json: Value =
+        serde_json::from_slice(&std::fs::read(second.dir.join("best_params.json")).unwrap()).unwrap();
+    assert_eq!((best_json["trial"].clone(), best_json["run"].clone()), (json!(best.number), Value::Null));
+    assert!(!second.dir.join("best.safetensors").exists(), "the first run's best checkpoint is not left as this one's");
     let seen = read(python, url, name);
+    assert_eq!(seen["best_number"], best.number);
     let trials = seen["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 16);
     for (kiln, optuna) in second.trials.iter().zip(trials) {

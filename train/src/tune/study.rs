@@ -266,7 +266,9 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         }
         if let Ok(summary) = &result {
             let dir = Value::from(summary.run.path.display().to_string());
-            storage.set_user_attr(study, number, super::storage::RUN_DIR_ATTR, &dir)?;
+            storage
+                .set_user_attr(study, number, super::storage::RUN_DIR_ATTR, &dir)
+                .map_err(|e| abandon(&mut *storage, study, number, e))?;
         }
         let (state, value, reason) = match result {
             Ok(outcome) if pruned && outcome.interrupted => {
@@ -305,15 +307,19 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
     let trials = storage.trials(study)?;
     let best = best_trial(&trials, direction).cloned();
     if let Some(b) = &best {
-        // The directory the trial recorded; a numbered name may differ from `trial_N` when that was taken.
-        let run = b.run_dir.clone().unwrap_or_else(|| dir.join(format!("trial_{}", b.number)));
+        // The directory the trial recorded; none when another client (a Python worker) ran it.
+        let run = b.run_dir.as_ref();
         let json = serde_json::json!({"trial": b.number, "value": b.value, "params": b.params, "run": run});
         write_atomic(&dir.join("best_params.json"), &serde_json::to_vec_pretty(&json).expect("serialises"))?;
-        // The best trial's checkpoint and test metrics, beside the study's other outputs.
+        // The best trial's checkpoint and test metrics, beside the study's other outputs; an earlier best's copies
+        // are removed when the best trial left none here.
         for (from, to) in [("weights/best.safetensors", "best.safetensors"), ("test_metrics.json", "test_metrics.json")]
         {
-            if let Ok(bytes) = std::fs::read(run.join(from)) {
-                write_atomic(&dir.join(to), &bytes)?;
+            match run.and_then(|run| std::fs::read(run.join(from)).ok()) {
+                Some(bytes) => write_atomic(&dir.join(to), &bytes)?,
+                None => {
+                    let _ = std::fs::remove_file(dir.join(to));
+                }
             }
         }
     }

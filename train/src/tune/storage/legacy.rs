@@ -124,6 +124,73 @@ fn legacy_trial(
     }
 }
 
+/// Where a migration writes: Optuna's schema on one backend, inside the migration's transaction.
+trait Target {
+    fn study(&mut self, study: &LegacyStudy) -> Result<i64, String>;
+    fn trial(
+        &mut self,
+        study: i64,
+        trial: &TrialRecord,
+        space: &SearchSpace,
+        heartbeat: Option<f64>,
+    ) -> Result<(), String>;
+}
+
+struct SqliteTarget<'a>(&'a Connection);
+
+impl Target for SqliteTarget<'_> {
+    fn study(&mut self, study: &LegacyStudy) -> Result<i64, String> {
+        sqlite::insert_study(self.0, &study.name, study.direction, study.space.as_deref()).map_err(|e| e.to_string())
+    }
+
+    fn trial(
+        &mut self,
+        study: i64,
+        trial: &TrialRecord,
+        space: &SearchSpace,
+        heartbeat: Option<f64>,
+    ) -> Result<(), String> {
+        sqlite::insert_trial(self.0, study, trial, space, heartbeat)
+    }
+}
+
+impl Target for ::postgres::Transaction<'_> {
+    fn study(&mut self, study: &LegacyStudy) -> Result<i64, String> {
+        postgres::insert_study(self, &study.name, study.direction, study.space.as_deref())
+            .map_err(|e| postgres::reason(&e))
+    }
+
+    fn trial(
+        &mut self,
+        study: i64,
+        trial: &TrialRecord,
+        space: &SearchSpace,
+        heartbeat: Option<f64>,
+    ) -> Result<(), String> {
+        postgres::insert_trial(self, study, trial, space, heartbeat)
+    }
+}
+
+/// Writes the studies with their trials; a RUNNING trial keeps its last heartbeat, so the heartbeat timeout of a
+/// live worker fails it if its worker is gone.
+fn write(studies: &[LegacyStudy], target: &mut impl Target) -> Result<(), String> {
+    for study in studies {
+        let space = space_of(study)?;
+        let id = target.study(study)?;
+        for (trial, heartbeat) in &study.trials {
+            let beat = (trial.state == TrialState::Running).then_some(*heartbeat);
+            target
+                .trial(id, trial, &space, beat)
+                .map_err(|e| format!("study '{}' trial {}: {e}", study.name, trial.number))?;
+        }
+    }
+    Ok(())
+}
+
+fn trial_count(studies: &[LegacyStudy]) -> usize {
+    studies.iter().map(|s| s.trials.len()).sum()
+}
+
 /// Converts a database in kiln's earlier tables to Optuna's schema, in place, after keeping a copy of the old data:
 /// a SQLite file is first copied (consistently, `VACUUM INTO`) to `FILE.pre-optuna.bak`; PostgreSQL's old tables are
 /// renamed with the suffix `_pre_optuna` in the same transaction that writes the new ones.
@@ -187,32 +254,9 @@ fn migrate_sqlite(path: &Path) -> Result<Migration> {
     let studies = assemble((studies, trials, steps));
     tx.execute_batch("DROP TABLE intermediate; DROP TABLE trials; DROP TABLE studies;").map_err(err)?;
     sqlite::create_schema(&tx).map_err(err)?;
-    let mut count = 0;
-    for study in &studies {
-        let space = space_of(study).map_err(fail)?;
-        let id = sqlite::insert_study(&tx, &study.name, study.direction).map_err(err)?;
-        if let Some(stored) = &study.space {
-            tx.execute(
-                "INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (?1, ?2, ?3)",
-                params![id, super::optuna::SEARCH_SPACE_ATTR, stored],
-            )
-            .map_err(err)?;
-        }
-        for (trial, heartbeat) in &study.trials {
-            sqlite::insert_trial(&tx, id, trial, &space).map_err(|e| fail(e.to_string()))?;
-            if trial.state == TrialState::Running {
-                tx.execute(
-                    "INSERT INTO trial_heartbeats (trial_id, heartbeat)
-                     VALUES (last_insert_rowid(), strftime('%Y-%m-%d %H:%M:%f000', ?1, 'unixepoch'))",
-                    params![heartbeat],
-                )
-                .map_err(err)?;
-            }
-            count += 1;
-        }
-    }
+    write(&studies, &mut SqliteTarget(&tx)).map_err(fail)?;
     tx.commit().map_err(err)?;
-    Ok(Migration { studies: studies.len(), trials: count, backup: backup.display().to_string() })
+    Ok(Migration { studies: studies.len(), trials: trial_count(&studies), backup: backup.display().to_string() })
 }
 
 fn migrate_postgres(url: &str) -> Result<Migration> {
@@ -262,30 +306,7 @@ fn migrate_postgres(url: &str) -> Result<Migration> {
     if !tables.iter().any(|t| t == "studies") {
         postgres::create_schema(&mut tx).map_err(err)?;
     }
-    let mut count = 0;
-    for study in &studies {
-        let space = space_of(study).map_err(fail)?;
-        let id = postgres::insert_study(&mut tx, &study.name, study.direction).map_err(err)?;
-        if let Some(stored) = &study.space {
-            tx.execute(
-                "INSERT INTO study_system_attributes (study_id, key, value_json) VALUES ($1::int8, $2, $3)",
-                &[&id, &super::optuna::SEARCH_SPACE_ATTR, stored],
-            )
-            .map_err(err)?;
-        }
-        for (trial, heartbeat) in &study.trials {
-            postgres::insert_trial(&mut tx, id, trial, &space).map_err(|e| fail(e.to_string()))?;
-            if trial.state == TrialState::Running {
-                tx.execute(
-                    "INSERT INTO trial_heartbeats (trial_id, heartbeat)
-                     SELECT trial_id, to_timestamp($3)::timestamp FROM trials WHERE study_id = $1::int8 AND number = $2",
-                    &[&id, &(trial.number as i32), heartbeat],
-                )
-                .map_err(err)?;
-            }
-            count += 1;
-        }
-    }
+    write(&studies, &mut tx).map_err(fail)?;
     tx.batch_execute(
         "ALTER TABLE kiln_intermediate RENAME TO kiln_intermediate_pre_optuna;
          ALTER TABLE kiln_trials RENAME TO kiln_trials_pre_optuna;
@@ -295,7 +316,7 @@ fn migrate_postgres(url: &str) -> Result<Migration> {
     tx.commit().map_err(err)?;
     Ok(Migration {
         studies: studies.len(),
-        trials: count,
+        trials: trial_count(&studies),
         backup: "tables kiln_studies_pre_optuna, kiln_trials_pre_optuna, kiln_intermediate_pre_optuna".into(),
     })
 }
@@ -323,7 +344,7 @@ mod tests {
                  (2, 'ocr', 'minimize', 1.0e9, NULL);
              INSERT INTO {prefix}trials (id, study_id, number, state, params, value, reason, worker, started, finished, heartbeat) VALUES
                  (1, 1, 0, 'COMPLETE', '{{\"lr\":0.01,\"optim\":\"sgd\",\"width\":3}}', 0.75, NULL, 'a:1', 1700000000.25, 1700000100.5, 1700000100.5),
-                 (2, 1, 1, 'FAIL', '{{\"lr\":0.001,\"optim\":\"adamw\",\"width\":5}}', NULL, 'NaN loss', 'b:2', 1700000200.0, 1700000201.0, 1700000201.0),
+                 (2, 1, 1, 'FAIL', '{{\"lr\":0.001,\"optim\":\"adamw\",\"width\":5}}', NULL, 'NaN loss', '', 1700000200.0, 1700000201.0, 1700000201.0),
                  (3, 1, 2, 'RUNNING', '{{}}', NULL, NULL, 'a:1', 1700000300.0, NULL, 1700000400.0),
                  (4, 2, 0, 'PRUNED', '{{\"beam\":4}}', 0.5, NULL, 'c:3', 1700000500.0, 1700000600.0, 1700000600.0);
              INSERT INTO {prefix}intermediate (trial_id, step, value) VALUES (1, 1, 0.5), (1, 2, 0.75), (4, 1, 0.5);"
@@ -360,6 +381,10 @@ mod tests {
         assert_eq!(trials[2].state, TrialState::Running);
         // The old RUNNING trial kept its (old) heartbeat, so a live worker's timeout fails it.
         assert_eq!(storage.fail_stale(cls, std::time::Duration::from_secs(60)).unwrap(), 1);
+        let after = storage.trials(cls).unwrap();
+        assert_eq!((after[1].state, after[2].state), (TrialState::Fail, TrialState::Fail), "the RUNNING trial's beat");
+        assert_eq!(after[1].reason.as_deref(), Some("NaN loss"), "the failed trial keeps its own reason");
+        assert_eq!(after[1].worker, "", "a trial without a worker stays without one");
         let ocr = storage.study("ocr", Direction::Minimize).unwrap();
         let pruned = &storage.trials(ocr).unwrap()[0];
         assert_eq!(

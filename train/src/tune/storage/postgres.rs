@@ -246,29 +246,37 @@ fn number(n: u32) -> i32 {
     n as i32
 }
 
-/// Creates study `name` with `direction`; returns its id.
+/// Creates study `name` with `direction` and, when given, its search space; returns its id.
 pub(crate) fn insert_study(
     client: &mut impl GenericClient,
     name: &str,
     direction: Direction,
+    space: Option<&str>,
 ) -> std::result::Result<i64, postgres::Error> {
     let id: i32 = client.query_one("INSERT INTO studies (study_name) VALUES ($1) RETURNING study_id", &[&name])?.get(0);
     client.execute(
         "INSERT INTO study_directions (direction, study_id, objective) VALUES ($1::text::studydirection, $2, 0)",
         &[&optuna::direction_name(direction), &id],
     )?;
+    if let Some(space) = space {
+        client.execute(
+            "INSERT INTO study_system_attributes (study_id, key, value_json) VALUES ($1, $2, $3)",
+            &[&id, &SEARCH_SPACE_ATTR, &space],
+        )?;
+    }
     Ok(i64::from(id))
 }
 
-/// Writes a whole trial as it is (number, state, times, parameters, values, attributes) into study `study`.
+/// Writes a whole trial as it is (number, state, times, parameters, values, attributes) into study `study` and,
+/// when given, its last heartbeat (seconds since the epoch).
 pub(crate) fn insert_trial(
     client: &mut impl GenericClient,
     study: i64,
     trial: &TrialRecord,
     space: &SearchSpace,
-) -> Result<()> {
-    let fail = |reason: String| Error::Storage { url: String::new(), reason };
-    let sql = |e: postgres::Error| fail(reason(&e));
+    heartbeat: Option<f64>,
+) -> std::result::Result<(), String> {
+    let sql = |e: postgres::Error| reason(&e);
     let id: i32 = client
         .query_one(
             "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete)
@@ -279,7 +287,7 @@ pub(crate) fn insert_trial(
         .map_err(sql)?
         .get(0);
     for (name, value) in &trial.params {
-        let (stored, json) = super::stored_param(space, name, value).map_err(fail)?;
+        let (stored, json) = super::stored_param(space, name, value)?;
         client
             .execute(
                 "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES ($1, $2, $3, $4)",
@@ -310,6 +318,14 @@ pub(crate) fn insert_trial(
             .execute(
                 &format!("INSERT INTO {table} (trial_id, key, value_json) VALUES ($1, $2, $3)"),
                 &[&id, &key, &value.to_string()],
+            )
+            .map_err(sql)?;
+    }
+    if let Some(beat) = heartbeat {
+        client
+            .execute(
+                "INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES ($1, to_timestamp($2)::timestamp)",
+                &[&id, &beat],
             )
             .map_err(sql)?;
     }
@@ -344,7 +360,7 @@ impl Storage for PostgresStorage {
         lock_schema(&mut tx).map_err(err)?;
         let id = match tx.query_opt("SELECT study_id FROM studies WHERE study_name = $1", &[&name]).map_err(err)? {
             Some(row) => i64::from(row.get::<_, i32>(0)),
-            None => insert_study(&mut tx, name, direction).map_err(err)?,
+            None => insert_study(&mut tx, name, direction, None).map_err(err)?,
         };
         let directions: Vec<String> = tx
             .query("SELECT direction::text FROM study_directions WHERE study_id = $1::int8 ORDER BY objective", &[&id])

@@ -52,8 +52,6 @@ const UTC_NOW: &str = "strftime('%Y-%m-%d %H:%M:%f000', 'now')";
 fn epoch(column: &str) -> String {
     format!("(julianday({column}, 'utc') - 2440587.5) * 86400.0")
 }
-/// The row of trial `?2` of study `?1`.
-const TRIAL: &str = "(SELECT trial_id FROM trials WHERE study_id = ?1 AND number = ?2)";
 
 fn storage_error(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
     move |e| Error::Storage { url: format!("sqlite:///{}", path.display()), reason: e.to_string() }
@@ -79,11 +77,9 @@ fn text<'r>(row: &'r rusqlite::Row, i: usize) -> rusqlite::Result<&'r str> {
     Ok(row.get_ref(i)?.as_str()?)
 }
 
-/// The names of the file's tables.
-pub(crate) fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
-    let names = stmt.query_map([], |r| r.get(0))?.collect();
-    names
+/// Whether the file has a table `name`.
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?.exists(params![name])
 }
 
 /// Creates Optuna's schema in an empty database (the caller holds a write transaction).
@@ -128,8 +124,7 @@ impl SqliteStorage {
         let err = storage_error(path);
         let mut conn = connect(path)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
-        let tables = table_names(&tx).map_err(&err)?;
-        if !tables.iter().any(|t| t == "studies") {
+        if !has_table(&tx, "studies").map_err(&err)? {
             create_schema(&tx).map_err(&err)?;
         } else if let Some(reason) = refusal(&tx, path).map_err(&err)? {
             return Err(Error::Storage { url: format!("sqlite:///{}", path.display()), reason });
@@ -159,23 +154,26 @@ impl SqliteStorage {
     }
 }
 
-/// Writes a whole trial as it is (number, state, times, parameters, values, attributes) into study `study`.
-pub(crate) fn insert_trial(conn: &Connection, study: i64, trial: &TrialRecord, space: &SearchSpace) -> Result<()> {
-    let invalid = |reason: String| Error::Storage { url: String::new(), reason };
-    let at = |t: Option<f64>| t.map(|t| format!("strftime('%Y-%m-%d %H:%M:%f000', {t}, 'unixepoch', 'localtime')"));
-    let sql = |e: rusqlite::Error| invalid(e.to_string());
+/// Writes a whole trial as it is (number, state, times, parameters, values, attributes) into study `study` and,
+/// when given, its last heartbeat (seconds since the epoch).
+pub(crate) fn insert_trial(
+    conn: &Connection,
+    study: i64,
+    trial: &TrialRecord,
+    space: &SearchSpace,
+    heartbeat: Option<f64>,
+) -> std::result::Result<(), String> {
+    let sql = |e: rusqlite::Error| e.to_string();
     conn.execute(
-        &format!(
-            "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) VALUES (?1, ?2, ?3, {}, {})",
-            at(trial.started).unwrap_or("NULL".into()),
-            at(trial.finished).unwrap_or("NULL".into())
-        ),
-        params![trial.number, study, trial.state.name()],
+        "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) VALUES (?1, ?2, ?3,
+             strftime('%Y-%m-%d %H:%M:%f000', ?4, 'unixepoch', 'localtime'),
+             strftime('%Y-%m-%d %H:%M:%f000', ?5, 'unixepoch', 'localtime'))",
+        params![trial.number, study, trial.state.name(), trial.started, trial.finished],
     )
     .map_err(sql)?;
     let id = conn.last_insert_rowid();
     for (name, value) in &trial.params {
-        let (stored, json) = super::stored_param(space, name, value).map_err(invalid)?;
+        let (stored, json) = super::stored_param(space, name, value)?;
         conn.execute(
             "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?1, ?2, ?3, ?4)",
             params![id, name, stored, json],
@@ -205,17 +203,36 @@ pub(crate) fn insert_trial(conn: &Connection, study: i64, trial: &TrialRecord, s
         )
         .map_err(sql)?;
     }
+    if let Some(beat) = heartbeat {
+        conn.execute(
+            "INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (?1, strftime('%Y-%m-%d %H:%M:%f000', ?2, 'unixepoch'))",
+            params![id, beat],
+        )
+        .map_err(sql)?;
+    }
     Ok(())
 }
 
-/// Creates study `name` with `direction` (the caller holds a write transaction); returns its id.
-pub(crate) fn insert_study(conn: &Connection, name: &str, direction: Direction) -> rusqlite::Result<i64> {
+/// Creates study `name` with `direction` and, when given, its search space (the caller holds a write transaction);
+/// returns its id.
+pub(crate) fn insert_study(
+    conn: &Connection,
+    name: &str,
+    direction: Direction,
+    space: Option<&str>,
+) -> rusqlite::Result<i64> {
     conn.execute("INSERT INTO studies (study_name) VALUES (?1)", params![name])?;
     let id = conn.last_insert_rowid();
     conn.execute(
         "INSERT INTO study_directions (direction, study_id, objective) VALUES (?1, ?2, 0)",
         params![optuna::direction_name(direction), id],
     )?;
+    if let Some(space) = space {
+        conn.execute(
+            "INSERT INTO study_system_attributes (study_id, key, value_json) VALUES (?1, ?2, ?3)",
+            params![id, SEARCH_SPACE_ATTR, space],
+        )?;
+    }
     Ok(id)
 }
 
@@ -230,7 +247,7 @@ impl Storage for SqliteStorage {
             .map_err(&err)?;
         let id = match id {
             Some(id) => id,
-            None => insert_study(&tx, name, direction).map_err(&err)?,
+            None => insert_study(&tx, name, direction, None).map_err(&err)?,
         };
         let directions: Vec<String> = {
             let mut stmt = tx
@@ -324,19 +341,17 @@ impl Storage for SqliteStorage {
     }
 
     fn set_params(&mut self, study: i64, number: u32, params: &Params, space: &SearchSpace) -> Result<()> {
+        let Some(id) = self.trial_id(study, number)? else { return Ok(()) };
         let path = self.path.clone();
         let err = storage_error(&path);
-        let url = format!("sqlite:///{}", path.display());
         let tx = self.conn.transaction().map_err(&err)?;
         for (name, value) in params {
             let (stored, json) = super::stored_param(space, name, value)
-                .map_err(|reason| Error::Storage { url: url.clone(), reason })?;
+                .map_err(|reason| Error::Storage { url: format!("sqlite:///{}", path.display()), reason })?;
             tx.execute(
-                &format!(
-                    "INSERT OR REPLACE INTO trial_params (trial_id, param_name, param_value, distribution_json)
-                     VALUES ({TRIAL}, ?3, ?4, ?5)"
-                ),
-                params![study, number, name, stored, json],
+                "INSERT OR REPLACE INTO trial_params (trial_id, param_name, param_value, distribution_json)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, name, stored, json],
             )
             .map_err(&err)?;
         }
@@ -345,12 +360,11 @@ impl Storage for SqliteStorage {
     }
 
     fn set_user_attr(&mut self, study: i64, number: u32, key: &str, value: &Value) -> Result<()> {
+        let Some(id) = self.trial_id(study, number)? else { return Ok(()) };
         self.conn
             .execute(
-                &format!(
-                    "INSERT OR REPLACE INTO trial_user_attributes (trial_id, key, value_json) VALUES ({TRIAL}, ?3, ?4)"
-                ),
-                params![study, number, key, value.to_string()],
+                "INSERT OR REPLACE INTO trial_user_attributes (trial_id, key, value_json) VALUES (?1, ?2, ?3)",
+                params![id, key, value.to_string()],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -390,23 +404,21 @@ impl Storage for SqliteStorage {
         value: Option<f64>,
         reason: Option<&str>,
     ) -> Result<bool> {
+        let Some(id) = self.trial_id(study, number)? else { return Ok(false) };
         let path = self.path.clone();
         let err = storage_error(&path);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
-        let id: Option<i64> = tx
-            .query_row(
-                "SELECT trial_id FROM trials WHERE study_id = ?1 AND number = ?2 AND state = 'RUNNING'",
-                params![study, number],
-                |r| r.get(0),
+        let changed = tx
+            .execute(
+                &format!(
+                    "UPDATE trials SET state = ?2, datetime_complete = {LOCAL_NOW} WHERE trial_id = ?1 AND state = 'RUNNING'"
+                ),
+                params![id, state.name()],
             )
-            .optional()
             .map_err(&err)?;
-        let Some(id) = id else { return Ok(false) };
-        tx.execute(
-            &format!("UPDATE trials SET state = ?2, datetime_complete = {LOCAL_NOW} WHERE trial_id = ?1"),
-            params![id, state.name()],
-        )
-        .map_err(&err)?;
+        if changed == 0 {
+            return Ok(false);
+        }
         if let Some((value, kind)) = value.and_then(optuna::objective_value) {
             tx.execute(
                 "INSERT OR REPLACE INTO trial_values (trial_id, objective, value, value_type) VALUES (?1, 0, ?2, ?3)",
