@@ -23,7 +23,7 @@ pub struct ModelMetadata {
     pub class_names: Vec<String>,
     pub input: InputSpec,
     pub outputs: Vec<OutputSpec>,
-    /// `fp32` or `fp16` (weights and compute).
+    /// `fp32`, `fp16` (weights and compute) or `int8` (see `quantization`).
     pub precision: String,
     pub opset: i64,
     /// Where the weights came from: the checkpoint's epoch and validation metrics.
@@ -34,6 +34,33 @@ pub struct ModelMetadata {
     /// Text recognition: how the per-frame scores are decoded (absent for other tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctc: Option<CtcSettings>,
+    /// int8 models: how they were quantized (absent for float models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantizationInfo>,
+}
+
+/// How an int8 model was made from its float export.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationInfo {
+    /// `static` (activation ranges calibrated ahead of time) or `dynamic` (measured at run time).
+    pub mode: String,
+    /// The op families computed in int8 (`linear`, `conv`, `depthwise`); everything else is float32.
+    pub families: Vec<String>,
+    /// One weight scale per output channel (else one per tensor).
+    pub per_channel: bool,
+    /// Static models: how the activation ranges were chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationInfo>,
+}
+
+/// The calibration behind a static int8 model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationInfo {
+    /// `minmax`, `percentile:P` or `entropy`.
+    pub method: String,
+    pub images: usize,
+    /// Where the images came from (a folder, or a split of the run's dataset).
+    pub source: String,
 }
 
 /// How a text recognizer's output is read: per-frame probabilities over `blank` and the characters, where
@@ -157,6 +184,7 @@ pub(crate) fn example() -> ModelMetadata {
         training: TrainingInfo { epoch: 3, metrics: Some(serde_json::json!({"accuracy": 0.9})) },
         nms: None,
         ctc: None,
+        quantization: None,
     }
 }
 

@@ -35,6 +35,9 @@ pub enum Error {
     #[error("plot {path}: {reason}")]
     Plot { path: PathBuf, reason: String },
 
+    #[error("int8 export {path}: {reason}")]
+    Int8 { path: PathBuf, reason: String },
+
     #[error("data loader: {0}")]
     DataLoader(String),
 

@@ -32,6 +32,8 @@ pub struct ExportOptions {
     /// Detection: non-maximum suppression inside the graph, which then returns at most `max_detections` boxes per
     /// image (`num_detections`, `det_boxes`, `det_scores`, `det_classes`) instead of every candidate.
     pub nms_in_graph: bool,
+    /// An int8 model instead of a float one (`--int8`), made from the fp32 export.
+    pub int8: Option<crate::int8::Int8Request>,
 }
 
 impl Default for ExportOptions {
@@ -45,6 +47,7 @@ impl Default for ExportOptions {
             half_io: false,
             nms: NmsOverrides::default(),
             nms_in_graph: false,
+            int8: None,
         }
     }
 }
@@ -65,6 +68,8 @@ pub struct ExportReport {
     pub bytes: usize,
     pub nodes: usize,
     pub metadata: ModelMetadata,
+    /// int8 exports: the plan, calibration and comparison.
+    pub int8: Option<crate::int8::Int8Report>,
 }
 
 /// The metadata's name of an element type.
@@ -103,7 +108,14 @@ pub fn plan_export(run: &RunDir, options: &ExportOptions) -> Result<(PathBuf, Pa
     let ckpt_path = run.checkpoint(options.which);
     let out = options.out.clone().unwrap_or_else(|| {
         let stem = ckpt_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-        ckpt_path.with_file_name(format!("{stem}{}.onnx", if options.half { "-fp16" } else { "" }))
+        let suffix = if options.int8.is_some() {
+            "-int8"
+        } else if options.half {
+            "-fp16"
+        } else {
+            ""
+        };
+        ckpt_path.with_file_name(format!("{stem}{suffix}.onnx"))
     });
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
@@ -113,5 +125,42 @@ pub fn plan_export(run: &RunDir, options: &ExportOptions) -> Result<(PathBuf, Pa
         });
     }
     Graph::new(options.opset, ElemType::F32)?;
+    if let Some(int8) = &options.int8 {
+        if options.half {
+            return Err(Error::InvalidSetting {
+                key: "int8".into(),
+                reason: "--int8 and --half are different precisions; export them one at a time".into(),
+            });
+        }
+        if let crate::int8::CalibSource::Folder(dir) = &int8.source {
+            if !dir.is_dir() {
+                return Err(Error::Int8 { path: dir.clone(), reason: "the calibration folder does not exist".into() });
+            }
+        }
+        if int8.compare && crate::int8::reference_paths(&out, &ckpt_path).contains(&out) {
+            return Err(Error::Int8 {
+                path: out,
+                reason: "this name is taken by the fp32/fp16 reference the comparison writes; choose another --out"
+                    .into(),
+            });
+        }
+    }
     Ok((ckpt_path, out))
+}
+
+/// Writes the export `build` makes for `options` to `out`: the float graph, or with `options.int8` the int8
+/// model made from it (see [`crate::int8`]).
+pub fn finish(
+    config: &crate::config::TrainConfig,
+    options: &ExportOptions,
+    checkpoint: &Path,
+    out: &Path,
+    build: &crate::int8::BuildGraph<'_>,
+) -> Result<ExportReport> {
+    if let Some(request) = &options.int8 {
+        return crate::int8::export(config, options, request, checkpoint, out, build);
+    }
+    let (bytes, metadata, nodes) = build(options)?;
+    crate::fsutil::write_atomic(out, &bytes)?;
+    Ok(ExportReport { path: out.to_path_buf(), bytes: bytes.len(), nodes, metadata, int8: None })
 }

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod fsutil;
+pub mod int8;
 pub mod metrics;
 pub mod native;
 pub mod ocr;

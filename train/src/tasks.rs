@@ -70,3 +70,26 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
         TaskKind::Ocr => crate::ocr::export::export_run(run, options),
     }
 }
+
+/// The images of a split of the run's dataset, with their class index where the task has one (classification),
+/// for calibrating and comparing exported models.
+pub fn split_images(
+    config: &TrainConfig,
+    split: crate::data::Split,
+) -> Result<Vec<(std::path::PathBuf, Option<usize>)>> {
+    Ok(match config.task {
+        TaskKind::Classify => crate::classify::setup::open_dataset(config)?
+            .split(split)
+            .iter()
+            .map(|s| (s.path.clone(), Some(s.label)))
+            .collect(),
+        TaskKind::Detect => {
+            crate::detect::task::open_dataset(config)?.split(split).iter().map(|s| (s.path.clone(), None)).collect()
+        }
+        TaskKind::Ocr => crate::ocr::task::open_dataset(config, None)?
+            .split(split.name())
+            .iter()
+            .map(|s| (s.path.clone(), None))
+            .collect(),
+    })
+}

@@ -11,7 +11,6 @@ use crate::checkpoint;
 use crate::data::Normalize;
 use crate::export::{declare_output, dtype_name, plan_export, ONNX_FLOAT, ONNX_FLOAT16};
 pub use crate::export::{ExportOptions, ExportReport};
-use crate::fsutil::write_atomic;
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
@@ -79,6 +78,7 @@ pub fn classifier_onnx(
         training: spec.training.clone(),
         nms: None,
         ctc: None,
+        quantization: None,
     };
     let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
     Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))
@@ -115,7 +115,6 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
         variant: config.model.clone(),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
     };
-    let (bytes, metadata, nodes) = tch::no_grad(|| classifier_onnx(&model, &spec, options))?;
-    write_atomic(&out, &bytes)?;
-    Ok(ExportReport { path: out, bytes: bytes.len(), nodes, metadata })
+    let build = |o: &ExportOptions| tch::no_grad(|| classifier_onnx(&model, &spec, o));
+    crate::export::finish(config, options, &ckpt_path, &out, &build)
 }

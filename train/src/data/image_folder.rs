@@ -34,6 +34,13 @@ impl Split {
     }
 }
 
+impl std::str::FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL.into_iter().find(|x| x.name() == s).ok_or_else(|| format!("'{s}' is not train, val or test"))
+    }
+}
+
 impl std::fmt::Display for Split {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

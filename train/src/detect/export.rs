@@ -17,7 +17,6 @@ use crate::checkpoint;
 use crate::config::TaskKind;
 use crate::data::Normalize;
 use crate::export::{declare_output, dtype_name, plan_export, ExportOptions, ExportReport, ONNX_FLOAT, ONNX_FLOAT16};
-use crate::fsutil::write_atomic;
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
@@ -166,6 +165,7 @@ pub fn detector_onnx(
         training: spec.training.clone(),
         nms: Some(nms),
         ctc: None,
+        quantization: None,
     };
     let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
     Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))
@@ -193,7 +193,6 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
         nms: options.nms.apply(config.detect.nms),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
     };
-    let (bytes, metadata, nodes) = tch::no_grad(|| detector_onnx(&model, &spec, options))?;
-    write_atomic(&out, &bytes)?;
-    Ok(ExportReport { path: out, bytes: bytes.len(), nodes, metadata })
+    let build = |o: &ExportOptions| tch::no_grad(|| detector_onnx(&model, &spec, o));
+    crate::export::finish(config, options, &ckpt_path, &out, &build)
 }

@@ -1,0 +1,174 @@
+//! int8 exports end to end: static QDQ and dynamic models of trained runs agree with fp32, load on ONNX Runtime
+//! and tract alike, carry their precision in the metadata, and bad calibration input fails before anything is
+//! written. (The arithmetic, calibration statistics and graph rewrite have unit tests in kiln-export.)
+
+mod common;
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use kiln_infer::{Backend, Model};
+use kiln_train::export::ExportOptions;
+use kiln_train::int8::{CalibSource, Int8Mode, Int8Request, OpFamily};
+use kiln_train::tasks::export_run;
+use kiln_train::RunDir;
+
+/// One classifier trained for the whole file (3 epochs of shapes at 64 px).
+fn classifier_run() -> &'static (tempfile::TempDir, RunDir) {
+    static RUN: OnceLock<(tempfile::TempDir, RunDir)> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let _serial = common::one_training_at_a_time();
+        let dir = tempfile::tempdir().unwrap();
+        let data = common::shapes(dir.path(), (40, 30, 10), 5);
+        let config = common::quick_config(&data, &dir.path().join("runs"), 3);
+        let run = kiln_train::classify::train(&config).unwrap().run;
+        (dir, run)
+    })
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+fn run_on(path: &Path, backend: Backend, input: &[f32], batch: usize) -> Vec<Vec<f32>> {
+    let model = Model::builder().backend(backend).open(path).unwrap();
+    model.run(input, batch).unwrap().into_iter().map(|o| o.data).collect()
+}
+
+/// `n` val images of the run, preprocessed as the model's metadata says.
+fn val_batch(run: &RunDir, model: &Path, n: usize) -> Vec<f32> {
+    let config = kiln_train::TrainConfig::load(&run.config()).unwrap();
+    let preprocess = Model::builder().open(model).unwrap().preprocess().cloned().unwrap();
+    let images = kiln_train::tasks::split_images(&config, kiln_train::data::Split::Val).unwrap();
+    let mut out = Vec::new();
+    for (path, _) in images.iter().take(n) {
+        let image = kiln_infer::preprocess::decode_rgb(path).unwrap();
+        let mut t = vec![0.0; preprocess.tensor_len()];
+        preprocess.apply(&image, &mut t);
+        out.extend(t);
+    }
+    out
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn static_int8_agrees_with_fp32_is_small_and_runs_on_both_runtimes() {
+    let (dir, run) = classifier_run();
+    let out = dir.path().join("static").join("best-int8.onnx");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let request = Int8Request { images: 32, ..Int8Request::default() };
+    let options =
+        ExportOptions { out: Some(out.clone()), dynamic_batch: true, int8: Some(request), ..Default::default() };
+    let report = export_run(run, &options).unwrap();
+    let int8 = report.int8.as_ref().unwrap();
+    assert_eq!(report.metadata.precision, "int8");
+    let q = report.metadata.quantization.as_ref().unwrap();
+    assert_eq!((q.mode.as_str(), q.per_channel), ("static", true));
+    assert_eq!(q.calibration.as_ref().unwrap().images, 32);
+    assert_eq!(int8.calibration_images, 32);
+    // convnext_atto's pointwise MLPs are 1x1 convolutions (timm's conv_mlp variants) and its only MatMul is the
+    // rank-2 head, kept float: the linear-only plan changes nothing and is not timed; the other three are.
+    assert_eq!(int8.plans.len(), 3, "{:?}", int8.plans);
+    let chosen: Vec<String> = q.families.clone();
+    assert!(!chosen.is_empty());
+    // The comparison: fp32, fp16, int8 on the 90 val images.
+    let c = int8.comparison.as_ref().unwrap();
+    assert_eq!(c.val_images, 90);
+    let [fp32, fp16, int8_row] = [&c.rows[0], &c.rows[1], &c.rows[2]];
+    assert_eq!(
+        (fp32.precision.as_str(), fp16.precision.as_str(), int8_row.precision.as_str()),
+        ("fp32", "fp16", "int8")
+    );
+    let agreement = int8_row.argmax_agreement.unwrap();
+    assert!(agreement >= 0.98, "int8 agrees with fp32 on {agreement} of val");
+    assert!(int8_row.bytes as f64 <= 0.30 * fp32.bytes as f64, "{} vs {} bytes", int8_row.bytes, fp32.bytes);
+    assert!((fp32.metric.unwrap() - int8_row.metric.unwrap()).abs() <= 0.03, "{:?} {:?}", fp32.metric, int8_row.metric);
+    assert_eq!(int8_row.latency.len(), 4, "ort-cpu and tract at batch 1 and 8");
+    assert!(int8_row.latency.iter().all(|l| l.ms.is_some()), "{:?}", int8_row.latency);
+    assert!(dir.path().join("static/best-int8.comparison.json").is_file());
+    assert_eq!(
+        files_in(out.parent().unwrap()),
+        ["best-fp16.onnx", "best-int8.comparison.json", "best-int8.onnx", "best.onnx"]
+    );
+    // ONNX Runtime (int8 kernels) and tract (the QDQ graph in float) agree on the int8 model.
+    let input = val_batch(run, &out, 8);
+    let ort = run_on(&out, Backend::default(), &input, 8);
+    let tract = run_on(&out, Backend::Tract, &input, 8);
+    let probs = 1;
+    assert!(max_diff(&ort[probs], &tract[probs]) < 0.02, "probs differ by {}", max_diff(&ort[probs], &tract[probs]));
+    let fp32_probs = run_on(&dir.path().join("static/best.onnx"), Backend::default(), &input, 8);
+    assert!(max_diff(&ort[probs], &fp32_probs[probs]) < 0.1);
+}
+
+#[test]
+fn named_families_and_dynamic_int8() {
+    let (dir, run) = classifier_run();
+    let sub = dir.path().join("named");
+    std::fs::create_dir_all(&sub).unwrap();
+    // Only the dense convolutions, per tensor, no comparison: one model file, no plan timing.
+    let request = Int8Request {
+        families: Some([OpFamily::Conv].into()),
+        per_channel: false,
+        compare: false,
+        images: 8,
+        method: kiln_train::int8::CalibMethod::Percentile { percentile: 99.99 },
+        ..Int8Request::default()
+    };
+    let out = sub.join("conv.onnx");
+    let report =
+        export_run(run, &ExportOptions { out: Some(out.clone()), int8: Some(request), ..Default::default() }).unwrap();
+    let int8 = report.int8.unwrap();
+    assert!(int8.plans.is_empty() && int8.comparison.is_none());
+    assert_eq!(int8.summary.quantized.keys().collect::<Vec<_>>(), ["conv"]);
+    assert_eq!(report.metadata.quantization.unwrap().calibration.unwrap().method, "percentile:99.99");
+    assert_eq!(files_in(&sub), ["conv.onnx"]);
+    // Dynamic: the linear layers (atto's one MatMul, its head), no calibration.
+    let request = Int8Request { mode: Int8Mode::Dynamic, compare: false, ..Int8Request::default() };
+    let dynamic = sub.join("dynamic.onnx");
+    let report =
+        export_run(run, &ExportOptions { out: Some(dynamic.clone()), int8: Some(request), ..Default::default() })
+            .unwrap();
+    let q = report.metadata.quantization.unwrap();
+    assert_eq!((q.mode.as_str(), q.calibration), ("dynamic", None));
+    assert_eq!(report.int8.unwrap().summary.quantized["linear"], 1);
+    let fp32 = sub.join("fp32.onnx");
+    export_run(run, &ExportOptions { out: Some(fp32.clone()), ..Default::default() }).unwrap();
+    let input = val_batch(run, &fp32, 1);
+    let reference = run_on(&fp32, Backend::default(), &input, 1);
+    for model in [&out, &dynamic] {
+        let got = run_on(model, Backend::default(), &input, 1);
+        assert!(max_diff(&got[1], &reference[1]) < 0.1, "{}: {}", model.display(), max_diff(&got[1], &reference[1]));
+    }
+}
+
+#[test]
+fn bad_calibration_input_is_a_clear_error_and_writes_nothing() {
+    let (dir, run) = classifier_run();
+    let weights = run.path.join("weights");
+    let before = files_in(&weights);
+    let export = |request: Int8Request, half: bool| {
+        export_run(run, &ExportOptions { int8: Some(request), half, ..Default::default() }).unwrap_err().to_string()
+    };
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = export(Int8Request { source: CalibSource::Folder(empty.clone()), ..Int8Request::default() }, false);
+    assert!(err.contains(&empty.display().to_string()) && err.contains("no images"), "{err}");
+    let missing = dir.path().join("missing");
+    let err = export(Int8Request { source: CalibSource::Folder(missing.clone()), ..Int8Request::default() }, false);
+    assert!(err.contains("missing") && err.contains("does not exist"), "{err}");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    common::write_truncated_png(&broken.join("a.png"));
+    std::fs::write(broken.join("b.jpg"), b"not a jpeg").unwrap();
+    let err = export(Int8Request { source: CalibSource::Folder(broken.clone()), ..Int8Request::default() }, false);
+    assert!(err.contains("broken") && err.contains("no readable calibration image (2 unreadable)"), "{err}");
+    let err = export(Int8Request::default(), true);
+    assert!(err.contains("--int8 and --half"), "{err}");
+    assert_eq!(files_in(&weights), before, "nothing written, no temporary left");
+}

@@ -1,0 +1,254 @@
+//! `kiln export onnx --int8 static|dynamic`: an int8 model made from the run's float export, for any task.
+//!
+//! Static: calibration images ([`calibrate`]) run through the float graph on ONNX Runtime, their activation
+//! statistics give the ranges, and kiln-export writes the QDQ graph. Which op families are computed in int8 is
+//! decided by measuring on this CPU at the model's size (unless `--int8-ops` names them): the candidate plans are
+//! timed at batch 1 and the fastest is kept, since a plan that is faster on one CPU (or model size) can be slower
+//! on another. Dynamic: linear layers only, no calibration.
+//!
+//! With the comparison on (the default) the fp32 and fp16 models are written beside the int8 one and
+//! [`compare`] measures all three: size, the task's metric and agreement with fp32 on the val split, latency.
+
+pub mod calibrate;
+pub mod compare;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use kiln_export::quantize::{observation_points, quantize_dynamic, quantize_static, StaticOptions};
+pub use kiln_export::quantize::{CalibMethod, OpFamily, QuantSummary};
+use kiln_export::{CalibrationInfo, ModelMetadata, QuantizationInfo, METADATA_KEY};
+use serde::Serialize;
+
+use crate::config::TrainConfig;
+use crate::data::Split;
+use crate::export::{ExportOptions, ExportReport};
+use crate::fsutil::write_atomic;
+use crate::{Error, Result};
+
+/// Static (calibrated activation ranges) or dynamic (ranges measured at run time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Mode {
+    Static,
+    Dynamic,
+}
+
+impl Int8Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Dynamic => "dynamic",
+        }
+    }
+}
+
+impl std::str::FromStr for Int8Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "static" => Ok(Self::Static),
+            "dynamic" => Ok(Self::Dynamic),
+            other => Err(format!("'{other}': expected static or dynamic")),
+        }
+    }
+}
+
+/// Where calibration images come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CalibSource {
+    /// Every image under a folder (recursively).
+    Folder(PathBuf),
+    /// A split of the run's own dataset.
+    Split(Split),
+}
+
+/// What `--int8` asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Request {
+    pub mode: Int8Mode,
+    pub source: CalibSource,
+    /// At most this many calibration images, spread evenly over the source.
+    pub images: usize,
+    pub method: CalibMethod,
+    pub per_channel: bool,
+    /// The op families to compute in int8; `None` times the candidate plans on this CPU and keeps the fastest.
+    pub families: Option<BTreeSet<OpFamily>>,
+    /// Also write fp32 and fp16 and compare the three (`<out>.comparison.json`).
+    pub compare: bool,
+}
+
+impl Default for Int8Request {
+    fn default() -> Self {
+        Self {
+            mode: Int8Mode::Static,
+            source: CalibSource::Split(Split::Val),
+            images: 64,
+            method: CalibMethod::MinMax,
+            per_channel: true,
+            families: None,
+            compare: true,
+        }
+    }
+}
+
+/// The plans `auto` measures: the pointwise layers alone, with the dense convolutions, with the depthwise ones too,
+/// and the convolutions without the pointwise layers.
+pub fn candidate_plans() -> Vec<BTreeSet<OpFamily>> {
+    use OpFamily::*;
+    vec![[Linear].into(), [Linear, Conv].into(), [Linear, Conv, Depthwise].into(), [Conv, Depthwise].into()]
+}
+
+/// One plan's latency while choosing.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanTiming {
+    pub families: Vec<String>,
+    pub ms: f64,
+}
+
+/// What an int8 export did besides writing the model.
+#[derive(Clone, Debug, Serialize)]
+pub struct Int8Report {
+    pub summary: QuantSummary,
+    /// fp32 at batch 1 while choosing the plan (ONNX Runtime, one thread), and each plan measured.
+    pub fp32_ms: Option<f64>,
+    pub plans: Vec<PlanTiming>,
+    pub calibration_images: usize,
+    pub calibration_skipped: usize,
+    /// The fp32 and fp16 models written beside it for the comparison.
+    pub references: Vec<PathBuf>,
+    pub comparison: Option<compare::Comparison>,
+    pub comparison_path: Option<PathBuf>,
+}
+
+/// Builds the float graph for given options (a task's exporter), so that the int8 flow can ask for fp32 and fp16.
+pub type BuildGraph<'a> = dyn Fn(&ExportOptions) -> Result<(Vec<u8>, ModelMetadata, usize)> + 'a;
+
+/// The fp32 and fp16 reference files for an int8 export to `out`: `<checkpoint>.onnx` and
+/// `<checkpoint>-fp16.onnx` in the same folder.
+pub fn reference_paths(out: &Path, checkpoint: &Path) -> [PathBuf; 2] {
+    let stem = checkpoint.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    [out.with_file_name(format!("{stem}.onnx")), out.with_file_name(format!("{stem}-fp16.onnx"))]
+}
+
+/// The int8 export of a run: see the module documentation. Nothing is written until the int8 model is built.
+pub fn export(
+    config: &TrainConfig,
+    options: &ExportOptions,
+    request: &Int8Request,
+    checkpoint: &Path,
+    out: &Path,
+    build: &BuildGraph<'_>,
+) -> Result<ExportReport> {
+    let fp32_options = ExportOptions { half: false, half_io: false, int8: None, ..options.clone() };
+    let (fp32_bytes, fp32_meta, _) = build(&fp32_options)?;
+    let model = kiln_export::from_bytes(&fp32_bytes)?;
+    let scratch = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let (mut quantized, summary, plans, fp32_ms, calibration, used, skipped) = match request.mode {
+        Int8Mode::Dynamic => {
+            let (q, summary) = quantize_dynamic(&model, request.per_channel)?;
+            (q, summary, Vec::new(), None, None, 0, 0)
+        }
+        Int8Mode::Static => {
+            let (images, source) = calibrate::calibration_images(&request.source, request.images, config)?;
+            let all: BTreeSet<OpFamily> = OpFamily::ALL.into_iter().collect();
+            let points = observation_points(&model, &all);
+            let preprocess = kiln_infer::Preprocess::from_metadata(&fp32_meta)
+                .map_err(|e| Error::Int8 { path: out.into(), reason: e.to_string() })?;
+            let calib = calibrate::collect(&model, &points, &images, &preprocess, &scratch, &source)?;
+            let plans_to_try = match &request.families {
+                Some(f) => vec![f.clone()],
+                None => candidate_plans(),
+            };
+            let mut built = Vec::new();
+            for families in plans_to_try {
+                let static_options = StaticOptions {
+                    families: families.clone(),
+                    method: request.method,
+                    per_channel: request.per_channel,
+                };
+                let (q, summary) = quantize_static(&model, &calib.stats, &static_options)?;
+                if summary.quantized.is_empty() && request.families.is_none() {
+                    continue;
+                }
+                built.push((families, q, summary));
+            }
+            let (mut timings, mut fp32_ms) = (Vec::new(), None);
+            let chosen = if built.len() > 1 {
+                let probe = calib.first_input.as_deref().unwrap_or_default();
+                fp32_ms = Some(compare::time_bytes(&fp32_bytes, &scratch, probe, fp32_meta_batch(&fp32_meta))?);
+                let mut best = 0;
+                for (i, (families, q, _)) in built.iter().enumerate() {
+                    let ms =
+                        compare::time_bytes(&kiln_export::to_bytes(q)?, &scratch, probe, fp32_meta_batch(&fp32_meta))?;
+                    timings.push(PlanTiming { families: families.iter().map(|f| f.name().to_string()).collect(), ms });
+                    if ms < timings[best].ms {
+                        best = i;
+                    }
+                }
+                best
+            } else {
+                0
+            };
+            let (families, q, summary) = built.swap_remove(chosen);
+            let _ = families;
+            let info = CalibrationInfo { method: request.method.name(), images: calib.used, source };
+            (q, summary, timings, fp32_ms, Some(info), calib.used, calib.skipped)
+        }
+    };
+    let mut metadata = fp32_meta.clone();
+    metadata.precision = "int8".into();
+    metadata.quantization = Some(QuantizationInfo {
+        mode: request.mode.name().into(),
+        families: summary.quantized.keys().cloned().collect(),
+        per_channel: request.per_channel,
+        calibration,
+    });
+    set_metadata(&mut quantized, &metadata);
+    let bytes = kiln_export::to_bytes(&quantized)?;
+    write_atomic(out, &bytes)?;
+    let nodes = quantized.graph.node.len();
+    let mut report = Int8Report {
+        summary,
+        fp32_ms,
+        plans,
+        calibration_images: used,
+        calibration_skipped: skipped,
+        references: Vec::new(),
+        comparison: None,
+        comparison_path: None,
+    };
+    if request.compare {
+        let [fp32_path, fp16_path] = reference_paths(out, checkpoint);
+        let (fp16_bytes, _, _) = build(&ExportOptions { half: true, half_io: false, int8: None, ..options.clone() })?;
+        write_atomic(&fp32_path, &fp32_bytes)?;
+        write_atomic(&fp16_path, &fp16_bytes)?;
+        report.references = vec![fp32_path.clone(), fp16_path.clone()];
+        let models = [("fp32", fp32_path.as_path()), ("fp16", fp16_path.as_path()), ("int8", out)];
+        let comparison = compare::compare(config, &models)?;
+        let json_path = out.with_extension("comparison.json");
+        let json = serde_json::to_string_pretty(&serde_json::json!({ "comparison": &comparison, "int8": &report }))
+            .map_err(|e| Error::Int8 { path: json_path.clone(), reason: e.to_string() })?;
+        write_atomic(&json_path, json.as_bytes())?;
+        report.comparison = Some(comparison);
+        report.comparison_path = Some(json_path);
+    }
+    Ok(ExportReport { path: out.to_path_buf(), bytes: bytes.len(), nodes, metadata, int8: Some(report) })
+}
+
+/// The batch the model is timed at while choosing a plan: its fixed batch, else 1.
+fn fp32_meta_batch(meta: &ModelMetadata) -> usize {
+    meta.input.shape.first().copied().flatten().unwrap_or(1) as usize
+}
+
+/// Replaces the model's kiln metadata entry.
+fn set_metadata(model: &mut kiln_export::proto::ModelProto, metadata: &ModelMetadata) {
+    match model.metadata_props.iter_mut().find(|p| p.key == METADATA_KEY) {
+        Some(p) => p.value = metadata.to_json(),
+        None => {
+            let mut p = kiln_export::proto::StringStringEntryProto::new();
+            p.key = METADATA_KEY.into();
+            p.value = metadata.to_json();
+            model.metadata_props.push(p);
+        }
+    }
+}
