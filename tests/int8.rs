@@ -172,3 +172,128 @@ fn bad_calibration_input_is_a_clear_error_and_writes_nothing() {
     assert!(err.contains("--int8 and --half"), "{err}");
     assert_eq!(files_in(&weights), before, "nothing written, no temporary left");
 }
+
+/// Static and dynamic int8 of a run of another task: the models load, their outputs stay close to fp32's, and
+/// the static comparison covers them (no task metric yet: agreement and latency).
+fn other_task_int8(config: kiln_train::TrainConfig, dir: &Path, scale_of: &str, tolerance: f32) {
+    let run = {
+        let _serial = common::one_training_at_a_time();
+        match config.task {
+            kiln_train::config::TaskKind::Detect => kiln_train::detect::train(&config).unwrap().run,
+            _ => kiln_train::ocr::train(&config).unwrap().run,
+        }
+    };
+    let out = dir.join("int8.onnx");
+    let request = Int8Request { images: 8, ..Int8Request::default() };
+    let report =
+        export_run(&run, &ExportOptions { out: Some(out.clone()), int8: Some(request), ..Default::default() }).unwrap();
+    let int8 = report.int8.unwrap();
+    assert!(!int8.summary.quantized.is_empty(), "{:?}", int8.summary);
+    let c = int8.comparison.unwrap();
+    let last = c.rows.last().unwrap();
+    assert_eq!(c.rows.len(), if int8.fp16_unavailable.is_some() { 2 } else { 3 });
+    assert!(last.precision == "int8" && last.metric.is_none() && last.max_abs_diff.contains_key(scale_of));
+    let dynamic = dir.join("dynamic.onnx");
+    let request = Int8Request { mode: Int8Mode::Dynamic, compare: false, ..Int8Request::default() };
+    export_run(&run, &ExportOptions { out: Some(dynamic.clone()), int8: Some(request), ..Default::default() }).unwrap();
+    let fp32 = dir.join("best.onnx");
+    let input = val_batch(&run, &fp32, 1);
+    let reference = run_on(&fp32, Backend::default(), &input, 1);
+    let names: Vec<String> = Model::builder().open(&fp32).unwrap().outputs().iter().map(|o| o.name.clone()).collect();
+    let k = names.iter().position(|n| n == scale_of).unwrap();
+    for model in [&out, &dynamic] {
+        let got = run_on(model, Backend::default(), &input, 1);
+        let diff = max_diff(&got[k], &reference[k]);
+        assert!(diff < tolerance, "{} {scale_of}: {diff}", model.display());
+    }
+    // tract runs the QDQ graph as written and agrees with ONNX Runtime's int8 kernels.
+    let ort = run_on(&out, Backend::default(), &input, 1);
+    let tract = run_on(&out, Backend::Tract, &input, 1);
+    assert!(max_diff(&ort[k], &tract[k]) < tolerance / 2.0);
+}
+
+#[test]
+fn a_detector_exports_to_int8() {
+    use kiln_train::detect::synthetic::{generate_scenes, ScenesSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("scenes");
+    generate_scenes(&data, &ScenesSpec { classes: 2, images: (16, 6, 0), size: (96, 64), ..Default::default() })
+        .unwrap();
+    let config = kiln_train::TrainConfig {
+        task: kiln_train::config::TaskKind::Detect,
+        data,
+        model: "convnext_atto".into(),
+        epochs: 1,
+        batch: 8,
+        img_size: 64,
+        workers: 1,
+        device: "cpu".into(),
+        project: dir.path().join("runs"),
+        ..kiln_train::TrainConfig::default()
+    };
+    // Scores are probabilities: int8 moves them by well under 0.1.
+    other_task_int8(config, dir.path(), "scores", 0.1);
+}
+
+#[test]
+fn a_text_recognizer_exports_to_int8() {
+    use kiln_train::ocr::synthetic::{write_text_lines, TextLinesSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lines");
+    write_text_lines(&data, &TextLinesSpec { lines: (48, 16, 16), length: (2, 5), ..TextLinesSpec::default() })
+        .unwrap();
+    let mut config = kiln_train::TrainConfig {
+        task: kiln_train::config::TaskKind::Ocr,
+        data,
+        model: "convnext_atto".into(),
+        epochs: 1,
+        batch: 16,
+        workers: 1,
+        device: "cpu".into(),
+        project: dir.path().join("runs"),
+        ..kiln_train::TrainConfig::default()
+    };
+    config.ocr.charset = "0-9".into();
+    config.ocr.height = 32;
+    config.ocr.width = 96;
+    config.ocr.dims = Some(vec![16, 24, 32, 48]);
+    config.ocr.depths = Some(vec![1, 1, 1, 1]);
+    config.ocr.lstm_hidden = 32;
+    // Per-frame probabilities. (No fp16 export for the LSTM: the comparison has fp32 and int8.)
+    other_task_int8(config, dir.path(), "probs", 0.1);
+}
+
+#[test]
+fn the_cli_exports_int8_and_bench_reports_its_precision() {
+    let (dir, run) = classifier_run();
+    let run_arg = run.path.to_string_lossy().into_owned();
+    let out = dir.path().join("cli-int8.onnx");
+    let out_arg = out.to_string_lossy().into_owned();
+    let args = ["export", "onnx", "--run", &run_arg, "--out", &out_arg, "--int8", "static"];
+    let refused = common::kiln(&[&args[..], &["--half"]].concat(), dir.path());
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--half"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let bad = common::kiln(&[&args[..], &["--calib-method", "kl"]].concat(), dir.path());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--calib-method 'kl'"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let bad = common::kiln(&[&args[..], &["--int8-ops", "linear,gemm"]].concat(), dir.path());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("'gemm'"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(!out.exists());
+    let done = common::kiln(
+        &[&args[..], &["--calib-images", "4", "--int8-ops", "conv,depthwise", "--no-compare"]].concat(),
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{}{}", stdout, String::from_utf8_lossy(&done.stderr));
+    assert!(stdout.contains("int8, opset 17") && stdout.contains("calibrated on 4 images"), "{stdout}");
+    let bench = common::kiln(&["bench", "--model", &out_arg, "--backends", "ort-cpu", "--iters", "2"], dir.path());
+    let stdout = String::from_utf8_lossy(&bench.stdout);
+    assert!(stdout.contains("precision: int8 static (conv, depthwise; minmax on 4 images)"), "{stdout}");
+}

@@ -147,6 +147,22 @@ impl ModelMetadata {
         serde_json::from_str(json).map_err(|e| Error::Metadata(e.to_string()))
     }
 
+    /// The precision in words: `fp32`, `fp16`, or for int8 its mode, families and calibration
+    /// (`int8 static (conv, linear; minmax on 64 images)`).
+    pub fn precision_description(&self) -> String {
+        match &self.quantization {
+            None => self.precision.clone(),
+            Some(q) => {
+                let calibration = q
+                    .calibration
+                    .as_ref()
+                    .map(|c| format!("; {} on {} images", c.method, c.images))
+                    .unwrap_or_default();
+                format!("{} {} ({}{calibration})", self.precision, q.mode, q.families.join(", "))
+            }
+        }
+    }
+
     /// Reads the metadata of a parsed model, if it has kiln's.
     pub fn from_model(model: &onnx_protobuf::ModelProto) -> Result<Option<Self>> {
         model.metadata_props.iter().find(|p| p.key == METADATA_KEY).map(|p| Self::from_json(&p.value)).transpose()
@@ -196,6 +212,22 @@ mod tests {
     fn json_round_trip() {
         let m = example();
         assert_eq!(ModelMetadata::from_json(&m.to_json()).unwrap(), m);
+        assert!(!m.to_json().contains("quantization"), "absent for float models");
+    }
+
+    #[test]
+    fn int8_metadata_round_trips_and_describes_itself() {
+        let mut m = example();
+        assert_eq!(m.precision_description(), "fp32");
+        m.precision = "int8".into();
+        m.quantization = Some(QuantizationInfo {
+            mode: "static".into(),
+            families: vec!["conv".into(), "linear".into()],
+            per_channel: true,
+            calibration: Some(CalibrationInfo { method: "minmax".into(), images: 64, source: "val".into() }),
+        });
+        assert_eq!(ModelMetadata::from_json(&m.to_json()).unwrap(), m);
+        assert_eq!(m.precision_description(), "int8 static (conv, linear; minmax on 64 images)");
     }
 
     #[test]

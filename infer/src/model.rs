@@ -291,6 +291,11 @@ impl Model {
         self.metadata.as_ref()
     }
 
+    /// The model's precision from its metadata (`fp32`, `fp16`, `int8 static (…)`), or `unknown` without kiln's.
+    pub fn precision(&self) -> String {
+        self.metadata.as_ref().map_or_else(|| "unknown".into(), ModelMetadata::precision_description)
+    }
+
     /// The preprocessing from the metadata or from [`ModelBuilder::raw`].
     pub fn preprocess(&self) -> Option<&Preprocess> {
         self.preprocess.as_ref()

@@ -61,6 +61,8 @@ pub struct BenchRow {
     pub p90_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub images_per_second: Option<f64>,
+    /// The model's precision from its metadata (`fp32`, `fp16`, `int8 static (…)`); empty when it did not load.
+    pub precision: String,
 }
 
 fn unavailable(backend: &Backend, batch: usize, reason: String) -> BenchRow {
@@ -76,6 +78,7 @@ fn unavailable(backend: &Backend, batch: usize, reason: String) -> BenchRow {
         p90_ms: None,
         p99_ms: None,
         images_per_second: None,
+        precision: String::new(),
     }
 }
 
@@ -160,12 +163,16 @@ fn bench_one(args: &BenchArgs, backend: &Backend) -> Vec<BenchRow> {
             p90_ms: Some(percentile(&times, 0.9)),
             p99_ms: Some(percentile(&times, 0.99)),
             images_per_second: Some(batch as f64 * 1e3 / mean),
+            precision: model.precision(),
         });
     }
     rows
 }
 
 pub fn print_table(rows: &[BenchRow]) {
+    if let Some(row) = rows.iter().find(|r| !r.precision.is_empty()) {
+        println!("precision: {}", row.precision);
+    }
     println!(
         "| backend | batch | EP in use | load ms | first run ms | mean ms | p50 ms | p90 ms | p99 ms | images/s |"
     );

@@ -182,6 +182,9 @@ fn print_int8(report: &kiln_train::int8::Int8Report) {
             println!("{} on {} b{}: {}", r.precision, l.backend, l.batch, l.status);
         }
     }
+    if let Some(reason) = &report.fp16_unavailable {
+        println!("no fp16 row: {reason}");
+    }
     if let Some(p) = &report.comparison_path {
         println!("wrote {}", p.display());
     }

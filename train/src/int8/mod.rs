@@ -116,6 +116,8 @@ pub struct Int8Report {
     pub calibration_skipped: usize,
     /// The fp32 and fp16 models written beside it for the comparison.
     pub references: Vec<PathBuf>,
+    /// Why there is no fp16 model to compare, for a task that cannot export one.
+    pub fp16_unavailable: Option<String>,
     pub comparison: Option<compare::Comparison>,
     pub comparison_path: Option<PathBuf>,
 }
@@ -214,16 +216,28 @@ pub fn export(
         calibration_images: used,
         calibration_skipped: skipped,
         references: Vec::new(),
+        fp16_unavailable: None,
         comparison: None,
         comparison_path: None,
     };
     if request.compare {
         let [fp32_path, fp16_path] = reference_paths(out, checkpoint);
-        let (fp16_bytes, _, _) = build(&ExportOptions { half: true, half_io: false, int8: None, ..options.clone() })?;
         write_atomic(&fp32_path, &fp32_bytes)?;
-        write_atomic(&fp16_path, &fp16_bytes)?;
-        report.references = vec![fp32_path.clone(), fp16_path.clone()];
-        let models = [("fp32", fp32_path.as_path()), ("fp16", fp16_path.as_path()), ("int8", out)];
+        report.references = vec![fp32_path.clone()];
+        // A task without an fp16 export (the text recognizer's LSTM) is compared without it.
+        match build(&ExportOptions { half: true, half_io: false, int8: None, ..options.clone() }) {
+            Ok((fp16_bytes, _, _)) => {
+                write_atomic(&fp16_path, &fp16_bytes)?;
+                report.references.push(fp16_path.clone());
+            }
+            Err(Error::InvalidSetting { key, reason }) if key == "half" => report.fp16_unavailable = Some(reason),
+            Err(e) => return Err(e),
+        }
+        let mut models = vec![("fp32", fp32_path.as_path())];
+        if report.references.len() == 2 {
+            models.push(("fp16", fp16_path.as_path()));
+        }
+        models.push(("int8", out));
         let comparison = compare::compare(config, &models)?;
         let json_path = out.with_extension("comparison.json");
         let json = serde_json::to_string_pretty(&serde_json::json!({ "comparison": &comparison, "int8": &report }))
