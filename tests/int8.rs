@@ -297,3 +297,32 @@ fn the_cli_exports_int8_and_bench_reports_its_precision() {
     let stdout = String::from_utf8_lossy(&bench.stdout);
     assert!(stdout.contains("precision: int8 static (conv, depthwise; minmax on 4 images)"), "{stdout}");
 }
+
+#[test]
+fn an_exported_file_quantizes_from_a_folder_and_one_without_kiln_metadata_is_refused() {
+    use kiln_train::int8::quantize_file;
+    let (dir, run) = classifier_run();
+    let sub = dir.path().join("file");
+    std::fs::create_dir_all(&sub).unwrap();
+    let fp32 = sub.join("model.onnx");
+    export_run(run, &ExportOptions { out: Some(fp32.clone()), ..Default::default() }).unwrap();
+    let calib = kiln_train::TrainConfig::load(&run.config()).unwrap().data.join("val");
+    let folder = Int8Request { source: CalibSource::Folder(calib.clone()), images: 8, ..Int8Request::default() };
+    let report = quantize_file(&fp32, &folder, &sub.join("model-int8.onnx")).unwrap();
+    assert_eq!(report.metadata.precision, "int8");
+    assert_eq!(report.int8.unwrap().calibration_images, 8);
+    // A split needs the run.
+    let err = quantize_file(&fp32, &Int8Request::default(), &sub.join("x.onnx")).unwrap_err().to_string();
+    assert!(err.contains("--calib DIR"), "{err}");
+    // The same graph without kiln's metadata: calibration would not know the preprocessing.
+    let mut bare = kiln_export::from_bytes(&std::fs::read(&fp32).unwrap()).unwrap();
+    bare.metadata_props.clear();
+    let bare_path = sub.join("bare.onnx");
+    std::fs::write(&bare_path, kiln_export::to_bytes(&bare).unwrap()).unwrap();
+    let err = quantize_file(&bare_path, &folder, &sub.join("bare-int8.onnx")).unwrap_err().to_string();
+    assert!(err.contains("bare.onnx") && err.contains("no kiln metadata"), "{err}");
+    // An int8 model is not quantized again.
+    let err = quantize_file(&sub.join("model-int8.onnx"), &folder, &sub.join("twice.onnx")).unwrap_err().to_string();
+    assert!(err.contains("the model is int8"), "{err}");
+    assert_eq!(files_in(&sub), ["bare.onnx", "model-int8.onnx", "model.onnx"]);
+}

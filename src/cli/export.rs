@@ -17,8 +17,11 @@ pub enum ExportFormat {
 #[derive(Args, Debug)]
 pub struct OnnxArgs {
     /// The run directory (runs/classify/NAME, runs/detect/NAME).
-    #[arg(long, value_name = "DIR")]
-    pub run: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "model")]
+    pub run: Option<PathBuf>,
+    /// With --int8: quantize this exported fp32 model instead of a run's checkpoint (calibration needs --calib).
+    #[arg(long, value_name = "FILE.onnx", conflicts_with = "run", requires = "int8")]
+    pub model: Option<PathBuf>,
     /// Output file (default: RUN/weights/<checkpoint>[-fp16].onnx).
     #[arg(long, value_name = "FILE.onnx")]
     pub out: Option<PathBuf>,
@@ -111,7 +114,20 @@ impl Int8Flags {
 
 pub fn run(format: ExportFormat) -> anyhow::Result<()> {
     let ExportFormat::Onnx(args) = format;
-    let run = RunDir::open(&args.run)?;
+    if let Some(model) = &args.model {
+        let request = args.int8.request()?.expect("clap requires --int8 with --model");
+        let out = args.out.clone().unwrap_or_else(|| {
+            let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            model.with_file_name(format!("{stem}-int8.onnx"))
+        });
+        let report = kiln_train::int8::quantize_file(model, &request, &out)?;
+        println!("quantized {} to {} ({:.1} MB)", model.display(), report.path.display(), report.bytes as f64 / 1e6);
+        if let Some(int8) = &report.int8 {
+            print_int8(int8);
+        }
+        return Ok(());
+    }
+    let run = RunDir::open(args.run.as_deref().expect("clap requires --run without --model"))?;
     let options = ExportOptions {
         which: args.checkpoint,
         out: args.out,
@@ -157,6 +173,9 @@ fn print_int8(report: &kiln_train::int8::Int8Report) {
         for p in &report.plans {
             println!("  {:<28} {:>8.2} ms  {:.2}x", p.families.join("+"), p.ms, fp32 / p.ms);
         }
+    }
+    if let Some(w) = &report.warning {
+        eprintln!("warning: {w}");
     }
     let Some(c) = &report.comparison else { return };
     println!("\ncomparison on {} val images ({}; latency: one thread, median):", c.val_images, c.metric_name);

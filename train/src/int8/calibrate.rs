@@ -14,7 +14,11 @@ use crate::{Error, Result};
 
 /// At most `limit` images from `source`, spread evenly over it (sorted by path, so the choice is repeatable), and
 /// a description of the source for the metadata. An empty source is an error naming it.
-pub fn calibration_images(source: &CalibSource, limit: usize, config: &TrainConfig) -> Result<(Vec<PathBuf>, String)> {
+pub fn calibration_images(
+    source: &CalibSource,
+    limit: usize,
+    config: Option<&TrainConfig>,
+) -> Result<(Vec<PathBuf>, String)> {
     let (all, described) = match source {
         CalibSource::Folder(dir) => {
             if !dir.is_dir() {
@@ -26,6 +30,10 @@ pub fn calibration_images(source: &CalibSource, limit: usize, config: &TrainConf
             (found, dir.display().to_string())
         }
         CalibSource::Split(split) => {
+            let config = config.ok_or_else(|| Error::InvalidSetting {
+                key: "calib-split".into(),
+                reason: "calibrating on a split needs the run; give a folder with --calib".into(),
+            })?;
             let images: Vec<PathBuf> =
                 crate::tasks::split_images(config, *split)?.into_iter().map(|(p, _)| p).collect();
             (images, format!("{} split of {}", split.name(), config.data.display()))
@@ -34,7 +42,7 @@ pub fn calibration_images(source: &CalibSource, limit: usize, config: &TrainConf
     if all.is_empty() {
         let path = match source {
             CalibSource::Folder(dir) => dir.clone(),
-            CalibSource::Split(_) => config.data.clone(),
+            CalibSource::Split(_) => config.map(|c| c.data.clone()).unwrap_or_default(),
         };
         return Err(Error::Int8 { path, reason: format!("no images to calibrate with ({described})") });
     }

@@ -120,6 +120,8 @@ pub struct Int8Report {
     pub fp16_unavailable: Option<String>,
     pub comparison: Option<compare::Comparison>,
     pub comparison_path: Option<PathBuf>,
+    /// Set when even the fastest plan ran slower than fp32 on this CPU (the model is still written).
+    pub warning: Option<String>,
 }
 
 /// Builds the float graph for given options (a task's exporter), so that the int8 flow can ask for fp32 and fp16.
@@ -130,6 +132,142 @@ pub type BuildGraph<'a> = dyn Fn(&ExportOptions) -> Result<(Vec<u8>, ModelMetada
 pub fn reference_paths(out: &Path, checkpoint: &Path) -> [PathBuf; 2] {
     let stem = checkpoint.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     [out.with_file_name(format!("{stem}.onnx")), out.with_file_name(format!("{stem}-fp16.onnx"))]
+}
+
+/// An int8 model made from a float one, with what it took.
+pub struct Quantized {
+    pub model: kiln_export::proto::ModelProto,
+    pub metadata: ModelMetadata,
+    pub report: Int8Report,
+}
+
+/// Quantizes the float `model` (whose kiln metadata is `fp32_meta`) as `request` asks. Calibration images from a
+/// split need the run's `config`; `scratch` is a folder for temporary models.
+pub fn quantize(
+    model: &kiln_export::proto::ModelProto,
+    fp32_meta: &ModelMetadata,
+    request: &Int8Request,
+    config: Option<&TrainConfig>,
+    scratch: &Path,
+) -> Result<Quantized> {
+    let (mut quantized, summary, plans, fp32_ms, calibration, used, skipped) = match request.mode {
+        Int8Mode::Dynamic => {
+            let (q, summary) = quantize_dynamic(model, request.per_channel)?;
+            (q, summary, Vec::new(), None, None, 0, 0)
+        }
+        Int8Mode::Static => {
+            let (images, source) = calibrate::calibration_images(&request.source, request.images, config)?;
+            let all: BTreeSet<OpFamily> = OpFamily::ALL.into_iter().collect();
+            let points = observation_points(model, &all);
+            let preprocess = kiln_infer::Preprocess::from_metadata(fp32_meta)
+                .map_err(|e| Error::Int8 { path: scratch.into(), reason: e.to_string() })?;
+            let calib = calibrate::collect(model, &points, &images, &preprocess, scratch, &source)?;
+            let plans_to_try = match &request.families {
+                Some(f) => vec![f.clone()],
+                None => candidate_plans(),
+            };
+            let mut built = Vec::new();
+            for families in plans_to_try {
+                let static_options = StaticOptions {
+                    families: families.clone(),
+                    method: request.method,
+                    per_channel: request.per_channel,
+                };
+                let (q, summary) = quantize_static(model, &calib.stats, &static_options)?;
+                if summary.quantized.is_empty() && request.families.is_none() {
+                    continue;
+                }
+                built.push((families, q, summary));
+            }
+            if built.is_empty() {
+                return Err(Error::Int8 {
+                    path: scratch.into(),
+                    reason: "the graph has no node kiln quantizes (linear, conv or depthwise)".into(),
+                });
+            }
+            let (mut timings, mut fp32_ms) = (Vec::new(), None);
+            let chosen = if built.len() > 1 {
+                let probe = calib.first_input.as_deref().unwrap_or_default();
+                let batch = fp32_meta_batch(fp32_meta);
+                fp32_ms = Some(compare::time_bytes(&kiln_export::to_bytes(model)?, scratch, probe, batch)?);
+                let mut best = 0;
+                for (i, (families, q, _)) in built.iter().enumerate() {
+                    let ms = compare::time_bytes(&kiln_export::to_bytes(q)?, scratch, probe, batch)?;
+                    timings.push(PlanTiming { families: families.iter().map(|f| f.name().to_string()).collect(), ms });
+                    if ms < timings[best].ms {
+                        best = i;
+                    }
+                }
+                best
+            } else {
+                0
+            };
+            let (_, q, summary) = built.swap_remove(chosen);
+            let info = CalibrationInfo { method: request.method.name(), images: calib.used, source };
+            (q, summary, timings, fp32_ms, Some(info), calib.used, calib.skipped)
+        }
+    };
+    let mut metadata = fp32_meta.clone();
+    metadata.precision = "int8".into();
+    metadata.quantization = Some(QuantizationInfo {
+        mode: request.mode.name().into(),
+        families: summary.quantized.keys().cloned().collect(),
+        per_channel: request.per_channel,
+        calibration,
+    });
+    set_metadata(&mut quantized, &metadata);
+    let report = Int8Report {
+        summary,
+        fp32_ms,
+        plans: plans.clone(),
+        calibration_images: used,
+        calibration_skipped: skipped,
+        references: Vec::new(),
+        fp16_unavailable: None,
+        comparison: None,
+        comparison_path: None,
+        warning: match (fp32_ms, plans.iter().map(|p| p.ms).min_by(f64::total_cmp)) {
+            (Some(fp32), Some(best)) if best > fp32 => Some(format!(
+                "every int8 plan ran slower than fp32 on this CPU (best {best:.2} ms, fp32 {fp32:.2} ms): deploy the fp32 model"
+            )),
+            _ => None,
+        },
+    };
+    Ok(Quantized { model: quantized, metadata, report })
+}
+
+/// Quantizes an exported float model file (one with kiln's metadata, which says how to preprocess calibration
+/// images; they come from a folder, since there is no run) and writes the int8 model to `out`.
+pub fn quantize_file(path: &Path, request: &Int8Request, out: &Path) -> Result<ExportReport> {
+    let file_err = |reason: String| Error::Int8 { path: path.to_path_buf(), reason };
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let model = kiln_export::from_bytes(&bytes).map_err(|e| file_err(format!("not an ONNX model ({e})")))?;
+    let meta = ModelMetadata::from_model(&model)
+        .map_err(|e| file_err(e.to_string()))?
+        .ok_or_else(|| file_err("the model has no kiln metadata, so kiln does not know how to preprocess calibration images; export it with kiln".into()))?;
+    if meta.precision != "fp32" {
+        return Err(file_err(format!("the model is {}, int8 is made from an fp32 model", meta.precision)));
+    }
+    if request.mode == Int8Mode::Static && !matches!(request.source, CalibSource::Folder(_)) {
+        return Err(file_err("quantizing a file needs --calib DIR (a split needs --run)".into()));
+    }
+    let scratch = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !scratch.is_dir() {
+        return Err(Error::Io {
+            path: out.into(),
+            source: std::io::Error::other("the output directory does not exist"),
+        });
+    }
+    let q = quantize(&model, &meta, request, None, scratch)?;
+    let bytes = kiln_export::to_bytes(&q.model)?;
+    write_atomic(out, &bytes)?;
+    Ok(ExportReport {
+        path: out.into(),
+        bytes: bytes.len(),
+        nodes: q.model.graph.node.len(),
+        metadata: q.metadata,
+        int8: Some(q.report),
+    })
 }
 
 /// The int8 export of a run: see the module documentation. Nothing is written until the int8 model is built.
@@ -145,81 +283,11 @@ pub fn export(
     let (fp32_bytes, fp32_meta, _) = build(&fp32_options)?;
     let model = kiln_export::from_bytes(&fp32_bytes)?;
     let scratch = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let (mut quantized, summary, plans, fp32_ms, calibration, used, skipped) = match request.mode {
-        Int8Mode::Dynamic => {
-            let (q, summary) = quantize_dynamic(&model, request.per_channel)?;
-            (q, summary, Vec::new(), None, None, 0, 0)
-        }
-        Int8Mode::Static => {
-            let (images, source) = calibrate::calibration_images(&request.source, request.images, config)?;
-            let all: BTreeSet<OpFamily> = OpFamily::ALL.into_iter().collect();
-            let points = observation_points(&model, &all);
-            let preprocess = kiln_infer::Preprocess::from_metadata(&fp32_meta)
-                .map_err(|e| Error::Int8 { path: out.into(), reason: e.to_string() })?;
-            let calib = calibrate::collect(&model, &points, &images, &preprocess, &scratch, &source)?;
-            let plans_to_try = match &request.families {
-                Some(f) => vec![f.clone()],
-                None => candidate_plans(),
-            };
-            let mut built = Vec::new();
-            for families in plans_to_try {
-                let static_options = StaticOptions {
-                    families: families.clone(),
-                    method: request.method,
-                    per_channel: request.per_channel,
-                };
-                let (q, summary) = quantize_static(&model, &calib.stats, &static_options)?;
-                if summary.quantized.is_empty() && request.families.is_none() {
-                    continue;
-                }
-                built.push((families, q, summary));
-            }
-            let (mut timings, mut fp32_ms) = (Vec::new(), None);
-            let chosen = if built.len() > 1 {
-                let probe = calib.first_input.as_deref().unwrap_or_default();
-                fp32_ms = Some(compare::time_bytes(&fp32_bytes, &scratch, probe, fp32_meta_batch(&fp32_meta))?);
-                let mut best = 0;
-                for (i, (families, q, _)) in built.iter().enumerate() {
-                    let ms =
-                        compare::time_bytes(&kiln_export::to_bytes(q)?, &scratch, probe, fp32_meta_batch(&fp32_meta))?;
-                    timings.push(PlanTiming { families: families.iter().map(|f| f.name().to_string()).collect(), ms });
-                    if ms < timings[best].ms {
-                        best = i;
-                    }
-                }
-                best
-            } else {
-                0
-            };
-            let (families, q, summary) = built.swap_remove(chosen);
-            let _ = families;
-            let info = CalibrationInfo { method: request.method.name(), images: calib.used, source };
-            (q, summary, timings, fp32_ms, Some(info), calib.used, calib.skipped)
-        }
-    };
-    let mut metadata = fp32_meta.clone();
-    metadata.precision = "int8".into();
-    metadata.quantization = Some(QuantizationInfo {
-        mode: request.mode.name().into(),
-        families: summary.quantized.keys().cloned().collect(),
-        per_channel: request.per_channel,
-        calibration,
-    });
-    set_metadata(&mut quantized, &metadata);
+    let Quantized { model: quantized, metadata, mut report } =
+        quantize(&model, &fp32_meta, request, Some(config), &scratch)?;
     let bytes = kiln_export::to_bytes(&quantized)?;
     write_atomic(out, &bytes)?;
     let nodes = quantized.graph.node.len();
-    let mut report = Int8Report {
-        summary,
-        fp32_ms,
-        plans,
-        calibration_images: used,
-        calibration_skipped: skipped,
-        references: Vec::new(),
-        fp16_unavailable: None,
-        comparison: None,
-        comparison_path: None,
-    };
     if request.compare {
         let [fp32_path, fp16_path] = reference_paths(out, checkpoint);
         write_atomic(&fp32_path, &fp32_bytes)?;
