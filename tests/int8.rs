@@ -174,8 +174,8 @@ fn bad_calibration_input_is_a_clear_error_and_writes_nothing() {
 }
 
 /// Static and dynamic int8 of a run of another task: the models load, their outputs stay close to fp32's, and
-/// the static comparison covers them (no task metric yet: agreement and latency).
-fn other_task_int8(config: kiln_train::TrainConfig, dir: &Path, scale_of: &str, tolerance: f32) {
+/// the static comparison covers them with the task's metric.
+fn other_task_int8(config: kiln_train::TrainConfig, dir: &Path, scale_of: &str, tolerance: f32, metric_tolerance: f64) {
     let run = {
         let _serial = common::one_training_at_a_time();
         match config.task {
@@ -192,7 +192,13 @@ fn other_task_int8(config: kiln_train::TrainConfig, dir: &Path, scale_of: &str, 
     let c = int8.comparison.unwrap();
     let last = c.rows.last().unwrap();
     assert_eq!(c.rows.len(), if int8.fp16_unavailable.is_some() { 2 } else { 3 });
-    assert!(last.precision == "int8" && last.metric.is_none() && last.max_abs_diff.contains_key(scale_of));
+    assert!(last.precision == "int8" && last.max_abs_diff.contains_key(scale_of));
+    // The task's metric, measured through kiln-infer on every model: mAP or CER, within [0, 1], close to fp32's.
+    // (These one-epoch runs score near the floor, mAP 0 and CER 0.98: this checks the measurement runs for every
+    // row; how close int8 stays is checked on the outputs below.)
+    let (fp32_metric, int8_metric) = (c.rows[0].metric.unwrap(), last.metric.unwrap());
+    assert!((0.0..=1.0).contains(&fp32_metric) && (0.0..=1.0).contains(&int8_metric), "{fp32_metric} {int8_metric}");
+    assert!((fp32_metric - int8_metric).abs() <= metric_tolerance, "{} {fp32_metric} vs {int8_metric}", c.metric_name);
     let dynamic = dir.join("dynamic.onnx");
     let request = Int8Request { mode: Int8Mode::Dynamic, compare: false, ..Int8Request::default() };
     export_run(&run, &ExportOptions { out: Some(dynamic.clone()), int8: Some(request), ..Default::default() }).unwrap();
@@ -232,7 +238,7 @@ fn a_detector_exports_to_int8() {
         ..kiln_train::TrainConfig::default()
     };
     // Scores are probabilities: int8 moves them by well under 0.1.
-    other_task_int8(config, dir.path(), "scores", 0.1);
+    other_task_int8(config, dir.path(), "scores", 0.1, 0.05);
 }
 
 #[test]
@@ -260,7 +266,7 @@ fn a_text_recognizer_exports_to_int8() {
     config.ocr.depths = Some(vec![1, 1, 1, 1]);
     config.ocr.lstm_hidden = 32;
     // Per-frame probabilities. (No fp16 export for the LSTM: the comparison has fp32 and int8.)
-    other_task_int8(config, dir.path(), "probs", 0.1);
+    other_task_int8(config, dir.path(), "probs", 0.1, 0.1);
 }
 
 #[test]

@@ -169,6 +169,41 @@ pub fn with_observed_outputs(model: &ModelProto, names: &[String]) -> ModelProto
     m
 }
 
+/// Nodes whose output reaches a graph output without passing another weighted layer (`Conv`, `MatMul`, `Gemm`,
+/// `LSTM`): the last layers, whose results are the model's predictions (class scores, box offsets,
+/// centerness). Returns node index → the output it reaches.
+pub fn last_layers(model: &ModelProto) -> HashMap<usize, String> {
+    let graph = &model.graph;
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        for input in &n.input {
+            readers.entry(input.as_str()).or_default().push(i);
+        }
+    }
+    let outputs: BTreeSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let weighted = |op: &str| matches!(op, "Conv" | "MatMul" | "Gemm" | "LSTM");
+    let mut last = HashMap::new();
+    for (i, n) in graph.node.iter().enumerate().filter(|(_, n)| weighted(&n.op_type)) {
+        let mut stack: Vec<&str> = n.output.iter().map(String::as_str).collect();
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        while let Some(t) = stack.pop() {
+            if !seen.insert(t) {
+                continue;
+            }
+            if outputs.contains(t) {
+                last.insert(i, t.to_string());
+                break;
+            }
+            for &r in readers.get(t).map(Vec::as_slice).unwrap_or_default() {
+                if !weighted(&graph.node[r].op_type) {
+                    stack.extend(graph.node[r].output.iter().map(String::as_str));
+                }
+            }
+        }
+    }
+    last
+}
+
 /// A float initializer's values and dimensions.
 pub(crate) fn weight_values(graph: &GraphProto, name: &str) -> Option<(Vec<f32>, Vec<usize>)> {
     let t = graph.initializer.iter().find(|t| t.name == name)?;

@@ -11,7 +11,8 @@
 //!   and `Q → DQ` on the output: ONNX Runtime's `QLinearConv`.
 //!
 //! An activation quantized for several consumers gets one pair; a convolution's output pair also serves as the
-//! next quantized node's input.
+//! next quantized node's input. A convolution whose output reaches a graph output without another weighted layer
+//! (a detector's class, box and centerness predictions) stays float: its result would be rounded to 8 bits.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -61,8 +62,13 @@ pub fn quantize_static(
     let mut before: BTreeMap<usize, Vec<NodeProto>> = BTreeMap::new();
     let mut after: BTreeMap<usize, Vec<NodeProto>> = BTreeMap::new();
     let mut bias_reshape: HashMap<String, usize> = HashMap::new();
+    let last = super::plan::last_layers(model);
     for c in &cands {
         let name = model.graph.node[c.node].name.clone();
+        if let (Some(output), OpFamily::Conv | OpFamily::Depthwise) = (last.get(&c.node), c.family) {
+            summary.kept_float.push((name, format!("the last layer before the output '{output}'")));
+            continue;
+        }
         let (input_q, rank) = range(&c.input)?;
         if c.family == OpFamily::Linear && rank < 3 {
             summary

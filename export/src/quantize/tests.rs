@@ -121,6 +121,32 @@ fn static_quantization_writes_qdq_around_the_chosen_nodes() {
 }
 
 #[test]
+fn a_convolution_that_makes_an_output_stays_float() {
+    // images -> conv -> conv -> scores: the second conv's result is the output.
+    let mut g = Graph::new(17, ElemType::F32).unwrap();
+    let x = g.input("images", ElemType::F32, &[Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(8), Dim::Fixed(8)]).unwrap();
+    let y = conv(&mut g, &x, "stem", 3, 8, 1);
+    let y = conv(&mut g, &y, "pred", 8, 4, 1);
+    let y = g.op("Sigmoid", &[&y], vec![]).unwrap();
+    g.output(&y, "scores", ElemType::F32, &[Dim::Fixed(1), Dim::Fixed(4), Dim::Fixed(8), Dim::Fixed(8)]).unwrap();
+    let m = g.into_model("det", &[]);
+    assert_eq!(plan::last_layers(&m).into_values().collect::<Vec<_>>(), ["scores"]);
+    let stats: HashMap<String, TensorStats> = observation_points(&m, &all())
+        .into_iter()
+        .map(|n| {
+            let mut s = TensorStats::default();
+            s.observe(&[-1.0, 2.0], 4);
+            (n, s)
+        })
+        .collect();
+    let options = StaticOptions { families: all(), method: CalibMethod::MinMax, per_channel: true };
+    let (_, summary) = quantize_static(&m, &stats, &options).unwrap();
+    assert_eq!(summary.quantized, [("conv".into(), 1)].into());
+    assert_eq!(summary.kept_float.len(), 1);
+    assert!(summary.kept_float[0].0.starts_with("pred") && summary.kept_float[0].1.contains("'scores'"));
+}
+
+#[test]
 fn per_tensor_weights_have_scalar_scales() {
     let m = small_model();
     let options = StaticOptions { families: [OpFamily::Conv].into(), method: CalibMethod::MinMax, per_channel: false };

@@ -36,7 +36,7 @@ pub struct ModelRow {
     pub precision: String,
     pub file: String,
     pub bytes: u64,
-    /// The task's metric on the val split (classification: top-1 accuracy; `None` where not measured).
+    /// The task's metric on the val split: top-1 accuracy, mAP@[.5:.95] or CER (see `Comparison::metric_name`).
     pub metric: Option<f64>,
     /// Share of val images whose top class equals fp32's (classification).
     pub argmax_agreement: Option<f64>,
@@ -160,6 +160,8 @@ pub fn compare(config: &TrainConfig, models: &[(&str, &Path)]) -> Result<Compari
         if classify && !outputs.is_empty() {
             let correct = outputs.iter().zip(&labels).filter(|(o, l)| Some(argmax(&o[0])) == **l).count();
             row.metric = Some(correct as f64 / outputs.len() as f64);
+        } else {
+            row.metric = super::task_metric::measure(config, path)?;
         }
         if let Some(reference) = &reference {
             for (k, name) in names.iter().enumerate() {
@@ -202,7 +204,7 @@ pub fn compare(config: &TrainConfig, models: &[(&str, &Path)]) -> Result<Compari
         rows.push(row);
     }
     Ok(Comparison {
-        metric_name: if classify { "top-1 accuracy".into() } else { "not measured for this task".into() },
+        metric_name: super::task_metric::metric_name(config.task).into(),
         val_images: tensors.len(),
         threads: 1,
         rows,

@@ -11,6 +11,7 @@
 
 pub mod calibrate;
 pub mod compare;
+pub mod task_metric;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
