@@ -252,19 +252,38 @@ mod tests {
         assert!(decode_rgb(&text).is_err());
     }
 
+    /// A JPEG of `image` carrying an EXIF orientation tag (an APP1 segment right after SOI, big-endian TIFF with
+    /// one IFD entry: tag 0x0112, SHORT, `orientation`).
+    fn jpeg_with_orientation(image: &RgbImage, orientation: u16) -> Vec<u8> {
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95).encode_image(image).unwrap();
+        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01".to_vec();
+        exif.extend(orientation.to_be_bytes());
+        exif.extend([0, 0, 0, 0, 0, 0]);
+        let mut segment = vec![0xFF, 0xE1];
+        segment.extend(((exif.len() + 2) as u16).to_be_bytes());
+        segment.extend(exif);
+        [&jpeg[..2], &segment[..], &jpeg[2..]].concat()
+    }
+
     #[test]
     fn exif_orientation_is_applied() {
-        // A 2x1 JPEG-free check: the decoder reports orientation; apply_orientation rotates. Build an image whose
-        // left half is red and rotate it as orientation 6 (90° clockwise) would.
-        let mut img = DynamicImage::ImageRgb8(RgbImage::from_fn(4, 2, |x, _| {
-            if x < 2 {
-                image::Rgb([255, 0, 0])
-            } else {
-                image::Rgb([0, 0, 255])
-            }
-        }));
-        img.apply_orientation(image::metadata::Orientation::Rotate90);
-        assert_eq!((img.width(), img.height()), (2, 4));
+        // 32x16, left half red, right half blue; orientation 6 means "rotate 90 degrees clockwise to display".
+        let image =
+            RgbImage::from_fn(32, 16, |x, _| if x < 16 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rotated.jpg");
+        std::fs::write(&path, jpeg_with_orientation(&image, 6)).unwrap();
+        let decoded = decode_rgb(&path).unwrap();
+        assert_eq!(decoded.dimensions(), (16, 32), "rotated to portrait");
+        // Clockwise: the left (red) half is now on top.
+        let top = decoded.get_pixel(8, 4).0;
+        let bottom = decoded.get_pixel(8, 28).0;
+        assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+        // Orientation 1 (or none) leaves it as stored.
+        std::fs::write(&path, jpeg_with_orientation(&image, 1)).unwrap();
+        assert_eq!(decode_rgb(&path).unwrap().dimensions(), (32, 16));
     }
 
     #[test]

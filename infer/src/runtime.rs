@@ -21,11 +21,20 @@ pub struct OrtRuntime {
 /// Where the library is looked for, in order: `$ORT_DYLIB_PATH`, `$KILN_DEPS/onnxruntime/`, then
 /// `default_deps/onnxruntime/` (the deps directory the binary was built with).
 pub fn candidates(default_deps: Option<&Path>) -> Vec<PathBuf> {
+    candidates_from(std::env::var_os("ORT_DYLIB_PATH"), std::env::var_os("KILN_DEPS"), default_deps)
+}
+
+/// [`candidates`] for given values of `ORT_DYLIB_PATH` and `KILN_DEPS`.
+fn candidates_from(
+    ort_dylib_path: Option<std::ffi::OsString>,
+    kiln_deps: Option<std::ffi::OsString>,
+    default_deps: Option<&Path>,
+) -> Vec<PathBuf> {
     let mut paths = Vec::new();
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+    if let Some(p) = ort_dylib_path {
         paths.push(PathBuf::from(p));
     }
-    if let Some(d) = std::env::var_os("KILN_DEPS") {
+    if let Some(d) = kiln_deps {
         paths.push(PathBuf::from(d).join(LIBRARY_IN_DEPS));
     }
     if let Some(d) = default_deps {
@@ -36,7 +45,10 @@ pub fn candidates(default_deps: Option<&Path>) -> Vec<PathBuf> {
 
 /// The first candidate that exists.
 pub fn locate(default_deps: Option<&Path>) -> Result<PathBuf> {
-    let searched = candidates(default_deps);
+    first_existing(candidates(default_deps))
+}
+
+fn first_existing(searched: Vec<PathBuf>) -> Result<PathBuf> {
     searched.iter().find(|p| p.is_file()).cloned().ok_or(Error::RuntimeNotFound { searched })
 }
 
@@ -111,9 +123,26 @@ mod tests {
 
     #[test]
     fn a_missing_library_lists_where_it_looked() {
-        let err = locate(Some(Path::new("/nonexistent/deps"))).map(|_| ());
-        if let Err(e) = err {
-            assert!(e.to_string().contains("/nonexistent/deps/onnxruntime/libonnxruntime.so"), "{e}");
+        // Independent of the environment `make` sets: the variables are passed in.
+        let searched = candidates_from(
+            Some("/nonexistent/lib/libonnxruntime.so".into()),
+            Some("/nonexistent/kiln-deps".into()),
+            Some(Path::new("/nonexistent/deps")),
+        );
+        assert_eq!(
+            searched,
+            [
+                PathBuf::from("/nonexistent/lib/libonnxruntime.so"),
+                PathBuf::from("/nonexistent/kiln-deps/onnxruntime/libonnxruntime.so"),
+                PathBuf::from("/nonexistent/deps/onnxruntime/libonnxruntime.so"),
+            ],
+            "ORT_DYLIB_PATH, then KILN_DEPS, then the build's deps"
+        );
+        let e = first_existing(searched).unwrap_err().to_string();
+        for place in ["/nonexistent/lib/libonnxruntime.so", "/nonexistent/kiln-deps/", "/nonexistent/deps/onnxruntime/"]
+        {
+            assert!(e.contains(place), "{e}");
         }
+        assert!(candidates_from(None, None, None).is_empty());
     }
 }
