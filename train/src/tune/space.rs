@@ -68,12 +68,39 @@ impl Distribution {
         Ok(())
     }
 
+    /// A stepped float's largest value on its grid, `low + floor((high - low) / step) · step` (Optuna moves `high`
+    /// there too); `high` otherwise.
+    fn grid_high(low: f64, high: f64, step: Option<f64>) -> f64 {
+        match step {
+            Some(s) => {
+                // A small tolerance keeps `high` itself when it lies on the grid up to rounding (0.1 steps to 1.0).
+                let k = ((high - low) / s + 1e-9).floor();
+                (low + k * s).min(high)
+            }
+            None => high,
+        }
+    }
+
+    /// The same distribution with a stepped float's `high` moved onto its grid (`low 0, high 1, step 0.3` becomes
+    /// `high 0.9`), as Optuna's `FloatDistribution` does; `None` when nothing changes.
+    pub fn on_grid(&self) -> Option<Self> {
+        match *self {
+            Distribution::Float { low, high, log, step: Some(s) } => {
+                let adjusted = Self::grid_high(low, high, Some(s));
+                (adjusted != high).then_some(Distribution::Float { low, high: adjusted, log, step: Some(s) })
+            }
+            _ => None,
+        }
+    }
+
     /// Numerical distributions as (low, high) in the internal space (log-transformed where `log`); for ints and
     /// stepped floats the range is widened by half a step so that every value gets an equal share.
     pub fn internal_range(&self) -> Option<(f64, f64)> {
         match self {
             Distribution::Float { low, high, log: true, .. } => Some((low.ln(), high.ln())),
-            Distribution::Float { low, high, step: Some(s), .. } => Some((low - s / 2.0, high + s / 2.0)),
+            Distribution::Float { low, high, step: Some(s), .. } => {
+                Some((low - s / 2.0, Self::grid_high(*low, *high, Some(*s)) + s / 2.0))
+            }
             Distribution::Float { low, high, .. } => Some((*low, *high)),
             Distribution::Int { low, high, log: true, .. } => {
                 Some(((*low as f64 - 0.5).ln(), (*high as f64 + 0.5).ln()))
@@ -93,7 +120,7 @@ impl Distribution {
                 if let Some(s) = step {
                     v = low + ((v - low) / s).round() * s;
                 }
-                Value::from(v.clamp(*low, *high))
+                Value::from(v.clamp(*low, Self::grid_high(*low, *high, *step)))
             }
             Distribution::Int { low, high, step, log } => {
                 let v = if *log { internal.exp() } else { internal };
@@ -119,10 +146,48 @@ impl Distribution {
 /// A search space: config keys (dotted for nested ones, e.g. `augment.hflip`) and their distributions.
 pub type SearchSpace = BTreeMap<String, Distribution>;
 
+/// Whether the JSON `stored` (a study's recorded space) describes `space`: compared as spaces, so key order,
+/// whitespace and omitted defaults (`log: false`, `step: 1`) do not matter.
+pub fn same_space(stored: &str, space: &SearchSpace) -> bool {
+    serde_json::from_str::<SearchSpace>(stored).is_ok_and(|s| &s == space)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn spaces_compare_as_spaces_not_strings() {
+        let space: SearchSpace = [
+            ("lr".to_string(), Distribution::Float { low: 1e-4, high: 1e-2, log: true, step: None }),
+            ("batch".to_string(), Distribution::Int { low: 16, high: 64, step: 16, log: false }),
+        ]
+        .into();
+        let other_writer = r#"{ "lr": {"high": 0.01, "low": 0.0001, "type": "float", "log": true},
+                                "batch": {"type": "int", "low": 16, "high": 64, "step": 16} }"#;
+        assert_ne!(other_writer, serde_json::to_string(&space).unwrap());
+        assert!(same_space(other_writer, &space));
+        assert!(!same_space(&other_writer.replace("64", "128"), &space));
+        assert!(!same_space("not json", &space));
+    }
+
+    #[test]
+    fn a_stepped_float_never_returns_an_off_grid_high() {
+        let d = Distribution::Float { low: 0.0, high: 1.0, log: false, step: Some(0.3) };
+        let (lo, hi) = d.internal_range().unwrap();
+        assert!((hi - 1.05).abs() < 1e-12, "0.9 + half a step: {hi}");
+        for i in 0..=100 {
+            let v = d.to_value(lo + (hi - lo) * i as f64 / 100.0).as_f64().unwrap();
+            let k = v / 0.3;
+            assert!((k - k.round()).abs() < 1e-9 && v <= 0.9 + 1e-12, "{v} is off the grid");
+        }
+        assert_eq!(d.to_value(1e9), json!(0.3 * 3.0));
+        assert_eq!(d.on_grid(), Some(Distribution::Float { low: 0.0, high: 0.3 * 3.0, log: false, step: Some(0.3) }));
+        // On the grid already (up to rounding): unchanged.
+        assert_eq!(Distribution::Float { low: 0.0, high: 1.0, log: false, step: Some(0.1) }.on_grid(), None);
+        assert_eq!(Distribution::Float { low: 0.0, high: 1.0, log: false, step: None }.on_grid(), None);
+    }
 
     #[test]
     fn values_round_to_the_grid_and_stay_in_range() {

@@ -155,7 +155,14 @@ fn curves(trials: &[TrialRecord], except: u32, direction: Direction) -> Vec<Curv
 /// parameter importances (`importances.json`, `importance.png`).
 pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutcome> {
     base.validate()?;
-    let space = options.space.clone().or_else(|| base.search_space.clone()).unwrap_or_else(|| default_space(base.task));
+    let mut space =
+        options.space.clone().or_else(|| base.search_space.clone()).unwrap_or_else(|| default_space(base.task));
+    for (key, dist) in space.iter_mut() {
+        if let Some(adjusted) = dist.on_grid() {
+            eprintln!("search space {key}: high moved onto the step grid, {dist:?} -> {adjusted:?}");
+            *dist = adjusted;
+        }
+    }
     let base_json = serde_json::to_value(base).expect("the config serialises");
     for (key, dist) in &space {
         dist.validate().map_err(|reason| Error::InvalidSetting { key: format!("search space {key}"), reason })?;
@@ -174,7 +181,9 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
     let study = storage.study(&options.name, direction)?;
     let space_json = serde_json::to_string(&space).expect("the space serialises");
     let stored = storage.set_space(study, &space_json)?;
-    if stored != space_json {
+    // Compared as spaces, not strings: the same space written by another serialiser (key order, number format)
+    // is the same space.
+    if !super::space::same_space(&stored, &space) {
         return Err(Error::Storage {
             url: options.storage.to_string(),
             reason: format!(
