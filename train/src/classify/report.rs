@@ -106,8 +106,55 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
         confusion_matrix: eval.confusion.rows(),
         skipped: skips.entries(),
     };
-    let json = serde_json::to_vec_pretty(&report).expect("the report serialises");
-    write_atomic(&run.metrics(split.name()), &json)?;
-    plot_confusion_matrix(&eval.confusion, &dataset.class_names, &run.confusion_matrix(split.name()))?;
+    write_report_files(&report, &eval.confusion, &run.metrics(split.name()), &run.confusion_matrix(split.name()))?;
     Ok(report)
+}
+
+/// Writes the split's metrics JSON, then its confusion-matrix PNG. The plot is best-effort: when it cannot be
+/// drawn (more classes than fit, a font or disk problem) a warning names why and the metrics stay written.
+/// Returns that warning.
+pub fn write_report_files(
+    report: &SplitReport,
+    confusion: &crate::metrics::ConfusionMatrix,
+    metrics_path: &std::path::Path,
+    plot_path: &std::path::Path,
+) -> Result<Option<String>> {
+    let json = serde_json::to_vec_pretty(report).expect("the report serialises");
+    write_atomic(metrics_path, &json)?;
+    Ok(plot_confusion_matrix(confusion, &report.class_names, plot_path).err().map(|e| {
+        let warning = format!("no confusion-matrix plot: {e} (the metrics are in {})", metrics_path.display());
+        eprintln!("warning: {warning}");
+        warning
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ConfusionMatrix;
+
+    #[test]
+    fn too_many_classes_to_plot_still_writes_the_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 2001;
+        let mut cm = ConfusionMatrix::new(n);
+        cm.add(0, 0);
+        let report = SplitReport {
+            split: Split::Test,
+            checkpoint: "best.safetensors".into(),
+            epoch: 1,
+            images: 1,
+            loss: 0.5,
+            metrics: cm.metrics(),
+            class_names: (0..n).map(|i| format!("c{i}")).collect(),
+            confusion_matrix: Vec::new(),
+            skipped: Vec::new(),
+        };
+        let (json, png) = (dir.path().join("test_metrics.json"), dir.path().join("cm.png"));
+        let warning = write_report_files(&report, &cm, &json, &png).unwrap().expect("the plot is refused");
+        assert!(warning.contains("2001 classes") && warning.contains("test_metrics.json"), "{warning}");
+        assert!(json.is_file() && !png.exists());
+        let back: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(back["class_names"].as_array().unwrap().len(), n);
+    }
 }

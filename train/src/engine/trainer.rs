@@ -271,7 +271,10 @@ impl<T: Task> Trainer<T> {
             write_results(&self.run.results(), &self.records)?;
             let metrics = eval.as_ref().map(|e| serde_json::to_value(T::metrics(e)).expect("metrics serialise"));
             self.save_checkpoints(epoch + 1, metrics, score, improved)?;
-            plot_curves::<T>(&self.records, &self.run.curves())?;
+            // Plots are best-effort: results.csv and the checkpoints above are the record.
+            if let Err(e) = plot_curves::<T>(&self.records, &self.run.curves()) {
+                eprintln!("warning: no training curves plot: {e}");
+            }
             let summary = match &values {
                 Some(v) => {
                     let shown: Vec<String> = T::METRICS
