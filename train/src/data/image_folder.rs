@@ -220,7 +220,15 @@ fn split_off(
         let n = samples.len();
         // At least one image per class in each requested split when the class has enough to spare.
         let count = |ratio: f64| if ratio > 0.0 && n >= 3 { ((n as f64 * ratio).round() as usize).max(1) } else { 0 };
-        let (n_val, n_test) = (count(val), count(test));
+        let (mut n_val, mut n_test) = (count(val), count(test));
+        // Rounding up can take every image of a small class: keep at least one for training (test gives first).
+        while n > 0 && n_val + n_test >= n {
+            if n_test > 0 {
+                n_test -= 1;
+            } else {
+                n_val -= 1;
+            }
+        }
         let mut rest = samples.split_off((n_val + n_test).min(n));
         let mut taken = samples;
         test_out.extend(taken.split_off(n_val.min(taken.len())));
@@ -242,6 +250,23 @@ mod tests {
     }
 
     const RATIOS: SplitRatios = SplitRatios { val: 0.2, test: 0.1, seed: 3 };
+
+    #[test]
+    fn a_small_class_keeps_a_training_image() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            touch(dir.path(), &format!("train/few/{i}.png"));
+        }
+        for i in 0..20 {
+            touch(dir.path(), &format!("train/many/{i}.png"));
+        }
+        // 3 images at 0.4 + 0.5 would round to 1 + 2: the class would vanish from training.
+        let ratios = SplitRatios { val: 0.4, test: 0.5, seed: 1 };
+        let ds = ImageFolder::open(dir.path(), ratios).unwrap();
+        let few = |samples: &[Sample]| samples.iter().filter(|s| s.label == 0).count();
+        assert_eq!((few(&ds.train), few(&ds.val), few(&ds.test)), (1, 1, 1));
+        // (An empty class folder is refused by name when scanning: bad_layouts_are_clear_errors.)
+    }
 
     #[test]
     fn splits_missing_val_and_test_from_train_per_class_and_reproducibly() {
