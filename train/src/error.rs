@@ -41,6 +41,9 @@ pub enum Error {
     #[error("data loader: {0}")]
     DataLoader(String),
 
+    #[error("training panicked: {0}")]
+    TrialPanicked(String),
+
     #[error("training diverged at epoch {epoch}, step {step}: the loss is {loss}")]
     Diverged { epoch: usize, step: usize, loss: f64 },
 

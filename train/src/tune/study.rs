@@ -154,6 +154,22 @@ fn curves(trials: &[TrialRecord], except: u32, direction: Direction) -> Vec<Curv
 /// the best trial's `best.safetensors` and `test_metrics.json` (when this machine ran it), `history.png`, and the
 /// parameter importances (`importances.json`, `importance.png`).
 pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutcome> {
+    run_study_with(base, options, &mut |config, on_epoch| tasks::train_observed(config, on_epoch))
+}
+
+/// How a trial trains: [`tasks::train_observed`], or a stand-in in tests.
+type TrainTrial<'a> = dyn FnMut(&TrainConfig, crate::engine::EpochCallback<'_>) -> Result<tasks::RunSummary> + 'a;
+
+/// The text of a panic's payload (`panic!("...")` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+fn run_study_with(base: &TrainConfig, options: &StudyOptions, train: &mut TrainTrial<'_>) -> Result<StudyOutcome> {
     base.validate()?;
     let mut space =
         options.space.clone().or_else(|| base.search_space.clone()).unwrap_or_else(|| default_space(base.task));
@@ -202,6 +218,10 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
             eprintln!("marked {stale} trial(s) without a heartbeat as FAIL");
         }
         let Some(number) = storage.claim_trial(study, options.trials, &options.worker)? else { break };
+        // Told the interrupt handler at once, so that a Ctrl-C while the parameters are sampled still fails it.
+        if let Some(running) = &options.running {
+            *running.lock().unwrap_or_else(|e| e.into_inner()) = Some((options.storage.clone(), study, number));
+        }
         ran += 1;
         let history = storage.trials(study).map_err(|e| abandon(&mut *storage, study, number, e))?;
         let mut params = sampler(options.sampler, base.seed, number).sample(&space, &observations(&history, direction));
@@ -219,9 +239,6 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
             }
         }
         storage.set_params(study, number, &params, &space).map_err(|e| abandon(&mut *storage, study, number, e))?;
-        if let Some(running) = &options.running {
-            *running.lock().unwrap_or_else(|e| e.into_inner()) = Some((options.storage.clone(), study, number));
-        }
         eprintln!(
             "study {}: trial {number} with {}",
             options.name,
@@ -240,8 +257,11 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         config.name = Some(format!("{}/trial_{number}", options.name));
         let (mut best, mut last) = (f64::NAN, f64::NAN);
         let mut pruned = false;
+        let mut ended_elsewhere = false;
         let mut report_error = None;
-        let result = tasks::train_observed(&config, &mut |record| {
+        // A panic inside training (libtorch reports shape errors and CUDA out-of-memory by panicking) fails this
+        // trial at once, with its message, instead of leaving it RUNNING until the heartbeat times out.
+        let mut on_epoch = |record: &crate::engine::EpochRecord| {
             let Some(value) = record.val(objective.metric) else { return ControlFlow::Continue(()) };
             best = if best.is_finite() && direction.score(best) >= direction.score(value) { best } else { value };
             last = value;
@@ -251,6 +271,11 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
             }
             // One read of the study: this trial's curve and everyone else's.
             let trials = storage.trials(study).unwrap_or_default();
+            // Another worker (or Optuna's fail_stale_trials) may have ended this trial: stop training it.
+            if trials.iter().any(|t| t.number == number && t.state != TrialState::Running) {
+                ended_elsewhere = true;
+                return ControlFlow::Break(());
+            }
             let others = curves(&trials, number, direction);
             let current = Curve {
                 values: trials
@@ -265,13 +290,22 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
-        });
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train(&config, &mut on_epoch)))
+            .unwrap_or_else(|payload| Err(Error::TrialPanicked(panic_message(payload.as_ref()))));
         drop(heartbeat);
         if let Some(running) = &options.running {
             *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         if let Some(e) = report_error {
             return Err(abandon(&mut *storage, study, number, e));
+        }
+        if ended_elsewhere {
+            eprintln!(
+                "warning: study {}: trial {number} was ended by another worker (heartbeat timeout?); stopped training it",
+                options.name
+            );
+            continue;
         }
         if let Ok(summary) = &result {
             let dir = Value::from(summary.run.path.display().to_string());
@@ -423,6 +457,96 @@ pub fn trials_csv(trials: &[TrialRecord]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_trial_another_worker_ended_stops_at_its_next_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let base =
+            TrainConfig { data: dir.path().join("data"), project: dir.path().join("runs"), ..TrainConfig::default() };
+        let url = StorageUrl::Sqlite(dir.path().join("study.db"));
+        let options = StudyOptions {
+            trials: 1,
+            storage: url.clone(),
+            name: "ended".into(),
+            sampler: SamplerKind::Random,
+            pruner: PrunerKind::None,
+            space: None,
+            heartbeat_timeout: Duration::from_secs(600),
+            worker: "test".into(),
+            running: None,
+        };
+        let mut epochs_run = 0;
+        let mut train =
+            |config: &TrainConfig, on_epoch: crate::engine::EpochCallback<'_>| -> Result<tasks::RunSummary> {
+                let run = crate::run_dir::RunDir::create(&config.project, config.task, Some("t"))?;
+                for epoch in 1..=10 {
+                    if epoch == 3 {
+                        // Another worker decides this trial is dead.
+                        let mut other = url.open().unwrap();
+                        let study = other.study("ended", Direction::Maximize).unwrap();
+                        other.finish(study, 0, TrialState::Fail, None, Some("stale")).unwrap();
+                    }
+                    let record = crate::engine::EpochRecord {
+                        epoch,
+                        train: vec![("loss".into(), 1.0)],
+                        val: vec![("accuracy".into(), Some(0.5))],
+                        lr: 1e-3,
+                        seconds: 1.0,
+                        images_per_second: 1.0,
+                        skipped_images: 0,
+                    };
+                    epochs_run = epoch;
+                    if on_epoch(&record).is_break() {
+                        return Ok(tasks::RunSummary { run, interrupted: true, best_objective: Some(0.5) });
+                    }
+                }
+                Ok(tasks::RunSummary { run, interrupted: false, best_objective: Some(0.5) })
+            };
+        let outcome = run_study_with(&base, &options, &mut train).unwrap();
+        assert_eq!(epochs_run, 3, "stopped at the first epoch after the trial was ended");
+        let t = &outcome.trials[0];
+        assert_eq!(
+            (t.state, t.reason.as_deref()),
+            (TrialState::Fail, Some("stale")),
+            "the other worker's verdict stays"
+        );
+    }
+
+    #[test]
+    fn a_panic_inside_a_trial_fails_it_at_once_and_the_study_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let base =
+            TrainConfig { data: dir.path().join("data"), project: dir.path().join("runs"), ..TrainConfig::default() };
+        let options = StudyOptions {
+            trials: 3,
+            storage: StorageUrl::Sqlite(dir.path().join("study.db")),
+            name: "panics".into(),
+            sampler: SamplerKind::Random,
+            pruner: PrunerKind::None,
+            space: None,
+            heartbeat_timeout: Duration::from_secs(600),
+            worker: "test".into(),
+            running: None,
+        };
+        let mut calls = 0;
+        // Trial 0 panics as libtorch does on a shape error, trial 1 with a String payload, trial 2 returns an error.
+        let mut train = |_: &TrainConfig, _: crate::engine::EpochCallback<'_>| -> Result<tasks::RunSummary> {
+            calls += 1;
+            match calls {
+                1 => panic!("shape '[2, 3]' is invalid for input of size 5"),
+                2 => std::panic::panic_any(format!("CUDA out of memory (trial {})", calls - 1)),
+                _ => Err(Error::DataLoader("disk gone".into())),
+            }
+        };
+        let outcome = run_study_with(&base, &options, &mut train).unwrap();
+        assert_eq!(outcome.ran, 3, "the study went on after each panic");
+        let states: Vec<TrialState> = outcome.trials.iter().map(|t| t.state).collect();
+        assert_eq!(states, [TrialState::Fail; 3], "none left RUNNING");
+        let reasons: Vec<&str> = outcome.trials.iter().map(|t| t.reason.as_deref().unwrap()).collect();
+        assert!(reasons[0].contains("training panicked: shape '[2, 3]' is invalid"), "{reasons:?}");
+        assert!(reasons[1].contains("CUDA out of memory (trial 1)"), "{reasons:?}");
+        assert!(reasons[2].contains("disk gone"), "{reasons:?}");
+    }
 
     #[test]
     fn the_best_trial_is_the_first_complete_one_with_the_highest_value() {
