@@ -196,6 +196,26 @@ fn infer_and_bench_commands() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("path,rank,class,probability,error") && stdout.lines().count() == 5, "{stdout}");
 
+    // `kiln infer --backend` takes kiln bench's backend strings through the same parser.
+    let circle = test_dir.join("circle");
+    let out = kiln(&["infer", "--model", onnx, "--backend", "ort-cpu", "--format", "csv", circle.to_str().unwrap()]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == 5);
+    let out = kiln(&[
+        "infer",
+        "--model",
+        onnx,
+        "--backend",
+        "ort-tensorrt:0-fp16",
+        "--trt-cache",
+        "/tmp",
+        circle.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("TensorrtExecutionProvider"), "{stderr}");
+    let out = kiln(&["infer", "--model", onnx, "--backend", "onnx", circle.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ort-tensorrt") && stderr.contains("(or ort, with --ep and --device)"), "{stderr}");
+
     let out = kiln(&["infer", "--model", "/nonexistent/model.onnx", test_dir.to_str().unwrap()]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.onnx"));
 

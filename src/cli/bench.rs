@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// ONNX Runtime intra-op threads.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// TensorRT: keep built engines in this folder between runs (the first run's build time shows once).
+    #[arg(long, value_name = "DIR")]
+    pub trt_cache: Option<PathBuf>,
     /// Also write the rows as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -204,7 +207,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     for backend in &args.backends {
-        rows.extend(bench_one(&args, backend));
+        let backend = super::infer::with_trt_cache(backend.clone(), args.trt_cache.as_deref());
+        rows.extend(bench_one(&args, &backend));
     }
     print_table(&rows);
     if let Some(path) = &args.json {

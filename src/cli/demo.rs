@@ -78,9 +78,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     super::infer::run(super::infer::InferArgs {
         model: vec![export.path.clone()],
         backend: super::infer::BackendArgs {
-            backend: super::infer::Runtime::Ort,
+            backend: super::infer::BackendChoice::Ort,
             ep: super::infer::EpArg::Cpu,
             device: 0,
+            trt_cache: None,
             threads: None,
         },
         inputs: examples,
@@ -102,6 +103,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         iters: 50,
         duration: None,
         threads: None,
+        trt_cache: None,
         json: None,
     })?;
     if args.detect_epochs > 0 {

@@ -12,29 +12,47 @@ use kiln_infer::{Backend, Classifier, Ep, Model};
 use super::output::{csv_field, Format};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Runtime {
-    Ort,
-    Tract,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EpArg {
     Cpu,
     Cuda,
     Tensorrt,
 }
 
+/// `--backend`: `ort` (its execution provider from `--ep` and `--device`) or a backend string as `kiln bench`
+/// takes it (`ort-cpu`, `ort-cuda[:N]`, `ort-tensorrt[:N][-fp16]`, `tract`), through the one parser
+/// (`Backend::from_str`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendChoice {
+    /// ONNX Runtime with `--ep` / `--device`.
+    Ort,
+    Exact(Backend),
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("ort") {
+            return Ok(Self::Ort);
+        }
+        s.parse().map(Self::Exact).map_err(|e| format!("{e} (or ort, with --ep and --device)"))
+    }
+}
+
 /// Which backend to open a model on, from the command line.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
-    #[arg(long, value_enum, default_value = "ort")]
-    pub backend: Runtime,
-    /// ONNX Runtime execution provider.
+    /// ort (with --ep, --device) or ort-cpu | ort-cuda[:N] | ort-tensorrt[:N][-fp16] | tract, as kiln bench takes.
+    #[arg(long, default_value = "ort")]
+    pub backend: BackendChoice,
+    /// With --backend ort: the ONNX Runtime execution provider.
     #[arg(long, value_enum, default_value = "cpu")]
     pub ep: EpArg,
-    /// GPU number for cuda and tensorrt.
+    /// With --backend ort: the GPU number for cuda and tensorrt.
     #[arg(long, default_value_t = 0)]
     pub device: i32,
+    /// TensorRT: keep built engines in this folder between runs.
+    #[arg(long, value_name = "DIR")]
+    pub trt_cache: Option<PathBuf>,
     /// ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -42,14 +60,25 @@ pub struct BackendArgs {
 
 impl BackendArgs {
     pub fn backend(&self) -> Backend {
-        match (self.backend, self.ep) {
-            (Runtime::Tract, _) => Backend::Tract,
-            (Runtime::Ort, EpArg::Cpu) => Backend::Ort(Ep::Cpu),
-            (Runtime::Ort, EpArg::Cuda) => Backend::Ort(Ep::Cuda { device: self.device }),
-            (Runtime::Ort, EpArg::Tensorrt) => {
+        let backend = match (&self.backend, self.ep) {
+            (BackendChoice::Exact(b), _) => b.clone(),
+            (BackendChoice::Ort, EpArg::Cpu) => Backend::Ort(Ep::Cpu),
+            (BackendChoice::Ort, EpArg::Cuda) => Backend::Ort(Ep::Cuda { device: self.device }),
+            (BackendChoice::Ort, EpArg::Tensorrt) => {
                 Backend::Ort(Ep::TensorRt { device: self.device, fp16: false, cache_dir: None })
             }
+        };
+        with_trt_cache(backend, self.trt_cache.as_deref())
+    }
+}
+
+/// `backend` with TensorRT's engine cache in `dir` (other backends unchanged).
+pub fn with_trt_cache(backend: Backend, dir: Option<&std::path::Path>) -> Backend {
+    match (backend, dir) {
+        (Backend::Ort(Ep::TensorRt { device, fp16, .. }), Some(dir)) => {
+            Backend::Ort(Ep::TensorRt { device, fp16, cache_dir: Some(dir.to_path_buf()) })
         }
+        (backend, _) => backend,
     }
 }
 

@@ -346,6 +346,7 @@ impl<T: Task> Trainer<T> {
         let mut progress = EpochProgress::new(format!("epoch {}/{}", epoch + 1, self.config.epochs), steps);
         let mut sums = vec![0.0; T::LOSSES.len()];
         let (mut images, mut lr) = (0usize, 0.0);
+        let skipped_before = self.scaler.skipped_steps;
         for (i, batch) in self.train_loader.epoch(epoch, true).enumerate() {
             let batch = batch?;
             lr = self.schedule.lr(self.global_step);
@@ -358,7 +359,13 @@ impl<T: Task> Trainer<T> {
             }
             .apply(&losses.total, lr)?;
             if !loss_value.is_finite() {
-                return Err(Error::Diverged { epoch: epoch + 1, step: self.global_step, loss: loss_value });
+                // Under fp16 loss scaling an overflowing step is skipped (as torch.amp.GradScaler does); a run
+                // whose loss stays non-finite, or one without scaling, has diverged.
+                if !self.scaler.skip_non_finite_loss() {
+                    return Err(Error::Diverged { epoch: epoch + 1, step: self.global_step, loss: loss_value });
+                }
+                self.global_step += 1;
+                continue;
             }
             self.global_step += 1;
             let n = T::Loader::batch_len(&batch);
@@ -369,6 +376,14 @@ impl<T: Task> Trainer<T> {
             images += n;
             let images_per_second = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
             progress.step(i + 1, &StepStats { loss: sums[0] / images as f64, lr, images_per_second });
+        }
+        let skipped = self.scaler.skipped_steps - skipped_before;
+        if skipped > 0 {
+            eprintln!(
+                "epoch {}: {skipped} of {steps} steps skipped for non-finite fp16 loss or gradients (loss scale now {})",
+                epoch + 1,
+                self.scaler.scale
+            );
         }
         if images == 0 {
             return Err(Error::NoReadableImages {

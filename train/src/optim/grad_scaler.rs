@@ -11,11 +11,36 @@ pub struct GradScaler {
     pub enabled: bool,
     growth_interval: usize,
     clean_steps: usize,
+    /// Steps skipped in a row for a non-finite loss or gradients; reset by a clean step.
+    consecutive_skips: usize,
+    /// Steps skipped since the start, for the epoch summary.
+    pub skipped_steps: usize,
 }
+
+/// After this many skipped steps in a row the scale has gone from 65536 to 1: the run has diverged, not overflowed.
+pub const MAX_CONSECUTIVE_SKIPS: usize = 17;
 
 impl GradScaler {
     pub fn new(enabled: bool) -> Self {
-        Self { scale: 65536.0, enabled, growth_interval: 2000, clean_steps: 0 }
+        Self { scale: 65536.0, enabled, growth_interval: 2000, clean_steps: 0, consecutive_skips: 0, skipped_steps: 0 }
+    }
+
+    /// A step whose forward loss is inf or NaN. Under fp16 loss scaling it is skipped like an overflowing backward
+    /// (the scale halves) and training goes on: returns true. Without scaling, or once skips have persisted
+    /// [`MAX_CONSECUTIVE_SKIPS`] steps, it returns false: the run has diverged.
+    pub fn skip_non_finite_loss(&mut self) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        self.overflowed();
+        self.consecutive_skips <= MAX_CONSECUTIVE_SKIPS
+    }
+
+    fn overflowed(&mut self) {
+        self.scale = (self.scale * 0.5).max(1.0);
+        self.clean_steps = 0;
+        self.consecutive_skips += 1;
+        self.skipped_steps += 1;
     }
 
     /// The loss to call backward on.
@@ -36,13 +61,13 @@ impl GradScaler {
         let finite = optimizer.grad_norm().is_finite();
         if finite {
             self.clean_steps += 1;
+            self.consecutive_skips = 0;
             if self.clean_steps >= self.growth_interval {
                 self.scale *= 2.0;
                 self.clean_steps = 0;
             }
         } else {
-            self.scale = (self.scale * 0.5).max(1.0);
-            self.clean_steps = 0;
+            self.overflowed();
         }
         finite
     }
@@ -75,5 +100,35 @@ mod tests {
         scaler.scale_loss(&(&w * f64::INFINITY).sum(Kind::Float)).backward();
         assert!(!scaler.unscale(&mut opt));
         assert_eq!(scaler.scale, 32768.0);
+    }
+
+    #[test]
+    fn a_non_finite_fp16_loss_is_skipped_until_it_persists() {
+        let mut scaler = GradScaler::new(true);
+        for i in 1..=MAX_CONSECUTIVE_SKIPS {
+            assert!(scaler.skip_non_finite_loss(), "skip {i}");
+        }
+        assert_eq!(scaler.scale, 1.0, "65536 halved 16 times, then held at 1");
+        assert!(!scaler.skip_non_finite_loss(), "persisting: diverged");
+        assert_eq!(scaler.skipped_steps, MAX_CONSECUTIVE_SKIPS + 1);
+        // A clean step in between resets the count.
+        let mut scaler = GradScaler::new(true);
+        let w = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
+        let cfg = OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+        };
+        let mut opt = Optimizer::new(vec![Param::new("w".into(), w.shallow_clone())], cfg);
+        for _ in 0..MAX_CONSECUTIVE_SKIPS {
+            assert!(scaler.skip_non_finite_loss());
+        }
+        scaler.scale_loss(&(&w * 3.0).sum(Kind::Float)).backward();
+        assert!(scaler.unscale(&mut opt));
+        assert!(scaler.skip_non_finite_loss(), "the count started again");
+        // Without loss scaling (fp32, bf16) a non-finite loss is divergence at once.
+        assert!(!GradScaler::new(false).skip_non_finite_loss());
     }
 }

@@ -225,15 +225,30 @@ impl fmt::Debug for StorageUrl {
     }
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
+/// `scheme://user:secret@host/db?password=secret` → `scheme://user:***@host/db?password=***`: the password in
+/// the user information and in the query parameters the driver reads secrets from (`password`, libpq's
+/// `sslpassword`).
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
-    match rest[..at].split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_string(),
-    }
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{user}:***{}", &rest[at..]),
+            None => rest.to_string(),
+        },
+        None => rest.to_string(),
+    };
+    let Some((path, query)) = rest.split_once('?') else { return format!("{scheme}://{rest}") };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if ["password", "sslpassword"].contains(&key.to_ascii_lowercase().as_str()) => {
+                format!("{key}=***")
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{scheme}://{path}?{}", query.join("&"))
 }
 
 #[cfg(test)]
@@ -267,6 +282,12 @@ mod tests {
         let err = StorageUrl::parse("mysql://u:pw@h/db").unwrap_err().to_string();
         assert!(err.contains("mysql://u:***@h/db") && err.contains("expected sqlite"), "{err}");
         assert!(StorageUrl::parse("study.db").is_err() && StorageUrl::parse("sqlite:///").is_err());
+        // A password passed as a query parameter is hidden too, whatever else the query holds.
+        let pg =
+            StorageUrl::parse("postgresql://kiln@db.lan/studies?sslmode=disable&password=hunter2&PASSWORD=x").unwrap();
+        assert_eq!(pg.to_string(), "postgresql://kiln@db.lan/studies?sslmode=disable&password=***&PASSWORD=***");
+        let both = StorageUrl::parse("postgres://u:a@h/db?sslpassword=b&application_name=kiln").unwrap();
+        assert_eq!(both.to_string(), "postgres://u:***@h/db?sslpassword=***&application_name=kiln");
     }
 
     #[test]
@@ -274,6 +295,9 @@ mod tests {
         // Port 1 on loopback: nothing listens there.
         let err = StorageUrl::parse("postgres://kiln:pw@127.0.0.1:1/x").unwrap().open().err().unwrap().to_string();
         assert!(err.contains("postgres://kiln:***@127.0.0.1:1/x") && !err.contains("pw@"), "{err}");
+        let url = StorageUrl::parse("postgres://kiln@127.0.0.1:1/x?password=sekrit").unwrap();
+        let err = url.open().err().unwrap().to_string();
+        assert!(err.contains("?password=***") && !err.contains("sekrit"), "{err}");
     }
 
     #[test]
