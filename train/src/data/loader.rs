@@ -319,9 +319,16 @@ mod tests {
     #[test]
     fn dropping_an_epoch_early_stops_the_producer() {
         let dir = tempfile::tempdir().unwrap();
-        let l = loader(write_images(dir.path(), 40), Transform::Eval, Arc::default());
+        let l = loader(write_images(dir.path(), 200), Transform::Eval, Arc::default());
         let mut it = l.epoch(0, false);
         assert!(it.next().is_some());
         drop(it);
+        // A producer that went on would decode all 200 tiny images within milliseconds; a stopped one has done
+        // the consumed batch, the prefetched ones and at most one more per worker, and does nothing more.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let after_drop = l.decoded();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(l.decoded(), after_drop, "nothing decoded after the drop settled");
+        assert!(after_drop <= 4 * (1 + 2 + 2), "{after_drop} of 200 decoded: batch 4, prefetch 2, 2 workers");
     }
 }
