@@ -354,13 +354,15 @@ impl Model {
 
     fn run_ort(&self, session: &Mutex<Session>, input: &[f32], shape: [usize; 4]) -> Result<Vec<Output>> {
         let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
-        let value: ort::value::DynValue = if self.input.is_half() {
+        // An f32 input is borrowed, not copied (ONNX Runtime reads the caller's buffer); fp16 is converted.
+        let outputs = if self.input.is_half() {
             let data: Vec<half::f16> = input.iter().map(|&v| half::f16::from_f32(v)).collect();
-            ort::value::Tensor::from_array((shape, data))?.into_dyn()
+            let value = ort::value::Tensor::from_array((shape, data))?;
+            session.run(ort::inputs![self.input.name.as_str() => value])?
         } else {
-            ort::value::Tensor::from_array((shape, input.to_vec()))?.into_dyn()
+            let value = ort::value::TensorRef::from_array_view((shape, input))?;
+            session.run(ort::inputs![self.input.name.as_str() => value])?
         };
-        let outputs = session.run(ort::inputs![self.input.name.as_str() => value])?;
         self.outputs
             .iter()
             .map(|spec| {
