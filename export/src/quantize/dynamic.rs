@@ -8,10 +8,9 @@ use std::collections::{BTreeSet, HashMap};
 use onnx_protobuf::{GraphProto, ModelProto, NodeProto, TensorProto};
 
 use super::graph_edit::{check_order, f32_tensor, i8_tensor, int_node, node, prune, Names};
-use super::params::quantize_per_channel;
-use super::plan::{candidates, weight_values, OpFamily};
+use super::plan::{candidates, int8_weight, Int8Weight, OpFamily};
 use super::qdq::QuantSummary;
-use crate::{Error, Result};
+use crate::Result;
 
 /// ONNX's data type number for float32 (Cast's `to`).
 const FLOAT: i64 = 1;
@@ -25,20 +24,7 @@ pub fn quantize_dynamic(model: &ModelProto, per_channel: bool) -> Result<(ModelP
     let mut summary = QuantSummary::default();
     for c in candidates(model, &BTreeSet::from([OpFamily::Linear])) {
         let n = &model.graph.node[c.node];
-        let init = &c.weight.initializer;
-        let (mut values, mut dims) =
-            weight_values(&model.graph, init).ok_or_else(|| Error::Graph(format!("weight '{init}' is not float")))?;
-        if c.weight.transposed {
-            let (rows, cols) = (dims[0], dims[1]);
-            values =
-                (0..cols).flat_map(|j| (0..rows).map(move |i| (i, j))).map(|(i, j)| values[i * cols + j]).collect();
-            dims = vec![cols, rows];
-        }
-        let (q, scales) = if per_channel {
-            quantize_per_channel(&values, &dims, 1)
-        } else {
-            quantize_per_channel(&values, &[1, values.len()], 0)
-        };
+        let Int8Weight { values: q, dims, scales, .. } = int8_weight(&model.graph, &c, per_channel)?;
         let scale_dims: Vec<usize> = if per_channel { vec![scales.len()] } else { vec![] };
         let fresh = |names: &mut Names, what: &str| names.fresh(&format!("{}/{what}", n.name));
         let (wq, ws, wz) = (

@@ -204,6 +204,36 @@ pub fn last_layers(model: &ModelProto) -> HashMap<usize, String> {
     last
 }
 
+/// A candidate's weight quantized to int8 as stored in the rewritten graph: MatMul weights as `[in, out]` (kiln's
+/// `Transpose(W)` folded), one symmetric scale per output channel (axis 0 of a Conv, axis 1 of a MatMul) or one per
+/// tensor.
+pub(crate) struct Int8Weight {
+    pub values: Vec<i8>,
+    pub dims: Vec<usize>,
+    pub scales: Vec<f32>,
+    /// The output-channel axis the scales run along.
+    pub axis: usize,
+}
+
+pub(crate) fn int8_weight(graph: &GraphProto, c: &Candidate, per_channel: bool) -> crate::Result<Int8Weight> {
+    let init = &c.weight.initializer;
+    let (mut values, mut dims) = weight_values(graph, init)
+        .ok_or_else(|| crate::Error::Graph(format!("weight '{init}' is not a float initializer")))?;
+    if c.weight.transposed {
+        let (rows, cols) = (dims[0], dims[1]);
+        let stored = std::mem::take(&mut values);
+        values = (0..cols).flat_map(|j| (0..rows).map(move |i| (i, j))).map(|(i, j)| stored[i * cols + j]).collect();
+        dims = vec![cols, rows];
+    }
+    let axis = if c.family == OpFamily::Linear { 1 } else { 0 };
+    let (q, scales) = if per_channel {
+        super::params::quantize_per_channel(&values, &dims, axis)
+    } else {
+        super::params::quantize_per_channel(&values, &[1, values.len()], 0)
+    };
+    Ok(Int8Weight { values: q, dims, scales, axis })
+}
+
 /// A float initializer's values and dimensions.
 pub(crate) fn weight_values(graph: &GraphProto, name: &str) -> Option<(Vec<f32>, Vec<usize>)> {
     let t = graph.initializer.iter().find(|t| t.name == name)?;

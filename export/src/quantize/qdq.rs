@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use super::calibrate::{CalibMethod, TensorStats};
 use super::graph_edit::{check_order, f32_tensor, i32_tensor, i8_tensor, node, prune, u8_tensor, Names};
-use super::params::{quantize_bias, quantize_per_channel, QParams};
-use super::plan::{candidates, weight_values, Candidate, OpFamily};
+use super::params::{quantize_bias, QParams};
+use super::plan::{candidates, int8_weight, weight_values, Candidate, Int8Weight, OpFamily};
 use crate::{Error, Result};
 
 /// How to quantize.
@@ -188,20 +188,7 @@ impl Pass {
         nodes: &mut Vec<NodeProto>,
     ) -> Result<(String, Vec<f32>)> {
         let init = &c.weight.initializer;
-        let (mut values, mut dims) = weight_values(graph, init)
-            .ok_or_else(|| Error::Graph(format!("weight '{init}' is not a float initializer")))?;
-        if c.weight.transposed {
-            let (rows, cols) = (dims[0], dims[1]);
-            values =
-                (0..cols).flat_map(|j| (0..rows).map(move |i| (i, j))).map(|(i, j)| values[i * cols + j]).collect();
-            dims = vec![cols, rows];
-        }
-        let axis = if c.family == OpFamily::Linear { 1 } else { 0 };
-        let (q, scales) = if per_channel {
-            quantize_per_channel(&values, &dims, axis)
-        } else {
-            quantize_per_channel(&values, &[1, values.len()], 0)
-        };
+        let Int8Weight { values: q, dims, scales, axis } = int8_weight(graph, c, per_channel)?;
         let qname = self.names.fresh(&format!("{init}/int8"));
         let sname = self.names.fresh(&format!("{init}/scale"));
         let zname = self.names.fresh(&format!("{init}/zero_point"));

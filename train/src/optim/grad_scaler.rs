@@ -80,8 +80,8 @@ mod tests {
     use crate::optim::optimizer::{OptimizerConfig, Param};
     use tch::Kind;
 
-    #[test]
-    fn overflow_halves_the_scale_and_clean_grads_are_unscaled() {
+    /// One scalar weight `w` under plain SGD.
+    fn one_weight() -> (Tensor, Optimizer) {
         let w = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
         let cfg = OptimizerConfig {
             kind: OptimizerKind::Sgd,
@@ -90,7 +90,13 @@ mod tests {
             betas: (0.9, 0.999),
             eps: 1e-8,
         };
-        let mut opt = Optimizer::new(vec![Param::new("w".into(), w.shallow_clone())], cfg);
+        let opt = Optimizer::new(vec![Param::new("w".into(), w.shallow_clone())], cfg);
+        (w, opt)
+    }
+
+    #[test]
+    fn overflow_halves_the_scale_and_clean_grads_are_unscaled() {
+        let (w, mut opt) = one_weight();
         let mut scaler = GradScaler::new(true);
         scaler.scale_loss(&(&w * 3.0).sum(Kind::Float)).backward();
         assert!(scaler.unscale(&mut opt));
@@ -113,15 +119,7 @@ mod tests {
         assert_eq!(scaler.skipped_steps, MAX_CONSECUTIVE_SKIPS + 1);
         // A clean step in between resets the count.
         let mut scaler = GradScaler::new(true);
-        let w = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
-        let cfg = OptimizerConfig {
-            kind: OptimizerKind::Sgd,
-            weight_decay: 0.0,
-            momentum: 0.0,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-        };
-        let mut opt = Optimizer::new(vec![Param::new("w".into(), w.shallow_clone())], cfg);
+        let (w, mut opt) = one_weight();
         for _ in 0..MAX_CONSECUTIVE_SKIPS {
             assert!(scaler.skip_non_finite_loss());
         }

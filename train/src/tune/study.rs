@@ -458,23 +458,28 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn a_trial_another_worker_ended_stops_at_its_next_epoch() {
-        let dir = tempfile::tempdir().unwrap();
-        let base =
-            TrainConfig { data: dir.path().join("data"), project: dir.path().join("runs"), ..TrainConfig::default() };
-        let url = StorageUrl::Sqlite(dir.path().join("study.db"));
-        let options = StudyOptions {
-            trials: 1,
-            storage: url.clone(),
-            name: "ended".into(),
+    /// A random-sampler study of `trials` trials in `storage`, for tests whose trainer is a stand-in.
+    fn stand_in_study(storage: StorageUrl, name: &str, trials: usize) -> StudyOptions {
+        StudyOptions {
+            trials,
+            storage,
+            name: name.into(),
             sampler: SamplerKind::Random,
             pruner: PrunerKind::None,
             space: None,
             heartbeat_timeout: Duration::from_secs(600),
             worker: "test".into(),
             running: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_trial_another_worker_ended_stops_at_its_next_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let base =
+            TrainConfig { data: dir.path().join("data"), project: dir.path().join("runs"), ..TrainConfig::default() };
+        let url = StorageUrl::Sqlite(dir.path().join("study.db"));
+        let options = stand_in_study(url.clone(), "ended", 1);
         let mut epochs_run = 0;
         let mut train =
             |config: &TrainConfig, on_epoch: crate::engine::EpochCallback<'_>| -> Result<tasks::RunSummary> {
@@ -517,17 +522,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let base =
             TrainConfig { data: dir.path().join("data"), project: dir.path().join("runs"), ..TrainConfig::default() };
-        let options = StudyOptions {
-            trials: 3,
-            storage: StorageUrl::Sqlite(dir.path().join("study.db")),
-            name: "panics".into(),
-            sampler: SamplerKind::Random,
-            pruner: PrunerKind::None,
-            space: None,
-            heartbeat_timeout: Duration::from_secs(600),
-            worker: "test".into(),
-            running: None,
-        };
+        let options = stand_in_study(StorageUrl::Sqlite(dir.path().join("study.db")), "panics", 3);
         let mut calls = 0;
         // Trial 0 panics as libtorch does on a shape error, trial 1 with a String payload, trial 2 returns an error.
         let mut train = |_: &TrainConfig, _: crate::engine::EpochCallback<'_>| -> Result<tasks::RunSummary> {
