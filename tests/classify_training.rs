@@ -50,13 +50,15 @@ fn weights(run: &RunDir) -> Vec<(String, Tensor)> {
 }
 
 #[test]
-fn resume_continues_with_the_epoch_counter_and_optimizer_state_restored() {
+fn resume_continues_exactly_where_the_run_stopped() {
     let _serial = common::one_training_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let data = common::shapes(dir.path(), (20, 6, 0), 5);
     let mut config = common::quick_config(&data, &dir.path().join("runs"), 4);
     config.ema = true;
     config.ema_decay = 0.9;
+    // Drop-path draws from libtorch's generator every step: a resume that reseeded it would repeat epoch 1's masks.
+    config.drop_path_rate = 0.2;
 
     config.name = Some("straight".into());
     let straight = classify::train(&config).unwrap();
@@ -81,7 +83,7 @@ fn resume_continues_with_the_epoch_counter_and_optimizer_state_restored() {
     for (x, y) in a.iter().zip(&b) {
         assert!((x.lr - y.lr).abs() < 1e-12, "epoch {}: the schedule continues where it stopped", x.epoch);
         assert!(
-            (x.train_loss() - y.train_loss()).abs() < 1e-3,
+            (x.train_loss() - y.train_loss()).abs() < 1e-6,
             "epoch {}: {} vs {}",
             x.epoch,
             x.train_loss(),
@@ -94,12 +96,13 @@ fn resume_continues_with_the_epoch_counter_and_optimizer_state_restored() {
         (sa.optimizer_step, sa.ema_updates, sa.global_step),
         (sb.optimizer_step, sb.ema_updates, sb.global_step)
     );
-    // With fresh optimizer moments after the restart the weights would drift far apart; restored, they agree.
+    assert_eq!(sa.scaler, sb.scaler);
+    // Restored optimizer moments, EMA and random stream: the resumed run's weights are the uninterrupted run's.
     let wb: std::collections::HashMap<String, Tensor> = weights(&resumed.run).into_iter().collect();
     for (name, ta) in weights(&straight.run) {
         let tb = &wb[&name];
-        let diff = (&ta - tb).abs().max().double_value(&[]);
-        assert!(diff < 1e-3, "{name} differs by {diff}");
+        let diff = (&ta.to_kind(tch::Kind::Double) - tb.to_kind(tch::Kind::Double)).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "{name} differs by {diff}");
     }
     assert!(wb.contains_key("optimizer.v.stem.0.weight") && wb.contains_key("train.stem.0.weight"));
     assert_eq!(wb["stem.0.weight"].device(), Device::Cpu);

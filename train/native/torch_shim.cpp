@@ -1,11 +1,14 @@
 // The few libtorch calls kiln needs that tch 0.24 does not bind: channels-last memory format, autocast with a chosen
-// dtype (bf16 or fp16) on a chosen device type, whether the GPU computes in bf16 natively, clearing a gradient. Tensors are tch's
+// dtype (bf16 or fp16) on a chosen device type, whether the GPU computes in bf16 natively, clearing a gradient, and
+// the default random generators' state (torch.get_rng_state / set_rng_state, for exact resume). Tensors are tch's
 // handles (`at::Tensor*`); every function catches C++ exceptions and reports them through kiln_shim_last_error.
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 
 #include <exception>
+#include <mutex>
 #include <string>
 
 namespace {
@@ -90,6 +93,34 @@ int kiln_shim_cuda_bf16_supported() {
   } catch (const std::exception& e) {
     last_error = e.what();
     return 0;
+  }
+}
+
+// The state of the default generator of the CPU (cuda < 0) or of CUDA device `cuda` (torch.get_rng_state,
+// torch.cuda.get_rng_state): a new handle to a CPU uint8 tensor, or null with the error message set.
+at::Tensor* kiln_shim_rng_state(int cuda) {
+  try {
+    auto device = cuda < 0 ? at::Device(at::kCPU) : at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda));
+    auto generator = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    return new at::Tensor(generator.get_state());
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return nullptr;
+  }
+}
+
+// Restores a state returned by kiln_shim_rng_state into the same generator. Returns 0, or 1 with the error set.
+int kiln_shim_set_rng_state(int cuda, at::Tensor* state) {
+  try {
+    auto device = cuda < 0 ? at::Device(at::kCPU) : at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda));
+    auto generator = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(*state);
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return 1;
   }
 }
 }

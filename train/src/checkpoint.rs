@@ -14,12 +14,13 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
 use crate::fsutil::write_atomic;
+use crate::optim::ScalerCounters;
 use crate::{Error, Result};
 
 /// Metadata key under which the progress record is stored.
 pub const METADATA_KEY: &str = "kiln";
 /// Prefixes of the tensors that are not deployable weights.
-pub const TRAINING_PREFIXES: [&str; 2] = ["train.", "optimizer."];
+pub const TRAINING_PREFIXES: [&str; 3] = ["train.", "optimizer.", "rng."];
 
 /// Where a run stood when the checkpoint was written.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +32,9 @@ pub struct CheckpointState {
     pub optimizer_step: i64,
     pub ema_updates: i64,
     pub loss_scale: f64,
+    /// The loss scaler's counters (absent in checkpoints written before kiln saved them: they restart at zero).
+    #[serde(default)]
+    pub scaler: ScalerCounters,
     /// The best validation score so far and its epoch.
     pub best_score: f64,
     pub best_epoch: usize,
@@ -79,6 +83,7 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
         Kind::BFloat16 => Dtype::BF16,
         Kind::Double => Dtype::F64,
         Kind::Int64 => Dtype::I64,
+        Kind::Uint8 => Dtype::U8,
         _ => return None,
     })
 }
@@ -90,6 +95,7 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
         Dtype::BF16 => Kind::BFloat16,
         Dtype::F64 => Kind::Double,
         Dtype::I64 => Kind::Int64,
+        Dtype::U8 => Kind::Uint8,
         _ => return None,
     })
 }
@@ -167,6 +173,7 @@ mod tests {
             optimizer_step: 30,
             ema_updates: 0,
             loss_scale: 1.0,
+            scaler: Default::default(),
             best_score: 0.5,
             best_epoch: 2,
             val_metrics: None,

@@ -1,5 +1,5 @@
 //! Safe wrappers over `native/torch_shim.cpp`: the libtorch calls tch 0.24 does not bind (channels-last memory
-//! format, autocast with a chosen dtype, bf16 support, clearing a gradient). A tch `Tensor` handle is an
+//! format, autocast with a chosen dtype, bf16 support, clearing a gradient, the default generators' state). A tch `Tensor` handle is an
 //! `at::Tensor*` on the C++ side; the shim catches every C++ exception and keeps its message for
 //! [`shim_error`].
 
@@ -26,8 +26,14 @@ mod ffi {
         pub fn kiln_shim_autocast_exit(cuda: c_int, prev_enabled: c_int, prev_bf16: c_int) -> c_int;
         pub fn kiln_shim_cuda_bf16_supported() -> c_int;
         pub fn kiln_shim_clear_grad(tensor: *mut c_void);
+        pub fn kiln_shim_rng_state(cuda: c_int) -> *mut c_void;
+        pub fn kiln_shim_set_rng_state(cuda: c_int, state: *mut c_void) -> c_int;
     }
 }
+
+/// Held while a run seeds libtorch's process-wide generator and initialises its model, and by tests that need
+/// the generator to themselves.
+pub static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn shim_error(what: &str) -> Error {
     // SAFETY: the shim returns a pointer to its thread-local, NUL-terminated message.
@@ -90,4 +96,52 @@ pub fn channels_last(tensor: &Tensor) -> Result<Tensor> {
 pub fn is_channels_last(tensor: &Tensor) -> bool {
     // SAFETY: as above.
     unsafe { ffi::kiln_shim_is_channels_last(tensor.as_ptr() as *mut c_void) == 1 }
+}
+
+/// Which default random generator: the CPU's, or that of a CUDA device.
+fn generator_index(device: tch::Device) -> c_int {
+    match device {
+        tch::Device::Cuda(index) => index as c_int,
+        _ => -1,
+    }
+}
+
+/// The state of `device`'s default random generator (`torch.get_rng_state()`, or `torch.cuda.get_rng_state(i)`
+/// for a CUDA device): a CPU uint8 tensor that [`set_rng_state`] restores.
+pub fn rng_state(device: tch::Device) -> Result<Tensor> {
+    // SAFETY: a plain int; a non-null result is a new `at::Tensor*` that the returned Tensor owns.
+    let ptr = unsafe { ffi::kiln_shim_rng_state(generator_index(device)) };
+    if ptr.is_null() {
+        return Err(shim_error("rng_state"));
+    }
+    Ok(unsafe { Tensor::from_ptr(ptr as *mut _) })
+}
+
+/// Restores a state taken by [`rng_state`] into `device`'s default generator.
+pub fn set_rng_state(device: tch::Device, state: &Tensor) -> Result<()> {
+    // SAFETY: a live tch handle is an `at::Tensor*`; the shim copies its contents into the generator.
+    let status = unsafe { ffi::kiln_shim_set_rng_state(generator_index(device), state.as_ptr() as *mut c_void) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(shim_error("rng_state"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_generator_state_repeats_the_same_draws() {
+        let _generator = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let state = rng_state(tch::Device::Cpu).unwrap();
+        assert_eq!(state.kind(), tch::Kind::Uint8);
+        let first = Tensor::rand([16], (tch::Kind::Float, tch::Device::Cpu));
+        set_rng_state(tch::Device::Cpu, &state).unwrap();
+        let again = Tensor::rand([16], (tch::Kind::Float, tch::Device::Cpu));
+        assert_eq!(Vec::<f32>::try_from(&first).unwrap(), Vec::<f32>::try_from(&again).unwrap());
+        let bad = Tensor::zeros([3], (tch::Kind::Uint8, tch::Device::Cpu));
+        assert!(set_rng_state(tch::Device::Cpu, &bad).is_err(), "a state of the wrong size is refused");
+    }
 }

@@ -26,8 +26,7 @@ use crate::progress::{EpochProgress, StepStats};
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
 
-/// Held while a run seeds libtorch's process-wide generator and initialises its model.
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use crate::native::{rng_state, set_rng_state, TORCH_RNG};
 
 /// How much the validation score must rise to count as an improvement (best checkpoint, early stopping).
 const MIN_IMPROVEMENT: f64 = 1e-9;
@@ -209,7 +208,14 @@ impl<T: Task> Trainer<T> {
             .map(|(n, t)| (n.clone(), t.to_device(self.device)))
             .collect();
         self.optimizer.load_state(&optimizer_state, state.optimizer_step)?;
-        self.scaler.scale = state.loss_scale;
+        self.scaler.restore(state.loss_scale, state.scaler);
+        // The random stream continues where it stopped (drop-path masks, random init of anything built later);
+        // checkpoints from before kiln saved it restart from the seed.
+        for (name, device) in self.rng_devices() {
+            if let Some(saved) = ckpt.tensors.get(&name) {
+                set_rng_state(device, saved)?;
+            }
+        }
         self.start_epoch = state.epoch;
         self.global_step = state.global_step;
         self.best_score = state.best_score;
@@ -443,6 +449,15 @@ impl<T: Task> Trainer<T> {
         }
     }
 
+    /// The generators whose state a checkpoint keeps, by tensor name: the CPU's, and the training GPU's.
+    fn rng_devices(&self) -> Vec<(String, Device)> {
+        let mut devices = vec![("rng.cpu".to_string(), Device::Cpu)];
+        if self.device.is_cuda() {
+            devices.push(("rng.cuda".to_string(), self.device));
+        }
+        devices
+    }
+
     fn save_checkpoints(
         &mut self,
         epoch: usize,
@@ -462,6 +477,9 @@ impl<T: Task> Trainer<T> {
         }
         let (optimizer_state, optimizer_step) = self.optimizer.state();
         tensors.extend(optimizer_state);
+        for (name, device) in self.rng_devices() {
+            tensors.push((name, rng_state(device)?));
+        }
         // The top-k list this checkpoint belongs to: this epoch enters when it beats the worst kept one.
         let k = self.config.save_top_k;
         let mut top_k = self.top_k.clone();
@@ -479,6 +497,7 @@ impl<T: Task> Trainer<T> {
             optimizer_step,
             ema_updates: self.ema.as_ref().map_or(0, |e| e.updates),
             loss_scale: self.scaler.scale,
+            scaler: self.scaler.counters(),
             best_score: self.best_score,
             best_epoch: self.best_epoch,
             val_metrics: metrics,

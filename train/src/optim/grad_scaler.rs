@@ -2,6 +2,7 @@
 //! before backward; a step whose gradients overflowed is skipped and the scale halved; after `growth_interval`
 //! clean steps the scale doubles.
 
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::optimizer::Optimizer;
@@ -17,12 +18,37 @@ pub struct GradScaler {
     pub skipped_steps: usize,
 }
 
+/// The scaler's step counters, saved in checkpoints so that a resumed run grows and skips as the uninterrupted
+/// one would (`torch.amp.GradScaler.state_dict()` keeps its growth tracker for the same reason).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScalerCounters {
+    pub clean_steps: usize,
+    pub consecutive_skips: usize,
+    pub skipped_steps: usize,
+}
+
 /// After this many skipped steps in a row the scale has gone from 65536 to 1: the run has diverged, not overflowed.
 pub const MAX_CONSECUTIVE_SKIPS: usize = 17;
 
 impl GradScaler {
     pub fn new(enabled: bool) -> Self {
         Self { scale: 65536.0, enabled, growth_interval: 2000, clean_steps: 0, consecutive_skips: 0, skipped_steps: 0 }
+    }
+
+    pub fn counters(&self) -> ScalerCounters {
+        ScalerCounters {
+            clean_steps: self.clean_steps,
+            consecutive_skips: self.consecutive_skips,
+            skipped_steps: self.skipped_steps,
+        }
+    }
+
+    /// Continues from a checkpoint's scale and counters.
+    pub fn restore(&mut self, scale: f64, counters: ScalerCounters) {
+        self.scale = scale;
+        self.clean_steps = counters.clean_steps;
+        self.consecutive_skips = counters.consecutive_skips;
+        self.skipped_steps = counters.skipped_steps;
     }
 
     /// A step whose forward loss is inf or NaN. Under fp16 loss scaling it is skipped like an overflowing backward
@@ -128,5 +154,25 @@ mod tests {
         assert!(scaler.skip_non_finite_loss(), "the count started again");
         // Without loss scaling (fp32, bf16) a non-finite loss is divergence at once.
         assert!(!GradScaler::new(false).skip_non_finite_loss());
+    }
+
+    #[test]
+    fn a_restored_scaler_grows_when_the_uninterrupted_one_would() {
+        let (w, mut opt) = one_weight();
+        let mut original = GradScaler::new(true);
+        for _ in 0..1999 {
+            opt.zero_grad();
+            original.scale_loss(&(&w * 3.0).sum(Kind::Float)).backward();
+            assert!(original.unscale(&mut opt));
+        }
+        assert_eq!(original.scale, 65536.0, "one clean step short of growth");
+        let mut restored = GradScaler::new(true);
+        restored.restore(original.scale, original.counters());
+        for scaler in [&mut original, &mut restored] {
+            opt.zero_grad();
+            scaler.scale_loss(&(&w * 3.0).sum(Kind::Float)).backward();
+            assert!(scaler.unscale(&mut opt));
+            assert_eq!(scaler.scale, 131072.0, "the 2000th clean step doubles the scale");
+        }
     }
 }

@@ -6,6 +6,6 @@ pub mod optimizer;
 pub mod schedule;
 
 pub use ema::Ema;
-pub use grad_scaler::GradScaler;
+pub use grad_scaler::{GradScaler, ScalerCounters};
 pub use optimizer::{Optimizer, OptimizerConfig, Param};
 pub use schedule::CosineSchedule;
