@@ -3,6 +3,8 @@
 
 pub mod heartbeat;
 pub mod importance;
+#[cfg(test)]
+mod optuna_parity_tests;
 pub mod parzen;
 pub mod pruner;
 pub mod sampler;

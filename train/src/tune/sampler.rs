@@ -113,7 +113,8 @@ pub struct TpeConfig {
     pub n_startup_trials: usize,
     /// Candidates drawn from the good-trials density; the one with the best density ratio is proposed.
     pub n_ei_candidates: usize,
-    /// One joint density over all parameters instead of one per parameter.
+    /// One joint density over all parameters instead of one per parameter (Optuna 5.0's default for a
+    /// single-objective study, and kiln's).
     pub multivariate: bool,
     pub prior_weight: f64,
     pub seed: u64,
@@ -121,7 +122,7 @@ pub struct TpeConfig {
 
 impl Default for TpeConfig {
     fn default() -> Self {
-        Self { n_startup_trials: 10, n_ei_candidates: 24, multivariate: false, prior_weight: 1.0, seed: 0 }
+        Self { n_startup_trials: 10, n_ei_candidates: 24, multivariate: true, prior_weight: 1.0, seed: 0 }
     }
 }
 
@@ -147,6 +148,30 @@ pub fn observation_weights(n: usize) -> Vec<f64> {
         .collect();
     w.extend(std::iter::repeat_n(1.0, 25));
     w
+}
+
+/// The density TPE fits to `trials` over the parameters `keys` (jointly): Optuna 5.0's `_ParzenEstimator` with its
+/// defaults, one kernel per trial (weighted by [`observation_weights`]) plus the prior.
+pub fn parzen_estimator(keys: &[(&String, &Distribution)], trials: &[&Observation], prior_weight: f64) -> Mixture {
+    let columns: Vec<Vec<f64>> = keys
+        .iter()
+        .map(|(k, d)| trials.iter().map(|t| d.to_internal(&t.params[*k]).unwrap_or(0.0)).collect())
+        .collect();
+    let indices: Vec<Vec<usize>> = columns.iter().map(|c| c.iter().map(|&v| v as usize).collect()).collect();
+    let observed: Vec<Observed> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (_, d))| match d {
+            Distribution::Categorical { choices } => {
+                Observed::Categorical { indices: &indices[i], choices: choices.len() }
+            }
+            _ => {
+                let (low, high) = d.internal_range().expect("numerical");
+                Observed::Numerical { values: &columns[i], low, high, grid: d.grid() }
+            }
+        })
+        .collect();
+    Mixture::new(&observed, &observation_weights(trials.len()), prior_weight)
 }
 
 /// Tree-structured Parzen Estimator.
@@ -186,28 +211,6 @@ impl TpeSampler {
         (good_idx.into_iter().map(|i| usable[i]).collect(), bad_idx.into_iter().map(|i| usable[i]).collect())
     }
 
-    fn mixture(&self, keys: &[(&String, &Distribution)], trials: &[&Observation]) -> Mixture {
-        let columns: Vec<Vec<f64>> = keys
-            .iter()
-            .map(|(k, d)| trials.iter().map(|t| d.to_internal(&t.params[*k]).unwrap_or(0.0)).collect())
-            .collect();
-        let indices: Vec<Vec<usize>> = columns.iter().map(|c| c.iter().map(|&v| v as usize).collect()).collect();
-        let observed: Vec<Observed> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, (_, d))| match d {
-                Distribution::Categorical { choices } => {
-                    Observed::Categorical { indices: &indices[i], choices: choices.len() }
-                }
-                _ => {
-                    let (low, high) = d.internal_range().expect("numerical");
-                    Observed::Numerical { values: &columns[i], low, high }
-                }
-            })
-            .collect();
-        Mixture::new(&observed, &observation_weights(trials.len()), self.config.prior_weight, self.config.multivariate)
-    }
-
     /// The candidate (drawn from the good density) with the highest log l(x) − log g(x).
     fn propose(
         &mut self,
@@ -215,12 +218,14 @@ impl TpeSampler {
         good: &[&Observation],
         bad: &[&Observation],
     ) -> Vec<Value> {
-        let l = self.mixture(keys, good);
-        let g = self.mixture(keys, bad);
+        let l = parzen_estimator(keys, good, self.config.prior_weight);
+        let g = parzen_estimator(keys, bad, self.config.prior_weight);
+        let candidates: Vec<Vec<f64>> =
+            (0..self.config.n_ei_candidates.max(1)).map(|_| l.sample(&mut self.rng)).collect();
+        let (good_density, bad_density) = (l.log_pdfs(&candidates), g.log_pdfs(&candidates));
         let mut best: Option<(f64, Vec<f64>)> = None;
-        for _ in 0..self.config.n_ei_candidates.max(1) {
-            let x = l.sample(&mut self.rng);
-            let score = l.log_pdf(&x) - g.log_pdf(&x);
+        for ((x, lx), gx) in candidates.into_iter().zip(good_density).zip(bad_density) {
+            let score = lx - gx;
             if best.as_ref().is_none_or(|(s, _)| score > *s) {
                 best = Some((score, x));
             }

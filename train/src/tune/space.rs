@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::parzen::Grid;
+
 /// Where one hyperparameter's values come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -109,6 +111,23 @@ impl Distribution {
                 Some((*low as f64 - *step as f64 / 2.0, *high as f64 + *step as f64 / 2.0))
             }
             Distribution::Categorical { .. } => None,
+        }
+    }
+
+    /// The grid of an int or stepped float (in the parameter's units, `high` on the grid): TPE's kernels for it are
+    /// discrete. `None` for continuous floats and categoricals.
+    pub fn grid(&self) -> Option<Grid> {
+        match self {
+            Distribution::Float { low, high, step: Some(s), log } => {
+                Some(Grid { low: *low, high: Self::grid_high(*low, *high, Some(*s)), step: *s, log: *log })
+            }
+            Distribution::Int { low, high, step, log } => Some(Grid {
+                low: *low as f64,
+                high: (*high - (*high - *low) % step) as f64,
+                step: *step as f64,
+                log: *log,
+            }),
+            _ => None,
         }
     }
 
