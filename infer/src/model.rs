@@ -212,7 +212,14 @@ impl ModelBuilder {
         let started = Instant::now();
         let engine = match &self.backend {
             Backend::Ort(ep) => {
-                Engine::Ort(Mutex::new(ort_session(&bytes, ep, self.threads, self.ort_deps.as_deref())?))
+                let session = ort_session(&bytes, ep, self.threads, self.ort_deps.as_deref()).map_err(|e| match e {
+                    Error::Ort(reason) => Error::ModelFile {
+                        path: path.to_path_buf(),
+                        reason: format!("ONNX Runtime cannot build a session from it: {reason}"),
+                    },
+                    other => other,
+                })?;
+                Engine::Ort(Mutex::new(session))
             }
             Backend::Tract => Engine::Tract(TractPlans::new(&bytes, &input, image, input.shape[0].unwrap_or(1))?),
         };
@@ -253,8 +260,26 @@ fn ort_session(bytes: &[u8], ep: &Ep, threads: Option<usize>, deps: Option<&Path
     }
     builder.commit_from_memory(bytes).map_err(|e| match ep {
         Ep::Cpu => Error::Ort(e.to_string()),
-        _ => unavailable(ep, e.to_string()),
+        _ => gpu_session_failure(ep, e.to_string(), || cpu_rejects(env, bytes)),
     })
+}
+
+/// Why a CUDA or TensorRT session could not be created although the provider registered: the model itself
+/// (malformed, an opset or operator ONNX Runtime does not have), when the CPU provider refuses it too
+/// (`cpu_rejection`, tried only on this failure path), or else the provider.
+fn gpu_session_failure(ep: &Ep, reason: String, cpu_rejection: impl FnOnce() -> Option<String>) -> Error {
+    match cpu_rejection() {
+        Some(cpu_reason) => Error::Ort(cpu_reason),
+        None => unavailable(ep, reason),
+    }
+}
+
+/// ONNX Runtime's CPU provider's reason for refusing `bytes`, or `None` when it builds a session from them.
+fn cpu_rejects(env: &ort::environment::Environment, bytes: &[u8]) -> Option<String> {
+    let session = Session::builder(env)
+        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Disable).map_err(ort::Error::from))
+        .and_then(|mut b| b.commit_from_memory(bytes));
+    session.err().map(|e| e.to_string())
 }
 
 fn unavailable(ep: &Ep, reason: String) -> Error {
@@ -431,5 +456,51 @@ mod tests {
         std::fs::write(&junk, b"this is not protobuf at all \xff\xff").unwrap();
         let err = Model::builder().backend(Backend::Tract).open(&junk).err().unwrap().to_string();
         assert!(err.contains("junk.onnx") && err.contains("not an ONNX model"), "{err}");
+    }
+
+    /// A valid model: y = Relu(x), x of shape [1, 3, 8, 8], at `opset`; a model past ONNX Runtime's opsets when
+    /// `opset` is stamped over the graph builder's.
+    fn relu_model(opset: i64) -> Vec<u8> {
+        use kiln_export::{Dim, ElemType, Graph};
+        let mut g = Graph::new(19, ElemType::F32).unwrap();
+        let dims = [Dim::Fixed(1), Dim::Fixed(3), Dim::Fixed(8), Dim::Fixed(8)];
+        let x = g.input("x", ElemType::F32, &dims).unwrap();
+        let y = g.op("Relu", &[&x], vec![]).unwrap();
+        g.output(&y, "y", ElemType::F32, &dims).unwrap();
+        let mut model = g.into_model("relu", &[]);
+        model.opset_import[0].version = opset;
+        kiln_export::to_bytes(&model).unwrap()
+    }
+
+    #[test]
+    fn a_gpu_session_failure_is_the_model_when_the_cpu_provider_refuses_it_too() {
+        let env = runtime::environment(None).unwrap();
+        assert_eq!(cpu_rejects(env, &relu_model(19)), None);
+        let too_new = cpu_rejects(env, &relu_model(99)).expect("opset 99 is refused");
+        assert!(too_new.contains("99"), "{too_new}");
+        assert!(cpu_rejects(env, b"\x08\xff not a model").is_some());
+
+        let cuda = Ep::Cuda { device: 0 };
+        let model_fault = gpu_session_failure(&cuda, "CUDA said no".into(), || Some(too_new.clone()));
+        assert!(matches!(&model_fault, Error::Ort(r) if r == &too_new), "{model_fault}");
+        let provider_fault = gpu_session_failure(&cuda, "CUDA said no".into(), || None);
+        assert!(
+            matches!(&provider_fault, Error::EpUnavailable { reason, .. } if reason == "CUDA said no"),
+            "{provider_fault}"
+        );
+    }
+
+    #[test]
+    fn a_model_onnx_runtime_cannot_load_names_the_file_and_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opset99.onnx");
+        std::fs::write(&path, relu_model(99)).unwrap();
+        let err = Model::builder().backend(Backend::Ort(Ep::Cpu)).open(&path).err().unwrap();
+        assert!(matches!(err, Error::ModelFile { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("opset99.onnx") && text.contains("cannot build a session") && text.contains("99"),
+            "{text}"
+        );
     }
 }
