@@ -14,6 +14,9 @@ pub enum Error {
     #[error("ONNX serialisation: {0}")]
     Protobuf(#[from] protobuf::Error),
 
+    #[error("malformed ONNX protobuf: {0}")]
+    MalformedProtobuf(String),
+
     #[error("model metadata: {0}")]
     Metadata(String),
 

@@ -12,6 +12,7 @@ pub mod graph;
 pub mod metadata;
 pub mod nms;
 pub mod quantize;
+pub mod skeleton;
 pub mod write;
 
 pub use error::{Error, Result};
@@ -23,4 +24,5 @@ pub use metadata::{
 pub use nms::{emit_nms, NmsValues, NMS_OUTPUTS};
 /// The ONNX protobuf types kiln-export reads and writes.
 pub use onnx_protobuf as proto;
+pub use skeleton::skeleton;
 pub use write::write_atomic;

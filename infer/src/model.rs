@@ -88,19 +88,23 @@ enum Engine {
 }
 
 /// tract optimises far better for concrete shapes than for a symbolic batch, so a dynamic-batch model gets one
-/// optimised plan per batch size, built on first use and kept.
+/// optimised plan per batch size, built on first use and kept. A fixed-batch model has one plan, built at load,
+/// and the parsed model is then dropped (it would hold a second copy of the weights).
 struct TractPlans {
-    model: InferenceModel,
+    model: Option<InferenceModel>,
     plans: Mutex<HashMap<usize, Arc<TypedRunnableModel>>>,
 }
 
 impl TractPlans {
     /// Parses the model; with a known image shape, also builds the plan for `first_batch`.
-    fn new(bytes: &[u8], input: &TensorSpec, image: Option<[usize; 3]>, first_batch: usize) -> Result<Self> {
-        let model = tract_onnx::onnx().model_for_read(&mut std::io::Cursor::new(bytes)).map_err(tract_error)?;
-        let plans = Self { model, plans: Mutex::new(HashMap::new()) };
+    fn new(path: &Path, input: &TensorSpec, image: Option<[usize; 3]>, first_batch: usize) -> Result<Self> {
+        let model = tract_onnx::onnx().model_for_path(path).map_err(tract_error)?;
+        let mut plans = Self { model: Some(model), plans: Mutex::new(HashMap::new()) };
         if let Some(image) = image {
             plans.plan(input.is_half(), image, first_batch)?;
+            if input.shape[0].is_some() {
+                plans.model = None;
+            }
         }
         Ok(plans)
     }
@@ -109,10 +113,12 @@ impl TractPlans {
         if let Some(plan) = self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&batch) {
             return Ok(Arc::clone(plan));
         }
+        let model = self.model.as_ref().ok_or_else(|| {
+            Error::InvalidInput(format!("the model has a fixed batch; it cannot run batches of {batch}"))
+        })?;
         let dims = vec![batch, c, h, w];
         let dt = if half { half::f16::datum_type() } else { f32::datum_type() };
-        let plan = self
-            .model
+        let plan = model
             .clone()
             .with_input_fact(0, InferenceFact::dt_shape(dt, dims))
             .and_then(|m| m.into_optimized())
@@ -167,8 +173,12 @@ impl ModelBuilder {
     pub fn open(self, path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         let file_err = |reason: String| Error::ModelFile { path: path.to_path_buf(), reason };
-        let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
-        let proto = kiln_export::from_bytes(&bytes).map_err(|e| file_err(format!("not an ONNX model ({e})")))?;
+        // What loading needs from the file is read from its skeleton (no copy of the weights); the file's bytes
+        // are dropped before the runtime reads the file itself, so that its peak is not on top of two copies.
+        let proto = {
+            let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+            kiln_export::skeleton(&bytes).map_err(|e| file_err(format!("not an ONNX model ({e})")))?
+        };
         if proto.graph.node.is_empty() || proto.graph.input.is_empty() {
             return Err(file_err("not an ONNX model (no graph)".into()));
         }
@@ -212,7 +222,7 @@ impl ModelBuilder {
         let started = Instant::now();
         let engine = match &self.backend {
             Backend::Ort(ep) => {
-                let session = ort_session(&bytes, ep, self.threads, self.ort_deps.as_deref()).map_err(|e| match e {
+                let session = ort_session(path, ep, self.threads, self.ort_deps.as_deref()).map_err(|e| match e {
                     Error::Ort(reason) => Error::ModelFile {
                         path: path.to_path_buf(),
                         reason: format!("ONNX Runtime cannot build a session from it: {reason}"),
@@ -221,7 +231,7 @@ impl ModelBuilder {
                 })?;
                 Engine::Ort(Mutex::new(session))
             }
-            Backend::Tract => Engine::Tract(TractPlans::new(&bytes, &input, image, input.shape[0].unwrap_or(1))?),
+            Backend::Tract => Engine::Tract(TractPlans::new(path, &input, image, input.shape[0].unwrap_or(1))?),
         };
         Ok(Model {
             path: path.to_path_buf(),
@@ -237,7 +247,7 @@ impl ModelBuilder {
     }
 }
 
-fn ort_session(bytes: &[u8], ep: &Ep, threads: Option<usize>, deps: Option<&Path>) -> Result<Session> {
+fn ort_session(path: &Path, ep: &Ep, threads: Option<usize>, deps: Option<&Path>) -> Result<Session> {
     let env = runtime::environment(deps)?;
     let mut builder =
         Session::builder(env)?.with_optimization_level(GraphOptimizationLevel::All).map_err(ort::Error::from)?;
@@ -258,9 +268,9 @@ fn ort_session(bytes: &[u8], ep: &Ep, threads: Option<usize>, deps: Option<&Path
     if let Some(dispatch) = dispatch {
         builder = builder.with_execution_providers([dispatch]).map_err(|e| unavailable(ep, e.to_string()))?;
     }
-    builder.commit_from_memory(bytes).map_err(|e| match ep {
+    builder.commit_from_file(path).map_err(|e| match ep {
         Ep::Cpu => Error::Ort(e.to_string()),
-        _ => gpu_session_failure(ep, e.to_string(), || cpu_rejects(env, bytes)),
+        _ => gpu_session_failure(ep, e.to_string(), || cpu_rejects(env, path)),
     })
 }
 
@@ -274,11 +284,11 @@ fn gpu_session_failure(ep: &Ep, reason: String, cpu_rejection: impl FnOnce() -> 
     }
 }
 
-/// ONNX Runtime's CPU provider's reason for refusing `bytes`, or `None` when it builds a session from them.
-fn cpu_rejects(env: &ort::environment::Environment, bytes: &[u8]) -> Option<String> {
+/// ONNX Runtime's CPU provider's reason for refusing the model at `path`, or `None` when it builds a session.
+fn cpu_rejects(env: &ort::environment::Environment, path: &Path) -> Option<String> {
     let session = Session::builder(env)
         .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Disable).map_err(ort::Error::from))
-        .and_then(|mut b| b.commit_from_memory(bytes));
+        .and_then(|mut b| b.commit_from_file(path));
     session.err().map(|e| e.to_string())
 }
 
@@ -475,10 +485,16 @@ mod tests {
     #[test]
     fn a_gpu_session_failure_is_the_model_when_the_cpu_provider_refuses_it_too() {
         let env = runtime::environment(None).unwrap();
-        assert_eq!(cpu_rejects(env, &relu_model(19)), None);
-        let too_new = cpu_rejects(env, &relu_model(99)).expect("opset 99 is refused");
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        assert_eq!(cpu_rejects(env, &file("ok.onnx", &relu_model(19))), None);
+        let too_new = cpu_rejects(env, &file("new.onnx", &relu_model(99))).expect("opset 99 is refused");
         assert!(too_new.contains("99"), "{too_new}");
-        assert!(cpu_rejects(env, b"\x08\xff not a model").is_some());
+        assert!(cpu_rejects(env, &file("junk.onnx", b"\x08\xff not a model")).is_some());
 
         let cuda = Ep::Cuda { device: 0 };
         let model_fault = gpu_session_failure(&cuda, "CUDA said no".into(), || Some(too_new.clone()));
