@@ -36,6 +36,7 @@ fn setup() -> Setup {
     let spec = GraphSpec {
         img_size: 224,
         normalize: Normalize::default(),
+        eval_crop_pct: None,
         class_names: (0..10).map(|i| format!("class{i}")).collect(),
         variant: "convnext_atto".into(),
         training: Default::default(),

@@ -109,6 +109,7 @@ fn spec(img_size: u32, classes: usize, variant: &str) -> GraphSpec {
     GraphSpec {
         img_size,
         normalize: Normalize::default(),
+        eval_crop_pct: None,
         class_names: (0..classes).map(|i| format!("c{i}")).collect(),
         variant: variant.into(),
         training: Default::default(),

@@ -130,6 +130,33 @@ fn raw_mode_and_bad_models_are_typed_errors() {
     assert_eq!(a[0].index, b[0].index);
     assert!((a[0].probability - b[0].probability).abs() < 1e-6);
 
+    // The CLI: a model without metadata names the --raw-* flags; with them it classifies as the original does.
+    let (bare_arg, file_arg) = (bare.to_str().unwrap(), file.to_str().unwrap());
+    let out = kiln(&["infer", "--model", bare_arg, file_arg]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no kiln metadata") && stderr.contains("--raw-size"), "{stderr}");
+    let class_names = with_meta.model().metadata().unwrap().class_names.clone();
+    let classes = dir.join("classes.txt");
+    std::fs::write(&classes, class_names.join("\n")).unwrap();
+    let top = |args: &[&str]| -> serde_json::Value {
+        let out = kiln(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&out.stdout).trim()).unwrap()["top"].clone()
+    };
+    let original = top(&["infer", "--model", t.onnx.to_str().unwrap(), "--format", "json", "--top-k", "3", file_arg]);
+    let (size, classes_arg) = ("64", classes.to_str().unwrap());
+    let raw_cli = ["infer", "--model", bare_arg, "--raw-size", size, "--raw-classes", classes_arg, "--format", "json"];
+    let from_raw = top(&[&raw_cli[..], &["--top-k", "3", file_arg]].concat());
+    assert_eq!(original, from_raw, "ImageNet mean and std and stretch are the defaults, as kiln trains");
+    let indexed = top(&["infer", "--model", bare_arg, "--raw-size", "64", "--format", "json", file_arg]);
+    let index = class_names.iter().position(|n| *n == original[0]["class"]).unwrap();
+    assert_eq!(indexed[0]["class"], index.to_string(), "without --raw-classes a class is its index");
+    let out = kiln(&["infer", "--model", bare_arg, "--raw-size", "64", "--raw-mean", "0.5,0.5", file_arg]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--raw-mean 0.5,0.5"));
+    let out = kiln(&["bench", "--model", bare_arg, "--raw-size", "64", "--backends", "tract", "--iters", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("tract") && !stdout.contains("unavailable"), "{stdout}");
+
     let wrong = Preprocess { size: [96, 96], ..raw };
     let err = Model::builder().raw(wrong).open(&bare).err().unwrap();
     assert!(matches!(err, Error::InvalidInput(_)) && err.to_string().contains("96x96"), "{err}");

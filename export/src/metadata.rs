@@ -101,9 +101,13 @@ pub struct InputSpec {
     /// Channel order: `RGB`.
     pub color: String,
     /// How an image is brought to `size`: `stretch` (resize to exactly height × width, ignoring aspect ratio),
-    /// `letterbox`, or `fit_height` (text lines: resize to the height keeping the aspect ratio, at most the width,
-    /// padded on the right with grey 114).
+    /// `letterbox`, `fit_height` (text lines: resize to the height keeping the aspect ratio, at most the width,
+    /// padded on the right with grey 114), or `center_crop` (timm's evaluation resize: the shorter side to
+    /// `floor(size / crop_pct)`, then the centre crop).
     pub resize: String,
+    /// With `center_crop`: the fraction of the resized image the crop keeps (absent: 0.875, timm's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop_pct: Option<f32>,
     /// `[height, width]`.
     pub size: [u32; 2],
     /// Pixel values are divided by 255, then normalised per channel: `(x / 255 - mean) / std`.
@@ -185,6 +189,7 @@ pub(crate) fn example() -> ModelMetadata {
             dtype: "float32".into(),
             color: "RGB".into(),
             resize: "stretch".into(),
+            crop_pct: None,
             size: [224, 224],
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],

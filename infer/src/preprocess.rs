@@ -66,7 +66,7 @@ pub fn resize_region(image: &RgbImage, crop: Crop, width: u32, height: u32) -> V
 }
 
 /// How an image is brought to the model's input size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Resize {
     /// Resize to exactly the input size, ignoring the aspect ratio (what kiln's training evaluates on).
     Stretch,
@@ -75,6 +75,32 @@ pub enum Resize {
     /// Text lines: resize to the input height keeping the aspect ratio, at most the input width (a wider line is
     /// squeezed to it), placed at the left and padded on the right with grey (114). See [`fit_height_width`].
     FitHeight,
+    /// timm's evaluation resize: the shorter side to `floor(size / crop_pct)`, then the centre `size` × `size`
+    /// (for a non-square input, each side to `floor(side / crop_pct)`, then the centre crop). Keeps the aspect
+    /// ratio; `crop_pct` in (0, 1] (timm's ConvNeXt uses 0.875 at 224 px, 1.0 at 384 px).
+    CenterCrop { crop_pct: f32 },
+}
+
+/// timm's default `crop_pct`, used when a model's metadata asks for `center_crop` without one.
+pub const DEFAULT_CROP_PCT: f32 = 0.875;
+
+/// The region of a `width`×`height` image that [`Resize::CenterCrop`] to `[out_h, out_w]` keeps, in its pixels.
+pub fn center_crop_region(width: u32, height: u32, out_h: u32, out_w: u32, crop_pct: f32) -> Crop {
+    let (iw, ih) = (width as f64, height as f64);
+    let pct = f64::from(crop_pct);
+    // The size the image is resized to before the centre crop, as timm computes it.
+    let (scaled_w, scaled_h) = if out_h == out_w {
+        let short = (out_h as f64 / pct).floor();
+        if width <= height {
+            (short, (short * ih / iw).floor())
+        } else {
+            ((short * iw / ih).floor(), short)
+        }
+    } else {
+        ((out_w as f64 / pct).floor(), (out_h as f64 / pct).floor())
+    };
+    let (cw, ch) = ((out_w as f64).min(scaled_w) * iw / scaled_w, (out_h as f64).min(scaled_h) * ih / scaled_h);
+    Crop { left: (iw - cw) / 2.0, top: (ih - ch) / 2.0, width: cw, height: ch }
 }
 
 /// The width a `width`×`height` line takes after [`Resize::FitHeight`] to `[input_height, input_width]`.
@@ -132,6 +158,13 @@ impl Preprocess {
             "stretch" => Resize::Stretch,
             "letterbox" => Resize::Letterbox,
             "fit_height" => Resize::FitHeight,
+            "center_crop" => {
+                let crop_pct = input.crop_pct.unwrap_or(DEFAULT_CROP_PCT);
+                if !(crop_pct > 0.0 && crop_pct <= 1.0) {
+                    return Err(Error::Unsupported(format!("crop_pct {crop_pct} (it must be in (0, 1])")));
+                }
+                Resize::CenterCrop { crop_pct }
+            }
             other => return Err(Error::Unsupported(format!("resize mode '{other}'"))),
         };
         Ok(Self { size: input.size, resize, mean: input.mean, std: input.std, channels })
@@ -171,6 +204,19 @@ impl Preprocess {
                 }
                 self.normalize(&canvas, w as usize, h as usize, out);
                 Placement { scale_x: scale, scale_y: scale, offset_x: ox, offset_y: oy }
+            }
+            Resize::CenterCrop { crop_pct } => {
+                let (iw, ih) = image.dimensions();
+                let crop = center_crop_region(iw, ih, h, w, crop_pct);
+                let pixels = resize_region(image, crop, w, h);
+                self.normalize(&pixels, w as usize, h as usize, out);
+                // A classifier's resize: the placement gives the scale (the crop's offset lies outside the input).
+                Placement {
+                    scale_x: w as f32 / crop.width as f32,
+                    scale_y: h as f32 / crop.height as f32,
+                    offset_x: 0,
+                    offset_y: 0,
+                }
             }
             Resize::FitHeight => {
                 let (iw, ih) = image.dimensions();
@@ -303,6 +349,70 @@ mod tests {
         assert!((out[0] - expect(0, 255.0)).abs() < 1e-5);
         assert!((out[24] - expect(1, 0.0)).abs() < 1e-5);
         assert!((out[48] - expect(2, 128.0)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn center_crop_is_timms_resize_then_centre_crop() {
+        // 640x480 to 224 at crop_pct 0.875: the shorter side to floor(224 / 0.875) = 256 (so 341x256), then the
+        // centre 224x224 of that: 224 * 640 / 341 by 224 * 480 / 256 source pixels.
+        let crop = center_crop_region(640, 480, 224, 224, 0.875);
+        assert!((crop.width - 224.0 * 640.0 / 341.0).abs() < 1e-9 && (crop.height - 420.0).abs() < 1e-9, "{crop:?}");
+        assert!((crop.left - (640.0 - crop.width) / 2.0).abs() < 1e-9 && (crop.top - 30.0).abs() < 1e-9);
+        // A square image at crop_pct 1 is the whole image: the same pixels as stretch.
+        assert_eq!(
+            center_crop_region(300, 300, 100, 100, 1.0),
+            Crop { left: 0.0, top: 0.0, width: 300.0, height: 300.0 }
+        );
+        let image = RgbImage::from_fn(300, 300, |x, y| image::Rgb([x as u8, y as u8, (x ^ y) as u8]));
+        let stretch = Preprocess {
+            size: [100, 100],
+            resize: Resize::Stretch,
+            mean: IMAGENET.0,
+            std: IMAGENET.1,
+            channels: ChannelOrder::Rgb,
+        };
+        let crop = Preprocess { resize: Resize::CenterCrop { crop_pct: 1.0 }, ..stretch.clone() };
+        let (mut a, mut b) = (vec![0.0; stretch.tensor_len()], vec![0.0; stretch.tensor_len()]);
+        stretch.apply(&image, &mut a);
+        crop.apply(&image, &mut b);
+        assert_eq!(a, b);
+        // A wide image keeps its aspect ratio: a 2:1 image with red sixths at the sides and white between comes out white.
+        let wide = RgbImage::from_fn(300, 150, |x, _| {
+            if (50..250).contains(&x) {
+                image::Rgb([255, 255, 255])
+            } else {
+                image::Rgb([255, 0, 0])
+            }
+        });
+        let plain = Preprocess { mean: [0.0; 3], std: [1.0; 3], ..crop };
+        let mut out = vec![0.0; plain.tensor_len()];
+        plain.apply(&wide, &mut out);
+        let green = &out[10_000..20_000];
+        assert!(green.iter().all(|&g| g > 0.99), "only the white middle is kept");
+        let stretched = Preprocess { resize: Resize::Stretch, ..plain };
+        stretched.apply(&wide, &mut out);
+        assert!(out[10_000..20_000].iter().any(|&g| g < 0.01), "stretch keeps the red sides");
+    }
+
+    #[test]
+    fn center_crop_comes_from_the_metadata() {
+        let json = r#"{"schema_version": 1, "kiln_version": "0.1.0", "task": "classify", "architecture": "convnext",
+            "variant": "convnext_atto", "class_names": ["a", "b"], "precision": "fp32", "opset": 19,
+            "training": {"epoch": 1, "metrics": null}, "outputs": [],
+            "input": {"name": "images", "shape": [1, 3, 224, 224], "layout": "NCHW", "dtype": "float32",
+                      "color": "RGB", "resize": "stretch", "size": [224, 224], "mean": [0.5, 0.5, 0.5],
+                      "std": [0.5, 0.5, 0.5]}}"#;
+        let mut metadata = kiln_export::ModelMetadata::from_json(json).unwrap();
+        assert_eq!(Preprocess::from_metadata(&metadata).unwrap().resize, Resize::Stretch);
+        metadata.input.resize = "center_crop".into();
+        assert_eq!(
+            Preprocess::from_metadata(&metadata).unwrap().resize,
+            Resize::CenterCrop { crop_pct: DEFAULT_CROP_PCT }
+        );
+        metadata.input.crop_pct = Some(0.95);
+        assert_eq!(Preprocess::from_metadata(&metadata).unwrap().resize, Resize::CenterCrop { crop_pct: 0.95 });
+        metadata.input.crop_pct = Some(1.5);
+        assert!(Preprocess::from_metadata(&metadata).unwrap_err().to_string().contains("crop_pct 1.5"));
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// Also write the rows as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// A model without kiln metadata: its preprocessing (only the input size matters for timing).
+    #[command(flatten)]
+    pub raw: super::raw::RawArgs,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -96,14 +99,21 @@ fn ms(d: Duration) -> f64 {
 
 fn bench_one(args: &BenchArgs, backend: &Backend) -> Vec<BenchRow> {
     let path = args.model.as_deref().expect("clap requires --model without a subcommand");
-    let model = match open_model(path, backend.clone(), args.threads) {
+    let raw = match args.raw.preprocess() {
+        Ok(raw) => raw,
+        Err(e) => return args.batch.iter().map(|&b| unavailable(backend, b, e.to_string())).collect(),
+    };
+    let model = match open_model(path, backend.clone(), args.threads, raw) {
         Ok(m) => m,
         Err(e) => return args.batch.iter().map(|&b| unavailable(backend, b, e.to_string())).collect(),
     };
     let load_ms = ms(model.load_time());
     let per = match model.preprocess() {
         Some(p) => p.tensor_len(),
-        None => return args.batch.iter().map(|&b| unavailable(backend, b, "no kiln metadata".into())).collect(),
+        None => {
+            let reason = format!("no kiln metadata: give its preprocessing with {}", super::raw::RAW_FLAGS);
+            return args.batch.iter().map(|&b| unavailable(backend, b, reason.clone())).collect();
+        }
     };
     let status = match backend {
         Backend::Ort(ep) => ep.provider_name().to_string(),

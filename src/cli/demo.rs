@@ -92,6 +92,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         save_vis: None,
         nms: Default::default(),
         decode: Default::default(),
+        raw: Default::default(),
     })?;
     println!("\n$ kiln bench --model {} --backends ort-cpu,tract", export.path.display());
     super::bench::run(super::bench::BenchArgs {
@@ -105,6 +106,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         threads: None,
         trt_cache: None,
         json: None,
+        raw: Default::default(),
     })?;
     if args.detect_epochs > 0 {
         detect(&args)?;
@@ -158,7 +160,7 @@ fn ocr(args: &DemoArgs) -> anyhow::Result<()> {
     );
     let examples: Vec<PathBuf> = (0..4).map(|i| args.out.join(format!("lines/test/images/{i:05}.png"))).collect();
     println!("\n$ kiln infer --model {} <four test lines>", export.path.display());
-    let model = super::infer::open_model(&export.path, kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), None)?;
+    let model = super::infer::open_model(&export.path, kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), None, None)?;
     super::infer_ocr::run(model, &examples, 4, super::output::Format::Table, &Default::default())
 }
 
@@ -206,7 +208,7 @@ fn detect(args: &DemoArgs) -> anyhow::Result<()> {
     );
     let examples: Vec<PathBuf> = (0..3).map(|i| args.out.join(format!("scenes/images/test_{i:05}.png"))).collect();
     println!("\n$ kiln infer --model {} --score 0.3 <three test scenes>", export.path.display());
-    let model = super::infer::open_model(&export.path, kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), None)?;
+    let model = super::infer::open_model(&export.path, kiln_infer::Backend::Ort(kiln_infer::Ep::Cpu), None, None)?;
     let flags = super::infer_detect::NmsFlags { score: Some(0.3), ..Default::default() };
     let nms = super::infer_detect::NmsArgs { flags, ..Default::default() };
     let output =

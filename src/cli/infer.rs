@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use kiln_infer::preprocess::decode_rgb;
+use kiln_infer::preprocess::{decode_rgb, Preprocess};
 use kiln_infer::{Backend, Classifier, Ep, Model};
 
 use super::output::{csv_field, Format};
@@ -82,11 +82,20 @@ pub fn with_trt_cache(backend: Backend, dir: Option<&std::path::Path>) -> Backen
     }
 }
 
-/// Opens `path` on `backend`, looking for ONNX Runtime in the deps directory kiln was built with.
-pub fn open_model(path: &std::path::Path, backend: Backend, threads: Option<usize>) -> kiln_infer::Result<Model> {
+/// Opens `path` on `backend`, looking for ONNX Runtime in the deps directory kiln was built with; `raw` is the
+/// preprocessing of a model without kiln metadata (`--raw-*`).
+pub fn open_model(
+    path: &std::path::Path,
+    backend: Backend,
+    threads: Option<usize>,
+    raw: Option<Preprocess>,
+) -> kiln_infer::Result<Model> {
     let mut builder = Model::builder().backend(backend).ort_deps(env!("KILN_DEFAULT_DEPS"));
     if let Some(n) = threads {
         builder = builder.threads(n);
+    }
+    if let Some(raw) = raw {
+        builder = builder.raw(raw);
     }
     builder.open(path)
 }
@@ -121,13 +130,24 @@ pub struct InferArgs {
     pub nms: super::infer_detect::NmsArgs,
     #[command(flatten)]
     pub decode: super::infer_ocr::DecodeArgs,
+    /// A model without kiln metadata: its preprocessing and class names.
+    #[command(flatten)]
+    pub raw: super::raw::RawArgs,
 }
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let files = kiln_train::classify::predict::expand_inputs(&args.inputs)?;
+    let raw = args.raw.preprocess()?;
     let mut models = Vec::with_capacity(args.model.len());
     for path in &args.model {
-        let model = open_model(path, args.backend.backend(), args.backend.threads)?;
+        let model = open_model(path, args.backend.backend(), args.backend.threads, raw.clone())?;
+        if model.metadata().is_none() && raw.is_none() {
+            anyhow::bail!(
+                "{} has no kiln metadata: give its preprocessing with {}",
+                path.display(),
+                super::raw::RAW_FLAGS
+            );
+        }
         eprintln!(
             "{} on {} (loaded in {:.0} ms)",
             path.display(),
@@ -155,7 +175,11 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         "--format coco is for detection models; {} classifies",
         args.model[0].display()
     );
-    let classifier = Classifier::new(model)?;
+    let class_names = args.raw.class_names(&model, &args.model[0])?;
+    let classifier = match model.metadata() {
+        Some(_) if args.raw.raw_classes.is_none() => Classifier::new(model)?,
+        _ => Classifier::with_classes(model, class_names)?,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.format == Format::Csv {

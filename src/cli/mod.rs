@@ -12,6 +12,7 @@ mod infer_detect;
 mod infer_ocr;
 mod output;
 mod predict;
+mod raw;
 mod study;
 mod train;
 

@@ -137,6 +137,10 @@ pub struct TrainConfig {
     /// Text recognition's settings (`task: ocr`).
     pub ocr: OcrSettings,
     pub normalize: Normalize,
+    /// Classification's evaluation resize (validation, test, predict and the exported model): absent, the image is
+    /// stretched to `img_size` × `img_size`; a value in (0, 1] is timm's `crop_pct`: the shorter side to
+    /// `floor(img_size / crop_pct)`, then the centre crop, keeping the aspect ratio.
+    pub eval_crop_pct: Option<f64>,
     /// Runs go to `<project>/<task>/<name>`.
     pub project: PathBuf,
     /// Run name; by default the first free of `exp`, `exp2`, `exp3`, …
@@ -184,6 +188,7 @@ impl Default for TrainConfig {
             detect: DetectSettings::default(),
             ocr: OcrSettings::default(),
             normalize: Normalize::default(),
+            eval_crop_pct: None,
             project: PathBuf::from("runs"),
             name: None,
             search_space: None,
@@ -297,6 +302,11 @@ impl TrainConfig {
         if self.normalize.std.iter().any(|s| *s <= 0.0) {
             return bad("normalize.std", "must be positive".into());
         }
+        if let Some(pct) = self.eval_crop_pct {
+            if !(pct > 0.0 && pct <= 1.0) {
+                return bad("eval_crop_pct", format!("{pct} is not in (0, 1]"));
+            }
+        }
         if self.task == TaskKind::Detect {
             self.detect.validate().or_else(|(key, reason)| bad(&key, reason))?;
         }
@@ -396,8 +406,10 @@ mod tests {
             (json!({"data": "/d", "model": "vit"}), "vit"),
             (json!({"data": "/d", "freeze": 2}), "freeze"),
             (json!({}), "data"),
+            (json!({"data": "/d", "eval_crop_pct": 1.2}), "eval_crop_pct"),
+            (json!({"data": "/d", "eval_crop_pct": 0}), "eval_crop_pct"),
         ] {
-            let err = TrainConfig::resolve(None, &overrides).unwrap_err().to_string();
+            let err = TrainConfig::resolve(None, &overrides).and_then(|c| c.validate()).unwrap_err().to_string();
             assert!(err.contains(key), "{overrides}: {err}");
         }
         assert_eq!("false".parse::<Freeze>().unwrap(), Freeze(0.0));

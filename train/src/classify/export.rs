@@ -19,6 +19,8 @@ use crate::{Error, Result};
 pub struct GraphSpec {
     pub img_size: u32,
     pub normalize: Normalize,
+    /// timm's evaluation `crop_pct` (`resize: center_crop`); `None` stretches.
+    pub eval_crop_pct: Option<f64>,
     pub class_names: Vec<String>,
     pub variant: String,
     pub training: TrainingInfo,
@@ -67,7 +69,8 @@ pub fn classifier_onnx(
             layout: "NCHW".into(),
             dtype: dtype_name(io).into(),
             color: "RGB".into(),
-            resize: "stretch".into(),
+            resize: if spec.eval_crop_pct.is_some() { "center_crop" } else { "stretch" }.into(),
+            crop_pct: spec.eval_crop_pct.map(|p| p as f32),
             size: [spec.img_size, spec.img_size],
             mean: spec.normalize.mean,
             std: spec.normalize.std,
@@ -111,6 +114,7 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
     let spec = GraphSpec {
         img_size: config.img_size,
         normalize: config.normalize,
+        eval_crop_pct: config.eval_crop_pct,
         class_names,
         variant: config.model.clone(),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },

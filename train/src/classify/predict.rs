@@ -119,7 +119,7 @@ pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Re
     let files = expand_inputs(inputs)?;
     let samples: Vec<Sample> = files.iter().map(|path| Sample { path: path.clone(), label: 0 }).collect();
     let skips = Arc::new(SkipLog::default());
-    let loader = make_loader(&config, &samples, Transform::Eval, &skips)?;
+    let loader = make_loader(&config, &samples, Transform::eval(&config), &skips)?;
     let k = options.top_k.clamp(1, class_names.len());
     let mut results: HashMap<PathBuf, Vec<ClassScore>> = HashMap::new();
     tch::no_grad(|| -> Result<()> {

@@ -84,7 +84,7 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
     let (model, _) = build_classifier(&vs, &config, dataset.num_classes())?;
     load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
     let skips = Arc::new(SkipLog::default());
-    let loader = make_loader(&config, samples, Transform::Eval, &skips)?;
+    let loader = make_loader(&config, samples, Transform::eval(&config), &skips)?;
     let precision = Precision::resolve(config.amp, config.channels_last, device)?;
     precision.prepare_params(&vs)?;
     let eval = evaluate(&model, &loader, &precision, dataset.num_classes())?;

@@ -175,7 +175,8 @@ impl Task for Classification {
     fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(Loader, Option<Loader>)> {
         let d = &self.dataset;
         let mut train = make_loader(config, &d.train, Transform::Train(config.augment.clone()), skips)?;
-        let mut val = if d.val.is_empty() { None } else { Some(make_loader(config, &d.val, Transform::Eval, skips)?) };
+        let mut val =
+            if d.val.is_empty() { None } else { Some(make_loader(config, &d.val, Transform::eval(config), skips)?) };
         let mut cached: Vec<(&str, &mut Loader)> = vec![("train", &mut train)];
         if let Some(val) = val.as_mut() {
             cached.push(("val", val));

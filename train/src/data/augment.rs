@@ -54,7 +54,30 @@ impl Default for Normalize {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transform {
     Train(AugmentConfig),
+    /// Evaluation: the image stretched to the input size (what kiln exports as `resize: stretch`).
     Eval,
+    /// Evaluation with timm's resize: the shorter side to `floor(size / crop_pct)`, then the centre crop
+    /// ([`Resize::CenterCrop`]; `eval_crop_pct` in the config).
+    EvalCenterCrop(f32),
+}
+
+impl Transform {
+    /// The evaluation transform `config` asks for.
+    pub fn eval(config: &crate::config::TrainConfig) -> Self {
+        match config.eval_crop_pct {
+            Some(pct) => Transform::EvalCenterCrop(pct as f32),
+            None => Transform::Eval,
+        }
+    }
+
+    /// The production resize of an evaluation transform (`None` for training's random crops).
+    pub fn eval_resize(&self) -> Option<Resize> {
+        match self {
+            Transform::Train(_) => None,
+            Transform::Eval => Some(Resize::Stretch),
+            Transform::EvalCenterCrop(crop_pct) => Some(Resize::CenterCrop { crop_pct: *crop_pct }),
+        }
+    }
 }
 
 /// torchvision's RandomResizedCrop parameters: up to 10 tries at a crop of random area and aspect ratio that fits,
@@ -149,7 +172,8 @@ fn write_chw(pixels: &[u8], size: usize, flip: bool, jitter: Jitter, norm: &Norm
     }
 }
 
-/// Applies `transform` to `image` and writes the normalised `3 × size × size` CHW result into `out`.
+/// Applies `transform` to `image` (the loader's working image, [`crate::data::cache::working_image`]: for
+/// evaluation already at the input size) and writes the normalised `3 × size × size` CHW result into `out`.
 pub fn transform_into(
     image: &RgbImage,
     size: u32,
@@ -161,14 +185,14 @@ pub fn transform_into(
     let (w, h) = image.dimensions();
     match transform {
         // Already at the input size (the loader's working image for evaluation): normalise only.
-        Transform::Eval if (w, h) == (size, size) => {
+        Transform::Eval | Transform::EvalCenterCrop(_) if (w, h) == (size, size) => {
             let s = size as usize;
             normalize_chw(image.as_raw(), s, s, &norm.mean, &norm.std, ChannelOrder::Rgb, out);
         }
-        Transform::Eval => {
+        Transform::Eval | Transform::EvalCenterCrop(_) => {
             let eval = Preprocess {
                 size: [size, size],
-                resize: Resize::Stretch,
+                resize: transform.eval_resize().expect("an evaluation transform"),
                 mean: norm.mean,
                 std: norm.std,
                 channels: ChannelOrder::Rgb,

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use image::RgbImage;
-use kiln_infer::preprocess::{resize_region, Crop};
+use kiln_infer::preprocess::{center_crop_region, resize_region, Crop};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -61,7 +61,7 @@ pub fn working_side(img_size: u32) -> u32 {
 /// The working size of a `width`×`height` image for `transform` at input size `img_size`.
 pub fn working_dims(width: u32, height: u32, img_size: u32, transform: &Transform) -> (u32, u32) {
     match transform {
-        Transform::Eval => (img_size, img_size),
+        Transform::Eval | Transform::EvalCenterCrop(_) => (img_size, img_size),
         Transform::Train(_) => {
             let side = working_side(img_size);
             let short = width.min(height);
@@ -82,10 +82,12 @@ pub fn working_dims(width: u32, height: u32, img_size: u32, transform: &Transfor
 /// `image` brought to its working size (see the module docs).
 pub fn working_image(image: RgbImage, img_size: u32, transform: &Transform) -> RgbImage {
     let (w, h) = working_dims(image.width(), image.height(), img_size, transform);
-    if (w, h) == image.dimensions() {
-        return image;
-    }
-    let pixels = resize_region(&image, Crop::full(&image), w, h);
+    let crop = match transform {
+        Transform::EvalCenterCrop(pct) => center_crop_region(image.width(), image.height(), h, w, *pct),
+        _ if (w, h) == image.dimensions() => return image,
+        _ => Crop::full(&image),
+    };
+    let pixels = resize_region(&image, crop, w, h);
     RgbImage::from_raw(w, h, pixels).expect("resize_region returns width x height RGB8")
 }
 
@@ -244,16 +246,17 @@ impl DiskCache {
         let meta = std::fs::metadata(path).ok()?;
         let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
         let canonical = std::fs::canonicalize(path).ok()?;
-        let mode: &[u8] = match transform {
-            Transform::Train(_) => b"train",
-            Transform::Eval => b"eval",
+        let mode: Vec<u8> = match transform {
+            Transform::Train(_) => b"train".to_vec(),
+            Transform::Eval => b"eval".to_vec(),
+            Transform::EvalCenterCrop(pct) => format!("eval-crop-{pct}").into_bytes(),
         };
         let key = fnv1a(&[
             canonical.as_os_str().as_encoded_bytes(),
             &meta.len().to_le_bytes(),
             &modified.as_nanos().to_le_bytes(),
             &img_size.to_le_bytes(),
-            mode,
+            &mode,
         ]);
         let hex = format!("{key:016x}");
         Some(self.dir.join(&hex[..2]).join(format!("{hex}.rgb")))
@@ -470,25 +473,27 @@ mod tests {
 
     #[test]
     fn eval_batches_are_what_production_preprocessing_gives() {
-        use kiln_infer::preprocess::{ChannelOrder, Preprocess, Resize};
+        use kiln_infer::preprocess::{ChannelOrder, Preprocess};
         let dir = tempfile::tempdir().unwrap();
         let samples: Vec<Sample> = dataset(dir.path()).into_iter().filter(|s| decode_rgb(&s.path).is_ok()).collect();
         let norm = Normalize::default();
-        let production = Preprocess {
-            size: [32, 32],
-            resize: Resize::Stretch,
-            mean: norm.mean,
-            std: norm.std,
-            channels: ChannelOrder::Rgb,
-        };
-        let l = loader(samples, Transform::Eval, Arc::default());
-        for batch in l.epoch(0, false) {
-            let batch = batch.unwrap();
-            for (k, path) in batch.paths.iter().enumerate() {
-                let mut expected = vec![0f32; production.tensor_len()];
-                production.apply(&decode_rgb(path).unwrap(), &mut expected);
-                let got: Vec<f32> = Vec::try_from(batch.images.get(k as i64).flatten(0, -1)).unwrap();
-                assert_eq!(got, expected, "{}", path.display());
+        for transform in [Transform::Eval, Transform::EvalCenterCrop(0.875)] {
+            let production = Preprocess {
+                size: [32, 32],
+                resize: transform.eval_resize().unwrap(),
+                mean: norm.mean,
+                std: norm.std,
+                channels: ChannelOrder::Rgb,
+            };
+            let l = loader(samples.clone(), transform.clone(), Arc::default());
+            for batch in l.epoch(0, false) {
+                let batch = batch.unwrap();
+                for (k, path) in batch.paths.iter().enumerate() {
+                    let mut expected = vec![0f32; production.tensor_len()];
+                    production.apply(&decode_rgb(path).unwrap(), &mut expected);
+                    let got: Vec<f32> = Vec::try_from(batch.images.get(k as i64).flatten(0, -1)).unwrap();
+                    assert_eq!(got, expected, "{transform:?}: {}", path.display());
+                }
             }
         }
     }

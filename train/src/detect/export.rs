@@ -155,6 +155,7 @@ pub fn detector_onnx(
             dtype: dtype_name(io).into(),
             color: "RGB".into(),
             resize: "letterbox".into(),
+            crop_pct: None,
             size: [spec.img_size, spec.img_size],
             mean: spec.normalize.mean,
             std: spec.normalize.std,

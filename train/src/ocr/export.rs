@@ -86,6 +86,7 @@ pub fn recognizer_onnx(
             dtype: dtype_name(ElemType::F32).into(),
             color: "RGB".into(),
             resize: "fit_height".into(),
+            crop_pct: None,
             size: [spec.height, spec.width],
             mean: spec.normalize.mean,
             std: spec.normalize.std,
