@@ -59,6 +59,41 @@ fn ort_and_tract_classify_as_libtorch_does() {
 }
 
 #[test]
+fn a_centre_crop_run_exports_its_eval_resize_and_deploys_as_it_evaluates() {
+    let _serial = common::one_training_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (10, 3, 4), 23);
+    let mut config = common::quick_config(&data, &dir.path().join("runs"), 1);
+    config.eval_crop_pct = Some(0.9);
+    let run = classify::train(&config).unwrap().run;
+    let onnx = dir.path().join("crop.onnx");
+    export_run(&run, &ExportOptions { out: Some(onnx.clone()), ..Default::default() }).unwrap();
+    let model = Model::builder().threads(1).open(&onnx).unwrap();
+    let input = &model.metadata().unwrap().input;
+    assert_eq!((input.resize.as_str(), input.crop_pct), ("center_crop", Some(0.9)));
+    assert_eq!(model.preprocess().unwrap().resize, Resize::CenterCrop { crop_pct: 0.9 });
+    // Wide and tall copies of test images: the crop keeps the centre, where stretch would squash.
+    let mut files = Vec::new();
+    for (i, file) in test_images(&data).iter().take(4).enumerate() {
+        let image = decode_rgb(file).unwrap();
+        let (w, h) = if i % 2 == 0 { (112, 64) } else { (64, 100) };
+        let path = dir.path().join(format!("odd{i}.png"));
+        image::imageops::resize(&image, w, h, image::imageops::FilterType::Triangle).save(&path).unwrap();
+        files.push(path);
+    }
+    let reference = predict(&run, &files, &PredictOptions { top_k: 3, ..Default::default() }).unwrap();
+    let classifier = Classifier::new(model).unwrap();
+    for (file, expected) in files.iter().zip(&reference) {
+        let expected = expected.top.as_ref().unwrap();
+        let got = classifier.predict_path(file, 3).unwrap();
+        for (a, b) in got.iter().zip(expected) {
+            assert_eq!(a.index, b.index, "{}", file.display());
+            assert!((a.probability as f64 - b.probability).abs() < 1e-4, "{}: {a:?} vs {b:?}", file.display());
+        }
+    }
+}
+
+#[test]
 fn a_model_serves_concurrent_callers() {
     let t = trained(false);
     let files = test_images(&t.data);
