@@ -132,6 +132,8 @@ pub struct TrainConfig {
     pub drop_path_rate: f64,
     pub drop_rate: f64,
     pub augment: AugmentConfig,
+    /// Classification's MixUp / CutMix of each training batch (off by default).
+    pub mixup: crate::classify::mixup::Mixup,
     /// Detection's settings (`task: detect`).
     pub detect: DetectSettings,
     /// Text recognition's settings (`task: ocr`).
@@ -185,6 +187,7 @@ impl Default for TrainConfig {
             drop_path_rate: 0.1,
             drop_rate: 0.0,
             augment: AugmentConfig::default(),
+            mixup: Default::default(),
             detect: DetectSettings::default(),
             ocr: OcrSettings::default(),
             normalize: Normalize::default(),
@@ -298,6 +301,14 @@ impl TrainConfig {
         let [lo, hi] = self.augment.ratio;
         if !(0.0 < lo && lo <= hi) {
             return bad("augment.ratio", format!("[{lo}, {hi}] is not a positive range"));
+        }
+        if let Some(policy) = &self.augment.auto_augment {
+            policy.validate().or_else(|(key, reason)| bad(&key, reason))?;
+        }
+        self.augment.random_erasing.validate().or_else(|(key, reason)| bad(&key, reason))?;
+        self.mixup.validate().or_else(|(key, reason)| bad(&key, reason))?;
+        if self.mixup.enabled() && self.task != TaskKind::Classify {
+            return bad("mixup", format!("MixUp and CutMix are for classification, not {}", self.task.name()));
         }
         if self.normalize.std.iter().any(|s| *s <= 0.0) {
             return bad("normalize.std", "must be positive".into());

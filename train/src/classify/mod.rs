@@ -4,6 +4,7 @@
 pub mod evaluate;
 pub mod export;
 pub mod loss;
+pub mod mixup;
 pub mod model;
 pub mod predict;
 pub mod report;

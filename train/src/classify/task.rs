@@ -1,5 +1,5 @@
 //! Classification as a [`Task`] of the shared engine: an ImageFolder dataset, the ConvNeXt classifier,
-//! label-smoothed cross-entropy, accuracy / macro precision, recall and F1 (the objective: accuracy), and the test
+//! label-smoothed cross-entropy (soft targets under MixUp / CutMix), accuracy / macro precision, recall and F1 (the objective: accuracy), and the test
 //! report with its confusion matrix. [`train`], [`resume`] and their `_observed` forms are the entry points.
 
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use tch::nn;
 use kiln_models::ImageClassifier;
 
 use super::evaluate::{evaluate, Evaluation};
-use super::loss::classification_loss;
+use super::loss::{classification_loss, soft_target_loss};
 use super::model::{build_classifier, trainable_params};
 use super::report::{evaluate_run, EvalOptions, SplitReport};
 use super::setup::{apply_cache, make_loader, open_dataset};
@@ -195,7 +195,13 @@ impl Task for Classification {
         let device = precision.device;
         let images = batch.images.to_device(device);
         let labels = batch.labels.to_device(device);
-        let loss = classification_loss(model, &images, &labels, precision, config.label_smoothing)?;
+        let loss = if config.mixup.enabled() {
+            let classes = self.dataset.num_classes() as i64;
+            let mixed = config.mixup.mix(&images, &labels, classes, config.label_smoothing)?;
+            soft_target_loss(model, &mixed.images, &mixed.targets, precision)?
+        } else {
+            classification_loss(model, &images, &labels, precision, config.label_smoothing)?
+        };
         Ok(Losses::single(loss))
     }
 

@@ -1,7 +1,8 @@
 //! Augmentation and normalisation: an RGB8 image in, a normalised CHW f32 tensor's data out.
 //!
-//! Training: random resized crop (as torchvision's `RandomResizedCrop`), horizontal flip, colour jitter
-//! (brightness, contrast, saturation). Evaluation: the whole image resized to the square input size, by the very
+//! Training: random resized crop (as torchvision's `RandomResizedCrop`), horizontal flip, RandAugment or
+//! TrivialAugment ([`super::auto_augment`]), colour jitter (brightness, contrast, saturation), then random erasing
+//! on the normalised image ([`super::erasing`]): timm's order. Evaluation: the whole image resized to the square input size, by the very
 //! code `kiln-infer` runs in production ([`Preprocess`]), so exported models see what validation saw. Resizing is
 //! antialiased (bilinear convolution); flip, jitter and normalisation run in one pass.
 
@@ -10,6 +11,9 @@ pub use kiln_infer::preprocess::Crop;
 use kiln_infer::preprocess::{normalize_chw, resize_region, ChannelOrder, Preprocess, Resize};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+
+use super::auto_augment::AutoAugment;
+use super::erasing::RandomErasing;
 
 /// ImageNet mean and standard deviation (RGB, on 0..1 values), timm's defaults for ConvNeXt.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -27,11 +31,22 @@ pub struct AugmentConfig {
     pub hflip: f64,
     /// Strength of brightness, contrast and saturation jitter: each factor is drawn from [1 - s, 1 + s].
     pub color_jitter: f64,
+    /// RandAugment or TrivialAugment on the crop, after the flip (none by default).
+    pub auto_augment: Option<AutoAugment>,
+    /// Random erasing after normalisation (off by default).
+    pub random_erasing: RandomErasing,
 }
 
 impl Default for AugmentConfig {
     fn default() -> Self {
-        Self { scale: [0.08, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0], hflip: 0.5, color_jitter: 0.4 }
+        Self {
+            scale: [0.08, 1.0],
+            ratio: [3.0 / 4.0, 4.0 / 3.0],
+            hflip: 0.5,
+            color_jitter: 0.4,
+            auto_augment: None,
+            random_erasing: RandomErasing::default(),
+        }
     }
 }
 
@@ -203,7 +218,19 @@ pub fn transform_into(
             let crop = random_resized_crop(w, h, cfg.scale, cfg.ratio, rng);
             let flip = rng.random_bool(cfg.hflip.clamp(0.0, 1.0));
             let jitter = Jitter::sample(cfg.color_jitter, rng);
-            write_chw(&resize_region(image, crop, size, size), size as usize, flip, jitter, norm, out);
+            let resized = resize_region(image, crop, size, size);
+            match &cfg.auto_augment {
+                None => write_chw(&resized, size as usize, flip, jitter, norm, out),
+                Some(policy) => {
+                    let mut crop = RgbImage::from_raw(size, size, resized).expect("a size x size RGB8 buffer");
+                    if flip {
+                        image::imageops::flip_horizontal_in_place(&mut crop);
+                    }
+                    let augmented = policy.apply(&crop, rng);
+                    write_chw(augmented.as_raw(), size as usize, false, jitter, norm, out);
+                }
+            }
+            cfg.random_erasing.apply(out, size as usize, rng);
         }
     }
 }
@@ -287,6 +314,46 @@ mod tests {
     }
 
     #[test]
+    fn rand_augment_and_erasing_keep_the_shape_and_erase_after_normalisation() {
+        use crate::data::auto_augment::AutoAugment;
+        use crate::data::erasing::{EraseFill, RandomErasing};
+        let norm = Normalize::default();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let image = RgbImage::from_fn(50, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 128]));
+        let policy = AugmentConfig { auto_augment: Some(AutoAugment::RAND_AUGMENT), ..Default::default() };
+        let plain = AugmentConfig::default();
+        let mut differs_from_plain = 0;
+        for i in 0..40 {
+            let mut a = vec![f32::NAN; 3 * 32 * 32];
+            let mut b = vec![f32::NAN; 3 * 32 * 32];
+            transform_into(&image, 32, &Transform::Train(policy.clone()), &norm, &mut rng, &mut a);
+            let mut twin = rand::rngs::StdRng::seed_from_u64(100 + i);
+            transform_into(&image, 32, &Transform::Train(plain.clone()), &norm, &mut twin.clone(), &mut b);
+            let mut c = vec![f32::NAN; 3 * 32 * 32];
+            transform_into(&image, 32, &Transform::Train(policy.clone()), &norm, &mut twin, &mut c);
+            for ch in 0..3 {
+                let (lo, hi) = bounds(&norm, ch);
+                assert!(a[ch * 1024..(ch + 1) * 1024].iter().all(|v| *v >= lo - 1e-5 && *v <= hi + 1e-5));
+            }
+            differs_from_plain += (b != c) as usize;
+        }
+        assert!(differs_from_plain > 30, "RandAugment changes most crops: {differs_from_plain}");
+
+        // Erasing writes zeros (the mean, after normalisation) into a rectangle of the normalised image.
+        let erase = AugmentConfig {
+            color_jitter: 0.0,
+            random_erasing: RandomErasing { prob: 1.0, fill: EraseFill::Const, ..Default::default() },
+            ..Default::default()
+        };
+        let white = RgbImage::from_pixel(32, 32, image::Rgb([255, 255, 255]));
+        let mut out = vec![f32::NAN; 3 * 32 * 32];
+        transform_into(&white, 32, &Transform::Train(erase), &norm, &mut rng, &mut out);
+        let zeros = out.iter().filter(|v| **v == 0.0).count();
+        assert!(zeros >= 3 * 20 && zeros % 3 == 0, "a rectangle of zeros in every channel: {zeros}");
+        assert!(out.iter().all(|v| *v == 0.0 || (*v - bounds(&norm, 0).1).abs() < 0.8), "the rest stays white");
+    }
+
+    #[test]
     fn eval_is_deterministic_and_flip_mirrors() {
         let norm = Normalize::default();
         let image = halves(64, 32);
@@ -300,7 +367,8 @@ mod tests {
         assert!((a[0] - red_hi).abs() < 1e-4, "left is red");
         assert!((a[15] - red_lo).abs() < 1e-4, "right has no red");
 
-        let flip_only = AugmentConfig { scale: [1.0, 1.0], ratio: [2.0, 2.0], hflip: 1.0, color_jitter: 0.0 };
+        let flip_only =
+            AugmentConfig { scale: [1.0, 1.0], ratio: [2.0, 2.0], hflip: 1.0, color_jitter: 0.0, ..Default::default() };
         let mut f = vec![0.0; 3 * 16 * 16];
         transform_into(&image, 16, &Transform::Train(flip_only), &norm, &mut rng, &mut f);
         assert!((f[0] - red_lo).abs() < 1e-4 && (f[15] - red_hi).abs() < 1e-4, "flipped: red on the right");

@@ -1,9 +1,11 @@
 //! Data: the ImageFolder layout, decoding, augmentation, and the batch loader.
 
 pub mod augment;
+pub mod auto_augment;
 pub mod batcher;
 pub mod cache;
 pub mod decode;
+pub mod erasing;
 pub mod image_folder;
 pub mod loader;
 
