@@ -40,6 +40,7 @@ fn setup() -> Setup {
         class_names: (0..10).map(|i| format!("class{i}")).collect(),
         variant: "convnext_atto".into(),
         training: Default::default(),
+        temperature: None,
     };
     let (bytes, _, _) = tch::no_grad(|| classifier_onnx(&model, &spec, &ExportOptions::default())).unwrap();
     let onnx = dir.path().join("atto.onnx");

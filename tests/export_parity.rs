@@ -113,6 +113,7 @@ fn spec(img_size: u32, classes: usize, variant: &str) -> GraphSpec {
         class_names: (0..classes).map(|i| format!("c{i}")).collect(),
         variant: variant.into(),
         training: Default::default(),
+        temperature: None,
     }
 }
 
@@ -275,4 +276,53 @@ fn bad_exports_are_clear_errors_and_leave_no_file() {
     let err = export_run(&RunDir::open(&run.path).unwrap(), &ExportOptions::default()).unwrap_err().to_string();
     assert!(err.contains("best.safetensors") && err.contains("no such checkpoint"), "{err}");
     assert!(!weights.join("best.onnx").exists());
+}
+
+#[test]
+fn a_calibrated_export_divides_the_logits_by_the_temperature_fitted_on_val() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (10, 6, 3), 6);
+    let mut config = common::quick_config(&data, &dir.path().join("runs"), 2);
+    config.img_size = 32;
+    let outcome = classify::train(&config).unwrap();
+    let run = &outcome.run;
+    let ckpt = checkpoint::load(&run.checkpoint(Which::Best)).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ImageClassifier::new(&vs.root(), &ClassifierConfig::new("convnext_atto", 3)).unwrap();
+    kiln_models::weights::load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[]).unwrap();
+
+    // No calibration.json yet: the export fits the temperature on the val split and saves it.
+    let options = ExportOptions { calibrated: true, dynamic_batch: true, ..Default::default() };
+    let report = export_run(run, &options).unwrap();
+    let saved = classify::calibration::read_calibration(run).unwrap().expect("calibration.json written");
+    let scaling = report.metadata.temperature_scaling.clone().expect("the metadata records the temperature");
+    assert_eq!((scaling.temperature, scaling.images, scaling.fitted_on.as_str()), (saved.temperature, 18, "val"));
+    assert!(scaling.nll_after <= scaling.nll_before + 1e-12, "{scaling:?}");
+    assert!(saved.temperature != 1.0);
+
+    let bytes = std::fs::read(&report.path).unwrap();
+    let back = ModelMetadata::from_model(&kiln_export::from_bytes(&bytes).unwrap()).unwrap().expect("kiln metadata");
+    assert_eq!(back.temperature_scaling, Some(scaling.clone()));
+    let input = real_batch(&data.join("test"), 5, 32);
+    let shape = [5, 3, 32, 32];
+    let t = saved.temperature as f32;
+    let logits: Vec<f32> = libtorch_logits(&model, &input, shape).iter().map(|z| z / t).collect();
+    let probs: Vec<f32> = {
+        let scaled = Tensor::from_slice(&logits).view([5, 3]);
+        Vec::try_from(scaled.softmax(-1, Kind::Float).flatten(0, -1)).unwrap()
+    };
+    for (name, out) in [("ort", run_ort(&bytes, &input, shape)), ("tract", run_tract(&bytes, &input, shape))] {
+        assert!(max_diff(&out.probs, &probs) < 1e-5, "{name}: probs differ by {}", max_diff(&out.probs, &probs));
+        assert!(max_diff(&out.logits, &logits) < 1e-4, "{name}: logits differ by {}", max_diff(&out.logits, &logits));
+    }
+
+    // A saved calibration for this checkpoint is reused, not refitted.
+    let mut edited = saved.clone();
+    edited.temperature = 2.5;
+    std::fs::write(classify::calibration::calibration_path(run), serde_json::to_vec(&edited).unwrap()).unwrap();
+    let again = export_run(run, &ExportOptions { out: Some(dir.path().join("t.onnx")), ..options.clone() }).unwrap();
+    assert_eq!(again.metadata.temperature_scaling.unwrap().temperature, 2.5);
+    // An uncalibrated export records none.
+    let plain = export_run(run, &ExportOptions { out: Some(dir.path().join("p.onnx")), ..Default::default() }).unwrap();
+    assert_eq!(plain.metadata.temperature_scaling, None);
 }

@@ -18,8 +18,8 @@ pub mod write;
 pub use error::{Error, Result};
 pub use graph::{from_bytes, to_bytes, Attr, Dim, ElemType, Graph, Value, MAX_OPSET, MIN_OPSET};
 pub use metadata::{
-    CalibrationInfo, CtcSettings, InputSpec, ModelMetadata, NmsSettings, OutputSpec, QuantizationInfo, TrainingInfo,
-    METADATA_KEY, SCHEMA_VERSION,
+    CalibrationInfo, CtcSettings, InputSpec, ModelMetadata, NmsSettings, OutputSpec, QuantizationInfo,
+    TemperatureScaling, TrainingInfo, METADATA_KEY, SCHEMA_VERSION,
 };
 pub use nms::{emit_nms, NmsValues, NMS_OUTPUTS};
 /// The ONNX protobuf types kiln-export reads and writes.

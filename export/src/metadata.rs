@@ -37,6 +37,24 @@ pub struct ModelMetadata {
     /// int8 models: how they were quantized (absent for float models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<QuantizationInfo>,
+    /// Classification: the temperature the exported logits are divided by before the softmax (absent when the
+    /// model is not calibrated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_scaling: Option<TemperatureScaling>,
+}
+
+/// Temperature scaling folded into a classifier: `logits = z / temperature`, `probs = softmax(logits)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TemperatureScaling {
+    pub temperature: f64,
+    /// The split it was fitted on, and how many images that had.
+    pub fitted_on: String,
+    pub images: usize,
+    /// Negative log-likelihood and expected calibration error (15 bins) on that split, before and after.
+    pub nll_before: f64,
+    pub nll_after: f64,
+    pub ece_before: f64,
+    pub ece_after: f64,
 }
 
 /// How an int8 model was made from its float export.
@@ -206,6 +224,7 @@ pub(crate) fn example() -> ModelMetadata {
         nms: None,
         ctc: None,
         quantization: None,
+        temperature_scaling: None,
     }
 }
 

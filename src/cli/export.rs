@@ -48,6 +48,10 @@ pub struct OnnxArgs {
     pub nms: super::infer_detect::NmsFlags,
     #[command(flatten)]
     pub int8: Int8Flags,
+    /// Classification: divide the logits by the run's temperature (fitted on the val split by
+    /// `kiln val --calibrate`, or now), so that the exported probs are calibrated; the metadata records it.
+    #[arg(long)]
+    pub calibrated: bool,
 }
 
 /// int8 quantization of the export.
@@ -138,6 +142,7 @@ pub fn run(format: ExportFormat) -> anyhow::Result<()> {
         nms: args.nms.overrides(),
         nms_in_graph: args.nms_in_graph,
         int8: args.int8.request()?,
+        calibrated: args.calibrated,
     };
     let report = export_run(&run, &options)?;
     let m = &report.metadata;
@@ -153,6 +158,12 @@ pub fn run(format: ExportFormat) -> anyhow::Result<()> {
         report.bytes as f64 / 1e6,
         report.path.display()
     );
+    if let Some(t) = &m.temperature_scaling {
+        println!(
+            "calibrated: logits / {:.4} (fitted on {} {} images: NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4})",
+            t.temperature, t.images, t.fitted_on, t.nll_before, t.nll_after, t.ece_before, t.ece_after
+        );
+    }
     if let Some(int8) = &report.int8 {
         print_int8(int8);
     }

@@ -18,6 +18,12 @@ fn print_metrics(title: &str, m: &ClassificationMetrics, class_names: &[String])
         "  accuracy {:.4}  precision {:.4}  recall {:.4}  f1 {:.4}",
         m.accuracy, m.precision_macro, m.recall_macro, m.f1_macro
     );
+    if let Some(t) = m.top5_accuracy {
+        print!("  top-5 {t:.4}");
+    }
+    if let Some(e) = m.ece {
+        print!("  ECE {e:.4}");
+    }
     if let Some(s) = m.specificity {
         print!("  specificity {s:.4}");
     }
@@ -47,8 +53,12 @@ fn print_confusion(report: &SplitReport) {
 }
 
 pub fn print_split_report(report: &SplitReport) {
+    let tta = match &report.tta {
+        Some(t) => format!(", TTA over {} views (flip {}, scales {:?})", t.views(), t.flip, t.scales),
+        None => String::new(),
+    };
     let title = format!(
-        "{} split: {} images, checkpoint {} (epoch {}), loss {:.4}",
+        "{} split: {} images, checkpoint {} (epoch {}), loss {:.4}{tta}",
         report.split,
         report.images,
         report.checkpoint.display(),

@@ -161,6 +161,7 @@ pub enum TaskArg {
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum OptimizerArg {
     Adamw,
+    Adam,
     Sgd,
 }
 
@@ -204,6 +205,7 @@ impl TrainArgs {
         put("lr", self.lr.map(Value::from));
         let optimizer = self.optimizer.map(|o| match o {
             OptimizerArg::Adamw => OptimizerKind::AdamW,
+            OptimizerArg::Adam => OptimizerKind::Adam,
             OptimizerArg::Sgd => OptimizerKind::Sgd,
         });
         put("optimizer", optimizer.map(serde_json::to_value).transpose()?);

@@ -40,6 +40,8 @@ impl TaskKind {
 pub enum OptimizerKind {
     #[default]
     AdamW,
+    /// Adam with L2 weight decay added to the gradient (PyTorch's `torch.optim.Adam`).
+    Adam,
     Sgd,
 }
 
@@ -75,6 +77,75 @@ impl<'de> Deserialize<'de> for Freeze {
             other => Err(serde::de::Error::custom(format!("freeze: {other} is not true, false or a fraction"))),
         }
     }
+}
+
+/// How much of the training split an epoch uses (`limit_train_batches`, as Lightning's): an integer is a number of
+/// batches, a float in (0, 1] a fraction of them (at least one batch).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BatchLimit {
+    Count(usize),
+    Fraction(f64),
+}
+
+impl BatchLimit {
+    /// The batches an epoch of `batches` takes.
+    pub fn of(self, batches: usize) -> usize {
+        match self {
+            BatchLimit::Count(n) => n.min(batches),
+            BatchLimit::Fraction(f) => ((batches as f64 * f).floor() as usize).clamp(1.min(batches), batches),
+        }
+    }
+}
+
+impl Serialize for BatchLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match *self {
+            BatchLimit::Count(n) => s.serialize_u64(n as u64),
+            BatchLimit::Fraction(f) => s.serialize_f64(f),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let bad = |v: &dyn std::fmt::Display| {
+            serde::de::Error::custom(format!(
+                "limit_train_batches: {v} is neither a number of batches (an integer >= 1) nor a fraction in (0, 1]"
+            ))
+        };
+        match Value::deserialize(d)? {
+            Value::Number(n) if n.is_u64() => match n.as_u64() {
+                Some(0) | None => Err(bad(&n)),
+                Some(c) => Ok(BatchLimit::Count(c as usize)),
+            },
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if f > 0.0 && f <= 1.0 => Ok(BatchLimit::Fraction(f)),
+                _ => Err(bad(&n)),
+            },
+            other => Err(bad(&other)),
+        }
+    }
+}
+
+/// Which epochs `save_top_k` keeps (Lightning's `ModelCheckpoint(monitor, mode, every_n_epochs)`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointPolicy {
+    /// The validation metric that ranks epochs (one of the task's: `loss`, `accuracy`, `top5`, ... for
+    /// classification); by default the task's objective.
+    pub monitor: Option<String>,
+    /// `min` or `max`; by default the objective's direction, or `min` for a metric named `loss`.
+    pub mode: Option<Mode>,
+    /// Only every N-th epoch may enter the top k (1: every epoch).
+    pub every_n_epochs: Option<usize>,
+}
+
+/// Whether a monitored metric is better low or high.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Min,
+    Max,
 }
 
 /// Every setting of a training run.
@@ -124,6 +195,10 @@ pub struct TrainConfig {
     /// Also keep the checkpoints of the best `save_top_k` epochs as `weights/epoch_<N>.safetensors`; 0 keeps
     /// only `best` and `last`.
     pub save_top_k: usize,
+    /// What `save_top_k` ranks and how often it looks.
+    pub checkpoint: CheckpointPolicy,
+    /// Train on only part of each epoch: a number of batches or a fraction of them (the schedule follows).
+    pub limit_train_batches: Option<BatchLimit>,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Fractions of train used as val / test when those folders are missing.
@@ -181,6 +256,8 @@ impl Default for TrainConfig {
             seed: 0,
             patience: 0,
             save_top_k: 0,
+            checkpoint: CheckpointPolicy::default(),
+            limit_train_batches: None,
             device: "auto".into(),
             val_split: 0.1,
             test_split: 0.1,
@@ -307,6 +384,9 @@ impl TrainConfig {
         }
         self.augment.random_erasing.validate().or_else(|(key, reason)| bad(&key, reason))?;
         self.mixup.validate().or_else(|(key, reason)| bad(&key, reason))?;
+        if self.checkpoint.every_n_epochs == Some(0) {
+            return bad("checkpoint.every_n_epochs", "must be at least 1".into());
+        }
         if self.mixup.enabled() && self.task != TaskKind::Classify {
             return bad("mixup", format!("MixUp and CutMix are for classification, not {}", self.task.name()));
         }

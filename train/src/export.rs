@@ -34,6 +34,9 @@ pub struct ExportOptions {
     pub nms_in_graph: bool,
     /// An int8 model instead of a float one (`--int8`), made from the fp32 export.
     pub int8: Option<crate::int8::Int8Request>,
+    /// Classification: divide the logits by the run's fitted temperature (`calibration.json`, fitted on the
+    /// validation split now when the run has none for this checkpoint), so that `probs` are calibrated.
+    pub calibrated: bool,
 }
 
 impl Default for ExportOptions {
@@ -48,6 +51,7 @@ impl Default for ExportOptions {
             nms: NmsOverrides::default(),
             nms_in_graph: false,
             int8: None,
+            calibrated: false,
         }
     }
 }
@@ -157,6 +161,12 @@ pub fn finish(
     out: &Path,
     build: &crate::int8::BuildGraph<'_>,
 ) -> Result<ExportReport> {
+    if options.calibrated && config.task != crate::config::TaskKind::Classify {
+        return Err(Error::InvalidSetting {
+            key: "calibrated".into(),
+            reason: format!("temperature scaling is for classifiers; this is a {} run", config.task.name()),
+        });
+    }
     if let Some(request) = &options.int8 {
         return crate::int8::export(config, options, request, checkpoint, out, build);
     }

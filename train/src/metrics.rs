@@ -151,6 +151,8 @@ impl ConfusionMatrix {
             recall_macro: mean(|m| m.recall),
             f1_macro: mean(|m| m.f1),
             specificity,
+            top5_accuracy: None,
+            ece: None,
             support: total,
             per_class,
         }
@@ -201,6 +203,15 @@ pub struct ClassificationMetrics {
     pub f1_macro: f64,
     /// TN / (TN + FP) with class 1 as the positive class; only when there are exactly two classes.
     pub specificity: Option<f64>,
+    /// Fraction of samples whose class is among the five highest scores (all of them with fewer than five
+    /// classes, as timm's `accuracy(topk=(1, 5))`); set by evaluations that see the scores, not by a confusion
+    /// matrix alone.
+    #[serde(default)]
+    pub top5_accuracy: Option<f64>,
+    /// Expected calibration error of the top-1 confidence (15 equal-width bins); set with the scores, as
+    /// `top5_accuracy`.
+    #[serde(default)]
+    pub ece: Option<f64>,
     /// One entry per class, in class-index order.
     pub per_class: Vec<ClassMetrics>,
     /// The total number of samples.

@@ -1,7 +1,9 @@
 //! `kiln export onnx`: a run's checkpoint as a self-describing ONNX model that computes what the libtorch model
 //! computes (logits and softmax probabilities), written atomically.
 
-use kiln_export::{Attr, Dim, Graph, InputSpec, ModelMetadata, TrainingInfo, METADATA_KEY, SCHEMA_VERSION};
+use kiln_export::{
+    Attr, Dim, Graph, InputSpec, ModelMetadata, TemperatureScaling, TrainingInfo, METADATA_KEY, SCHEMA_VERSION,
+};
 use kiln_models::weights::{load_into, HeadPolicy};
 use kiln_models::{ConvNextConfig, ImageClassifier};
 use tch::{nn, Device};
@@ -24,6 +26,8 @@ pub struct GraphSpec {
     pub class_names: Vec<String>,
     pub variant: String,
     pub training: TrainingInfo,
+    /// Temperature scaling folded in: the logits are divided by it before the softmax.
+    pub temperature: Option<TemperatureScaling>,
 }
 
 /// Builds the ONNX model of `model`: input `images` `[N, 3, S, S]`, outputs `logits` and `probs`, with metadata.
@@ -41,6 +45,19 @@ pub fn classifier_onnx(
     let x = if io != compute { g.op("Cast", &[&images], vec![Attr::Int("to", ONNX_FLOAT16)])? } else { images };
     let logits = model.emit(&mut g, &x)?;
     let logits = if io != compute { g.op("Cast", &[&logits], vec![Attr::Int("to", ONNX_FLOAT)])? } else { logits };
+    let logits = match &spec.temperature {
+        Some(scaling) => {
+            // The logits are in the graph's output type here: float32, or float16 with fp16 inputs and outputs.
+            let value = [scaling.temperature as f32];
+            let t = if io == compute && options.half {
+                g.constant("temperature", &[], &value)?
+            } else {
+                g.constant_f32("temperature", &[], &value)?
+            };
+            g.op("Div", &[&logits, &t], vec![])?
+        }
+        None => logits,
+    };
     let probs = g.op("Softmax", &[&logits], vec![Attr::Int("axis", -1)])?;
     let out_dims = [batch.clone(), Dim::Fixed(classes)];
     let outputs = vec![
@@ -50,7 +67,11 @@ pub fn classifier_onnx(
             "logits",
             io,
             &out_dims,
-            "unnormalised class scores, one per class_names entry",
+            if spec.temperature.is_some() {
+                "class scores divided by the calibration temperature, one per class_names entry"
+            } else {
+                "unnormalised class scores, one per class_names entry"
+            },
         )?,
         declare_output(&mut g, &probs, "probs", io, &out_dims, "softmax probabilities over class_names")?,
     ];
@@ -82,6 +103,7 @@ pub fn classifier_onnx(
         nms: None,
         ctc: None,
         quantization: None,
+        temperature_scaling: spec.temperature.clone(),
     };
     let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
     Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))
@@ -118,7 +140,36 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
         class_names,
         variant: config.model.clone(),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
+        temperature: if options.calibrated { Some(run_temperature(run, options, &ckpt)?) } else { None },
     };
     let build = |o: &ExportOptions| tch::no_grad(|| classifier_onnx(&model, &spec, o));
     crate::export::finish(config, options, &ckpt_path, &out, &build)
+}
+
+/// The temperature of the checkpoint being exported: the run's `calibration.json` when it was fitted on this
+/// checkpoint, else fitted on the validation split now (and saved).
+fn run_temperature(run: &RunDir, options: &ExportOptions, ckpt: &checkpoint::Checkpoint) -> Result<TemperatureScaling> {
+    let saved =
+        super::calibration::read_calibration(run)?.filter(|c| c.checkpoint == ckpt.path && c.epoch == ckpt.state.epoch);
+    let calibration = match saved {
+        Some(c) => c,
+        None => {
+            let eval = super::report::EvalOptions { which: options.which, ..Default::default() };
+            let c = super::calibration::calibrate_run(run, &eval)?;
+            eprintln!(
+                "fitted temperature {:.4} on {} val images (NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4})",
+                c.temperature, c.images, c.nll_before, c.nll_after, c.ece_before, c.ece_after
+            );
+            c
+        }
+    };
+    Ok(TemperatureScaling {
+        temperature: calibration.temperature,
+        fitted_on: calibration.split.name().into(),
+        images: calibration.images,
+        nll_before: calibration.nll_before,
+        nll_after: calibration.nll_after,
+        ece_before: calibration.ece_before,
+        ece_after: calibration.ece_after,
+    })
 }

@@ -1,16 +1,19 @@
 //! Image classification, one task of the shared engine: its dataset set-up, model, loss, evaluation, reports,
 //! export and prediction.
 
+pub mod calibration;
 pub mod evaluate;
 pub mod export;
 pub mod loss;
 pub mod mixup;
 pub mod model;
 pub mod predict;
+pub mod reliability;
 pub mod report;
 pub mod setup;
 pub mod step_bench;
 pub mod task;
+pub mod tta;
 
 pub use export::{classifier_onnx, export_run, ExportOptions, ExportReport, GraphSpec};
 pub use predict::{predict, PredictOptions, Prediction};

@@ -8,13 +8,15 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use kiln_models::weights::{load_into, HeadPolicy};
+use kiln_models::ImageClassifier;
 
-use super::evaluate::evaluate;
+use super::evaluate::{evaluate, EvalSettings};
 use super::model::build_classifier;
 use super::setup::{make_loader, open_dataset, prepare_runtime};
+use super::tta::Tta;
 use crate::checkpoint;
 use crate::config::TrainConfig;
-use crate::data::{SkipLog, Split, Transform};
+use crate::data::{Loader, SkipLog, Split, Transform};
 use crate::fsutil::write_atomic;
 use crate::metrics::ClassificationMetrics;
 use crate::plots::plot_confusion_matrix;
@@ -37,6 +39,9 @@ pub struct SplitReport {
     pub confusion_matrix: Vec<Vec<u64>>,
     /// Files skipped as unreadable, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// The test-time augmentation averaged, when there was any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tta: Option<Tta>,
 }
 
 /// Options of [`evaluate_run`].
@@ -46,10 +51,26 @@ pub struct EvalOptions {
     /// Another dataset root with the same classes.
     pub data: Option<PathBuf>,
     pub device: Option<String>,
+    /// Test-time augmentation (none by default).
+    pub tta: Tta,
 }
 
-/// Loads the run's checkpoint and evaluates it on `split`, writing the report files into the run.
-pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result<SplitReport> {
+/// A run's checkpoint loaded for evaluation on one split.
+pub(crate) struct Opened {
+    pub config: TrainConfig,
+    pub ckpt: checkpoint::Checkpoint,
+    pub class_names: Vec<String>,
+    pub model: ImageClassifier,
+    pub loader: Loader,
+    pub precision: Precision,
+    pub skips: Arc<SkipLog>,
+    /// Keeps the model's variables alive.
+    _vs: nn::VarStore,
+}
+
+/// Opens a classification run's checkpoint and a loader over `split` (checking the run's task, the dataset's
+/// classes and that the split has images).
+pub(crate) fn open_for_eval(run: &RunDir, split: Split, options: &EvalOptions) -> Result<Opened> {
     let mut config = TrainConfig::load(&run.config())?;
     if config.task != crate::config::TaskKind::Classify {
         return Err(Error::InvalidSetting {
@@ -65,6 +86,7 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
         config.data = data.clone();
     }
     config.weights = None;
+    options.tta.validate()?;
     let device = prepare_runtime(&config, options.device.as_deref())?;
     let ckpt = checkpoint::load(&run.checkpoint(options.which))?;
     let dataset = open_dataset(&config)?;
@@ -87,26 +109,42 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
     let loader = make_loader(&config, samples, Transform::eval(&config), &skips)?;
     let precision = Precision::resolve(config.amp, config.channels_last, device)?;
     precision.prepare_params(&vs)?;
-    let eval = evaluate(&model, &loader, &precision, dataset.num_classes())?;
+    Ok(Opened { config, ckpt, class_names: dataset.class_names.clone(), model, loader, precision, skips, _vs: vs })
+}
+
+/// Loads the run's checkpoint and evaluates it on `split`, writing the report files into the run:
+/// `<split>_metrics.json`, `<split>_confusion_matrix.png` and `<split>_reliability.png`, or with test-time
+/// augmentation the same under `<split>_tta_*`.
+pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result<SplitReport> {
+    let opened = open_for_eval(run, split, options)?;
+    let settings = EvalSettings { tta: options.tta.clone(), keep_scores: false };
+    let eval = evaluate(&opened.model, &opened.loader, &opened.precision, opened.class_names.len(), &settings)?;
     if eval.images == 0 {
         return Err(Error::NoReadableImages {
-            root: config.data.clone(),
+            root: opened.config.data.clone(),
             split: split.name().into(),
-            skipped: skips.count(),
+            skipped: opened.skips.count(),
         });
     }
+    let tta = (!options.tta.is_identity()).then(|| options.tta.clone());
     let report = SplitReport {
         split,
-        checkpoint: ckpt.path.clone(),
-        epoch: ckpt.state.epoch,
+        checkpoint: opened.ckpt.path.clone(),
+        epoch: opened.ckpt.state.epoch,
         images: eval.images,
         loss: eval.loss,
         metrics: eval.metrics,
-        class_names: dataset.class_names.clone(),
+        class_names: opened.class_names,
         confusion_matrix: eval.confusion.rows(),
-        skipped: skips.entries(),
+        skipped: opened.skips.entries(),
+        tta,
     };
-    write_report_files(&report, &eval.confusion, &run.metrics(split.name()), &run.confusion_matrix(split.name()))?;
+    let stem = if report.tta.is_some() { format!("{}_tta", split.name()) } else { split.name().to_string() };
+    write_report_files(&report, &eval.confusion, &run.metrics(&stem), &run.confusion_matrix(&stem))?;
+    let reliability = run.path.join(format!("{stem}_reliability.png"));
+    if let Err(e) = eval.reliability.plot(&stem, &reliability) {
+        eprintln!("warning: no reliability diagram: {e}");
+    }
     Ok(report)
 }
 
@@ -149,6 +187,7 @@ mod tests {
             class_names: (0..n).map(|i| format!("c{i}")).collect(),
             confusion_matrix: Vec::new(),
             skipped: Vec::new(),
+            tta: None,
         };
         let (json, png) = (dir.path().join("test_metrics.json"), dir.path().join("cm.png"));
         let warning = write_report_files(&report, &cm, &json, &png).unwrap().expect("the plot is refused");

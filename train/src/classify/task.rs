@@ -11,7 +11,7 @@ use tch::nn;
 
 use kiln_models::ImageClassifier;
 
-use super::evaluate::{evaluate, Evaluation};
+use super::evaluate::{evaluate, EvalSettings, Evaluation};
 use super::loss::{classification_loss, soft_target_loss};
 use super::model::{build_classifier, trainable_params};
 use super::report::{evaluate_run, EvalOptions, SplitReport};
@@ -82,7 +82,15 @@ impl Batches for Loader {
 impl engine::Evaluation for Evaluation {
     fn values(&self) -> Vec<Option<f64>> {
         let m = &self.metrics;
-        [self.loss, m.accuracy, m.precision_macro, m.recall_macro, m.f1_macro].map(Some).to_vec()
+        vec![
+            Some(self.loss),
+            Some(m.accuracy),
+            m.top5_accuracy,
+            Some(m.precision_macro),
+            Some(m.recall_macro),
+            Some(m.f1_macro),
+            m.ece,
+        ]
     }
     fn images(&self) -> usize {
         self.images
@@ -92,7 +100,7 @@ impl engine::Evaluation for Evaluation {
 impl Task for Classification {
     const KIND: TaskKind = TaskKind::Classify;
     const LOSSES: &'static [&'static str] = &["loss"];
-    const METRICS: &'static [&'static str] = &["loss", "accuracy", "precision", "recall", "f1"];
+    const METRICS: &'static [&'static str] = &["loss", "accuracy", "top5", "precision", "recall", "f1", "ece"];
     const OBJECTIVE: Objective = Objective { metric: "accuracy", direction: Direction::Maximize };
     const PLOTTED: &'static [(&'static str, &'static str)] = &[("accuracy", "accuracy"), ("f1", "macro F1")];
     const LOSS_LABEL: &'static str = "cross-entropy";
@@ -206,7 +214,7 @@ impl Task for Classification {
     }
 
     fn evaluate(&self, model: &ImageClassifier, loader: &Loader, precision: &Precision) -> Result<Evaluation> {
-        evaluate(model, loader, precision, self.dataset.num_classes())
+        evaluate(model, loader, precision, self.dataset.num_classes(), &EvalSettings::default())
     }
 
     fn metrics(evaluation: &Evaluation) -> ClassificationMetrics {

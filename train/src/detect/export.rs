@@ -167,6 +167,7 @@ pub fn detector_onnx(
         nms: Some(nms),
         ctc: None,
         quantization: None,
+        temperature_scaling: None,
     };
     let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
     Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))

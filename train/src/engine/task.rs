@@ -25,6 +25,15 @@ pub enum Direction {
     Maximize,
 }
 
+impl From<crate::config::Mode> for Direction {
+    fn from(mode: crate::config::Mode) -> Self {
+        match mode {
+            crate::config::Mode::Min => Direction::Minimize,
+            crate::config::Mode::Max => Direction::Maximize,
+        }
+    }
+}
+
 impl Direction {
     pub fn name(self) -> &'static str {
         match self {

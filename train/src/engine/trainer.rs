@@ -13,7 +13,7 @@ use kiln_models::weights::{load_into, HeadPolicy};
 
 use super::curves::plot_curves;
 use super::records::{read_results, write_results, EpochRecord};
-use super::task::{Batches, Evaluation, Task};
+use super::task::{Batches, Direction, Evaluation, Task};
 use super::update::Update;
 use crate::checkpoint::{self, Checkpoint, CheckpointState};
 use crate::config::TrainConfig;
@@ -119,6 +119,48 @@ struct Trainer<T: Task> {
     best_score: f64,
     best_epoch: usize,
     top_k: Vec<(usize, f64)>,
+    /// Batches per training epoch (all of them, or `limit_train_batches`).
+    train_batches: usize,
+    /// What ranks the top-k checkpoints: a validation metric's index and direction (`None`: the objective's
+    /// score, which is also the best checkpoint's).
+    monitor: Option<(usize, Direction)>,
+}
+
+/// The metric `save_top_k` ranks by, from `checkpoint.monitor` / `checkpoint.mode`: its index among the task's
+/// metrics and its direction, or `None` for the task's objective.
+fn resolve_monitor<T: Task>(config: &TrainConfig, has_val: bool) -> Result<Option<(usize, Direction)>> {
+    let policy = &config.checkpoint;
+    let bad = |key: &str, reason: String| Error::InvalidSetting { key: key.into(), reason };
+    let Some(name) = policy.monitor.as_deref() else {
+        return match policy.mode {
+            Some(mode) if Direction::from(mode) != T::OBJECTIVE.direction => Err(bad(
+                "checkpoint.mode",
+                format!(
+                    "the default monitor, {}, is {}d; name a monitor to rank by another",
+                    T::OBJECTIVE.metric,
+                    T::OBJECTIVE.direction.name()
+                ),
+            )),
+            _ => Ok(None),
+        };
+    };
+    let name = name.strip_prefix("val_").unwrap_or(name);
+    let index = T::METRICS.iter().position(|m| *m == name).ok_or_else(|| {
+        bad(
+            "checkpoint.monitor",
+            format!("{name} is not a validation metric of {}: one of {}", T::KIND.name(), T::METRICS.join(", ")),
+        )
+    })?;
+    if !has_val && config.save_top_k > 0 {
+        return Err(bad("checkpoint.monitor", format!("{name} needs a validation split, and this run has none")));
+    }
+    let direction = match policy.mode {
+        Some(mode) => Direction::from(mode),
+        None if name == T::OBJECTIVE.metric => T::OBJECTIVE.direction,
+        None if name == "loss" => Direction::Minimize,
+        None => return Err(bad("checkpoint.mode", format!("say whether {name} is better low (min) or high (max)"))),
+    };
+    Ok(Some((index, direction)))
 }
 
 impl<T: Task> Trainer<T> {
@@ -153,7 +195,9 @@ impl<T: Task> Trainer<T> {
         );
         let skips = Arc::new(SkipLog::default());
         let (train_loader, val_loader) = task.loaders(&config, &skips)?;
-        let steps_per_epoch = train_loader.num_batches();
+        let steps_per_epoch =
+            config.limit_train_batches.map_or(train_loader.num_batches(), |limit| limit.of(train_loader.num_batches()));
+        let monitor = resolve_monitor::<T>(&config, val_loader.is_some())?;
         let schedule = CosineSchedule {
             peak_lr: config.lr,
             min_lr: config.min_lr.min(config.lr),
@@ -183,6 +227,8 @@ impl<T: Task> Trainer<T> {
             best_score: f64::NEG_INFINITY,
             best_epoch: 0,
             top_k: Vec::new(),
+            train_batches: steps_per_epoch,
+            monitor,
         };
         match resume_from {
             Some(ckpt) => trainer.restore(ckpt)?,
@@ -276,7 +322,15 @@ impl<T: Task> Trainer<T> {
             self.records.push(record.clone());
             write_results(&self.run.results(), &self.records)?;
             let metrics = eval.as_ref().map(|e| serde_json::to_value(T::metrics(e)).expect("metrics serialise"));
-            self.save_checkpoints(epoch + 1, metrics, score, improved)?;
+            // The top-k rank: every N-th epoch only, by the monitored metric (undefined values never enter).
+            let every = self.config.checkpoint.every_n_epochs.unwrap_or(1);
+            let rank = match (self.monitor, &values) {
+                _ if (epoch + 1) % every != 0 => None,
+                (Some((i, direction)), Some(v)) => v[i].filter(|x| !x.is_nan()).map(|x| direction.score(x)),
+                (Some(_), None) => None,
+                (None, _) => Some(score),
+            };
+            self.save_checkpoints(epoch + 1, metrics, rank, improved)?;
             // Plots are best-effort: results.csv and the checkpoints above are the record.
             if let Err(e) = plot_curves::<T>(&self.records, &self.run.curves()) {
                 eprintln!("warning: no training curves plot: {e}");
@@ -348,12 +402,12 @@ impl<T: Task> Trainer<T> {
     /// One pass over the training set; returns (mean of each loss part, last lr, seconds, images per second).
     fn train_epoch(&mut self, epoch: usize) -> Result<(Vec<f64>, f64, f64, f64)> {
         let started = Instant::now();
-        let steps = self.train_loader.num_batches();
+        let steps = self.train_batches;
         let mut progress = EpochProgress::new(format!("epoch {}/{}", epoch + 1, self.config.epochs), steps);
         let mut sums = vec![0.0; T::LOSSES.len()];
         let (mut images, mut lr) = (0usize, 0.0);
         let skipped_before = self.scaler.skipped_steps;
-        for (i, batch) in self.train_loader.epoch(epoch, true).enumerate() {
+        for (i, batch) in self.train_loader.epoch(epoch, true).take(steps).enumerate() {
             let batch = batch?;
             lr = self.schedule.lr(self.global_step);
             let losses = self.task.losses(&self.model, &batch, &self.precision, &self.config)?;
@@ -462,7 +516,7 @@ impl<T: Task> Trainer<T> {
         &mut self,
         epoch: usize,
         metrics: Option<serde_json::Value>,
-        score: f64,
+        rank: Option<f64>,
         improved: bool,
     ) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
@@ -483,8 +537,9 @@ impl<T: Task> Trainer<T> {
         // The top-k list this checkpoint belongs to: this epoch enters when it beats the worst kept one.
         let k = self.config.save_top_k;
         let mut top_k = self.top_k.clone();
-        let enters = k > 0 && (top_k.len() < k || top_k.last().is_some_and(|(_, s)| score > *s));
-        if enters {
+        let enters =
+            rank.is_some_and(|score| k > 0 && (top_k.len() < k || top_k.last().is_some_and(|(_, s)| score > *s)));
+        if let (true, Some(score)) = (enters, rank) {
             top_k.push((epoch, score));
             top_k.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         }

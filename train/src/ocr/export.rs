@@ -98,6 +98,7 @@ pub fn recognizer_onnx(
         nms: None,
         ctc: Some(CtcSettings { blank: BLANK as usize, width_stride: WIDTH_STRIDE }),
         quantization: None,
+        temperature_scaling: None,
     };
     let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
     Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))

@@ -1,6 +1,7 @@
-//! AdamW and SGD with momentum, written over tch tensors so their state can be saved and restored exactly.
+//! AdamW, Adam and SGD with momentum, written over tch tensors so their state can be saved and restored exactly.
 //!
-//! Updates follow PyTorch's `torch.optim.AdamW` and `torch.optim.SGD` (dampening 0, no Nesterov). Biases,
+//! Updates follow PyTorch's `torch.optim.AdamW`, `torch.optim.Adam` (L2 weight decay added to the gradient, no
+//! AMSGrad) and `torch.optim.SGD` (dampening 0, no Nesterov). Biases,
 //! norm weights and layer scales (every parameter with fewer than two dimensions) get no weight decay, as in timm.
 
 use std::collections::HashMap;
@@ -39,9 +40,9 @@ pub struct OptimizerConfig {
 pub struct Optimizer {
     config: OptimizerConfig,
     params: Vec<Param>,
-    /// AdamW: first moments; SGD: momentum buffers.
+    /// Adam(W): first moments; SGD: momentum buffers.
     first: Vec<Tensor>,
-    /// AdamW: second moments; unused by SGD.
+    /// Adam(W): second moments; unused by SGD.
     second: Vec<Tensor>,
     /// One buffer as large as the largest parameter, for the intermediates of every update.
     scratch: Scratch,
@@ -89,7 +90,7 @@ impl Optimizer {
         let zeros = |p: &Param| p.tensor.zeros_like().set_requires_grad(false);
         let first = params.iter().map(zeros).collect();
         let second = match config.kind {
-            OptimizerKind::AdamW => params.iter().map(zeros).collect(),
+            OptimizerKind::AdamW | OptimizerKind::Adam => params.iter().map(zeros).collect(),
             OptimizerKind::Sgd => Vec::new(),
         };
         let scratch = Scratch::new(&params);
@@ -161,7 +162,7 @@ impl Optimizer {
         let step = self.step;
         tch::no_grad(|| {
             for (i, p) in self.params.iter().enumerate() {
-                let grad = p.tensor.grad();
+                let mut grad = p.tensor.grad();
                 if !grad.defined() {
                     continue;
                 }
@@ -169,10 +170,15 @@ impl Optimizer {
                 let mut scratch = self.scratch.scratch_like(&param);
                 let decay = if p.weight_decay { cfg.weight_decay } else { 0.0 };
                 match cfg.kind {
-                    OptimizerKind::AdamW => {
+                    OptimizerKind::AdamW | OptimizerKind::Adam => {
                         let (b1, b2) = cfg.betas;
-                        if decay > 0.0 {
+                        if decay > 0.0 && cfg.kind == OptimizerKind::AdamW {
+                            // Decoupled: param *= 1 - lr·decay.
                             let _ = param.g_mul_scalar_(1.0 - lr * decay);
+                        } else if decay > 0.0 {
+                            // L2: g += decay·param (in place on the gradient, which the next backward replaces).
+                            let _ = param.mul_scalar_out(&scratch, decay);
+                            let _ = grad.g_add_(&scratch);
                         }
                         let mut m = self.first[i].shallow_clone();
                         let mut v = self.second[i].shallow_clone();
@@ -296,6 +302,20 @@ mod tests {
     }
 
     #[test]
+    fn adam_adds_l2_decay_to_the_gradient_as_pytorch_does() {
+        // torch.optim.Adam([w], lr=0.1, weight_decay=0.1) on w = [[1, -2]], loss = sum(w^2), two steps: PyTorch
+        // 2.11 gives [0.8004122, -1.8001665] (AdamW, decoupled, gives [0.7815719, -1.7614089]).
+        let mut opt = Optimizer::new(vec![param(&[1.0, -2.0], &[1, 2])], config(OptimizerKind::Adam));
+        for _ in 0..2 {
+            opt.zero_grad();
+            backward(&opt);
+            opt.step(0.1);
+        }
+        let w: Vec<f32> = Vec::try_from(opt.params()[0].tensor.flatten(0, -1)).unwrap();
+        assert!((w[0] - 0.800_412_2).abs() < 1e-5 && (w[1] + 1.800_166_5).abs() < 1e-5, "{w:?}");
+    }
+
+    #[test]
     fn sgd_momentum_matches_pytorch_by_hand() {
         // torch.optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=0.1) on a 2-D w = [[1]], loss = w^2:
         // step 1: g = 2 + 0.1 = 2.1, buf = 2.1, w = 1 - 0.21 = 0.79
@@ -332,9 +352,14 @@ mod tests {
                 let grad = param.grad();
                 let decay = if *decays { cfg.weight_decay } else { 0.0 };
                 match cfg.kind {
-                    OptimizerKind::AdamW => {
+                    OptimizerKind::AdamW | OptimizerKind::Adam => {
                         let (b1, b2) = cfg.betas;
-                        *param *= 1.0 - lr * decay;
+                        let grad = if cfg.kind == OptimizerKind::Adam {
+                            &grad + &*param * decay
+                        } else {
+                            *param *= 1.0 - lr * decay;
+                            grad
+                        };
                         *m *= b1;
                         *m += &grad * (1.0 - b1);
                         *v *= b2;
@@ -361,7 +386,7 @@ mod tests {
 
     #[test]
     fn in_place_update_agrees_with_the_formula_by_formula_one_across_save_and_restore() {
-        for kind in [OptimizerKind::AdamW, OptimizerKind::Sgd] {
+        for kind in [OptimizerKind::AdamW, OptimizerKind::Adam, OptimizerKind::Sgd] {
             let cfg = config(kind);
             tch::manual_seed(11);
             let shapes: [&[i64]; 3] = [&[4, 3, 2, 2], &[7], &[5, 6]];

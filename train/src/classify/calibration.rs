@@ -1,0 +1,188 @@
+//! Temperature scaling (Guo et al., 2017): one scalar `T` that divides the logits, fitted to minimise the
+//! negative log-likelihood on the validation split, so that the softmax's confidence matches the accuracy. The
+//! argmax, and so every accuracy, is unchanged. `kiln val --calibrate` fits it and writes `calibration.json`
+//! (with NLL and expected calibration error before and after, and both reliability diagrams);
+//! `kiln export onnx --calibrated` divides the exported logits by it and records it in the metadata.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Reduction, Tensor};
+
+use super::evaluate::{evaluate, EvalSettings};
+use super::reliability::Reliability;
+use super::report::{open_for_eval, EvalOptions};
+use crate::data::Split;
+use crate::fsutil::write_atomic;
+use crate::run_dir::RunDir;
+use crate::{Error, Result};
+
+/// The temperatures searched: `T` in [1/20, 20].
+const LOG_T_RANGE: (f64, f64) = (-2.995_732_273_553_991, 2.995_732_273_553_991);
+
+/// A fitted temperature and what it did on the split it was fitted on (`calibration.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub temperature: f64,
+    pub split: Split,
+    /// The checkpoint whose logits were scaled, and its epoch.
+    pub checkpoint: PathBuf,
+    pub epoch: usize,
+    pub images: usize,
+    pub nll_before: f64,
+    pub nll_after: f64,
+    pub ece_before: f64,
+    pub ece_after: f64,
+}
+
+/// The mean negative log-likelihood of `labels` under `softmax(scores / t)`.
+pub fn nll_at(scores: &Tensor, labels: &Tensor, t: f64) -> f64 {
+    let scaled = scores.to_kind(Kind::Double) / t;
+    scaled.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0).double_value(&[])
+}
+
+/// The top-1 confidence against correctness of `softmax(scores / t)`.
+pub fn reliability_at(scores: &Tensor, labels: &Tensor, t: f64) -> Result<Reliability> {
+    let probs = (scores.to_kind(Kind::Double) / t).softmax(-1, Kind::Double);
+    let (confidence, predicted) = probs.max_dim(-1, false);
+    let correct: Vec<bool> = Vec::try_from(predicted.eq_tensor(labels))?;
+    let confidence: Vec<f64> = Vec::try_from(confidence)?;
+    let mut r = Reliability::default();
+    for (c, ok) in confidence.into_iter().zip(correct) {
+        r.add(c, ok);
+    }
+    Ok(r)
+}
+
+/// The temperature minimising [`nll_at`]: a golden-section search over `ln T` (the NLL of `β · scores` is convex
+/// in `β = 1 / T`, so it has one minimum along `ln T`), to within 1e-6 of `ln T`.
+pub fn fit_temperature(scores: &Tensor, labels: &Tensor) -> f64 {
+    let f = |u: f64| nll_at(scores, labels, u.exp());
+    let ratio = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut a, mut b) = LOG_T_RANGE;
+    let mut c = b - ratio * (b - a);
+    let mut d = a + ratio * (b - a);
+    let (mut fc, mut fd) = (f(c), f(d));
+    while b - a > 1e-6 {
+        if fc < fd {
+            b = d;
+            d = c;
+            fd = fc;
+            c = b - ratio * (b - a);
+            fc = f(c);
+        } else {
+            a = c;
+            c = d;
+            fc = fd;
+            d = a + ratio * (b - a);
+            fd = f(d);
+        }
+    }
+    ((a + b) / 2.0).exp()
+}
+
+/// `calibration.json` of a run.
+pub fn calibration_path(run: &RunDir) -> PathBuf {
+    run.path.join("calibration.json")
+}
+
+/// The run's saved calibration, if it has one.
+pub fn read_calibration(run: &RunDir) -> Result<Option<Calibration>> {
+    let path = calibration_path(run);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::InvalidSetting { key: path.display().to_string(), reason: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io { path, source }),
+    }
+}
+
+/// Fits the temperature of the run's checkpoint on its validation split (without test-time augmentation) and
+/// writes `calibration.json` and the reliability diagrams `val_reliability.png` /
+/// `val_reliability_calibrated.png`.
+pub fn calibrate_run(run: &RunDir, options: &EvalOptions) -> Result<Calibration> {
+    let options = EvalOptions { tta: Default::default(), ..options.clone() };
+    let opened = open_for_eval(run, Split::Val, &options).map_err(|e| match e {
+        Error::Dataset { root, reason } => {
+            Error::Dataset { root, reason: format!("{reason}: temperature scaling is fitted on the validation split") }
+        }
+        other => other,
+    })?;
+    let settings = EvalSettings { keep_scores: true, ..Default::default() };
+    let eval = evaluate(&opened.model, &opened.loader, &opened.precision, opened.class_names.len(), &settings)?;
+    let Some((scores, labels)) = eval.scores else {
+        return Err(Error::NoReadableImages {
+            root: opened.config.data.clone(),
+            split: "val".into(),
+            skipped: opened.skips.count(),
+        });
+    };
+    let temperature = fit_temperature(&scores, &labels);
+    let before = reliability_at(&scores, &labels, 1.0)?;
+    let after = reliability_at(&scores, &labels, temperature)?;
+    let calibration = Calibration {
+        temperature,
+        split: Split::Val,
+        checkpoint: opened.ckpt.path.clone(),
+        epoch: opened.ckpt.state.epoch,
+        images: eval.images,
+        nll_before: nll_at(&scores, &labels, 1.0),
+        nll_after: nll_at(&scores, &labels, temperature),
+        ece_before: before.ece(),
+        ece_after: after.ece(),
+    };
+    write_atomic(&calibration_path(run), &serde_json::to_vec_pretty(&calibration).expect("serialises"))?;
+    for (reliability, name, title) in [
+        (&before, "val_reliability.png", "val".to_string()),
+        (&after, "val_reliability_calibrated.png", format!("val, T = {temperature:.3}")),
+    ] {
+        if let Err(e) = reliability.plot(&title, &run.path.join(name)) {
+            eprintln!("warning: no reliability diagram: {e}");
+        }
+    }
+    Ok(calibration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// Logits that are right 75 % of the time but claim about 99 %: `scale · (one-hot of the prediction)`.
+    fn over_confident(scale: f64) -> (Tensor, Tensor) {
+        let n = 400i64;
+        let predicted = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(4);
+        let labels: Vec<i64> = (0..n).map(|i| if i % 4 == 3 { (i + 1) % 4 } else { i % 4 }).collect();
+        let labels = Tensor::from_slice(&labels);
+        let logits = predicted.one_hot(4).to_kind(Kind::Double) * scale;
+        (logits, labels)
+    }
+
+    #[test]
+    fn temperature_scaling_lowers_nll_and_ece_on_an_over_confident_model() {
+        let (logits, labels) = over_confident(8.0);
+        let t = fit_temperature(&logits, &labels);
+        assert!(t > 1.5, "an over-confident model is cooled: T = {t}");
+        let (before, after) = (nll_at(&logits, &labels, 1.0), nll_at(&logits, &labels, t));
+        assert!(after < before * 0.5, "NLL {before} -> {after}");
+        // The optimum: the softmax's top probability equals the accuracy, 3/4 with the rest split 3 ways:
+        // e^(8/T) / (e^(8/T) + 3) = 3/4, so 8/T = ln 9.
+        assert!((t - 8.0 / 9f64.ln()).abs() < 1e-4, "T = {t}, expected {}", 8.0 / 9f64.ln());
+        let ece_before = reliability_at(&logits, &labels, 1.0).unwrap().ece();
+        let ece_after = reliability_at(&logits, &labels, t).unwrap().ece();
+        assert!(ece_before > 0.2 && ece_after < 1e-4, "ECE {ece_before} -> {ece_after}");
+        // Neighbouring temperatures are worse.
+        for factor in [0.9, 1.1] {
+            assert!(nll_at(&logits, &labels, t * factor) > after);
+        }
+    }
+
+    #[test]
+    fn an_under_confident_model_is_sharpened() {
+        let (logits, labels) = over_confident(0.5);
+        let t = fit_temperature(&logits, &labels);
+        assert!(t < 1.0, "T = {t}");
+        assert!((t - 0.5 / 9f64.ln()).abs() < 1e-4, "T = {t}");
+    }
+}
