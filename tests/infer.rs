@@ -256,7 +256,7 @@ fn infer_and_bench_commands() {
         test_dir.join("circle").to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("path,rank,class,probability,error") && stdout.lines().count() == 5, "{stdout}");
+    assert!(stdout.starts_with("path,rank,class,probability,energy,error") && stdout.lines().count() == 5, "{stdout}");
 
     // `kiln infer --backend` takes kiln bench's backend strings through the same parser.
     let circle = test_dir.join("circle");

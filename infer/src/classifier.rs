@@ -1,4 +1,5 @@
-//! Image classification from a kiln model's metadata: top-k classes with names and probabilities.
+//! Image classification from a kiln model's metadata: top-k classes with names and probabilities, and each
+//! image's energy score (out-of-distribution detection) when the model gives logits.
 
 use std::path::Path;
 
@@ -17,6 +18,15 @@ pub struct ClassScore {
     pub probability: f32,
 }
 
+/// One image's classification: its top classes and, when the model has a `logits` output (every kiln export
+/// does), its energy score `−logsumexp(logits)`: higher for images unlike the training data (Liu et al., 2020).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Classification {
+    pub top: Vec<ClassScore>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy: Option<f32>,
+}
+
 /// A classifier over a [`Model`] whose metadata says `task: classify` (or a raw model with class names given).
 pub struct Classifier {
     model: Model,
@@ -25,6 +35,8 @@ pub struct Classifier {
     /// Index of the output holding probabilities, or of the logits when there is none.
     output: usize,
     softmax: bool,
+    /// Index of the logits output, for the energy score.
+    logits: Option<usize>,
 }
 
 impl Classifier {
@@ -52,7 +64,12 @@ impl Classifier {
             Some(i) => (i, false),
             None => (0, true),
         };
-        Ok(Self { model, class_names, preprocess, output, softmax })
+        let logits = match model.outputs().iter().position(|o| o.name == "logits") {
+            Some(i) => Some(i),
+            None if softmax => Some(0),
+            None => None,
+        };
+        Ok(Self { model, class_names, preprocess, output, softmax, logits })
     }
 
     pub fn model(&self) -> &Model {
@@ -76,6 +93,11 @@ impl Classifier {
 
     /// The top `k` classes of each image. A model with a fixed batch size is run in chunks of that size.
     pub fn predict_batch(&self, images: &[RgbImage], k: usize) -> Result<Vec<Vec<ClassScore>>> {
+        Ok(self.classify_batch(images, k)?.into_iter().map(|c| c.top).collect())
+    }
+
+    /// [`Classifier::predict_batch`] with each image's energy score.
+    pub fn classify_batch(&self, images: &[RgbImage], k: usize) -> Result<Vec<Classification>> {
         let per = self.preprocess.tensor_len();
         let fixed = self.model.fixed_batch();
         let mut results = Vec::with_capacity(images.len());
@@ -95,8 +117,12 @@ impl Classifier {
                     self.class_names.len()
                 )));
             }
-            for row in scores.data.chunks(classes).take(group.len()) {
-                results.push(self.top_k(row, k));
+            let energies: Vec<Option<f32>> = match self.logits {
+                Some(i) => outputs[i].data.chunks(classes).take(group.len()).map(|row| Some(energy(row))).collect(),
+                None => vec![None; group.len()],
+            };
+            for (row, energy) in scores.data.chunks(classes).take(group.len()).zip(energies) {
+                results.push(Classification { top: self.top_k(row, k), energy });
             }
         }
         Ok(results)
@@ -118,5 +144,24 @@ impl Classifier {
             .take(k.max(1))
             .map(|i| ClassScore { class: self.class_names[i].clone(), index: i, probability: probs[i] })
             .collect()
+    }
+}
+
+/// `−logsumexp(row)`, computed stably.
+pub fn energy(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+    -(max + sum.ln())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn energy_is_minus_logsumexp() {
+        let e = super::energy(&[1.0, 2.0, 3.0]);
+        let expected = -(1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
+        assert!((e - expected).abs() < 1e-6, "{e} vs {expected}");
+        // Large logits do not overflow.
+        assert!((super::energy(&[1000.0, 1000.0]) + 1000.0 + 2f32.ln()).abs() < 1e-3);
     }
 }

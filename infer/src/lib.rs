@@ -36,7 +36,7 @@ pub mod text_metrics;
 pub mod wbf;
 
 pub use backend::{Backend, Ep};
-pub use classifier::{ClassScore, Classifier};
+pub use classifier::{ClassScore, Classification, Classifier};
 pub use ctc::{ctc_forward_probability, BeamSearch, Constraint, Decoded};
 pub use detector::{unletterbox, Detector};
 pub use error::{Error, Result};

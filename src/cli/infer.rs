@@ -183,7 +183,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.format == Format::Csv {
-        writeln!(out, "path,rank,class,probability,error")?;
+        writeln!(out, "path,rank,class,probability,energy,error")?;
     }
     let mut failed = 0;
     for chunk in files.chunks(args.batch.max(1)) {
@@ -204,8 +204,8 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         if images.is_empty() {
             continue;
         }
-        for (path, top) in paths.iter().zip(classifier.predict_batch(&images, args.top_k)?) {
-            write_result(&mut out, args.format, path, &top)?;
+        for (path, result) in paths.iter().zip(classifier.classify_batch(&images, args.top_k)?) {
+            write_result(&mut out, args.format, path, &result)?;
         }
         out.flush()?;
     }
@@ -222,19 +222,31 @@ fn write_result(
     out: &mut impl Write,
     format: Format,
     path: &std::path::Path,
-    top: &[kiln_infer::ClassScore],
+    result: &kiln_infer::Classification,
 ) -> std::io::Result<()> {
     let shown = path.display().to_string();
+    let top = &result.top;
     match format {
         Format::Table => {
             let classes: Vec<String> = top.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect();
-            writeln!(out, "{shown}  {}", classes.join(", "))
+            let energy = result.energy.map(|e| format!("  (energy {e:.2})")).unwrap_or_default();
+            writeln!(out, "{shown}  {}{energy}", classes.join(", "))
         }
-        Format::Json => writeln!(out, "{}", serde_json::json!({"path": shown, "top": top})),
+        Format::Json => {
+            writeln!(out, "{}", serde_json::json!({"path": shown, "top": top, "energy": result.energy}))
+        }
         Format::Coco => unreachable!("refused for classification models"),
         Format::Csv => {
             for (rank, c) in top.iter().enumerate() {
-                writeln!(out, "{},{},{},{:.6},", csv_field(&shown), rank + 1, csv_field(&c.class), c.probability)?;
+                let energy = result.energy.map(|e| format!("{e:.4}")).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{},{},{},{:.6},{energy},",
+                    csv_field(&shown),
+                    rank + 1,
+                    csv_field(&c.class),
+                    c.probability
+                )?;
             }
             Ok(())
         }
@@ -246,7 +258,7 @@ fn write_error(out: &mut impl Write, format: Format, path: &std::path::Path, rea
     match format {
         Format::Table => writeln!(out, "{shown}  error: {reason}"),
         Format::Json => writeln!(out, "{}", serde_json::json!({"path": shown, "error": reason})),
-        Format::Csv => writeln!(out, "{},,,,{}", csv_field(&shown), csv_field(reason)),
+        Format::Csv => writeln!(out, "{},,,,,{}", csv_field(&shown), csv_field(reason)),
         Format::Coco => unreachable!("refused for classification models"),
     }
 }

@@ -159,22 +159,23 @@ pub fn print_predictions(predictions: &[Prediction], format: Format) -> anyhow::
         Format::Json => println!("{}", serde_json::to_string_pretty(predictions)?),
         Format::Coco => unreachable!("refused above"),
         Format::Csv => {
-            println!("path,rank,class,probability,error");
+            println!("path,rank,class,probability,energy,error");
             for p in predictions {
                 match (&p.top, &p.error) {
                     (Some(top), _) => {
                         for (rank, c) in top.iter().enumerate() {
                             println!(
-                                "{},{},{},{:.6},",
+                                "{},{},{},{:.6},{:.4},",
                                 csv_field(&p.path.display().to_string()),
                                 rank + 1,
                                 csv_field(&c.class),
-                                c.probability
+                                c.probability,
+                                p.energy.unwrap_or(f64::NAN)
                             );
                         }
                     }
                     (None, error) => println!(
-                        "{},,,,{}",
+                        "{},,,,,{}",
                         csv_field(&p.path.display().to_string()),
                         csv_field(error.as_deref().unwrap_or(""))
                     ),
@@ -187,7 +188,8 @@ pub fn print_predictions(predictions: &[Prediction], format: Format) -> anyhow::
                     (Some(top), _) => {
                         let classes: Vec<String> =
                             top.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect();
-                        println!("{}  {}", p.path.display(), classes.join(", "));
+                        let energy = p.energy.map(|e| format!("  (energy {e:.2})")).unwrap_or_default();
+                        println!("{}  {}{energy}", p.path.display(), classes.join(", "));
                     }
                     (None, error) => println!("{}  error: {}", p.path.display(), error.as_deref().unwrap_or("")),
                 }

@@ -29,16 +29,29 @@ pub struct PredictArgs {
     pub device: Option<String>,
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Classification: test-time augmentation (the image and its mirror, at each --tta-scales scale).
+    #[command(flatten)]
+    pub tta: super::eval::TtaFlags,
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let run = RunDir::open(&args.run)?;
-    match kiln_train::TrainConfig::load(&run.config())?.task {
+    let task = kiln_train::TrainConfig::load(&run.config())?.task;
+    if task != kiln_train::TaskKind::Classify && args.tta.tta()? != kiln_train::classify::tta::Tta::default() {
+        anyhow::bail!("--tta and --tta-scales are for classification runs; this is a {} run", task.name());
+    }
+    match task {
         kiln_train::TaskKind::Detect => return predict_detections(&run, &args),
         kiln_train::TaskKind::Ocr => return predict_lines(&run, &args),
         kiln_train::TaskKind::Classify => {}
     }
-    let options = PredictOptions { which: args.checkpoint, top_k: args.top_k, device: args.device, batch: args.batch };
+    let options = PredictOptions {
+        which: args.checkpoint,
+        top_k: args.top_k,
+        device: args.device,
+        batch: args.batch,
+        tta: args.tta.tta()?,
+    };
     let predictions = predict(&run, &args.inputs, &options)?;
     print_predictions(&predictions, args.format)?;
     let failed = predictions.iter().filter(|p| p.error.is_some()).count();

@@ -25,6 +25,8 @@ pub struct Evaluation {
     pub reliability: Reliability,
     /// Every image's log-probabilities `[N, classes]` and labels `[N]` on the CPU, when asked for.
     pub scores: Option<(Tensor, Tensor)>,
+    /// Every image's energy score (of the unaugmented image), in loader order.
+    pub energies: Vec<f64>,
 }
 
 /// How to evaluate: the views averaged, and whether to keep the scores.
@@ -47,14 +49,16 @@ pub fn evaluate(
     let mut confusion = ConfusionMatrix::new(num_classes);
     let mut reliability = Reliability::default();
     let (mut loss_sum, mut images, mut top5) = (0.0, 0usize, 0usize);
-    let (mut kept_scores, mut kept_labels) = (Vec::new(), Vec::new());
+    let (mut kept_scores, mut kept_labels, mut energies) = (Vec::new(), Vec::new(), Vec::new());
     tch::no_grad(|| -> Result<()> {
         for batch in loader.epoch(0, false) {
             let batch = batch?;
             let labels = batch.labels.to_device(device);
             // Log-probabilities; without augmentation exactly the logits' log-softmax, so the loss is the
             // cross-entropy of the logits.
-            let log_probs = settings.tta.log_probs(model, &batch.images.to_device(device), precision)?;
+            let scores = settings.tta.scores(model, &batch.images.to_device(device), precision)?;
+            let log_probs = scores.log_probs;
+            energies.extend(Vec::<f64>::try_from(scores.energy.to_kind(Kind::Double).to_device(Device::Cpu))?);
             let loss = log_probs.f_nll_loss::<Tensor>(&labels, None, Reduction::Sum, -100)?;
             loss_sum += loss.double_value(&[]);
             let (confidence, predicted) = log_probs.max_dim(-1, false);
@@ -86,6 +90,7 @@ pub fn evaluate(
         images,
         reliability,
         scores,
+        energies,
     })
 }
 

@@ -1,21 +1,24 @@
-//! `kiln predict`: a run's checkpoint on image files and folders, with libtorch; top-k classes per image.
+//! `kiln predict`: a run's checkpoint on image files and folders, with libtorch; top-k classes per image (under
+//! test-time augmentation when asked) and its energy score.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Device, Kind};
 
 use kiln_models::weights::{load_into, HeadPolicy};
 
 use super::model::build_classifier;
 use super::setup::{make_loader, prepare_runtime};
+use super::tta::Tta;
 use crate::checkpoint;
 use crate::config::TrainConfig;
 use crate::data::image_folder::is_image;
 use crate::data::{Sample, SkipLog, Transform};
+use crate::precision::Precision;
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
 
@@ -26,11 +29,13 @@ pub struct PredictOptions {
     pub top_k: usize,
     pub device: Option<String>,
     pub batch: Option<usize>,
+    /// Test-time augmentation (none by default).
+    pub tta: Tta,
 }
 
 impl Default for PredictOptions {
     fn default() -> Self {
-        Self { which: Which::Best, top_k: 5, device: None, batch: None }
+        Self { which: Which::Best, top_k: 5, device: None, batch: None, tta: Tta::default() }
     }
 }
 
@@ -48,6 +53,10 @@ pub struct Prediction {
     pub path: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top: Option<Vec<ClassScore>>,
+    /// The energy score `−logsumexp(logits)` of the image: higher is less like the training data (compare with
+    /// the `energy` percentiles of `kiln test`'s report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -106,6 +115,7 @@ pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Re
         });
     }
     config.weights = None;
+    options.tta.validate()?;
     if let Some(batch) = options.batch {
         config.batch = batch.max(1);
     }
@@ -121,15 +131,18 @@ pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Re
     let skips = Arc::new(SkipLog::default());
     let loader = make_loader(&config, &samples, Transform::eval(&config), &skips)?;
     let k = options.top_k.clamp(1, class_names.len());
-    let mut results: HashMap<PathBuf, Vec<ClassScore>> = HashMap::new();
+    let precision = Precision::resolve(config.amp, config.channels_last, device)?;
+    precision.prepare_params(&vs)?;
+    let mut results: HashMap<PathBuf, (Vec<ClassScore>, f64)> = HashMap::new();
     tch::no_grad(|| -> Result<()> {
         for batch in loader.epoch(0, false) {
             let batch = batch?;
-            let probs = model.forward_t(&batch.images.to_device(device), false).softmax(-1, Kind::Float);
-            let (values, indices) = probs.topk(k as i64, -1, true, true);
+            let scores = options.tta.scores(&model, &batch.images.to_device(device), &precision)?;
+            let (values, indices) = scores.log_probs.exp().topk(k as i64, -1, true, true);
             let values: Vec<Vec<f32>> = Vec::try_from(values.to_device(Device::Cpu))?;
             let indices: Vec<Vec<i64>> = Vec::try_from(indices.to_device(Device::Cpu))?;
-            for ((path, vals), idxs) in batch.paths.into_iter().zip(values).zip(indices) {
+            let energies: Vec<f64> = Vec::try_from(scores.energy.to_kind(Kind::Double).to_device(Device::Cpu))?;
+            for (((path, vals), idxs), energy) in batch.paths.into_iter().zip(values).zip(indices).zip(energies) {
                 let top = vals
                     .iter()
                     .zip(&idxs)
@@ -139,7 +152,7 @@ pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Re
                         probability: p as f64,
                     })
                     .collect();
-                results.insert(path, top);
+                results.insert(path, (top, energy));
             }
         }
         Ok(())
@@ -148,13 +161,13 @@ pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Re
     Ok(files
         .into_iter()
         .map(|path| {
-            let top = results.remove(&path);
+            let (top, energy) = results.remove(&path).unzip();
             let error = if top.is_none() {
                 Some(errors.get(&path).cloned().unwrap_or_else(|| "not processed".into()))
             } else {
                 None
             };
-            Prediction { path, top, error }
+            Prediction { path, top, energy, error }
         })
         .collect())
 }

@@ -10,6 +10,7 @@ use tch::nn;
 use kiln_models::weights::{load_into, HeadPolicy};
 use kiln_models::ImageClassifier;
 
+use super::energy::{plot_energy, EnergySummary};
 use super::evaluate::{evaluate, EvalSettings};
 use super::model::build_classifier;
 use super::setup::{make_loader, open_dataset, prepare_runtime};
@@ -39,6 +40,9 @@ pub struct SplitReport {
     pub confusion_matrix: Vec<Vec<u64>>,
     /// Files skipped as unreadable, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+    /// The energy scores' distribution (out-of-distribution detection; `<split>_energy.png` is its histogram).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<EnergySummary>,
     /// The test-time augmentation averaged, when there was any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tta: Option<Tta>,
@@ -113,8 +117,8 @@ pub(crate) fn open_for_eval(run: &RunDir, split: Split, options: &EvalOptions) -
 }
 
 /// Loads the run's checkpoint and evaluates it on `split`, writing the report files into the run:
-/// `<split>_metrics.json`, `<split>_confusion_matrix.png` and `<split>_reliability.png`, or with test-time
-/// augmentation the same under `<split>_tta_*`.
+/// `<split>_metrics.json`, `<split>_confusion_matrix.png`, `<split>_reliability.png` and `<split>_energy.png`, or
+/// with test-time augmentation the same under `<split>_tta_*`.
 pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result<SplitReport> {
     let opened = open_for_eval(run, split, options)?;
     let settings = EvalSettings { tta: options.tta.clone(), keep_scores: false };
@@ -137,6 +141,7 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
         class_names: opened.class_names,
         confusion_matrix: eval.confusion.rows(),
         skipped: opened.skips.entries(),
+        energy: EnergySummary::of(&eval.energies),
         tta,
     };
     let stem = if report.tta.is_some() { format!("{}_tta", split.name()) } else { split.name().to_string() };
@@ -144,6 +149,9 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
     let reliability = run.path.join(format!("{stem}_reliability.png"));
     if let Err(e) = eval.reliability.plot(&stem, &reliability) {
         eprintln!("warning: no reliability diagram: {e}");
+    }
+    if let Err(e) = plot_energy(&eval.energies, &stem, &run.path.join(format!("{stem}_energy.png"))) {
+        eprintln!("warning: no energy histogram: {e}");
     }
     Ok(report)
 }
@@ -187,6 +195,7 @@ mod tests {
             class_names: (0..n).map(|i| format!("c{i}")).collect(),
             confusion_matrix: Vec::new(),
             skipped: Vec::new(),
+            energy: None,
             tta: None,
         };
         let (json, png) = (dir.path().join("test_metrics.json"), dir.path().join("cm.png"));

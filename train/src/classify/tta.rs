@@ -64,8 +64,18 @@ impl Tta {
     /// The log of the views' mean softmax probabilities `[N, classes]` for a preprocessed batch `images`
     /// `[N, 3, S, S]` on the model's device (inference mode, under `precision`).
     pub fn log_probs(&self, model: &ImageClassifier, images: &Tensor, precision: &Precision) -> Result<Tensor> {
+        Ok(self.scores(model, images, precision)?.log_probs)
+    }
+
+    /// [`Tta::log_probs`] and the energy score of each unaugmented image.
+    pub fn scores(&self, model: &ImageClassifier, images: &Tensor, precision: &Precision) -> Result<Scores> {
         let side = images.size()[3];
+        let forward = |x: &Tensor| -> Result<Tensor> {
+            let xs = precision.prepare_batch(x)?;
+            Ok(precision.autocast(|| model.forward_t(&xs, false)).to_kind(Kind::Float))
+        };
         let mut views = Vec::with_capacity(self.views());
+        let mut energy = None;
         for &scale in &self.scales {
             let target = Self::side(side, scale);
             let scaled = if target == side {
@@ -73,21 +83,39 @@ impl Tta {
             } else {
                 images.f_internal_upsample_bilinear2d_aa([target, target], false, None, None)?
             };
-            let mut inputs = vec![scaled.shallow_clone()];
-            if self.flip {
-                inputs.push(scaled.flip([3]));
+            let logits = forward(&scaled)?;
+            if target == side && energy.is_none() {
+                energy = Some(energy_score(&logits));
             }
-            for x in inputs {
-                let xs = precision.prepare_batch(&x)?;
-                let logits = precision.autocast(|| model.forward_t(&xs, false)).to_kind(Kind::Float);
-                views.push(logits.log_softmax(-1, Kind::Float));
+            views.push(logits.log_softmax(-1, Kind::Float));
+            if self.flip {
+                views.push(forward(&scaled.flip([3]))?.log_softmax(-1, Kind::Float));
             }
         }
+        let energy = match energy {
+            Some(e) => e,
+            None => energy_score(&forward(images)?),
+        };
         // log(mean_v p_v) = logsumexp_v(log p_v) - log V; one view gives its log-softmax exactly.
         let stacked = Tensor::stack(&views, 0);
         let mean = stacked.logsumexp([0i64].as_slice(), false);
-        Ok(if views.len() == 1 { mean } else { mean - (views.len() as f64).ln() })
+        let log_probs = if views.len() == 1 { mean } else { mean - (views.len() as f64).ln() };
+        Ok(Scores { log_probs, energy })
     }
+}
+
+/// What a batch's evaluation gives per image.
+pub struct Scores {
+    /// `[N, classes]`: the log of the views' mean probabilities.
+    pub log_probs: Tensor,
+    /// `[N]`: the energy score of the unaugmented image.
+    pub energy: Tensor,
+}
+
+/// The energy score `−logsumexp(logits)` (Liu et al., 2020, temperature 1) per row of `logits` `[N, classes]`:
+/// lower for inputs like the training data, higher for out-of-distribution ones.
+pub fn energy_score(logits: &Tensor) -> Tensor {
+    -logits.logsumexp([-1i64].as_slice(), false)
 }
 
 #[cfg(test)]
