@@ -104,6 +104,16 @@ pub struct TrainArgs {
     pub test_split: Option<f64>,
     #[arg(long)]
     pub drop_path_rate: Option<f64>,
+    /// Classification: distil from this finished run's best checkpoint (same classes, any ConvNeXt variant): a
+    /// KL term on its softened logits (distill.temperature, distill.weight).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub teacher: Option<PathBuf>,
+    /// Train on only part of each epoch: an integer number of batches or a fraction in (0, 1].
+    #[arg(long, value_name = "N|FRACTION")]
+    pub limit_train_batches: Option<String>,
+    /// Keep the best K epochs' checkpoints (ranked by checkpoint.monitor, default the objective).
+    #[arg(long, value_name = "K")]
+    pub save_top_k: Option<usize>,
     /// Runs go to PROJECT/<task>/<name>.
     #[arg(long)]
     pub project: Option<PathBuf>,
@@ -240,6 +250,15 @@ impl TrainArgs {
         put("val_split", self.val_split.map(Value::from));
         put("test_split", self.test_split.map(Value::from));
         put("drop_path_rate", self.drop_path_rate.map(Value::from));
+        if let Some(teacher) = &self.teacher {
+            put("distill", Some(serde_json::json!({ "teacher": teacher.to_string_lossy() })));
+        }
+        if let Some(limit) = &self.limit_train_batches {
+            let value: Value =
+                serde_yaml::from_str(limit).with_context(|| format!("--limit-train-batches {limit}: not a number"))?;
+            put("limit_train_batches", Some(value));
+        }
+        put("save_top_k", self.save_top_k.map(Value::from));
         put("project", self.project.as_ref().map(|p| Value::from(p.to_string_lossy().into_owned())));
         put("name", self.name.clone().map(Value::from));
         for item in &self.set {

@@ -209,6 +209,8 @@ pub struct TrainConfig {
     pub augment: AugmentConfig,
     /// Classification's MixUp / CutMix of each training batch (off by default).
     pub mixup: crate::classify::mixup::Mixup,
+    /// Classification's knowledge distillation from a teacher run (off by default).
+    pub distill: crate::classify::distill::Distill,
     /// Detection's settings (`task: detect`).
     pub detect: DetectSettings,
     /// Text recognition's settings (`task: ocr`).
@@ -265,6 +267,7 @@ impl Default for TrainConfig {
             drop_rate: 0.0,
             augment: AugmentConfig::default(),
             mixup: Default::default(),
+            distill: Default::default(),
             detect: DetectSettings::default(),
             ocr: OcrSettings::default(),
             normalize: Normalize::default(),
@@ -384,6 +387,10 @@ impl TrainConfig {
         }
         self.augment.random_erasing.validate().or_else(|(key, reason)| bad(&key, reason))?;
         self.mixup.validate().or_else(|(key, reason)| bad(&key, reason))?;
+        self.distill.validate().or_else(|(key, reason)| bad(&key, reason))?;
+        if self.distill.teacher.is_some() && self.task != TaskKind::Classify {
+            return bad("distill.teacher", format!("distillation is for classification, not {}", self.task.name()));
+        }
         if self.checkpoint.every_n_epochs == Some(0) {
             return bad("checkpoint.every_n_epochs", "must be at least 1".into());
         }

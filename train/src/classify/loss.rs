@@ -25,20 +25,16 @@ pub fn classification_loss(
     Ok(logits.f_cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, label_smoothing)?)
 }
 
-/// The mean soft-target cross-entropy `−Σ t · log_softmax(logits)` of `model` on `images` against `targets`
-/// `[N, classes]` (timm's `SoftTargetCrossEntropy`), forward in training mode.
-pub fn soft_target_loss(
-    model: &ImageClassifier,
-    images: &Tensor,
-    targets: &Tensor,
-    precision: &Precision,
-) -> Result<Tensor> {
+/// The classifier's logits (float32) on `images`, forward in training mode under `precision`, and the prepared
+/// batch (for a distillation teacher).
+pub fn training_logits(model: &ImageClassifier, images: &Tensor, precision: &Precision) -> Result<(Tensor, Tensor)> {
     let xs = precision.prepare_batch(images)?;
     let logits = precision.autocast(|| model.forward_t(&xs, true)).to_kind(Kind::Float);
-    Ok(soft_cross_entropy(&logits, targets))
+    Ok((logits, xs))
 }
 
-/// `mean_n(−Σ_c targets[n, c] · log_softmax(logits)[n, c])`.
+/// The soft-target cross-entropy `mean_n(−Σ_c targets[n, c] · log_softmax(logits)[n, c])` (timm's
+/// `SoftTargetCrossEntropy`).
 pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     (-(targets * logits.log_softmax(-1, Kind::Float)))
         .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)

@@ -2,6 +2,7 @@
 //! export and prediction.
 
 pub mod calibration;
+pub mod distill;
 pub mod energy;
 pub mod evaluate;
 pub mod export;

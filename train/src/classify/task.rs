@@ -7,12 +7,13 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use serde::Serialize;
-use tch::nn;
+use tch::{nn, Reduction, Tensor};
 
 use kiln_models::ImageClassifier;
 
+use super::distill::{distillation_term, Teacher};
 use super::evaluate::{evaluate, EvalSettings, Evaluation};
-use super::loss::{classification_loss, soft_target_loss};
+use super::loss::{classification_loss, soft_cross_entropy, training_logits};
 use super::model::{build_classifier, trainable_params};
 use super::report::{evaluate_run, EvalOptions, SplitReport};
 use super::setup::{apply_cache, make_loader, open_dataset};
@@ -50,9 +51,10 @@ pub fn resume_observed(run: RunDir, on_epoch: EpochCallback) -> Result<TrainOutc
     engine::resume::<Classification>(run, on_epoch)
 }
 
-/// The classification task over one ImageFolder dataset.
+/// The classification task over one ImageFolder dataset, with its distillation teacher when it has one.
 pub struct Classification {
     dataset: ImageFolder,
+    teacher: Option<Teacher>,
 }
 
 #[derive(Serialize)]
@@ -112,7 +114,23 @@ impl Task for Classification {
     type Report = SplitReport;
 
     fn open(config: &TrainConfig) -> Result<Self> {
-        Ok(Self { dataset: open_dataset(config)? })
+        let dataset = open_dataset(config)?;
+        let teacher = match &config.distill.teacher {
+            Some(dir) => {
+                let device = crate::device::select_device(&config.device)?;
+                let teacher = Teacher::open(dir, config, &dataset.class_names, device)?;
+                eprintln!(
+                    "distilling from {} ({}), T = {}, weight {}",
+                    teacher.checkpoint.display(),
+                    teacher.variant,
+                    config.distill.temperature,
+                    config.distill.weight
+                );
+                Some(teacher)
+            }
+            None => None,
+        };
+        Ok(Self { dataset, teacher })
     }
 
     fn class_names(&self) -> &[String] {
@@ -203,13 +221,28 @@ impl Task for Classification {
         let device = precision.device;
         let images = batch.images.to_device(device);
         let labels = batch.labels.to_device(device);
-        let loss = if config.mixup.enabled() {
-            let classes = self.dataset.num_classes() as i64;
+        if !config.mixup.enabled() && self.teacher.is_none() {
+            let loss = classification_loss(model, &images, &labels, precision, config.label_smoothing)?;
+            return Ok(Losses::single(loss));
+        }
+        let classes = self.dataset.num_classes() as i64;
+        let (images, soft_targets) = if config.mixup.enabled() {
             let mixed = config.mixup.mix(&images, &labels, classes, config.label_smoothing)?;
-            soft_target_loss(model, &mixed.images, &mixed.targets, precision)?
+            (mixed.images, Some(mixed.targets))
         } else {
-            classification_loss(model, &images, &labels, precision, config.label_smoothing)?
+            (images, None)
         };
+        let (logits, xs) = training_logits(model, &images, precision)?;
+        let mut loss = match &soft_targets {
+            Some(targets) => soft_cross_entropy(&logits, targets),
+            None => {
+                logits.f_cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, config.label_smoothing)?
+            }
+        };
+        if let Some(teacher) = &self.teacher {
+            let d = &config.distill;
+            loss = loss + distillation_term(&logits, &teacher.logits(&xs), d.temperature) * d.weight;
+        }
         Ok(Losses::single(loss))
     }
 
