@@ -241,7 +241,7 @@ impl Task for Classification {
         };
         if let Some(teacher) = &self.teacher {
             let d = &config.distill;
-            loss = loss + distillation_term(&logits, &teacher.logits(&xs), d.temperature) * d.weight;
+            loss += distillation_term(&logits, &teacher.logits(&xs), d.temperature) * d.weight;
         }
         Ok(Losses::single(loss))
     }
