@@ -32,6 +32,12 @@ pub struct PredictArgs {
     /// Classification: test-time augmentation (the image and its mirror, at each --tta-scales scale).
     #[command(flatten)]
     pub tta: super::eval::TtaFlags,
+    /// Classification: write a Grad-CAM overlay per image into DIR (<stem>_gradcam.png), for the predicted class.
+    #[arg(long, value_name = "DIR")]
+    pub gradcam: Option<PathBuf>,
+    /// With --gradcam: explain this class instead of the predicted one.
+    #[arg(long, value_name = "CLASS", requires = "gradcam")]
+    pub gradcam_class: Option<String>,
 }
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
@@ -54,6 +60,16 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     };
     let predictions = predict(&run, &args.inputs, &options)?;
     print_predictions(&predictions, args.format)?;
+    if let Some(dir) = &args.gradcam {
+        let readable: Vec<PathBuf> = predictions.iter().filter(|p| p.error.is_none()).map(|p| p.path.clone()).collect();
+        let cam_options = kiln_train::classify::gradcam::GradCamOptions {
+            which: args.checkpoint,
+            class: args.gradcam_class.clone(),
+            device: options.device.clone(),
+        };
+        let cams = kiln_train::classify::gradcam::gradcam(&run, &readable, dir, &cam_options)?;
+        eprintln!("wrote {} Grad-CAM overlay(s) to {}", cams.len(), dir.display());
+    }
     let failed = predictions.iter().filter(|p| p.error.is_some()).count();
     if failed > 0 {
         eprintln!("{failed} of {} image(s) could not be read", predictions.len());

@@ -35,6 +35,9 @@ pub enum Error {
     #[error("plot {path}: {reason}")]
     Plot { path: PathBuf, reason: String },
 
+    #[error("image {path}: {reason}")]
+    Image { path: PathBuf, reason: String },
+
     #[error("int8 export {path}: {reason}")]
     Int8 { path: PathBuf, reason: String },
 

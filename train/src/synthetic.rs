@@ -26,7 +26,7 @@ pub enum Palette {
 }
 
 /// Base hue of each class's shapes under [`Palette::ByClass`] (RGB).
-const CLASS_COLOURS: [[f32; 3]; 5] =
+pub const CLASS_COLOURS: [[f32; 3]; 5] =
     [[220.0, 50.0, 40.0], [40.0, 190.0, 60.0], [40.0, 80.0, 230.0], [230.0, 200.0, 30.0], [200.0, 50.0, 200.0]];
 
 /// What to generate.

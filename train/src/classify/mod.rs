@@ -6,6 +6,7 @@ pub mod distill;
 pub mod energy;
 pub mod evaluate;
 pub mod export;
+pub mod gradcam;
 pub mod loss;
 pub mod mixup;
 pub mod model;
