@@ -61,34 +61,15 @@ fn the_map_peaks_on_the_object_and_the_cli_writes_overlays() {
     // The CLI: overlays for a named class, and an unknown class named with the run's classes.
     let run_arg = run.path.to_str().unwrap();
     let cli_out = dir.path().join("cli_cams");
-    let ok = common::kiln(
-        &[
-            "predict",
-            "--run",
-            run_arg,
-            "--gradcam",
-            cli_out.to_str().unwrap(),
-            "--gradcam-class",
-            "square",
-            path.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let (cli_arg, image_arg) = (cli_out.to_str().unwrap(), path.to_str().unwrap());
+    let explain = |class: &str| {
+        let args = ["predict", "--run", run_arg, "--gradcam", cli_arg, "--gradcam-class", class, image_arg];
+        common::kiln(&args, dir.path())
+    };
+    let ok = explain("square");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(cli_out.join("disc2_gradcam.png").is_file());
-    let bad = common::kiln(
-        &[
-            "predict",
-            "--run",
-            run_arg,
-            "--gradcam",
-            cli_out.to_str().unwrap(),
-            "--gradcam-class",
-            "hexagon",
-            path.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let bad = explain("hexagon");
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
         !bad.status.success() && stderr.contains("hexagon") && stderr.contains("circle, square, triangle"),

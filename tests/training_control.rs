@@ -5,9 +5,10 @@
 mod common;
 
 use kiln_train::checkpoint;
-use kiln_train::config::{BatchLimit, CheckpointPolicy, Mode};
+use kiln_train::config::{BatchLimit, CheckpointPolicy};
 use kiln_train::data::auto_augment::AutoAugment;
 use kiln_train::engine::read_results;
+use kiln_train::engine::Direction;
 use kiln_train::run_dir::Which;
 
 fn kept_epochs(run: &kiln_train::run_dir::RunDir) -> Vec<usize> {
@@ -61,7 +62,8 @@ fn save_top_k_ranks_by_the_monitored_metric_every_n_epochs() {
 
     // top5 by max, every epoch: the kept epochs have the highest top-5 accuracy (3 classes: all are 1.0, so the
     // earliest two tie-break in).
-    config.checkpoint = CheckpointPolicy { monitor: Some("top5".into()), mode: Some(Mode::Max), every_n_epochs: None };
+    config.checkpoint =
+        CheckpointPolicy { monitor: Some("top5".into()), mode: Some(Direction::Maximize), every_n_epochs: None };
     config.epochs = 3;
     let outcome = kiln_train::classify::train(&config).unwrap();
     let rows = read_results(&outcome.run.results()).unwrap();

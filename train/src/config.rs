@@ -134,18 +134,11 @@ pub struct CheckpointPolicy {
     /// The validation metric that ranks epochs (one of the task's: `loss`, `accuracy`, `top5`, ... for
     /// classification); by default the task's objective.
     pub monitor: Option<String>,
-    /// `min` or `max`; by default the objective's direction, or `min` for a metric named `loss`.
-    pub mode: Option<Mode>,
+    /// `min` or `max` (also `minimize` / `maximize`); by default the objective's direction, or `min` for a
+    /// metric named `loss`.
+    pub mode: Option<crate::engine::Direction>,
     /// Only every N-th epoch may enter the top k (1: every epoch).
     pub every_n_epochs: Option<usize>,
-}
-
-/// Whether a monitored metric is better low or high.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Min,
-    Max,
 }
 
 /// Every setting of a training run.

@@ -43,14 +43,8 @@ pub fn nll_at(scores: &Tensor, labels: &Tensor, t: f64) -> f64 {
 
 /// The top-1 confidence against correctness of `softmax(scores / t)`.
 pub fn reliability_at(scores: &Tensor, labels: &Tensor, t: f64) -> Result<Reliability> {
-    let probs = (scores.to_kind(Kind::Double) / t).softmax(-1, Kind::Double);
-    let (confidence, predicted) = probs.max_dim(-1, false);
-    let correct: Vec<bool> = Vec::try_from(predicted.eq_tensor(labels))?;
-    let confidence: Vec<f64> = Vec::try_from(confidence)?;
     let mut r = Reliability::default();
-    for (c, ok) in confidence.into_iter().zip(correct) {
-        r.add(c, ok);
-    }
+    r.add_batch(&(scores.to_kind(Kind::Double) / t).log_softmax(-1, Kind::Double), labels)?;
     Ok(r)
 }
 

@@ -61,14 +61,10 @@ pub fn evaluate(
             energies.extend(Vec::<f64>::try_from(scores.energy.to_kind(Kind::Double).to_device(Device::Cpu))?);
             let loss = log_probs.f_nll_loss::<Tensor>(&labels, None, Reduction::Sum, -100)?;
             loss_sum += loss.double_value(&[]);
-            let (confidence, predicted) = log_probs.max_dim(-1, false);
-            let predicted: Vec<i64> = Vec::try_from(predicted.to_device(Device::Cpu))?;
-            let confidence: Vec<f64> = Vec::try_from(confidence.exp().to_kind(Kind::Double).to_device(Device::Cpu))?;
+            let predicted: Vec<i64> = Vec::try_from(log_probs.argmax(-1, false).to_device(Device::Cpu))?;
             let truths: Vec<i64> = Vec::try_from(&batch.labels)?;
             confusion.add_batch(&truths, &predicted);
-            for ((c, p), t) in confidence.iter().zip(&predicted).zip(&truths) {
-                reliability.add(*c, p == t);
-            }
+            reliability.add_batch(&log_probs, &labels)?;
             top5 += top_k_hits(&log_probs, &labels, 5);
             images += truths.len();
             if settings.keep_scores {

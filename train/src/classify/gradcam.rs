@@ -8,16 +8,12 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 use serde::Serialize;
-use tch::nn::{self, ModuleT};
+use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
 use kiln_infer::preprocess::{center_crop_region, resize_region, ChannelOrder, Crop, Preprocess, Resize};
-use kiln_models::weights::{load_into, HeadPolicy};
 
-use super::model::build_classifier;
-use super::setup::prepare_runtime;
-use crate::checkpoint;
-use crate::config::{TaskKind, TrainConfig};
+use super::model::load_run_classifier;
 use crate::data::augment::Transform;
 use crate::data::decode::decode_rgb;
 use crate::fsutil::write_atomic;
@@ -51,17 +47,9 @@ pub struct GradCam {
 
 /// Explains each image with the run's checkpoint and writes the overlays into `out_dir` (created if missing).
 pub fn gradcam(run: &RunDir, images: &[PathBuf], out_dir: &Path, options: &GradCamOptions) -> Result<Vec<GradCam>> {
-    let mut config = TrainConfig::load(&run.config())?;
-    if config.task != TaskKind::Classify {
-        return Err(Error::InvalidSetting {
-            key: "gradcam".into(),
-            reason: format!("{} is a {} run; Grad-CAM explains classifiers", run.path.display(), config.task.name()),
-        });
-    }
-    config.weights = None;
-    let device = prepare_runtime(&config, options.device.as_deref())?;
-    let ckpt = checkpoint::load(&run.checkpoint(options.which))?;
-    let class_names = ckpt.state.class_names.clone();
+    let loaded = load_run_classifier(run, options.which, options.device.as_deref(), "Grad-CAM", |_| {})?;
+    let (config, model, device) = (&loaded.config, &loaded.model, loaded.device);
+    let class_names = &loaded.ckpt.state.class_names;
     let target = match &options.class {
         Some(name) => Some(class_names.iter().position(|c| c == name).ok_or_else(|| Error::InvalidSetting {
             key: "gradcam-class".into(),
@@ -69,11 +57,8 @@ pub fn gradcam(run: &RunDir, images: &[PathBuf], out_dir: &Path, options: &GradC
         })?),
         None => None,
     };
-    let vs = nn::VarStore::new(device);
-    let (model, _) = build_classifier(&vs, &config, class_names.len())?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
     std::fs::create_dir_all(out_dir).map_err(|source| Error::Io { path: out_dir.to_path_buf(), source })?;
-    let resize = Transform::eval(&config).eval_resize().expect("an evaluation transform");
+    let resize = Transform::eval(config).eval_resize().expect("an evaluation transform");
     let size = config.img_size;
     let preprocess = Preprocess {
         size: [size, size],

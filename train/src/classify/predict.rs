@@ -6,16 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
-use tch::nn;
 use tch::{Device, Kind};
 
-use kiln_models::weights::{load_into, HeadPolicy};
-
-use super::model::build_classifier;
-use super::setup::{make_loader, prepare_runtime};
+use super::model::load_run_classifier;
+use super::setup::make_loader;
 use super::tta::Tta;
-use crate::checkpoint;
-use crate::config::TrainConfig;
 use crate::data::image_folder::is_image;
 use crate::data::{Sample, SkipLog, Transform};
 use crate::precision::Precision;
@@ -103,41 +98,27 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// Classifies every image under `inputs` with the run's checkpoint. Unreadable images get an error entry and the
 /// rest go on.
 pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Result<Vec<Prediction>> {
-    let mut config = TrainConfig::load(&run.config())?;
-    if config.task != crate::config::TaskKind::Classify {
-        return Err(Error::InvalidSetting {
-            key: "run".into(),
-            reason: format!(
-                "{} is a {} run; kiln predict (libtorch) so far works on classification runs",
-                run.path.display(),
-                config.task.name()
-            ),
-        });
-    }
-    config.weights = None;
     options.tta.validate()?;
-    if let Some(batch) = options.batch {
-        config.batch = batch.max(1);
-    }
-    let device = prepare_runtime(&config, options.device.as_deref())?;
-    let ckpt = checkpoint::load(&run.checkpoint(options.which))?;
-    let class_names = ckpt.state.class_names.clone();
-    let vs = nn::VarStore::new(device);
-    let (model, _) = build_classifier(&vs, &config, class_names.len())?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
+    let loaded = load_run_classifier(run, options.which, options.device.as_deref(), "kiln predict", |config| {
+        if let Some(batch) = options.batch {
+            config.batch = batch.max(1);
+        }
+    })?;
+    let (config, model, device) = (&loaded.config, &loaded.model, loaded.device);
+    let class_names = loaded.ckpt.state.class_names.clone();
+    let precision = Precision::resolve(config.amp, config.channels_last, device)?;
+    precision.prepare_params(&loaded.vs)?;
 
     let files = expand_inputs(inputs)?;
     let samples: Vec<Sample> = files.iter().map(|path| Sample { path: path.clone(), label: 0 }).collect();
     let skips = Arc::new(SkipLog::default());
-    let loader = make_loader(&config, &samples, Transform::eval(&config), &skips)?;
+    let loader = make_loader(config, &samples, Transform::eval(config), &skips)?;
     let k = options.top_k.clamp(1, class_names.len());
-    let precision = Precision::resolve(config.amp, config.channels_last, device)?;
-    precision.prepare_params(&vs)?;
     let mut results: HashMap<PathBuf, (Vec<ClassScore>, f64)> = HashMap::new();
     tch::no_grad(|| -> Result<()> {
         for batch in loader.epoch(0, false) {
             let batch = batch?;
-            let scores = options.tta.scores(&model, &batch.images.to_device(device), &precision)?;
+            let scores = options.tta.scores(model, &batch.images.to_device(device), &precision)?;
             let (values, indices) = scores.log_probs.exp().topk(k as i64, -1, true, true);
             let values: Vec<Vec<f32>> = Vec::try_from(values.to_device(Device::Cpu))?;
             let indices: Vec<Vec<i64>> = Vec::try_from(indices.to_device(Device::Cpu))?;

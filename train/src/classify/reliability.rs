@@ -41,6 +41,18 @@ impl Reliability {
         self.correct[bin] += correct as u64;
     }
 
+    /// Adds a batch: `log_probs` `[N, classes]` (log-probabilities) against `labels` `[N]`.
+    pub fn add_batch(&mut self, log_probs: &tch::Tensor, labels: &tch::Tensor) -> crate::Result<()> {
+        let (confidence, predicted) = log_probs.max_dim(-1, false);
+        let correct: Vec<bool> = Vec::try_from(predicted.eq_tensor(labels).to_device(tch::Device::Cpu))?;
+        let confidence: Vec<f64> =
+            Vec::try_from(confidence.exp().to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))?;
+        for (c, ok) in confidence.into_iter().zip(correct) {
+            self.add(c, ok);
+        }
+        Ok(())
+    }
+
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
     }

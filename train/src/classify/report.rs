@@ -7,13 +7,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
-use kiln_models::weights::{load_into, HeadPolicy};
 use kiln_models::ImageClassifier;
 
 use super::energy::{plot_energy, EnergySummary};
 use super::evaluate::{evaluate, EvalSettings};
-use super::model::build_classifier;
-use super::setup::{make_loader, open_dataset, prepare_runtime};
+use super::model::{load_run_classifier, RunClassifier};
+use super::setup::{make_loader, open_dataset};
 use super::tta::Tta;
 use crate::checkpoint;
 use crate::config::TrainConfig;
@@ -75,24 +74,13 @@ pub(crate) struct Opened {
 /// Opens a classification run's checkpoint and a loader over `split` (checking the run's task, the dataset's
 /// classes and that the split has images).
 pub(crate) fn open_for_eval(run: &RunDir, split: Split, options: &EvalOptions) -> Result<Opened> {
-    let mut config = TrainConfig::load(&run.config())?;
-    if config.task != crate::config::TaskKind::Classify {
-        return Err(Error::InvalidSetting {
-            key: "run".into(),
-            reason: format!(
-                "{} is a {} run; classify::evaluate_run works on classification runs",
-                run.path.display(),
-                config.task.name()
-            ),
-        });
-    }
-    if let Some(data) = &options.data {
-        config.data = data.clone();
-    }
-    config.weights = None;
     options.tta.validate()?;
-    let device = prepare_runtime(&config, options.device.as_deref())?;
-    let ckpt = checkpoint::load(&run.checkpoint(options.which))?;
+    let loaded = load_run_classifier(run, options.which, options.device.as_deref(), "kiln val and kiln test", |c| {
+        if let Some(data) = &options.data {
+            c.data = data.clone();
+        }
+    })?;
+    let RunClassifier { config, ckpt, model, device, vs } = loaded;
     let dataset = open_dataset(&config)?;
     if dataset.class_names != ckpt.state.class_names {
         return Err(Error::ClassMismatch {
@@ -106,9 +94,6 @@ pub(crate) fn open_for_eval(run: &RunDir, split: Split, options: &EvalOptions) -
     if samples.is_empty() {
         return Err(Error::Dataset { root: config.data.clone(), reason: format!("split '{split}' has no images") });
     }
-    let vs = nn::VarStore::new(device);
-    let (model, _) = build_classifier(&vs, &config, dataset.num_classes())?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
     let skips = Arc::new(SkipLog::default());
     let loader = make_loader(&config, samples, Transform::eval(&config), &skips)?;
     let precision = Precision::resolve(config.amp, config.channels_last, device)?;

@@ -62,12 +62,8 @@ impl Tta {
     }
 
     /// The log of the views' mean softmax probabilities `[N, classes]` for a preprocessed batch `images`
-    /// `[N, 3, S, S]` on the model's device (inference mode, under `precision`).
-    pub fn log_probs(&self, model: &ImageClassifier, images: &Tensor, precision: &Precision) -> Result<Tensor> {
-        Ok(self.scores(model, images, precision)?.log_probs)
-    }
-
-    /// [`Tta::log_probs`] and the energy score of each unaugmented image.
+    /// `[N, 3, S, S]` on the model's device (inference mode, under `precision`), and the energy score of each
+    /// unaugmented image.
     pub fn scores(&self, model: &ImageClassifier, images: &Tensor, precision: &Precision) -> Result<Scores> {
         let side = images.size()[3];
         let forward = |x: &Tensor| -> Result<Tensor> {
@@ -140,7 +136,7 @@ mod tests {
         let images = Tensor::randn([3, 3, 32, 32], (Kind::Float, Device::Cpu));
         tch::no_grad(|| {
             let plain = model.forward_t(&images, false).log_softmax(-1, Kind::Float);
-            let identity = Tta::default().log_probs(&model, &images, &cpu()).unwrap();
+            let identity = Tta::default().scores(&model, &images, &cpu()).unwrap().log_probs;
             assert_eq!(
                 Vec::<f32>::try_from(identity.flatten(0, -1)).unwrap(),
                 Vec::<f32>::try_from(plain.flatten(0, -1)).unwrap()
@@ -149,17 +145,17 @@ mod tests {
             // Flip: the mean of the image's and its mirror's probabilities.
             let mirrored = model.forward_t(&images.flip([3]), false).softmax(-1, Kind::Float);
             let expected = ((plain.exp() + mirrored) / 2.0).log();
-            let flip = Tta::flip().log_probs(&model, &images, &cpu()).unwrap();
+            let flip = Tta::flip().scores(&model, &images, &cpu()).unwrap().log_probs;
             assert!(flip.allclose(&expected, 1e-5, 1e-6, false));
 
             // A mirror-symmetric image gains nothing from its mirror.
             let symmetric = &images + images.flip([3]);
-            let one = Tta::default().log_probs(&model, &symmetric, &cpu()).unwrap();
-            let two = Tta::flip().log_probs(&model, &symmetric, &cpu()).unwrap();
+            let one = Tta::default().scores(&model, &symmetric, &cpu()).unwrap().log_probs;
+            let two = Tta::flip().scores(&model, &symmetric, &cpu()).unwrap().log_probs;
             assert!(one.allclose(&two, 1e-5, 1e-6, false));
 
             // Scales: 1.5 x 32 px runs the model at 64 px; the average is normalised.
-            let scaled = Tta { flip: true, scales: vec![1.0, 1.5] }.log_probs(&model, &images, &cpu()).unwrap();
+            let scaled = Tta { flip: true, scales: vec![1.0, 1.5] }.scores(&model, &images, &cpu()).unwrap().log_probs;
             let sums = scaled.exp().sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
             assert!(sums.allclose(&Tensor::ones([3], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false));
             let at_64 = model

@@ -21,17 +21,12 @@ use crate::Result;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
+    /// Also read as `min` (Lightning's `mode`).
+    #[serde(alias = "min")]
     Minimize,
+    /// Also read as `max`.
+    #[serde(alias = "max")]
     Maximize,
-}
-
-impl From<crate::config::Mode> for Direction {
-    fn from(mode: crate::config::Mode) -> Self {
-        match mode {
-            crate::config::Mode::Min => Direction::Minimize,
-            crate::config::Mode::Max => Direction::Maximize,
-        }
-    }
 }
 
 impl Direction {

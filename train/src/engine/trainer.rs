@@ -133,7 +133,7 @@ fn resolve_monitor<T: Task>(config: &TrainConfig, has_val: bool) -> Result<Optio
     let bad = |key: &str, reason: String| Error::InvalidSetting { key: key.into(), reason };
     let Some(name) = policy.monitor.as_deref() else {
         return match policy.mode {
-            Some(mode) if Direction::from(mode) != T::OBJECTIVE.direction => Err(bad(
+            Some(mode) if mode != T::OBJECTIVE.direction => Err(bad(
                 "checkpoint.mode",
                 format!(
                     "the default monitor, {}, is {}d; name a monitor to rank by another",
@@ -155,7 +155,7 @@ fn resolve_monitor<T: Task>(config: &TrainConfig, has_val: bool) -> Result<Optio
         return Err(bad("checkpoint.monitor", format!("{name} needs a validation split, and this run has none")));
     }
     let direction = match policy.mode {
-        Some(mode) => Direction::from(mode),
+        Some(mode) => mode,
         None if name == T::OBJECTIVE.metric => T::OBJECTIVE.direction,
         None if name == "loss" => Direction::Minimize,
         None => return Err(bad("checkpoint.mode", format!("say whether {name} is better low (min) or high (max)"))),
