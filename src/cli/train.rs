@@ -111,6 +111,10 @@ pub struct TrainArgs {
     /// Train on only part of each epoch: an integer number of batches or a fraction in (0, 1].
     #[arg(long, value_name = "N|FRACTION")]
     pub limit_train_batches: Option<String>,
+    /// Run N training steps and N batches of val and of test (default 1) and write only fast_dev_run.json: a
+    /// check of the config, data and model in seconds (Lightning's fast_dev_run).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "1")]
+    pub fast_dev_run: Option<usize>,
     /// Keep the best K epochs' checkpoints (ranked by checkpoint.monitor, default the objective).
     #[arg(long, value_name = "K")]
     pub save_top_k: Option<usize>,
@@ -259,6 +263,7 @@ impl TrainArgs {
             put("limit_train_batches", Some(value));
         }
         put("save_top_k", self.save_top_k.map(Value::from));
+        put("fast_dev_run", self.fast_dev_run.map(Value::from));
         put("project", self.project.as_ref().map(|p| Value::from(p.to_string_lossy().into_owned())));
         put("name", self.name.clone().map(Value::from));
         for item in &self.set {
@@ -302,6 +307,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         None => {
             let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
+            if config.fast_dev_run > 0 {
+                print_fast_dev_run(&kiln_train::tasks::fast_dev_run(&config)?);
+                return Ok(());
+            }
             match config.task {
                 TaskKind::Classify => kiln_train::classify::train(&config)?,
                 TaskKind::Detect => {
@@ -319,7 +328,49 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fast dev run's report, a line per split.
+fn print_fast_dev_run(report: &kiln_train::engine::FastDevRunReport) {
+    let t = &report.train;
+    let losses: Vec<String> = t.losses.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+    println!(
+        "fast dev run of {} ({}) on {}: {} batch(es) per split",
+        report.model, report.task, report.device, report.batches
+    );
+    println!(
+        "  train: {} step(s), {} images, {}, lr {:.2e}, {:.1}s",
+        t.batches,
+        t.images,
+        losses.join(" "),
+        t.lr,
+        t.seconds
+    );
+    for (split, pass) in [("val", &report.val), ("test", &report.test)] {
+        match pass {
+            Some(p) => {
+                let metrics: Vec<String> =
+                    p.metrics.iter().filter_map(|(k, v)| v.map(|x| format!("{k} {x:.4}"))).collect();
+                println!(
+                    "  {split}: {} batch(es), {} images, {}, {:.1}s",
+                    p.batches,
+                    p.images,
+                    metrics.join(" "),
+                    p.seconds
+                );
+            }
+            None => println!("  {split}: no {split} split"),
+        }
+    }
+    if report.skipped_images > 0 {
+        println!("  skipped {} unreadable image(s)", report.skipped_images);
+    }
+    println!("report: {} (no checkpoint or results written)", report.report.display());
+}
+
 fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.fast_dev_run == 0,
+        "--fast-dev-run checks one run's config and data; it does not run a study (drop --trials or fast_dev_run)"
+    );
     use kiln_train::tune::{PrunerKind, SamplerKind, StorageUrl, StudyOptions};
     let name = args.study.clone().unwrap_or_else(|| "study".into());
     let storage = match &args.storage {

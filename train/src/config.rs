@@ -127,6 +127,17 @@ impl<'de> Deserialize<'de> for BatchLimit {
     }
 }
 
+/// `fast_dev_run` as Lightning reads it: `true` is one batch, `false` none, an integer that many.
+fn fast_dev_run_batches<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Bool(on) => Ok(usize::from(on)),
+        Value::Number(n) if n.is_u64() => Ok(n.as_u64().expect("checked") as usize),
+        other => Err(serde::de::Error::custom(format!(
+            "fast_dev_run: {other} is neither true/false nor a number of batches"
+        ))),
+    }
+}
+
 /// Which epochs `save_top_k` keeps (Lightning's `ModelCheckpoint(monitor, mode, every_n_epochs)`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -192,6 +203,10 @@ pub struct TrainConfig {
     pub checkpoint: CheckpointPolicy,
     /// Train on only part of each epoch: a number of batches or a fraction of them (the schedule follows).
     pub limit_train_batches: Option<BatchLimit>,
+    /// Lightning's `fast_dev_run`: `true` or a number N of batches runs N training steps and N batches of val
+    /// and of test, and writes nothing but `fast_dev_run.json` (no checkpoint, no results); 0 / `false`: off.
+    #[serde(deserialize_with = "fast_dev_run_batches")]
+    pub fast_dev_run: usize,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// Fractions of train used as val / test when those folders are missing.
@@ -253,6 +268,7 @@ impl Default for TrainConfig {
             save_top_k: 0,
             checkpoint: CheckpointPolicy::default(),
             limit_train_batches: None,
+            fast_dev_run: 0,
             device: "auto".into(),
             val_split: 0.1,
             test_split: 0.1,
@@ -436,6 +452,19 @@ mod tests {
         let t = TrainConfig::resolve(Some(&toml_file), &json!({})).unwrap();
         assert_eq!(t.freeze, Freeze(1.0));
         assert_eq!(t.augment.scale, [0.5, 1.0]);
+    }
+
+    #[test]
+    fn fast_dev_run_reads_as_lightning_does() {
+        let read = |v: serde_json::Value| TrainConfig::resolve(None, &json!({"data": "/d", "fast_dev_run": v}));
+        assert_eq!(read(json!(true)).unwrap().fast_dev_run, 1);
+        assert_eq!(read(json!(false)).unwrap().fast_dev_run, 0);
+        assert_eq!(read(json!(3)).unwrap().fast_dev_run, 3);
+        assert_eq!(TrainConfig::default().fast_dev_run, 0, "off by default");
+        for bad in [json!(-1), json!(0.5), json!("yes")] {
+            let err = read(bad.clone()).unwrap_err().to_string();
+            assert!(err.contains("fast_dev_run"), "{bad}: {err}");
+        }
     }
 
     #[test]

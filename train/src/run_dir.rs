@@ -37,6 +37,13 @@ impl RunDir {
     /// taken, the first free of `name2`, `name3`, …, or of `name-2`, `name-3`, … when the name ends in a digit, so
     /// that a taken `trial_3` never becomes `trial_32` (trial 32's name).
     pub fn create(project: &Path, task: TaskKind, name: Option<&str>) -> Result<Self> {
+        let run = Self::create_bare(project, task, name)?;
+        std::fs::create_dir_all(run.weights_dir()).map_err(|source| Error::Io { path: run.weights_dir(), source })?;
+        Ok(run)
+    }
+
+    /// [`RunDir::create`] without the `weights/` folder (a `fast_dev_run`, which saves no checkpoint).
+    pub fn create_bare(project: &Path, task: TaskKind, name: Option<&str>) -> Result<Self> {
         let parent = project.join(task.name());
         std::fs::create_dir_all(&parent).map_err(|source| Error::Io { path: parent.clone(), source })?;
         let base = name.unwrap_or("exp");
@@ -48,12 +55,7 @@ impl RunDir {
                 std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
             }
             match std::fs::create_dir(&candidate) {
-                Ok(()) => {
-                    let run = Self { path: candidate };
-                    std::fs::create_dir_all(run.weights_dir())
-                        .map_err(|source| Error::Io { path: run.weights_dir(), source })?;
-                    return Ok(run);
-                }
+                Ok(()) => return Ok(Self { path: candidate }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(source) => return Err(Error::Io { path: candidate, source }),
             }

@@ -53,6 +53,16 @@ pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<R
     }
 }
 
+/// A `fast_dev_run` of the config's task: `config.fast_dev_run` batches (at least one) of train, val and test,
+/// and only its report written.
+pub fn fast_dev_run(config: &TrainConfig) -> Result<engine::FastDevRunReport> {
+    match config.task {
+        TaskKind::Classify => engine::fast_dev_run::<Classification>(config),
+        TaskKind::Detect => engine::fast_dev_run::<Detection>(config),
+        TaskKind::Ocr => engine::fast_dev_run::<TextRecognition>(config),
+    }
+}
+
 /// Times the isolated training step of the config's task (`kiln bench train`).
 pub fn bench_train_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
     match config.task {

@@ -79,6 +79,9 @@ impl Batches for Loader {
     fn batch_len(batch: &Batch) -> usize {
         batch.paths.len()
     }
+    fn sample_batches(&self, batches: usize) -> Self {
+        Loader::sample_batches(self, batches)
+    }
 }
 
 impl engine::Evaluation for Evaluation {
@@ -209,6 +212,11 @@ impl Task for Classification {
         }
         apply_cache(config, &mut cached)?;
         Ok((train, val))
+    }
+
+    fn test_loader(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<Option<Loader>> {
+        let test = &self.dataset.test;
+        (!test.is_empty()).then(|| make_loader(config, test, Transform::eval(config), skips)).transpose()
     }
 
     fn losses(

@@ -42,6 +42,16 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `count` of `items` spread evenly over them (all of them when `count >= items.len()`), in order: the samples
+/// a `fast_dev_run` loader keeps, so that its few batches do not all come from the first class folder.
+pub fn spread<T: Clone>(items: &[T], count: usize) -> Vec<T> {
+    let len = items.len();
+    if count >= len {
+        return items.to_vec();
+    }
+    (0..count).map(|i| items[i * len / count].clone()).collect()
+}
+
 /// What became of one item of a batch.
 enum Outcome<T> {
     Ready(T),
@@ -157,5 +167,20 @@ impl<T> Drop for BatchIter<T> {
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_evenly_spaced_items_in_order() {
+        let items: Vec<usize> = (0..10).collect();
+        assert_eq!(spread(&items, 3), vec![0, 3, 6]);
+        assert_eq!(spread(&items, 5), vec![0, 2, 4, 6, 8]);
+        assert_eq!(spread(&items, 10), items);
+        assert_eq!(spread(&items, 50), items);
+        assert!(spread(&items, 0).is_empty());
     }
 }

@@ -125,6 +125,22 @@ impl Loader {
         self.samples.is_empty()
     }
 
+    /// This loader over `batches` batches' worth of its samples, spread evenly ([`super::batcher::spread`]),
+    /// streamed from their files.
+    pub fn sample_batches(&self, batches: usize) -> Self {
+        let count = batches.saturating_mul(self.config.batch_size.max(1));
+        Self {
+            samples: Arc::new(super::batcher::spread(&self.samples, count)),
+            transform: self.transform.clone(),
+            norm: self.norm,
+            config: self.config.clone(),
+            pool: Arc::clone(&self.pool),
+            skips: Arc::clone(&self.skips),
+            decoded: Arc::default(),
+            source: Arc::new(ImageSource::Stream),
+        }
+    }
+
     /// Batches per epoch.
     pub fn num_batches(&self) -> usize {
         self.samples.len().div_ceil(self.config.batch_size.max(1))

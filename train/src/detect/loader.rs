@@ -16,7 +16,7 @@ use kiln_infer::preprocess::{decode_rgb, resize_region, ChannelOrder, Placement,
 
 use super::annotations::DetectionSample;
 use super::augment::{augment, needs_mosaic, AugmentConfig, TargetBox};
-use crate::data::batcher::{mix, spawn_epoch, BatchIter, ItemSource};
+use crate::data::batcher::{mix, spawn_epoch, spread, BatchIter, ItemSource};
 use crate::data::{Normalize, SkipLog};
 use crate::engine::Batches;
 use crate::Result;
@@ -292,6 +292,21 @@ impl Batches for DetectLoader {
 
     fn batch_len(batch: &DetectBatch) -> usize {
         batch.targets.len()
+    }
+
+    fn sample_batches(&self, batches: usize) -> Self {
+        let count = batches.saturating_mul(self.batch_size);
+        Self {
+            samples: Arc::new(spread(&self.samples, count)),
+            transform: self.transform.clone(),
+            norm: self.norm,
+            size: self.size,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            pool: Arc::clone(&self.pool),
+            skips: Arc::clone(&self.skips),
+            weights: self.weights.as_ref().map(|w| spread(w, count)),
+        }
     }
 }
 

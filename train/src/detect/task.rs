@@ -251,6 +251,12 @@ impl Task for Detection {
         Ok((train, val))
     }
 
+    fn test_loader(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<Option<DetectLoader>> {
+        (!self.dataset.test.is_empty())
+            .then(|| make_loader(config, &self.dataset, Split::Test, DetectTransform::Eval, skips))
+            .transpose()
+    }
+
     fn losses(
         &self,
         model: &ObjectDetector,

@@ -86,6 +86,11 @@ pub trait Batches {
     fn epoch(&self, epoch: usize, shuffle: bool) -> Box<dyn Iterator<Item = Result<Self::Batch>> + '_>;
     /// Images in a batch.
     fn batch_len(batch: &Self::Batch) -> usize;
+    /// A loader like this one over `batches` batches' worth of its samples, spread evenly over them and read
+    /// from their files (`fast_dev_run`).
+    fn sample_batches(&self, batches: usize) -> Self
+    where
+        Self: Sized;
 }
 
 /// A model built by a task, and what loading weights into it did.
@@ -135,6 +140,9 @@ pub trait Task: Sized {
     fn trainable_params(&self, vs: &nn::VarStore, model: &Self::Model, config: &TrainConfig) -> Vec<Param>;
     /// The train loader and, when there is validation data, the val loader (with the config's cache applied).
     fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(Self::Loader, Option<Self::Loader>)>;
+    /// A loader over the test split with the evaluation transform and no cache, `None` when the split is empty
+    /// (`fast_dev_run`'s test batches; the full test pass is [`Task::test`]).
+    fn test_loader(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<Option<Self::Loader>>;
 
     /// The training loss of a batch (forward in training mode, under `precision`).
     fn losses(

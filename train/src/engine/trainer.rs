@@ -12,6 +12,7 @@ use tch::{Device, Tensor};
 use kiln_models::weights::{load_into, HeadPolicy};
 
 use super::curves::plot_curves;
+use super::fast_dev_run::{EvalPass, FastDevRunReport, TrainPass};
 use super::records::{read_results, write_results, EpochRecord};
 use super::task::{Batches, Direction, Evaluation, Task};
 use super::update::Update;
@@ -79,6 +80,12 @@ pub fn prepare_runtime(config: &TrainConfig, device_override: Option<&str>) -> R
 pub fn train<T: Task>(config: &TrainConfig, on_epoch: EpochCallback) -> Result<Outcome<T>> {
     let config = &config.clone().with_img_size_rounded();
     config.validate()?;
+    if config.fast_dev_run > 0 {
+        return Err(Error::InvalidSetting {
+            key: "fast_dev_run".into(),
+            reason: "a fast dev run trains no model to return: run it with engine::fast_dev_run".into(),
+        });
+    }
     let device = prepare_runtime(config, None)?;
     let task = T::open(config)?;
     let run = RunDir::create(&config.project, config.task, config.name.as_deref())?;
@@ -98,7 +105,7 @@ pub fn resume<T: Task>(run: RunDir, on_epoch: EpochCallback) -> Result<Outcome<T
     Trainer::new(task, run, config, device, Some(ckpt))?.run(on_epoch)
 }
 
-struct Trainer<T: Task> {
+pub(super) struct Trainer<T: Task> {
     task: T,
     run: RunDir,
     config: TrainConfig,
@@ -164,7 +171,13 @@ fn resolve_monitor<T: Task>(config: &TrainConfig, has_val: bool) -> Result<Optio
 }
 
 impl<T: Task> Trainer<T> {
-    fn new(task: T, run: RunDir, config: TrainConfig, device: Device, resume_from: Option<Checkpoint>) -> Result<Self> {
+    pub(super) fn new(
+        task: T,
+        run: RunDir,
+        config: TrainConfig,
+        device: Device,
+        resume_from: Option<Checkpoint>,
+    ) -> Result<Self> {
         let vs = nn::VarStore::new(device);
         // A resumed run takes its weights from the checkpoint, not from `weights`.
         let build_config =
@@ -460,7 +473,14 @@ impl<T: Task> Trainer<T> {
 
     /// Validation of the weights that will be saved (the EMA weights when EMA is on).
     fn validate(&mut self) -> Result<Option<T::Evaluation>> {
-        let Some(loader) = &self.val_loader else { return Ok(None) };
+        let Some(loader) = self.val_loader.take() else { return Ok(None) };
+        let result = self.evaluate_saved(&loader, "val");
+        self.val_loader = Some(loader);
+        result.map(Some)
+    }
+
+    /// Evaluates the weights a checkpoint would hold (the EMA weights when EMA is on) over a loader of `split`.
+    fn evaluate_saved(&mut self, loader: &T::Loader, split: &str) -> Result<T::Evaluation> {
         if let Some(ema) = &mut self.ema {
             ema.swap();
         }
@@ -472,11 +492,57 @@ impl<T: Task> Trainer<T> {
         if eval.images() == 0 {
             return Err(Error::NoReadableImages {
                 root: self.config.data.clone(),
-                split: "val".into(),
+                split: split.into(),
                 skipped: self.skips.count(),
             });
         }
-        Ok(Some(eval))
+        Ok(eval)
+    }
+
+    /// `fast_dev_run`: `batches` training steps, then `batches` batches of val and of test, all spread over
+    /// their splits; nothing is written.
+    pub(super) fn fast_dev_run(mut self, batches: usize) -> Result<FastDevRunReport> {
+        self.train_loader = self.train_loader.sample_batches(batches);
+        self.val_loader = self.val_loader.as_ref().map(|l| l.sample_batches(batches));
+        self.train_batches = self.train_loader.num_batches();
+        let (losses, lr, seconds, images_per_second) = self.train_epoch(0)?;
+        let train = TrainPass {
+            batches: self.train_batches,
+            images: (images_per_second * seconds).round() as usize,
+            losses: T::LOSSES.iter().map(|n| n.to_string()).zip(losses).collect(),
+            lr,
+            seconds,
+        };
+        let val = match self.val_loader.take() {
+            Some(loader) => Some(self.eval_pass(&loader, "val")?),
+            None => None,
+        };
+        let test = match self.task.test_loader(&self.config, &self.skips)? {
+            Some(loader) => Some(self.eval_pass(&loader.sample_batches(batches), "test")?),
+            None => None,
+        };
+        Ok(FastDevRunReport {
+            task: self.config.task.name().into(),
+            model: self.config.model.clone(),
+            device: device_name(self.device),
+            batches,
+            train,
+            val,
+            test,
+            skipped_images: self.skips.count(),
+            report: Default::default(),
+        })
+    }
+
+    fn eval_pass(&mut self, loader: &T::Loader, split: &str) -> Result<EvalPass> {
+        let started = Instant::now();
+        let eval = self.evaluate_saved(loader, split)?;
+        Ok(EvalPass {
+            batches: loader.num_batches(),
+            images: eval.images(),
+            metrics: T::METRICS.iter().map(|n| n.to_string()).zip(eval.values()).collect(),
+            seconds: started.elapsed().as_secs_f64(),
+        })
     }
 
     fn record(

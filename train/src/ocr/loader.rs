@@ -17,7 +17,7 @@ use kiln_infer::preprocess::{
 use super::augment::{augment_geometry, augment_pixels, TextAugment};
 use super::charset::{frames_needed, Charset};
 use super::dataset::TextSample;
-use crate::data::batcher::{mix, spawn_epoch, BatchIter, ItemSource};
+use crate::data::batcher::{mix, spawn_epoch, spread, BatchIter, ItemSource};
 use crate::data::{Normalize, SkipLog};
 use crate::engine::Batches;
 use crate::Result;
@@ -240,6 +240,19 @@ impl Batches for TextLoader {
 
     fn batch_len(batch: &TextBatch) -> usize {
         batch.targets.len()
+    }
+
+    fn sample_batches(&self, batches: usize) -> Self {
+        Self {
+            samples: Arc::new(spread(&self.samples, batches.saturating_mul(self.batch_size))),
+            charset: Arc::clone(&self.charset),
+            transform: self.transform.clone(),
+            input: self.input,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            pool: Arc::clone(&self.pool),
+            skips: Arc::clone(&self.skips),
+        }
     }
 }
 

@@ -217,6 +217,12 @@ impl Task for TextRecognition {
         Ok((train, val))
     }
 
+    fn test_loader(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<Option<TextLoader>> {
+        (!self.dataset.test.is_empty())
+            .then(|| make_loader(config, &self.dataset, Split::Test, TextTransform::Eval, skips))
+            .transpose()
+    }
+
     fn losses(
         &self,
         model: &TextLineRecognizer,

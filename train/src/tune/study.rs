@@ -171,6 +171,12 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 fn run_study_with(base: &TrainConfig, options: &StudyOptions, train: &mut TrainTrial<'_>) -> Result<StudyOutcome> {
     base.validate()?;
+    if base.fast_dev_run > 0 {
+        return Err(Error::InvalidSetting {
+            key: "fast_dev_run".into(),
+            reason: "a fast dev run checks one run; a study's trials must train (set it to 0)".into(),
+        });
+    }
     let mut space =
         options.space.clone().or_else(|| base.search_space.clone()).unwrap_or_else(|| default_space(base.task));
     for (key, dist) in space.iter_mut() {
