@@ -67,6 +67,12 @@ fn tta_calibration_and_energy_through_the_cli() {
     let calibration = json(&run.path.join("calibration.json"));
     assert!(calibration["nll_after"].as_f64().unwrap() <= calibration["nll_before"].as_f64().unwrap());
     assert!(run.path.join("val_reliability_calibrated.png").is_file());
+    // The held-out check is the test split: its NLL before scaling is the test report's loss.
+    let held_out = &calibration["held_out"];
+    assert_eq!((held_out["split"].as_str(), held_out["images"].as_u64()), (Some("test"), Some(12)), "{held_out}");
+    let test_loss = json(&run.metrics("test"))["loss"].as_f64().unwrap();
+    assert!((held_out["nll_before"].as_f64().unwrap() - test_loss).abs() < 1e-5, "{held_out} vs {test_loss}");
+    assert!(stdout.contains("on 12 test images (not used to fit)"), "{stdout}");
 
     // Energy: kiln predict on the checkpoint and kiln infer on its export agree.
     let image = data.join("test/circle");

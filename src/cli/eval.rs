@@ -119,6 +119,17 @@ pub fn run(args: EvalArgs, split: Split) -> anyhow::Result<()> {
             "temperature {:.4} fitted on {} val images (epoch {}): NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4}",
             c.temperature, c.images, c.epoch, c.nll_before, c.nll_after, c.ece_before, c.ece_after
         );
+        if let Some(h) = &c.held_out {
+            println!(
+                "on {} {} images (not used to fit): NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4}",
+                h.images,
+                h.split.name(),
+                h.nll_before,
+                h.nll_after,
+                h.ece_before,
+                h.ece_after
+            );
+        }
         println!("wrote {}", calibration_path(&run).display());
         return Ok(());
     }

@@ -33,6 +33,50 @@ pub struct Calibration {
     pub nll_after: f64,
     pub ece_before: f64,
     pub ece_after: f64,
+    /// The same temperature on the test split, which did not choose it (`None` without a test split).
+    #[serde(default)]
+    pub held_out: Option<HeldOut>,
+}
+
+/// What a fitted temperature does on a split it was not fitted on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldOut {
+    pub split: Split,
+    pub images: usize,
+    pub nll_before: f64,
+    pub nll_after: f64,
+    pub ece_before: f64,
+    pub ece_after: f64,
+}
+
+/// A split's logits and labels under the run's checkpoint, and which checkpoint that was.
+struct SplitScores {
+    scores: Tensor,
+    labels: Tensor,
+    images: usize,
+    checkpoint: PathBuf,
+    epoch: usize,
+}
+
+/// The logits of `split` under the run's checkpoint (an error when no image of it could be read).
+fn split_scores(run: &RunDir, split: Split, options: &EvalOptions) -> Result<SplitScores> {
+    let opened = open_for_eval(run, split, options)?;
+    let settings = EvalSettings { keep_scores: true, ..Default::default() };
+    let eval = evaluate(&opened.model, &opened.loader, &opened.precision, opened.class_names.len(), &settings)?;
+    let Some((scores, labels)) = eval.scores else {
+        return Err(Error::NoReadableImages {
+            root: opened.config.data.clone(),
+            split: split.name().into(),
+            skipped: opened.skips.count(),
+        });
+    };
+    Ok(SplitScores {
+        scores,
+        labels,
+        images: eval.images,
+        checkpoint: opened.ckpt.path.clone(),
+        epoch: opened.ckpt.state.epoch,
+    })
 }
 
 /// The mean negative log-likelihood of `labels` under `softmax(scores / t)`.
@@ -92,39 +136,46 @@ pub fn read_calibration(run: &RunDir) -> Result<Option<Calibration>> {
     }
 }
 
-/// Fits the temperature of the run's checkpoint on its validation split (without test-time augmentation) and
-/// writes `calibration.json` and the reliability diagrams `val_reliability.png` /
+/// Fits the temperature of the run's checkpoint on its validation split (without test-time augmentation), checks
+/// it on the test split when there is one ([`HeldOut`]), and writes `calibration.json` and the reliability diagrams `val_reliability.png` /
 /// `val_reliability_calibrated.png`.
 pub fn calibrate_run(run: &RunDir, options: &EvalOptions) -> Result<Calibration> {
     let options = EvalOptions { tta: Default::default(), ..options.clone() };
-    let opened = open_for_eval(run, Split::Val, &options).map_err(|e| match e {
+    let val = split_scores(run, Split::Val, &options).map_err(|e| match e {
         Error::Dataset { root, reason } => {
             Error::Dataset { root, reason: format!("{reason}: temperature scaling is fitted on the validation split") }
         }
         other => other,
     })?;
-    let settings = EvalSettings { keep_scores: true, ..Default::default() };
-    let eval = evaluate(&opened.model, &opened.loader, &opened.precision, opened.class_names.len(), &settings)?;
-    let Some((scores, labels)) = eval.scores else {
-        return Err(Error::NoReadableImages {
-            root: opened.config.data.clone(),
-            split: "val".into(),
-            skipped: opened.skips.count(),
-        });
+    let (scores, labels) = (&val.scores, &val.labels);
+    let temperature = fit_temperature(scores, labels);
+    let before = reliability_at(scores, labels, 1.0)?;
+    let after = reliability_at(scores, labels, temperature)?;
+    // The held-out check: the test split, when there is one, under the temperature the val split chose.
+    let held_out = match split_scores(run, Split::Test, &options) {
+        Ok(test) => Some(HeldOut {
+            split: Split::Test,
+            images: test.images,
+            nll_before: nll_at(&test.scores, &test.labels, 1.0),
+            nll_after: nll_at(&test.scores, &test.labels, temperature),
+            ece_before: reliability_at(&test.scores, &test.labels, 1.0)?.ece(),
+            ece_after: reliability_at(&test.scores, &test.labels, temperature)?.ece(),
+        }),
+        // No test split (or none readable): the fit is reported on val alone.
+        Err(Error::Dataset { .. } | Error::NoReadableImages { .. }) => None,
+        Err(e) => return Err(e),
     };
-    let temperature = fit_temperature(&scores, &labels);
-    let before = reliability_at(&scores, &labels, 1.0)?;
-    let after = reliability_at(&scores, &labels, temperature)?;
     let calibration = Calibration {
         temperature,
         split: Split::Val,
-        checkpoint: opened.ckpt.path.clone(),
-        epoch: opened.ckpt.state.epoch,
-        images: eval.images,
-        nll_before: nll_at(&scores, &labels, 1.0),
-        nll_after: nll_at(&scores, &labels, temperature),
+        checkpoint: val.checkpoint.clone(),
+        epoch: val.epoch,
+        images: val.images,
+        nll_before: nll_at(scores, labels, 1.0),
+        nll_after: nll_at(scores, labels, temperature),
         ece_before: before.ece(),
         ece_after: after.ece(),
+        held_out,
     };
     write_atomic(&calibration_path(run), &serde_json::to_vec_pretty(&calibration).expect("serialises"))?;
     for (reliability, name, title) in [
