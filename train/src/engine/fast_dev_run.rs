@@ -68,10 +68,7 @@ pub fn fast_dev_run<T: Task>(config: &TrainConfig) -> Result<FastDevRunReport> {
     let device = prepare_runtime(&config, None)?;
     let task = T::open(&config)?;
     let run = RunDir::create_bare(&config.project, config.task, config.name.as_deref())?;
-    let report_path = run.path.join(REPORT_FILE);
-    let trainer = Trainer::new(task, run, config.clone(), device, None)?;
-    let mut report = trainer.fast_dev_run(batches)?;
-    report.report = report_path.clone();
-    write_atomic(&report_path, &serde_json::to_vec_pretty(&report).expect("the report serialises"))?;
+    let report = Trainer::new(task, run, config, device, None)?.fast_dev_run(batches)?;
+    write_atomic(&report.report, &serde_json::to_vec_pretty(&report).expect("the report serialises"))?;
     Ok(report)
 }

@@ -12,7 +12,7 @@ use tch::{Device, Tensor};
 use kiln_models::weights::{load_into, HeadPolicy};
 
 use super::curves::plot_curves;
-use super::fast_dev_run::{EvalPass, FastDevRunReport, TrainPass};
+use super::fast_dev_run::{EvalPass, FastDevRunReport, TrainPass, REPORT_FILE};
 use super::records::{read_results, write_results, EpochRecord};
 use super::task::{Batches, Direction, Evaluation, Task};
 use super::update::Update;
@@ -308,7 +308,8 @@ impl<T: Task> Trainer<T> {
         let (mut stopped_early, mut interrupted) = (false, false);
         let mut best_val = None;
         for epoch in self.start_epoch..epochs {
-            let (train_losses, lr, seconds, images_per_second) = self.train_epoch(epoch)?;
+            let (train_losses, lr, seconds, images) = self.train_epoch(epoch)?;
+            let images_per_second = images as f64 / seconds.max(1e-9);
             let eval = self.validate()?;
             let values = eval.as_ref().map(|e| e.values());
             let record = self.record(epoch, &train_losses, lr, seconds, images_per_second, values.as_deref());
@@ -412,8 +413,8 @@ impl<T: Task> Trainer<T> {
         })
     }
 
-    /// One pass over the training set; returns (mean of each loss part, last lr, seconds, images per second).
-    fn train_epoch(&mut self, epoch: usize) -> Result<(Vec<f64>, f64, f64, f64)> {
+    /// One pass over the training set; returns (mean of each loss part, last lr, seconds, images trained on).
+    fn train_epoch(&mut self, epoch: usize) -> Result<(Vec<f64>, f64, f64, usize)> {
         let started = Instant::now();
         let steps = self.train_batches;
         let mut progress = EpochProgress::new(format!("epoch {}/{}", epoch + 1, self.config.epochs), steps);
@@ -468,7 +469,7 @@ impl<T: Task> Trainer<T> {
         progress.finish();
         let seconds = started.elapsed().as_secs_f64();
         let means = sums.iter().map(|s| s / images as f64).collect();
-        Ok((means, lr, seconds, images as f64 / seconds.max(1e-9)))
+        Ok((means, lr, seconds, images))
     }
 
     /// Validation of the weights that will be saved (the EMA weights when EMA is on).
@@ -500,15 +501,15 @@ impl<T: Task> Trainer<T> {
     }
 
     /// `fast_dev_run`: `batches` training steps, then `batches` batches of val and of test, all spread over
-    /// their splits; nothing is written.
+    /// their splits; nothing is written (the report names where [`super::fast_dev_run()`] writes itself).
     pub(super) fn fast_dev_run(mut self, batches: usize) -> Result<FastDevRunReport> {
         self.train_loader = self.train_loader.sample_batches(batches);
         self.val_loader = self.val_loader.as_ref().map(|l| l.sample_batches(batches));
         self.train_batches = self.train_loader.num_batches();
-        let (losses, lr, seconds, images_per_second) = self.train_epoch(0)?;
+        let (losses, lr, seconds, images) = self.train_epoch(0)?;
         let train = TrainPass {
             batches: self.train_batches,
-            images: (images_per_second * seconds).round() as usize,
+            images,
             losses: T::LOSSES.iter().map(|n| n.to_string()).zip(losses).collect(),
             lr,
             seconds,
@@ -530,7 +531,7 @@ impl<T: Task> Trainer<T> {
             val,
             test,
             skipped_images: self.skips.count(),
-            report: Default::default(),
+            report: self.run.path.join(REPORT_FILE),
         })
     }
 
