@@ -436,6 +436,19 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn every_committed_config_resolves() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.retain(|f| f.extension().is_some_and(|e| e == "yaml"));
+        assert!(files.len() >= 3, "configs/ holds the recipe, its light form and the baseline: {files:?}");
+        for file in &files {
+            let c = TrainConfig::resolve(Some(file), &json!({"data": "/d"}))
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert_eq!((c.model.as_str(), c.img_size, c.epochs), ("convnext_atto", 32, 10), "{}", file.display());
+        }
+    }
+
+    #[test]
     fn file_then_flags_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.yaml");
