@@ -97,4 +97,18 @@ fn tta_calibration_and_energy_through_the_cli() {
     )))
     .unwrap();
     assert_eq!(with_tta[0]["energy"], predicted[0]["energy"]);
+
+    // A test split with no readable image: the fit on val is still written, without a held-out check, and the
+    // warning says why.
+    for class in std::fs::read_dir(data.join("test")).unwrap() {
+        for file in std::fs::read_dir(class.unwrap().path()).unwrap() {
+            std::fs::write(file.unwrap().path(), b"not an image").unwrap();
+        }
+    }
+    let out = common::kiln(&["val", "--run", run_arg, "--calibrate"], cwd);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not checked on held-out data") && stderr.contains("12 skipped"), "{stderr}");
+    let calibration = json(&run.path.join("calibration.json"));
+    assert!(calibration["held_out"].is_null() && calibration["temperature"].as_f64().is_some(), "{calibration}");
 }

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-use super::evaluate::{evaluate, EvalSettings};
+use super::evaluate::EvalSettings;
 use super::reliability::Reliability;
-use super::report::{open_for_eval, EvalOptions};
+use super::report::{open_for_eval, EvalOptions, Opened};
 use crate::data::Split;
 use crate::fsutil::write_atomic;
 use crate::run_dir::RunDir;
@@ -49,34 +49,31 @@ pub struct HeldOut {
     pub ece_after: f64,
 }
 
-/// A split's logits and labels under the run's checkpoint, and which checkpoint that was.
-struct SplitScores {
-    scores: Tensor,
-    labels: Tensor,
-    images: usize,
-    checkpoint: PathBuf,
-    epoch: usize,
+/// NLL and the reliability table of a split's logits before and after dividing them by a temperature.
+struct Scaling {
+    nll_before: f64,
+    nll_after: f64,
+    before: Reliability,
+    after: Reliability,
 }
 
-/// The logits of `split` under the run's checkpoint (an error when no image of it could be read).
-fn split_scores(run: &RunDir, split: Split, options: &EvalOptions) -> Result<SplitScores> {
-    let opened = open_for_eval(run, split, options)?;
+impl Scaling {
+    fn measure(scores: &Tensor, labels: &Tensor, t: f64) -> Result<Self> {
+        Ok(Scaling {
+            nll_before: nll_at(scores, labels, 1.0),
+            nll_after: nll_at(scores, labels, t),
+            before: reliability_at(scores, labels, 1.0)?,
+            after: reliability_at(scores, labels, t)?,
+        })
+    }
+}
+
+/// The logits and labels of `split` under the opened checkpoint, and how many images they are.
+fn split_scores(opened: &Opened, split: Split) -> Result<(Tensor, Tensor, usize)> {
     let settings = EvalSettings { keep_scores: true, ..Default::default() };
-    let eval = evaluate(&opened.model, &opened.loader, &opened.precision, opened.class_names.len(), &settings)?;
-    let Some((scores, labels)) = eval.scores else {
-        return Err(Error::NoReadableImages {
-            root: opened.config.data.clone(),
-            split: split.name().into(),
-            skipped: opened.skips.count(),
-        });
-    };
-    Ok(SplitScores {
-        scores,
-        labels,
-        images: eval.images,
-        checkpoint: opened.ckpt.path.clone(),
-        epoch: opened.ckpt.state.epoch,
-    })
+    let eval = opened.evaluate(split, &settings)?.eval;
+    let (scores, labels) = eval.scores.expect("keep_scores keeps the scores");
+    Ok((scores, labels, eval.images))
 }
 
 /// The mean negative log-likelihood of `labels` under `softmax(scores / t)`.
@@ -137,50 +134,60 @@ pub fn read_calibration(run: &RunDir) -> Result<Option<Calibration>> {
 }
 
 /// Fits the temperature of the run's checkpoint on its validation split (without test-time augmentation), checks
-/// it on the test split when there is one ([`HeldOut`]), and writes `calibration.json` and the reliability diagrams `val_reliability.png` /
+/// it on the test split when there is one ([`HeldOut`]), and writes `calibration.json` and the reliability
+/// diagrams `val_reliability.png` /
 /// `val_reliability_calibrated.png`.
 pub fn calibrate_run(run: &RunDir, options: &EvalOptions) -> Result<Calibration> {
     let options = EvalOptions { tta: Default::default(), ..options.clone() };
-    let val = split_scores(run, Split::Val, &options).map_err(|e| match e {
+    let opened = open_for_eval(run, &options)?;
+    let (scores, labels, images) = split_scores(&opened, Split::Val).map_err(|e| match e {
         Error::Dataset { root, reason } => {
             Error::Dataset { root, reason: format!("{reason}: temperature scaling is fitted on the validation split") }
         }
         other => other,
     })?;
-    let (scores, labels) = (&val.scores, &val.labels);
-    let temperature = fit_temperature(scores, labels);
-    let before = reliability_at(scores, labels, 1.0)?;
-    let after = reliability_at(scores, labels, temperature)?;
+    let temperature = fit_temperature(&scores, &labels);
+    let val = Scaling::measure(&scores, &labels, temperature)?;
     // The held-out check: the test split, when there is one, under the temperature the val split chose.
-    let held_out = match split_scores(run, Split::Test, &options) {
-        Ok(test) => Some(HeldOut {
-            split: Split::Test,
-            images: test.images,
-            nll_before: nll_at(&test.scores, &test.labels, 1.0),
-            nll_after: nll_at(&test.scores, &test.labels, temperature),
-            ece_before: reliability_at(&test.scores, &test.labels, 1.0)?.ece(),
-            ece_after: reliability_at(&test.scores, &test.labels, temperature)?.ece(),
-        }),
-        // No test split (or none readable): the fit is reported on val alone.
-        Err(Error::Dataset { .. } | Error::NoReadableImages { .. }) => None,
-        Err(e) => return Err(e),
+    let held_out = if opened.dataset.split(Split::Test).is_empty() {
+        None
+    } else {
+        match split_scores(&opened, Split::Test) {
+            Ok((scores, labels, images)) => {
+                let test = Scaling::measure(&scores, &labels, temperature)?;
+                Some(HeldOut {
+                    split: Split::Test,
+                    images,
+                    nll_before: test.nll_before,
+                    nll_after: test.nll_after,
+                    ece_before: test.before.ece(),
+                    ece_after: test.after.ece(),
+                })
+            }
+            // The fit on val stands; say why it is not checked rather than lose it.
+            Err(e @ Error::NoReadableImages { .. }) => {
+                eprintln!("warning: the temperature is not checked on held-out data: {e}");
+                None
+            }
+            Err(e) => return Err(e),
+        }
     };
     let calibration = Calibration {
         temperature,
         split: Split::Val,
-        checkpoint: val.checkpoint.clone(),
-        epoch: val.epoch,
-        images: val.images,
-        nll_before: nll_at(scores, labels, 1.0),
-        nll_after: nll_at(scores, labels, temperature),
-        ece_before: before.ece(),
-        ece_after: after.ece(),
+        checkpoint: opened.ckpt.path.clone(),
+        epoch: opened.ckpt.state.epoch,
+        images,
+        nll_before: val.nll_before,
+        nll_after: val.nll_after,
+        ece_before: val.before.ece(),
+        ece_after: val.after.ece(),
         held_out,
     };
     write_atomic(&calibration_path(run), &serde_json::to_vec_pretty(&calibration).expect("serialises"))?;
     for (reliability, name, title) in [
-        (&before, "val_reliability.png", "val".to_string()),
-        (&after, "val_reliability_calibrated.png", format!("val, T = {temperature:.3}")),
+        (&val.before, "val_reliability.png", "val".to_string()),
+        (&val.after, "val_reliability_calibrated.png", format!("val, T = {temperature:.3}")),
     ] {
         if let Err(e) = reliability.plot(&title, &run.path.join(name)) {
             eprintln!("warning: no reliability diagram: {e}");
