@@ -453,7 +453,7 @@ mod tests {
         let mut baseline = resolve(&dir.join("baseline_fashion_mnist_flips.yaml"));
         assert_eq!(baseline.augment.auto_augment, Default::default());
         assert_eq!(baseline.mixup, Default::default());
-        (baseline.augment, baseline.mixup) = (light.augment.clone(), light.mixup.clone());
+        (baseline.augment, baseline.mixup) = (light.augment.clone(), light.mixup);
         assert_eq!(baseline.to_yaml(), light.to_yaml());
     }
 
