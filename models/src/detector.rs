@@ -33,6 +33,13 @@ fn default_head_convs() -> usize {
 fn default_num_levels() -> usize {
     3
 }
+/// What a config written before `location_offset` existed means: the cell centres those detectors trained with.
+fn legacy_location_offset() -> f64 {
+    0.5
+}
+
+/// torchvision's FCOS: locations at its anchors' centres, the cells' top-left corners.
+pub const TORCHVISION_LOCATION_OFFSET: f64 = 0.0;
 
 /// What a detector is. Only `architecture` and `num_classes` are required when deserialising.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,6 +59,11 @@ pub struct DetectorConfig {
     /// Stochastic depth rate of the backbone's last block.
     #[serde(default)]
     pub drop_path_rate: f64,
+    /// Where a location sits in its cell, in strides from the top-left corner on both axes: 0 (torchvision's
+    /// FCOS, the default of [`DetectorConfig::new`]) or 0.5 (the cell's centre). See [`crate::fcos_decode`].
+    /// Absent from a config, it is 0.5: what detectors trained before the option existed use.
+    #[serde(default = "legacy_location_offset")]
+    pub location_offset: f64,
 }
 
 impl DetectorConfig {
@@ -64,6 +76,7 @@ impl DetectorConfig {
             head_convs: default_head_convs(),
             num_levels: default_num_levels(),
             drop_path_rate: 0.0,
+            location_offset: TORCHVISION_LOCATION_OFFSET,
         }
     }
 
@@ -84,6 +97,11 @@ impl DetectorConfig {
 
     pub fn with_drop_path_rate(mut self, rate: f64) -> Self {
         self.drop_path_rate = rate;
+        self
+    }
+
+    pub fn with_location_offset(mut self, offset: f64) -> Self {
+        self.location_offset = offset;
         self
     }
 
@@ -150,7 +168,7 @@ impl ObjectDetector {
 
     /// The locations of a `height × width` input (a pure function of the size; CPU, cheap).
     pub fn locations(&self, height: i64, width: i64) -> Locations {
-        Locations::new(height, width, self.level_sizes(height, width), self.strides())
+        Locations::new(height, width, self.level_sizes(height, width), self.strides(), self.config.location_offset)
     }
 
     /// `A`, the number of locations of a `height × width` input: `Σ (H/s)·(W/s)` over the levels.
@@ -233,7 +251,8 @@ mod tests {
     #[test]
     fn level_sizes_and_locations_of_a_small_input() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = detector(&vs, &DetectorConfig::new("convnext_atto", 2).with_num_levels(5));
+        let config = DetectorConfig::new("convnext_atto", 2).with_num_levels(5).with_location_offset(0.5);
+        let model = detector(&vs, &config);
         assert_eq!(model.level_sizes(64, 96), [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]);
         assert_eq!(model.num_locations(64, 96), 96 + 24 + 6 + 2 + 1);
         let locations = model.locations(64, 96);
@@ -268,8 +287,13 @@ mod tests {
     fn config_defaults_and_bad_settings() {
         let config: DetectorConfig =
             serde_json::from_str(r#"{"architecture": "convnext_atto", "num_classes": 2}"#).unwrap();
-        assert_eq!(config, DetectorConfig::new("convnext_atto", 2));
+        assert_eq!(
+            config,
+            DetectorConfig::new("convnext_atto", 2).with_location_offset(0.5),
+            "a config from before the offset"
+        );
         assert_eq!((config.fpn_channels, config.head_convs, config.num_levels), (128, 2, 3));
+        assert_eq!(DetectorConfig::new("convnext_atto", 2).location_offset, 0.0, "torchvision's by default");
         let vs = nn::VarStore::new(Device::Cpu);
         let err = ObjectDetector::new(&vs.root(), &config.clone().with_num_levels(6)).unwrap_err().to_string();
         assert!(err.contains("num_levels"), "{err}");

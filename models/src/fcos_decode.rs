@@ -1,9 +1,10 @@
 //! FCOS's locations and its decoding at inference, in libtorch and in ONNX side by side.
 //!
-//! A location is the centre of a feature-map cell in input pixels: cell `(i, j)` of a stride-`s` level is the
-//! point `((j + 0.5) · s, (i + 0.5) · s)`, the centre of the `s × s` input patch ConvNeXt's patchify stem and
-//! stride-2 downsamplings map onto it. (Original FCOS uses `j · s + ⌊s / 2⌋`, the same for even strides;
-//! torchvision's anchor-based version uses `j · s`.) A box is `(x − l, y − t, x + r, y + b)` clamped to
+//! A location is a point of a feature-map cell in input pixels: cell `(i, j)` of a stride-`s` level is the point
+//! `((j + o) · s, (i + o) · s)` for the detector's `location_offset` `o`. torchvision's FCOS puts its anchors'
+//! centres at `j · s` (`o = 0`, kiln's default since it trains side by side with torchvision); `o = 0.5` is the
+//! centre of the `s × s` input patch ConvNeXt's patchify stem and stride-2 downsamplings map onto the cell (original
+//! FCOS's `j · s + ⌊s / 2⌋`, and what kiln's detectors trained before the option existed use). A box is `(x − l, y − t, x + r, y + b)` clamped to
 //! `[0, W] × [0, H]`; a class's score is `sqrt(sigmoid(cls) · sigmoid(centerness))`, torchvision's inference
 //! score.
 
@@ -32,8 +33,15 @@ pub struct Locations {
 }
 
 impl Locations {
-    /// The locations of levels with `level_sizes` and `strides_per_level` on a `height × width` input.
-    pub fn new(height: i64, width: i64, level_sizes: Vec<(i64, i64)>, strides_per_level: Vec<i64>) -> Self {
+    /// The locations of levels with `level_sizes` and `strides_per_level` on a `height × width` input, each at
+    /// `offset` strides from its cell's top-left corner on both axes.
+    pub fn new(
+        height: i64,
+        width: i64,
+        level_sizes: Vec<(i64, i64)>,
+        strides_per_level: Vec<i64>,
+        offset: f64,
+    ) -> Self {
         assert_eq!(level_sizes.len(), strides_per_level.len(), "one stride per level");
         let total: i64 = level_sizes.iter().map(|(h, w)| h * w).sum();
         let mut points = Vec::with_capacity(2 * total as usize);
@@ -41,8 +49,8 @@ impl Locations {
         for (&(h, w), &s) in level_sizes.iter().zip(&strides_per_level) {
             for i in 0..h {
                 for j in 0..w {
-                    points.push(((j as f64 + 0.5) * s as f64) as f32);
-                    points.push(((i as f64 + 0.5) * s as f64) as f32);
+                    points.push(((j as f64 + offset) * s as f64) as f32);
+                    points.push(((i as f64 + offset) * s as f64) as f32);
                     strides.push(s as f32);
                 }
             }
@@ -143,7 +151,7 @@ mod tests {
 
     #[test]
     fn points_are_cell_centres_level_by_level_row_major() {
-        let locations = Locations::new(32, 48, vec![(2, 3), (1, 2)], vec![16, 32]);
+        let locations = Locations::new(32, 48, vec![(2, 3), (1, 2)], vec![16, 32], 0.5);
         assert_eq!(locations.len(), 8);
         let expected = [
             8.0, 8.0, 24.0, 8.0, 40.0, 8.0, // level 0, row 0
@@ -153,12 +161,16 @@ mod tests {
         assert!(close(&locations.points, &expected), "{}", locations.points);
         assert!(close(&locations.strides, &[16.0, 16.0, 16.0, 16.0, 16.0, 16.0, 32.0, 32.0]));
         assert_eq!(locations.level_ranges(), [0..6, 6..8]);
+        // torchvision's anchor centres: the cells' top-left corners.
+        let corners = Locations::new(32, 48, vec![(2, 3), (1, 2)], vec![16, 32], 0.0);
+        let expected = [0.0, 0.0, 16.0, 0.0, 32.0, 0.0, 0.0, 16.0, 16.0, 16.0, 32.0, 16.0, 0.0, 0.0, 32.0, 0.0];
+        assert!(close(&corners.points, &expected), "{}", corners.points);
     }
 
     #[test]
     fn decoding_subtracts_and_adds_distances_clamps_and_scores() {
         // Two locations on a 32 (high) × 48 (wide) image: one box well inside, one past every edge.
-        let locations = Locations::new(32, 48, vec![(1, 2)], vec![16]);
+        let locations = Locations::new(32, 48, vec![(1, 2)], vec![16], 0.5);
         let outputs = HeadOutputs {
             cls_logits: Tensor::from_slice(&[0f32, 2.0, -1.0, 0.0]).view([1, 2, 2]),
             box_ltrb: Tensor::from_slice(&[2f32, 3.0, 4.0, 5.0, 100.0, 100.0, 100.0, 100.0]).view([1, 2, 4]),

@@ -20,6 +20,11 @@ pub struct DetectSettings {
     pub head_convs: usize,
     /// Pyramid levels from P3 (3: P3–P5, up to 5: P3–P7).
     pub num_levels: usize,
+    /// Where each location sits in its feature-map cell, in strides from the top-left corner: 0 as torchvision's
+    /// FCOS (the default), 0.5 the cell's centre. A run config written before this key existed means 0.5, what
+    /// that run trained with.
+    #[serde(default = "legacy_location_offset")]
+    pub location_offset: f64,
     pub augment: AugmentConfig,
     pub nms: NmsConfig,
     /// The score above which a detection counts for precision, recall, F1 and mean IoU.
@@ -29,6 +34,10 @@ pub struct DetectSettings {
     pub balanced_sampling: bool,
 }
 
+fn legacy_location_offset() -> f64 {
+    0.5
+}
+
 impl Default for DetectSettings {
     fn default() -> Self {
         Self {
@@ -36,6 +45,7 @@ impl Default for DetectSettings {
             fpn_channels: 96,
             head_convs: 2,
             num_levels: 3,
+            location_offset: kiln_models::detector::TORCHVISION_LOCATION_OFFSET,
             augment: AugmentConfig::default(),
             nms: NmsConfig::default(),
             score_threshold: 0.3,
@@ -56,6 +66,9 @@ impl DetectSettings {
         }
         if !(3..=5).contains(&self.num_levels) {
             return bad("num_levels", format!("{} is not in 3..=5", self.num_levels));
+        }
+        if !(0.0..1.0).contains(&self.location_offset) {
+            return bad("location_offset", format!("{} is not in [0, 1)", self.location_offset));
         }
         if !(0.0..=1.0).contains(&self.score_threshold) {
             return bad("score_threshold", format!("{} is not in [0, 1]", self.score_threshold));

@@ -2,8 +2,9 @@
 //!
 //! As FCOS (Tian et al., 2019) with centre sampling: a location is a candidate for a box when it lies inside the
 //! box's centre region — the square of half-side `radius × stride` around the box centre, cut to the box — and
-//! its largest distance to the box's sides falls in its level's size range (`[0, 64]`, `[64, 128]`, `[128, 256]`,
-//! `[256, 512]`, `[512, ∞)` for P3…P7; the last level used is open above). A location with several candidate boxes
+//! its largest distance to the box's sides falls strictly inside its level's size range (`(0, 64)`, `(64, 128)`,
+//! `(128, 256)`, `(256, 512)`, `(512, ∞)` for P3…P7; the last level used is open above). This is torchvision's
+//! `FCOS.compute_loss` with one anchor of size `stride` per location; `tests/detector_parity.rs` holds kiln to it. A location with several candidate boxes
 //! takes the smallest. Its targets are the class, the distances `(l, t, r, b)` to the box's sides in pixels, and
 //! the centerness `sqrt(min(l, r)/max(l, r) · min(t, b)/max(t, b))`.
 
@@ -64,7 +65,7 @@ pub fn assign(points: &Tensor, strides: &Tensor, boxes: &Tensor, classes: &Tenso
     let in_region = to_region.amin(&[2i64][..], false).gt(0.0); // [A, G]
     let reach = ltrb.amax(&[2i64][..], false); // [A, G]
     let (lower, upper) = size_ranges(strides);
-    let in_range = reach.ge_tensor(&lower.unsqueeze(1)).logical_and(&reach.le_tensor(&upper.unsqueeze(1)));
+    let in_range = reach.gt_tensor(&lower.unsqueeze(1)).logical_and(&reach.lt_tensor(&upper.unsqueeze(1)));
     let candidate = in_region.logical_and(&in_range);
     let area = ((&x2 - &x1) * (&y2 - &y1)).unsqueeze(0).expand([a, g], false);
     let masked = area.where_self(&candidate, &Tensor::from(f64::INFINITY).to_kind(Kind::Float).to_device(device));

@@ -51,6 +51,7 @@ pub fn detector_config(config: &TrainConfig, num_classes: usize) -> DetectorConf
         .with_head_convs(config.detect.head_convs)
         .with_num_levels(config.detect.num_levels)
         .with_drop_path_rate(config.drop_path_rate)
+        .with_location_offset(config.detect.location_offset)
 }
 
 /// Opens the config's detection dataset; without a val split, `val_split` of train (seeded) becomes val.
