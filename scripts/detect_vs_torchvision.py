@@ -9,7 +9,9 @@ img_size` so that its transform does not resize, ImageNet normalisation, score t
 detections: kiln's evaluation settings.
 
 Both sides train with AdamW (no decay on parameters with fewer than 2 dims, as kiln), a per-step linear warm-up
-then cosine to min_lr (kiln's schedule), and the model after the last epoch is scored. Recipes:
+then cosine to min_lr (kiln's schedule: the warm-up lasts max(warmup_epochs, min(warmup_min_steps, a fifth of the
+run)) steps; --warmup-min-steps 0 gives torchvision's references a plain epoch-based warm-up), and the model after
+the last epoch is scored. Recipes:
 
   matched   both sides: horizontal flip 0.5 only, drop-path 0, head of --head-convs convs (default 4, as
             torchvision), kiln's `detect.*` set to torchvision's FCOS choices
@@ -48,6 +50,7 @@ def parse_args():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--warmup-epochs", type=float, default=1.0)
+    ap.add_argument("--warmup-min-steps", type=int, default=100)
     ap.add_argument("--min-lr", type=float, default=1e-6)
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--fpn-channels", type=int, default=96)
@@ -173,8 +176,10 @@ def read_split(split):
 
 def kiln_schedule(step, steps_per_epoch):
     """kiln's CosineSchedule.lr."""
-    warmup = round(args.warmup_epochs * steps_per_epoch)
     total = args.epochs * steps_per_epoch
+    warmup = round(args.warmup_epochs * steps_per_epoch)
+    if args.warmup_epochs > 0:
+        warmup = max(warmup, min(args.warmup_min_steps, total // 5))
     min_lr = min(args.min_lr, args.lr)
     if step < warmup:
         return args.lr * (step + 1) / warmup
@@ -252,7 +257,7 @@ def kiln_config(seed, workdir):
               "threads": args.threads, "workers": args.threads, "project": workdir, "name": f"seed{seed}"}
     if args.recipe == "matched":
         config.update({"weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs,
-                       "min_lr": args.min_lr, "drop_path_rate": 0.0, "ema": False, "grad_clip": 0.0})
+                       "min_lr": args.min_lr, "warmup_min_steps": args.warmup_min_steps, "drop_path_rate": 0.0, "ema": False, "grad_clip": 0.0})
         config["detect"] = {
             "fpn_channels": args.fpn_channels, "head_convs": args.head_convs, "num_levels": 3,
             "augment": {"hflip": 0.5, "scale": [1.0, 1.0], "translate": 0.0, "hsv_h": 0.0, "hsv_s": 0.0,

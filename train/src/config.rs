@@ -173,6 +173,11 @@ pub struct TrainConfig {
     /// SGD momentum.
     pub momentum: f64,
     pub warmup_epochs: f64,
+    /// The warm-up lasts at least this many optimiser steps (capped at a fifth of the run; none when
+    /// `warmup_epochs` is 0): small sets have few steps an epoch. See [`crate::optim::warmup_steps`]. A run config
+    /// written before this key existed means 0, the schedule that run trained with.
+    #[serde(default)]
+    pub warmup_min_steps: usize,
     /// Learning rate at the end of the cosine schedule.
     pub min_lr: f64,
     pub label_smoothing: f64,
@@ -252,6 +257,7 @@ impl Default for TrainConfig {
             weight_decay: 0.05,
             momentum: 0.9,
             warmup_epochs: 1.0,
+            warmup_min_steps: 100,
             min_lr: 1e-6,
             label_smoothing: 0.1,
             grad_clip: 0.0,
@@ -434,6 +440,23 @@ impl TrainConfig {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn keys_added_later_keep_what_older_run_configs_trained_with() {
+        // A new run starts from the defaults; a run config saved before a key existed reads as that run trained.
+        let new = TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect"})).unwrap();
+        assert_eq!((new.warmup_min_steps, new.detect.location_offset, new.detect.head_convs), (100, 0.0, 4));
+        let mut saved = serde_json::to_value(&new).unwrap();
+        saved.as_object_mut().unwrap().remove("warmup_min_steps");
+        saved["detect"].as_object_mut().unwrap().remove("location_offset");
+        let old: TrainConfig = serde_json::from_value(saved).unwrap();
+        assert_eq!((old.warmup_min_steps, old.detect.location_offset), (0, 0.5));
+        let err =
+            TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect", "detect": {"location_offset": 1.0}}))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("location_offset"), "{err}");
+    }
 
     #[test]
     fn every_committed_config_resolves() {

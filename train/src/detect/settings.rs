@@ -16,7 +16,7 @@ pub struct DetectSettings {
     pub layout: Option<Layout>,
     /// FPN width.
     pub fpn_channels: i64,
-    /// Convolutions in each head tower.
+    /// Convolutions in each head tower (4, torchvision's FCOS).
     pub head_convs: usize,
     /// Pyramid levels from P3 (3: P3–P5, up to 5: P3–P7).
     pub num_levels: usize,
@@ -43,7 +43,7 @@ impl Default for DetectSettings {
         Self {
             layout: None,
             fpn_channels: 96,
-            head_convs: 2,
+            head_convs: 4,
             num_levels: 3,
             location_offset: kiln_models::detector::TORCHVISION_LOCATION_OFFSET,
             augment: AugmentConfig::default(),

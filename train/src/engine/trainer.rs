@@ -214,7 +214,12 @@ impl<T: Task> Trainer<T> {
         let schedule = CosineSchedule {
             peak_lr: config.lr,
             min_lr: config.min_lr.min(config.lr),
-            warmup_steps: (config.warmup_epochs * steps_per_epoch as f64).round() as usize,
+            warmup_steps: crate::optim::warmup_steps(
+                config.warmup_epochs,
+                config.warmup_min_steps,
+                steps_per_epoch,
+                config.epochs * steps_per_epoch,
+            ),
             total_steps: config.epochs * steps_per_epoch,
         };
         let ema = config.ema.then(|| Ema::new(&vs, config.ema_decay));

@@ -8,4 +8,4 @@ pub mod schedule;
 pub use ema::Ema;
 pub use grad_scaler::{GradScaler, ScalerCounters};
 pub use optimizer::{Optimizer, OptimizerConfig, Param};
-pub use schedule::CosineSchedule;
+pub use schedule::{warmup_steps, CosineSchedule};

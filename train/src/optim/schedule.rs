@@ -24,9 +24,35 @@ impl CosineSchedule {
     }
 }
 
+/// The warm-up's length in steps: `warmup_epochs` of `steps_per_epoch` steps, but at least `min_steps` (Ultralytics'
+/// 100-iteration floor) capped at a fifth of the run's `total_steps`. A warm-up of 0 epochs stays off.
+///
+/// The floor is for small sets: 15 images at batch 8 give 2 steps an epoch, and a 2-step warm-up lets AdamW's first,
+/// sign-like updates move every weight of a layer by the full learning rate at once. On FCOS that pushes the ReLU'd
+/// box regression below zero at every positive location for good (its loss stays at exactly 1), in torchvision's
+/// FCOS as in kiln's (`scripts/detect_vs_torchvision.py`, README).
+pub fn warmup_steps(warmup_epochs: f64, min_steps: usize, steps_per_epoch: usize, total_steps: usize) -> usize {
+    let from_epochs = (warmup_epochs * steps_per_epoch as f64).round() as usize;
+    if warmup_epochs <= 0.0 {
+        return from_epochs;
+    }
+    from_epochs.max(min_steps.min(total_steps / 5))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_warm_up_has_a_floor_capped_at_a_fifth_of_the_run() {
+        // Large epochs: the epochs decide.
+        assert_eq!(warmup_steps(1.0, 100, 422, 4220), 422);
+        // 2 steps an epoch, 60 epochs: the floor, capped at 120 / 5.
+        assert_eq!(warmup_steps(1.0, 100, 2, 120), 24);
+        assert_eq!(warmup_steps(1.0, 100, 20, 2000), 100);
+        assert_eq!(warmup_steps(1.5, 0, 2, 120), 3, "no floor");
+        assert_eq!(warmup_steps(0.0, 100, 2, 120), 0, "off stays off");
+    }
 
     #[test]
     fn warms_up_then_decays_to_the_floor() {
