@@ -33,6 +33,8 @@ fn pycocotools_scores_kiln_infer_results_as_kiln_test_does() {
         workers: 2,
         device: "cpu".into(),
         project: dir.path().join("runs"),
+        // 18 steps: the lighter 2-conv head detects something by then (this test compares scorers, not recipes).
+        detect: kiln_train::detect::DetectSettings { head_convs: 2, ..Default::default() },
         ..TrainConfig::default()
     };
     let outcome = kiln_train::detect::train(&config).unwrap();
