@@ -28,11 +28,13 @@ test mAP@[.5:.95] and mAP@.5 (pycocotools for both), training images/s, and the 
 """
 import argparse
 import contextlib
+import functools
 import io
 import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -137,7 +139,6 @@ def torchvision_fcos(num_classes, head_convs=4, drop_path_rate=0.0):
 def load_kiln_weights(model, path):
     """kiln's names -> torchvision FCOS's: `stem.N` / `stages.N` under `backbone.body` (timm's features_only
     `stem_N` / `stages_N`), `fpn.*` under `backbone`; every parameter of the model must be given."""
-    import re
     from safetensors.torch import load_file
     state = {}
     for name, tensor in load_file(path).items():
@@ -152,6 +153,7 @@ def load_kiln_weights(model, path):
         sys.exit(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+@functools.lru_cache(maxsize=None)
 def read_split(split):
     """[(image float [3,H,W] in 0..1, {'boxes', 'labels'} with labels 0..C-1, image id)], category ids in order."""
     with open(gt_path(split)) as f:
@@ -259,7 +261,7 @@ def kiln_config(seed, workdir):
         config.update({"weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs,
                        "min_lr": args.min_lr, "warmup_min_steps": args.warmup_min_steps, "drop_path_rate": 0.0, "ema": False, "grad_clip": 0.0})
         config["detect"] = {
-            "fpn_channels": args.fpn_channels, "head_convs": args.head_convs, "num_levels": 3,
+            "fpn_channels": args.fpn_channels, "head_convs": args.head_convs, "num_levels": 3, "location_offset": 0.0,
             "augment": {"hflip": 0.5, "scale": [1.0, 1.0], "translate": 0.0, "hsv_h": 0.0, "hsv_s": 0.0,
                         "hsv_v": 0.0, "mosaic": 0.0},
         }

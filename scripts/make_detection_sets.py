@@ -27,13 +27,15 @@ train/val, 7000+ for test; Fashion-MNIST train file for train/val, t10k for test
 Needs numpy and Pillow.
 """
 import argparse
-import gzip
 import json
 import os
-import struct
+import sys
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fashion_mnist_folder import read_idx  # noqa: E402  (the IDX reader the Fashion-MNIST folder script uses)
 
 SIZE = 128
 FASHION_CLASSES = {0: "t-shirt", 1: "trouser", 7: "sneaker", 8: "bag", 9: "ankle-boot"}
@@ -50,18 +52,13 @@ def load_mnist(folder):
     return np.stack([per_digit[d][i] for i in range(n) for d in range(10)])
 
 
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    magic, = struct.unpack(">I", data[:4])
-    dims = magic & 0xFF
-    shape = struct.unpack(">" + "I" * dims, data[4:4 + 4 * dims])
-    return np.frombuffer(data[4 + 4 * dims:], dtype=np.uint8).reshape(shape)
-
-
 def load_fashion(folder, prefix):
-    images = read_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz")).astype(np.float32) / 255.0
-    labels = read_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"))
+    def array(name):
+        shape, data = read_idx(os.path.join(folder, name))
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+    images = array(f"{prefix}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    labels = array(f"{prefix}-labels-idx1-ubyte.gz")
     keep = np.isin(labels, list(FASHION_CLASSES))
     return images[keep], labels[keep]
 
@@ -80,7 +77,6 @@ def paper(rng):
     canvas = base + (texture[..., None] - 0.5) * rng.uniform(60, 140) + tint
     img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     # Clutter: faint strokes and blobs that are not objects.
-    from PIL import ImageDraw
     draw = ImageDraw.Draw(img)
     for _ in range(rng.integers(3, 9)):
         c = tuple(int(v) for v in np.clip(base + rng.uniform(-50, 50, size=3), 0, 255))

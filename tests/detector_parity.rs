@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use kiln_models::convnext::ConvNextConfig;
+use kiln_models::detector::TORCHVISION_LOCATION_OFFSET;
 use kiln_models::weights::{load_safetensors, read_safetensors, HeadPolicy};
 use kiln_models::{DetectorConfig, Locations, ObjectDetector};
 use kiln_train::config::OptimizerKind;
@@ -54,14 +55,14 @@ struct Setup {
     records: HashMap<String, Tensor>,
 }
 
-fn setup(location_offset: f64) -> Setup {
+fn setup() -> Setup {
     let vs = nn::VarStore::new(Device::Cpu);
     let backbone = ConvNextConfig { depths: vec![1, 1, 1, 1], dims: vec![8, 16, 24, 32], ..ConvNextConfig::atto() };
     let config = DetectorConfig::new("custom", 3)
         .with_fpn_channels(32)
         .with_head_convs(4)
         .with_num_levels(3)
-        .with_location_offset(location_offset);
+        .with_location_offset(TORCHVISION_LOCATION_OFFSET);
     let model = ObjectDetector::with_backbone(&vs.root(), &config, &backbone).unwrap();
     let report = load_safetensors(&vs, &fixture().join("model.safetensors"), HeadPolicy::Strict).unwrap();
     assert_eq!(report.loaded, vs.variables().len(), "every parameter comes from the fixture");
@@ -89,7 +90,7 @@ fn assignments(s: &Setup, locations: &Locations) -> Vec<Assignment> {
 
 #[test]
 fn pyramid_and_head_outputs_match_torchvision() {
-    let s = setup(0.0);
+    let s = setup();
     tch::no_grad(|| {
         let features = s.model.backbone.forward_features_t(&s.images, true);
         let pyramid = s.model.fpn.forward(&features[1..]);
@@ -109,7 +110,7 @@ fn pyramid_and_head_outputs_match_torchvision() {
 
 #[test]
 fn matched_boxes_per_location_match_torchvision() {
-    let s = setup(0.0);
+    let s = setup();
     let locations = s.model.locations(SIZE, SIZE);
     let expected = &s.records["matched"];
     for (i, a) in assignments(&s, &locations).iter().enumerate() {
@@ -122,15 +123,15 @@ fn matched_boxes_per_location_match_torchvision() {
     let positives = expected.ge(0).sum(Kind::Int64).int64_value(&[]);
     assert!(positives > 40, "the fixture has positives on every level ({positives})");
     // The fixture tells the location conventions apart: cell centres match other locations.
-    let centres = setup(0.5);
-    let shifted = assignments(&centres, &centres.model.locations(SIZE, SIZE));
+    let centres = Locations::new(SIZE, SIZE, s.model.level_sizes(SIZE, SIZE), s.model.strides(), 0.5);
+    let shifted = assignments(&s, &centres);
     let same = shifted.iter().enumerate().all(|(i, a)| a.matched.equal(&expected.get(i as i64)));
     assert!(!same, "offset 0.5 must not reproduce torchvision's matching");
 }
 
 #[test]
 fn losses_gradients_and_an_sgd_step_match_torchvision() {
-    let s = setup(0.0);
+    let s = setup();
     let locations = s.model.locations(SIZE, SIZE);
     let out = s.model.forward_t(&s.images, true);
     let losses = fcos_losses(&out.cls_logits, &out.box_ltrb, &out.centerness_logits, &assignments(&s, &locations));

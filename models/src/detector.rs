@@ -33,8 +33,9 @@ fn default_head_convs() -> usize {
 fn default_num_levels() -> usize {
     3
 }
-/// What a config written before `location_offset` existed means: the cell centres those detectors trained with.
-fn legacy_location_offset() -> f64 {
+/// What a config written before `location_offset` existed means: the cell centres those detectors trained with
+/// (the serde default of both [`DetectorConfig`] and the training config's detection settings).
+pub fn legacy_location_offset() -> f64 {
     0.5
 }
 

@@ -23,7 +23,7 @@ pub struct DetectSettings {
     /// Where each location sits in its feature-map cell, in strides from the top-left corner: 0 as torchvision's
     /// FCOS (the default), 0.5 the cell's centre. A run config written before this key existed means 0.5, what
     /// that run trained with.
-    #[serde(default = "legacy_location_offset")]
+    #[serde(default = "kiln_models::detector::legacy_location_offset")]
     pub location_offset: f64,
     pub augment: AugmentConfig,
     pub nms: NmsConfig,
@@ -32,10 +32,6 @@ pub struct DetectSettings {
     /// Draw each training epoch's images with replacement, weighted so that rare classes are seen as often as
     /// common ones (an image weighs the mean of its boxes' inverse class frequencies; negatives the mean weight).
     pub balanced_sampling: bool,
-}
-
-fn legacy_location_offset() -> f64 {
-    0.5
 }
 
 impl Default for DetectSettings {

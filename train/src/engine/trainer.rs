@@ -211,6 +211,7 @@ impl<T: Task> Trainer<T> {
         let steps_per_epoch =
             config.limit_train_batches.map_or(train_loader.num_batches(), |limit| limit.of(train_loader.num_batches()));
         let monitor = resolve_monitor::<T>(&config, val_loader.is_some())?;
+        let total_steps = config.epochs * steps_per_epoch;
         let schedule = CosineSchedule {
             peak_lr: config.lr,
             min_lr: config.min_lr.min(config.lr),
@@ -218,9 +219,9 @@ impl<T: Task> Trainer<T> {
                 config.warmup_epochs,
                 config.warmup_min_steps,
                 steps_per_epoch,
-                config.epochs * steps_per_epoch,
+                total_steps,
             ),
-            total_steps: config.epochs * steps_per_epoch,
+            total_steps,
         };
         let ema = config.ema.then(|| Ema::new(&vs, config.ema_decay));
         let scaler = GradScaler::new(precision.needs_loss_scaling());
