@@ -14,7 +14,8 @@ run)) steps; --warmup-min-steps 0 gives torchvision's references a plain epoch-b
 the last epoch is scored. Recipes:
 
   matched   both sides: horizontal flip 0.5 only, drop-path 0, head of --head-convs convs (default 4, as
-            torchvision), kiln's `detect.*` set to torchvision's FCOS choices
+            torchvision), kiln's `detect.*` set to torchvision's FCOS choices (location_offset 0, box_activation
+            relu; `--kiln-set detect.box_activation=exp` for kiln's default regression on the matched recipe)
   default   kiln with its default recipe (only --epochs/--batch/--lr/--img-size/--seed given); torchvision as in
             `matched` (the reference is one fixed recipe)
 
@@ -203,7 +204,7 @@ def train_torch(seed):
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train) / args.batch)
-    step, images, seconds, losses = 0, 0, 0.0, []
+    step, images, seconds, losses, box_losses = 0, 0, 0.0, [], []
     for epoch in range(args.epochs):
         model.train()
         order = torch.randperm(len(train), generator=gen).tolist()
@@ -234,6 +235,7 @@ def train_torch(seed):
         seconds += time.perf_counter() - start
         parts = [sum(p) / len(epoch_loss) for p in zip(*epoch_loss)]
         losses.append(parts[0])
+        box_losses.append(parts[2])
         if epoch % 10 == 0 or epoch == args.epochs - 1:
             print(f"  torch seed {seed} epoch {epoch + 1}: loss {parts[0]:.4f} (cls {parts[1]:.4f}, box {parts[2]:.4f}, "
                   f"ctr {parts[3]:.4f})", file=sys.stderr, flush=True)
@@ -249,7 +251,8 @@ def train_torch(seed):
                     results.append({"image_id": image_id, "category_id": cats[label],
                                     "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     stats = coco_stats("test", results)
-    return {**stats, "images_per_s": images / seconds, "first_loss": losses[0], "last_loss": losses[-1]}
+    return {**stats, "images_per_s": images / seconds, "first_loss": losses[0], "last_loss": losses[-1],
+            "last_box_loss": box_losses[-1]}
 
 
 # ---------------------------------------------------------------------------------------------------- kiln side
@@ -262,6 +265,7 @@ def kiln_config(seed, workdir):
                        "min_lr": args.min_lr, "warmup_min_steps": args.warmup_min_steps, "drop_path_rate": 0.0, "ema": False, "grad_clip": 0.0})
         config["detect"] = {
             "fpn_channels": args.fpn_channels, "head_convs": args.head_convs, "num_levels": 3, "location_offset": 0.0,
+            "box_activation": "relu",
             "augment": {"hflip": 0.5, "scale": [1.0, 1.0], "translate": 0.0, "hsv_h": 0.0, "hsv_s": 0.0,
                         "hsv_v": 0.0, "mosaic": 0.0},
         }
@@ -296,8 +300,10 @@ def train_kiln(seed, workdir):
     col = {name: i for i, name in enumerate(header)}
     ips = [float(r[col["images_per_second"]]) for r in rows] if "images_per_second" in col else []
     loss = [float(r[col["train_loss"]]) for r in rows] if "train_loss" in col else []
+    box = [float(r[col["train_box"]]) for r in rows] if "train_box" in col else []
     return {**stats, "images_per_s": sum(ips) / len(ips) if ips else float("nan"),
-            "first_loss": loss[0] if loss else float("nan"), "last_loss": loss[-1] if loss else float("nan")}
+            "first_loss": loss[0] if loss else float("nan"), "last_loss": loss[-1] if loss else float("nan"),
+            "last_box_loss": box[-1] if box else float("nan")}
 
 
 def main():

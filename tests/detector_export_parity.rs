@@ -1,7 +1,8 @@
 //! The FCOS detector's ONNX export against libtorch: the graph (backbone, FPN, head and decoding), run by ONNX
 //! Runtime (CPU, full graph optimisation) and by tract (`into_optimized`), gives the boxes and scores
 //! `ObjectDetector::decode` gives, at fixed batch 1 and dynamic batch 2, at opsets 13, 17 and 21, using only a
-//! small set of operators; an fp16 graph stays within 2 pixels and 1e-2 on scores.
+//! small set of operators; an fp16 graph stays within 2 pixels and 1e-2 on scores. Every box activation (ReLU,
+//! Softplus, exp) exports to the function libtorch computes.
 //!
 //! Tolerances: scores within 1e-4 absolute; boxes, in pixels up to 128, within 1e-4 · max(1, |value|) (fp32
 //! carries about 7 digits, so 1e-4 absolute on values near 100 would test rounding, not the graph).
@@ -10,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
 
 use kiln_export::{Attr, Dim, ElemType, Graph};
-use kiln_models::{DetectorConfig, ObjectDetector};
+use kiln_models::{BoxActivation, DetectorConfig, ObjectDetector};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use tch::nn;
@@ -24,13 +25,14 @@ const ONNX_FLOAT: i64 = 1;
 const ONNX_FLOAT16: i64 = 10;
 
 /// The operators a detector graph may contain (MatMul: the linear blocks of convnext_tiny and larger).
-const ALLOWED_OPS: [&str; 22] = [
+const ALLOWED_OPS: [&str; 24] = [
     "Add",
     "Cast",
     "Concat",
     "Conv",
     "Div",
     "Erf",
+    "Exp",
     "Identity",
     "LayerNormalization",
     "MatMul",
@@ -43,6 +45,7 @@ const ALLOWED_OPS: [&str; 22] = [
     "Resize",
     "Shape",
     "Sigmoid",
+    "Softplus",
     "Sqrt",
     "Sub",
     "Transpose",
@@ -97,9 +100,14 @@ static RNG: Mutex<()> = Mutex::new(());
 /// A random convnext_atto detector whose every layer matters: layer scales at 0.5 and the head's weights
 /// re-drawn wider than FCOS's std-0.01 init, so that boxes and scores vary across locations.
 fn detector(vs: &nn::VarStore) -> ObjectDetector {
+    detector_with(vs, BoxActivation::Relu)
+}
+
+fn detector_with(vs: &nn::VarStore, activation: BoxActivation) -> ObjectDetector {
     let _rng = RNG.lock().unwrap();
     tch::manual_seed(11);
-    let model = ObjectDetector::new(&vs.root(), &DetectorConfig::new("convnext_atto", CLASSES)).unwrap();
+    let config = DetectorConfig::new("convnext_atto", CLASSES).with_box_activation(activation);
+    let model = ObjectDetector::new(&vs.root(), &config).unwrap();
     tch::no_grad(|| {
         let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
@@ -210,6 +218,23 @@ fn the_exported_detector_matches_libtorch_on_ort_and_tract() {
         let dynamic = onnx_bytes(&model, opset, Dim::Symbolic("batch".into()));
         let label = format!("opset {opset} dynamic batch 2");
         check(&label, &model, &dynamic, 2, BoxTolerance::Relative(1e-4), 1e-4);
+    }
+}
+
+#[test]
+fn softplus_and_exp_box_regressions_export_to_what_libtorch_computes() {
+    for activation in [BoxActivation::Softplus, BoxActivation::Exp] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = detector_with(&vs, activation);
+        let bytes = onnx_bytes(&model, 17, Dim::Symbolic("batch".into()));
+        let onnx = kiln_export::from_bytes(&bytes).unwrap();
+        let op = if activation == BoxActivation::Exp { "Exp" } else { "Softplus" };
+        let count = onnx.graph.node.iter().filter(|n| n.op_type == op).count();
+        assert_eq!(count, 3, "{activation:?}: one {op} per pyramid level");
+        // exp turns its input's absolute error (the head's convolutions, summed in another order by each
+        // runtime) into a relative error of the distance: measured 1.5e-4 on ORT, so exp gets 5e-4.
+        let boxes = BoxTolerance::Relative(if activation == BoxActivation::Exp { 5e-4 } else { 1e-4 });
+        check(&format!("{activation:?} dynamic batch 2"), &model, &bytes, 2, boxes, 1e-4);
     }
 }
 

@@ -16,7 +16,7 @@ use tch::Tensor;
 
 use crate::convnext::{ConvNext, ConvNextConfig};
 use crate::fcos_decode::{self, Locations};
-use crate::fcos_head::{FcosHead, HeadOutputs};
+use crate::fcos_head::{BoxActivation, FcosHead, HeadOutputs};
 use crate::fpn::Fpn;
 use crate::{Error, Result};
 
@@ -65,6 +65,9 @@ pub struct DetectorConfig {
     /// Absent from a config, it is 0.5: what detectors trained before the option existed use.
     #[serde(default = "legacy_location_offset")]
     pub location_offset: f64,
+    /// The box regression's activation (default ReLU, torchvision's; absent from a config, ReLU too).
+    #[serde(default)]
+    pub box_activation: BoxActivation,
 }
 
 impl DetectorConfig {
@@ -78,6 +81,7 @@ impl DetectorConfig {
             num_levels: default_num_levels(),
             drop_path_rate: 0.0,
             location_offset: TORCHVISION_LOCATION_OFFSET,
+            box_activation: BoxActivation::Relu,
         }
     }
 
@@ -103,6 +107,11 @@ impl DetectorConfig {
 
     pub fn with_location_offset(mut self, offset: f64) -> Self {
         self.location_offset = offset;
+        self
+    }
+
+    pub fn with_box_activation(mut self, activation: BoxActivation) -> Self {
+        self.box_activation = activation;
         self
     }
 
@@ -136,7 +145,8 @@ impl ObjectDetector {
         }
         let backbone = ConvNext::new(p, backbone)?;
         let fpn = Fpn::new(&(p / "fpn"), &backbone.config.dims[1..], config.fpn_channels, config.num_levels)?;
-        let head = FcosHead::new(&(p / "head"), config.fpn_channels, config.num_classes, config.head_convs)?;
+        let head = FcosHead::new(&(p / "head"), config.fpn_channels, config.num_classes, config.head_convs)?
+            .with_box_activation(config.box_activation);
         Ok(Self { backbone, fpn, head, config: config.clone() })
     }
 

@@ -11,6 +11,7 @@
 //! `head.regression_head.bbox_reg`, `head.regression_head.bbox_ctrness`.
 
 use kiln_export::{Attr, Graph, Value};
+use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::Tensor;
 
@@ -23,6 +24,40 @@ pub const PRIOR_PROBABILITY: f64 = 0.01;
 
 /// The most GroupNorm groups a tower uses (FCOS's 32; fewer when the channels need it, see [`groups_for`]).
 pub const MAX_GROUPS: i64 = 32;
+
+/// What turns the box-regression conv's output into non-negative distances (in strides).
+///
+/// `relu` is torchvision's FCOS. Its gradient is zero wherever the output is negative: when an early update
+/// (AdamW's first, sign-like steps) pushes the output below zero at every positive location, the box loss
+/// never recovers (GIoU pinned at 1.0 for the rest of the run). `softplus` (`ln(1 + eˣ)`) and `exp` (the FCOS
+/// paper's) are positive with a gradient everywhere, so a regression pushed down comes back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BoxActivation {
+    #[default]
+    Relu,
+    Softplus,
+    Exp,
+}
+
+impl BoxActivation {
+    fn apply(self, xs: &Tensor) -> Tensor {
+        match self {
+            BoxActivation::Relu => xs.relu(),
+            BoxActivation::Softplus => xs.softplus(),
+            BoxActivation::Exp => xs.exp(),
+        }
+    }
+
+    /// The ONNX operator of the same function.
+    fn onnx_op(self) -> &'static str {
+        match self {
+            BoxActivation::Relu => "Relu",
+            BoxActivation::Softplus => "Softplus",
+            BoxActivation::Exp => "Exp",
+        }
+    }
+}
 
 /// What the head predicts at every location of every level, concatenated level by level (P3 first) and
 /// row-major within a level (y, then x): the order of [`crate::Locations`].
@@ -109,6 +144,7 @@ pub struct FcosHead {
     bbox_reg: nn::Conv2D,
     bbox_ctrness: nn::Conv2D,
     pub num_classes: i64,
+    pub box_activation: BoxActivation,
     name: String,
 }
 
@@ -131,8 +167,15 @@ impl FcosHead {
             bbox_reg: nn::conv2d(&reg / "bbox_reg", channels, 4, 3, conv_config(0.0)),
             bbox_ctrness: nn::conv2d(&reg / "bbox_ctrness", channels, 1, 3, conv_config(0.0)),
             num_classes,
+            box_activation: BoxActivation::Relu,
             name: path_of(p),
         })
+    }
+
+    /// The same head with `activation` on its box regression (ReLU by default).
+    pub fn with_box_activation(mut self, activation: BoxActivation) -> Self {
+        self.box_activation = activation;
+        self
     }
 
     /// The head on every level, flattened and concatenated.
@@ -151,7 +194,7 @@ impl FcosHead {
         for (xs, &stride) in features.iter().zip(strides) {
             cls.push(flat(self.cls_tower.forward(xs).apply(&self.cls_logits)));
             let reg = self.reg_tower.forward(xs);
-            ltrb.push(flat(reg.apply(&self.bbox_reg).relu() * stride as f64));
+            ltrb.push(flat(self.box_activation.apply(&reg.apply(&self.bbox_reg)) * stride as f64));
             ctr.push(flat(reg.apply(&self.bbox_ctrness)).squeeze_dim(-1));
         }
         HeadOutputs {
@@ -188,7 +231,7 @@ impl FcosHead {
                 let reg = self.reg_tower.emit_with(g, &reg_tower, x)?;
                 let y = onnx::conv_apply(g, &reg_name, &bbox_reg, 1, 1, 1, &reg)?;
                 let y = g.scoped(&reg_name, |g| -> Result<Value> {
-                    let y = g.op("Relu", &[&y], vec![])?;
+                    let y = g.op(self.box_activation.onnx_op(), &[&y], vec![])?;
                     let stride = g.constant("stride", &[], &[stride as f32])?;
                     Ok(g.op("Mul", &[&y, &stride], vec![])?)
                 })?;
@@ -275,6 +318,31 @@ mod tests {
         let (first, second) = (out.box_ltrb.narrow(1, 0, 4), out.box_ltrb.narrow(1, 4, 4));
         assert!(first.min().double_value(&[]) > 0.0);
         assert!((second - first * 2.0).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn softplus_and_exp_regressions_are_positive_and_recover_where_relu_is_dead() {
+        // A regression pushed below zero everywhere: ReLU passes no gradient back, the other two do.
+        for (activation, recovers) in
+            [(BoxActivation::Relu, false), (BoxActivation::Softplus, true), (BoxActivation::Exp, true)]
+        {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let head = FcosHead::new(&vs.root(), 8, 2, 1).unwrap().with_box_activation(activation);
+            let bias = vs.variables()["regression_head.bbox_reg.bias"].shallow_clone();
+            tch::no_grad(|| {
+                let _ = bias.shallow_clone().fill_(-3.0);
+            });
+            let xs = Tensor::randn([1, 8, 2, 2], (Kind::Float, Device::Cpu));
+            let out = head.forward(&[xs], &[8]);
+            let smallest = out.box_ltrb.min().double_value(&[]);
+            assert!(smallest >= 0.0, "{activation:?}: distances are non-negative, got {smallest}");
+            assert_eq!(recovers, smallest > 0.0, "{activation:?}: {smallest}");
+            out.box_ltrb.sum(Kind::Float).backward();
+            let grad = bias.grad().abs().sum(Kind::Float).double_value(&[]);
+            assert_eq!(recovers, grad > 0.0, "{activation:?}: bias gradient {grad}");
+        }
+        let parsed: BoxActivation = serde_json::from_str(r#""softplus""#).unwrap();
+        assert_eq!(parsed, BoxActivation::Softplus);
     }
 
     #[test]

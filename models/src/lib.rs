@@ -34,7 +34,7 @@ pub use convnext::{ConvNext, ConvNextConfig, VARIANTS};
 pub use detector::{DetectorConfig, ObjectDetector};
 pub use error::{Error, Mismatch, Result};
 pub use fcos_decode::Locations;
-pub use fcos_head::{FcosHead, HeadOutputs};
+pub use fcos_head::{BoxActivation, FcosHead, HeadOutputs};
 pub use fpn::Fpn;
 pub use group_norm::GroupNorm;
 pub use text_line::{RecognizerConfig, TextLineRecognizer};

@@ -200,6 +200,13 @@ fn detect(args: &DemoArgs) -> anyhow::Result<()> {
     config.detect.augment.scale = [0.8, 1.2];
     let outcome = kiln_train::detect::train(&config)?;
     super::output::print_detection_outcome(&outcome);
+    if let Some(test) = &outcome.test {
+        let t = &test.metrics.at_threshold;
+        println!(
+            "test scenes at score {:.2}: precision {:.3}, {} extra detection(s) of an already-detected object",
+            t.score_threshold, t.precision, t.duplicates
+        );
+    }
     let export = kiln_train::tasks::export_run(&outcome.run, &kiln_train::export::ExportOptions::default())?;
     println!(
         "detector ONNX model: {} ({:.1} MB, boxes + scores, NMS settings in its metadata)",

@@ -104,9 +104,9 @@ pub fn print_detection_outcome(outcome: &kiln_train::detect::TrainOutcome) {
             let (c, t) = (&m.coco, &m.at_threshold);
             format!(
             "mAP@[.5:.95] {:.4}  mAP@.5 {:.4}  mAP@.75 {:.4}  mean IoU {:.4}  P/R/F1 {:.3}/{:.3}/{:.3} at score {:.2} \
-             (best F1 {:.3} at {:.2})",
-            c.map, c.map_50, c.map_75, t.mean_iou, t.precision, t.recall, t.f1, t.score_threshold, t.best_f1,
-            t.best_f1_threshold
+             with {} duplicate(s) (best F1 {:.3} at {:.2})",
+            c.map, c.map_50, c.map_75, t.mean_iou, t.precision, t.recall, t.f1, t.score_threshold, t.duplicates,
+            t.best_f1, t.best_f1_threshold
         )
         };
     print_task_outcome(outcome, show, outcome.test.as_ref().map(|t| (t.images, "images", &t.metrics)));

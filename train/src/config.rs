@@ -446,11 +446,14 @@ mod tests {
         // A new run starts from the defaults; a run config saved before a key existed reads as that run trained.
         let new = TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect"})).unwrap();
         assert_eq!((new.warmup_min_steps, new.detect.location_offset, new.detect.head_convs), (100, 0.0, 4));
+        assert_eq!(new.detect.box_activation, kiln_models::BoxActivation::Exp);
         let mut saved = serde_json::to_value(&new).unwrap();
         saved.as_object_mut().unwrap().remove("warmup_min_steps");
         saved["detect"].as_object_mut().unwrap().remove("location_offset");
+        saved["detect"].as_object_mut().unwrap().remove("box_activation");
         let old: TrainConfig = serde_json::from_value(saved).unwrap();
         assert_eq!((old.warmup_min_steps, old.detect.location_offset), (0, 0.5));
+        assert_eq!(old.detect.box_activation, kiln_models::BoxActivation::Relu);
         let err =
             TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect", "detect": {"location_offset": 1.0}}))
                 .unwrap_err()

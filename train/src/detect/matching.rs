@@ -3,7 +3,8 @@
 //!
 //! Matching, per image and class, as COCO's at one IoU threshold: detections in descending score order each take
 //! the unmatched ground-truth box of their class with the highest IoU ≥ the threshold; crowd boxes are left out
-//! (neither matched nor counted as missed).
+//! (neither matched nor counted as missed). A false positive whose best same-class overlap ≥ the threshold is with
+//! a box another detection already took is a duplicate: a second detection of one object.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,11 +18,13 @@ pub struct TruthBox {
     pub crowd: bool,
 }
 
-/// One detection after matching: its score, and the IoU with its match (`None`: a false positive).
+/// One detection after matching: its score, the IoU with its match (`None`: a false positive), and whether that
+/// false positive is a duplicate (it overlaps an already-matched box of its class at the threshold).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Matched {
     pub score: f32,
     pub iou: Option<f32>,
+    pub duplicate: bool,
 }
 
 /// Matches one image's detections to its ground truth at `iou_threshold`.
@@ -34,19 +37,25 @@ pub fn match_image(detections: &[Detection], truths: &[TruthBox], iou_threshold:
         .map(|d| {
             let det = &detections[d];
             let mut best: Option<(usize, f32)> = None;
+            let mut overlaps_taken = false;
             for (g, truth) in truths.iter().enumerate() {
-                if taken[g] || truth.crowd || truth.class != det.class {
+                if truth.crowd || truth.class != det.class {
                     continue;
                 }
                 let overlap = iou(&det.bbox, &truth.bbox);
-                if overlap >= iou_threshold && best.is_none_or(|(_, b)| overlap > b) {
+                if overlap < iou_threshold {
+                    continue;
+                }
+                if taken[g] {
+                    overlaps_taken = true;
+                } else if best.is_none_or(|(_, b)| overlap > b) {
                     best = Some((g, overlap));
                 }
             }
             if let Some((g, _)) = best {
                 taken[g] = true;
             }
-            Matched { score: det.score, iou: best.map(|(_, o)| o) }
+            Matched { score: det.score, iou: best.map(|(_, o)| o), duplicate: best.is_none() && overlaps_taken }
         })
         .collect()
 }
@@ -60,6 +69,9 @@ pub struct ThresholdMetrics {
     pub f1: f64,
     /// Mean IoU of the true positives at `score_threshold` (0 when there are none).
     pub mean_iou: f64,
+    /// Detections at `score_threshold` that are a second (third, …) detection of an object already detected.
+    #[serde(default)]
+    pub duplicates: usize,
     /// The score threshold with the highest F1 (ties: the highest threshold), and that F1.
     pub best_f1_threshold: f64,
     pub best_f1: f64,
@@ -95,6 +107,7 @@ pub fn threshold_metrics(matched: &[Matched], num_truths: usize, score_threshold
         recall,
         f1: f1(precision, recall),
         mean_iou: ratio(iou_sum, tp),
+        duplicates: kept.iter().filter(|m| m.duplicate).count(),
         best_f1_threshold: best_threshold,
         best_f1,
     }
@@ -122,9 +135,22 @@ mod tests {
         ];
         let matched = match_image(&detections, &truths, 0.5);
         assert_eq!(matched.len(), 3);
-        assert_eq!(matched[0], Matched { score: 0.9, iou: Some(0.9) });
-        assert_eq!(matched[1], Matched { score: 0.8, iou: None });
-        assert_eq!(matched[2], Matched { score: 0.5, iou: None }, "the box was taken");
+        assert_eq!(matched[0], Matched { score: 0.9, iou: Some(0.9), duplicate: false });
+        assert_eq!(matched[1], Matched { score: 0.8, iou: None, duplicate: false }, "a wrong class, not a duplicate");
+        assert_eq!(matched[2], Matched { score: 0.5, iou: None, duplicate: true }, "the box was taken");
+        let at = threshold_metrics(&matched, 2, 0.5);
+        assert_eq!(at.duplicates, 1);
+        assert_eq!(threshold_metrics(&matched, 2, 0.6).duplicates, 0, "below the threshold it does not count");
+    }
+
+    #[test]
+    fn a_detection_beside_a_taken_box_takes_a_free_one_and_is_no_duplicate() {
+        let truths = [truth([0.0, 0.0, 10.0, 10.0], 0), truth([2.0, 0.0, 12.0, 10.0], 0)];
+        let detections = [det([0.0, 0.0, 10.0, 10.0], 0.9, 0), det([1.0, 0.0, 11.0, 10.0], 0.8, 0)];
+        let matched = match_image(&detections, &truths, 0.5);
+        assert!(matched.iter().all(|m| m.iou.is_some() && !m.duplicate), "{matched:?}");
+        let far = match_image(&[det([50.0, 50.0, 60.0, 60.0], 0.9, 0)], &truths, 0.5);
+        assert!(far[0].iou.is_none() && !far[0].duplicate, "a detection on nothing is a plain false positive");
     }
 
     #[test]
@@ -137,7 +163,7 @@ mod tests {
     #[test]
     fn threshold_metrics_count_and_find_the_best_f1() {
         // Scores 0.9 TP, 0.8 FP, 0.7 TP, 0.3 FP; 3 truths.
-        let m = |score, iou| Matched { score, iou };
+        let m = |score, iou| Matched { score, iou, duplicate: false };
         let matched = [m(0.9, Some(0.8)), m(0.8, None), m(0.7, Some(0.6)), m(0.3, None)];
         let at = threshold_metrics(&matched, 3, 0.5);
         assert!((at.precision - 2.0 / 3.0).abs() < 1e-12);

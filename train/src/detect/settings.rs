@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use kiln_infer::nms::NmsConfig;
+use kiln_models::BoxActivation;
 
 use super::annotations::Layout;
 use super::augment::AugmentConfig;
@@ -25,6 +26,12 @@ pub struct DetectSettings {
     /// that run trained with.
     #[serde(default = "kiln_models::detector::legacy_location_offset")]
     pub location_offset: f64,
+    /// The box regression's activation: `exp` (the default, the FCOS paper's), `relu` (torchvision's) or
+    /// `softplus`. ReLU's regression can die for good on small sets (see [`BoxActivation`]); exp trained best side
+    /// by side with torchvision (README). A run config written before this key existed means `relu`, what that
+    /// run trained with.
+    #[serde(default = "legacy_box_activation")]
+    pub box_activation: BoxActivation,
     pub augment: AugmentConfig,
     pub nms: NmsConfig,
     /// The score above which a detection counts for precision, recall, F1 and mean IoU.
@@ -32,6 +39,11 @@ pub struct DetectSettings {
     /// Draw each training epoch's images with replacement, weighted so that rare classes are seen as often as
     /// common ones (an image weighs the mean of its boxes' inverse class frequencies; negatives the mean weight).
     pub balanced_sampling: bool,
+}
+
+/// What a run config saved before `detect.box_activation` existed trained with.
+fn legacy_box_activation() -> BoxActivation {
+    BoxActivation::Relu
 }
 
 impl Default for DetectSettings {
@@ -42,6 +54,7 @@ impl Default for DetectSettings {
             head_convs: 4,
             num_levels: 3,
             location_offset: kiln_models::detector::TORCHVISION_LOCATION_OFFSET,
+            box_activation: BoxActivation::Exp,
             augment: AugmentConfig::default(),
             nms: NmsConfig::default(),
             score_threshold: 0.3,

@@ -52,6 +52,7 @@ pub fn detector_config(config: &TrainConfig, num_classes: usize) -> DetectorConf
         .with_num_levels(config.detect.num_levels)
         .with_drop_path_rate(config.drop_path_rate)
         .with_location_offset(config.detect.location_offset)
+        .with_box_activation(config.detect.box_activation)
 }
 
 /// Opens the config's detection dataset; without a val split, `val_split` of train (seeded) becomes val.
