@@ -38,7 +38,9 @@ with ocr.dims / ocr.depths (--dims, --depths), ocr.lstm_hidden, ocr.height/width
            no minimum steps), cosine to min_lr = lr / 25 / 1e4
   default  kiln's default recipe (only epochs, batch, lr, seed, the input and the model size given): AdamW 0.05,
            1 epoch / 100 steps of warm-up, drop-path 0.1, ocr.augment on
---kiln-set KEY=VALUE (YAML value, repeatable) changes any other key of kiln's config.
+--kiln-set KEY=VALUE (YAML value, repeatable) changes any other key of kiln's config. --torch-init RUN/weights/
+last.safetensors starts the convnext reference from a kiln checkpoint (with --epochs 0 --which torch: kiln's
+trained weights read by the PyTorch model, a check that both models, the preprocessing and the decoding agree).
 
     python scripts/make_ocr_sets.py --mnist package/src/digits --out SETS
     python scripts/ocr_vs_torch.py --data SETS/digit_lines --epochs 20 --seeds 0,1,2 --recipe matched \\
@@ -97,6 +99,8 @@ def parse_args():
     ap.add_argument("--device", default="cpu", help="both sides: cpu or cuda")
     ap.add_argument("--which", default="kiln,torch")
     ap.add_argument("--kiln-set", action="append", default=[], help="extra KEY=VALUE for kiln's config (YAML value)")
+    ap.add_argument("--torch-init", help="start the convnext reference from this kiln OCR checkpoint (safetensors, "
+                    "e.g. RUN/weights/last.safetensors); with --epochs 0 it scores kiln's weights in PyTorch")
     ap.add_argument("--val-every", type=int, default=1, help="the reference's validation CER every N epochs (0: off)")
     ap.add_argument("--workdir", help="kiln's runs go here (default: a temporary folder)")
     ap.add_argument("--json", help="write every measured number here")
@@ -104,6 +108,8 @@ def parse_args():
 
 
 args = parse_args()
+if args.torch_init and args.reference != "convnext":
+    sys.exit("--torch-init needs --reference convnext (kiln's model)")
 for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(args.threads)
 try:
@@ -249,7 +255,8 @@ class VggBn(torch.nn.Module):
 
 
 class ConvNextLines(torch.nn.Module):
-    """kiln's text-line ConvNeXt from timm blocks: stride-4 stem, height-only 2x3 downsampling."""
+    """kiln's text-line ConvNeXt from timm blocks: stride-4 stem, height-only 2x3 downsampling. Parameter names
+    are kiln's (and timm's): stem.{0,1}, stages.N.downsample.{0,1}, stages.N.blocks.M.*."""
 
     def __init__(self, dims, depths, layer_scale_init):
         super().__init__()
@@ -258,13 +265,14 @@ class ConvNextLines(torch.nn.Module):
         self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, dims[0], 4, stride=4), LayerNorm2d(dims[0], eps=1e-6))
         stages = []
         for i, (dim, depth) in enumerate(zip(dims, depths)):
-            parts = []
-            if i > 0:
-                parts += [LayerNorm2d(dims[i - 1], eps=1e-6),
-                          torch.nn.Conv2d(dims[i - 1], dim, (2, 3), stride=(2, 1), padding=(0, 1))]
-            parts += [ConvNeXtBlock(dim, conv_mlp=True, ls_init_value=layer_scale_init) for _ in range(depth)]
-            stages.append(torch.nn.Sequential(*parts))
-        self.stages = torch.nn.Sequential(*stages)
+            stage = torch.nn.Module()
+            stage.downsample = torch.nn.Identity() if i == 0 else torch.nn.Sequential(
+                LayerNorm2d(dims[i - 1], eps=1e-6),
+                torch.nn.Conv2d(dims[i - 1], dim, (2, 3), stride=(2, 1), padding=(0, 1)))
+            stage.blocks = torch.nn.Sequential(
+                *[ConvNeXtBlock(dim, conv_mlp=True, ls_init_value=layer_scale_init) for _ in range(depth)])
+            stages.append(stage)
+        self.stages = torch.nn.ModuleList(stages)
         self.out_channels = dims[-1]
         for m in self.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
@@ -273,7 +281,24 @@ class ConvNextLines(torch.nn.Module):
                     torch.nn.init.zeros_(m.bias)
 
     def forward(self, x):
-        return self.stages(self.stem(x))
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage.blocks(stage.downsample(x))
+        return x
+
+
+def load_kiln_weights(model, path):
+    """A kiln OCR checkpoint's weights into the convnext reference: the backbone's `stem.*` / `stages.*` go under
+    `body.`, `rnn.*` and `head.*` keep their names; every parameter must be given."""
+    from safetensors.torch import load_file
+    state = {}
+    for name, tensor in load_file(path).items():
+        if name.startswith(("optimizer.", "train.", "rng.")):
+            continue
+        state["body." + name if name.startswith(("stem.", "stages.")) else name] = tensor
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        sys.exit(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 class Crnn(torch.nn.Module):
@@ -361,12 +386,15 @@ def train_torch(seed):
     if has_val:
         read_split("val")
     read_split("test")
-    model = build_reference().to(device)
+    model = build_reference()
+    if args.torch_init:
+        load_kiln_weights(model, args.torch_init)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(classes) / args.batch)
     total = args.epochs * steps_per_epoch
     sched = None
-    if args.torch_schedule == "onecycle":
+    if args.torch_schedule == "onecycle" and total > 0:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=args.pct_start,
                                                     anneal_strategy="cos", cycle_momentum=args.cycle_momentum)
     gen = torch.Generator().manual_seed(seed)
@@ -406,9 +434,10 @@ def train_torch(seed):
             line += f", val CER {val_cer[-1][1]:.4f}"
         print(line, file=sys.stderr, flush=True)
     test = read_all(model, "test", device)
-    return {**test, "lines_per_s": statistics.median(rates), "train_s": seconds, "first_loss": losses[0],
-            "last_loss": losses[-1], "last_val_cer": val_cer[-1][1] if val_cer else float("nan"),
-            "val_cer_by_epoch": val_cer}
+    nan = float("nan")
+    return {**test, "lines_per_s": statistics.median(rates) if rates else nan, "train_s": seconds,
+            "first_loss": losses[0] if losses else nan, "last_loss": losses[-1] if losses else nan,
+            "last_val_cer": val_cer[-1][1] if val_cer else nan, "val_cer_by_epoch": val_cer}
 
 
 # ---------------------------------------------------------------------------------------------------- kiln side
