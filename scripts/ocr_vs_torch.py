@@ -31,8 +31,9 @@ with --torch-schedule kiln kiln's own schedule (per-step linear warm-up, then co
 warm-up and min_lr. The model after the last epoch is scored.
 
 kiln (`kiln train --task ocr --config CFG`, then `kiln export onnx --checkpoint last --dynamic-batch` and
-`kiln infer --format json` on the test images; the last epoch's model, like the reference): model convnext_atto
-with ocr.dims / ocr.depths (--dims, --depths), ocr.lstm_hidden, ocr.height/width, the charset. Recipes:
+`kiln infer --format json` on the test images; the last epoch's model, like the reference): kiln's default body
+(ocr.backbone unset), or with --kiln-backbone convnext model convnext_atto with ocr.dims / ocr.depths (--dims,
+--depths); ocr.lstm_hidden, ocr.height/width, the charset. Recipes:
   matched  kiln's augmentation off (ocr.augment all 0), drop-path 0, Adam without weight decay, no EMA or
            clipping, and the schedule closest to OneCycleLR: warm-up 30 % of the run (warmup_epochs 0.3 x epochs,
            no minimum steps), cosine to min_lr = lr / 25 / 1e4
@@ -79,13 +80,19 @@ def parse_args():
     ap.add_argument("--charset", help="ranges (0-9A-Za-z), a file of characters, or auto (default: DATA/charset.txt "
                     "when it exists, else auto)")
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--kiln-epochs", type=int, help="kiln's epochs when they differ from the reference's --epochs "
+                    "(a comparison at equal wall time: the reference's time divided by kiln's time per epoch)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--height", type=int, default=32)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--recipe", choices=["matched", "default"], default="matched")
     ap.add_argument("--reference", choices=["vgg_bn", "convnext"], default="vgg_bn")
-    ap.add_argument("--dims", default="32,64,96,128", help="ConvNeXt widths (kiln's ocr.dims, --reference convnext)")
+    ap.add_argument("--kiln-backbone", choices=["default", "convnext"], default="default",
+                    help="kiln's body: its default (ocr.backbone and widths unset), or convnext_atto with --dims / "
+                    "--depths (the seeds' CRNN)")
+    ap.add_argument("--dims", default="32,64,96,128", help="ConvNeXt widths (kiln's ocr.dims with --kiln-backbone "
+                    "convnext, and --reference convnext)")
     ap.add_argument("--depths", default="1,1,2,1", help="ConvNeXt blocks per stage (kiln's ocr.depths)")
     ap.add_argument("--lstm-hidden", type=int, default=128)
     ap.add_argument("--lstm-layers", type=int, default=2)
@@ -332,10 +339,11 @@ def build_reference():
     return Crnn(body, len(charset()) + 1, args.lstm_hidden, args.lstm_layers, shortcut_on())
 
 
-def kiln_schedule_settings():
-    """Warm-up epochs, warm-up floor (steps) and min_lr of kiln's schedule under the recipe."""
+def kiln_schedule_settings(epochs=None):
+    """Warm-up epochs, warm-up floor (steps) and min_lr of kiln's schedule under the recipe, for a run of `epochs`
+    (the reference's by default)."""
     if args.recipe == "matched":
-        return args.pct_start * args.epochs, 0, args.lr / 25.0 / 1e4
+        return args.pct_start * (epochs or args.epochs), 0, args.lr / 25.0 / 1e4
     return 1.0, 100, 1e-6
 
 
@@ -441,15 +449,22 @@ def train_torch(seed):
 
 
 # ---------------------------------------------------------------------------------------------------- kiln side
+def kiln_epochs():
+    return args.kiln_epochs if args.kiln_epochs is not None else args.epochs
+
+
 def kiln_config(seed, workdir):
     ocr = {"height": args.height, "width": args.width, "charset": charset_setting(),
-           "dims": [int(d) for d in args.dims.split(",")], "depths": [int(d) for d in args.depths.split(",")],
            "lstm_hidden": args.lstm_hidden, "lstm_layers": args.lstm_layers}
-    config = {"task": "ocr", "data": os.path.abspath(args.data), "model": "convnext_atto", "epochs": args.epochs,
+    config = {"task": "ocr", "data": os.path.abspath(args.data), "epochs": kiln_epochs(),
               "batch": args.batch, "lr": args.lr, "seed": seed, "threads": args.threads, "workers": args.threads,
               "device": args.device, "project": workdir, "name": f"seed{seed}", "ocr": ocr}
+    if args.kiln_backbone == "convnext":
+        config["model"] = "convnext_atto"
+        ocr.update({"backbone": "convnext", "dims": [int(d) for d in args.dims.split(",")],
+                    "depths": [int(d) for d in args.depths.split(",")]})
     if args.recipe == "matched":
-        warmup_epochs, min_steps, min_lr = kiln_schedule_settings()
+        warmup_epochs, min_steps, min_lr = kiln_schedule_settings(kiln_epochs())
         config.update({"optimizer": "adam", "weight_decay": 0.0, "warmup_epochs": warmup_epochs,
                        "warmup_min_steps": min_steps, "min_lr": min_lr, "drop_path_rate": 0.0, "ema": False,
                        "grad_clip": 0.0, "label_smoothing": 0.0})
@@ -535,10 +550,12 @@ def versions():
 def main():
     seeds = [int(s) for s in args.seeds.split(",")]
     which = args.which.split(",")
-    names = {"kiln": f"kiln ({args.recipe})", "torch": f"torch {args.reference}" +
+    names = {"kiln": f"kiln ({args.recipe}" + (f", {kiln_epochs()} epochs)" if kiln_epochs() != args.epochs else ")"),
+             "torch": f"torch {args.reference}" +
              (" +shortcut" if shortcut_on() and args.reference == "vgg_bn" else "") +
              (" (kiln schedule)" if args.torch_schedule == "kiln" else "")}
     info = {"data": args.data, "recipe": args.recipe, "reference": args.reference, "epochs": args.epochs,
+            "kiln_epochs": kiln_epochs(), "kiln_backbone": args.kiln_backbone,
             "batch": args.batch, "lr": args.lr, "input": [args.height, args.width], "charset": "".join(charset()),
             "dims": args.dims, "depths": args.depths, "lstm_hidden": args.lstm_hidden,
             "frame_shortcut": shortcut_on(), "torch_schedule": args.torch_schedule, "threads": args.threads,
@@ -558,7 +575,8 @@ def main():
     counts = {s: len(split_lines(s)) for s in ("train", "val", "test")}
     print(f"\n{args.data} ({counts['train']} / {counts['val']} / {counts['test']} lines, {len(charset())} "
           f"characters); {args.epochs} epochs, batch {args.batch}, lr {args.lr}, input {args.height}x{args.width}, "
-          f"kiln recipe {args.recipe}, reference {args.reference}; {args.threads} threads")
+          f"kiln recipe {args.recipe} ({kiln_epochs()} epochs, body {args.kiln_backbone}), reference {args.reference}; "
+          f"{args.threads} threads")
     print(f"{cpu_name()}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + "\n")
     print("| trainer | seed | test CER | test exact match | train lines/s | train s | wall s |")
     print("|---|---|---|---|---|---|---|")

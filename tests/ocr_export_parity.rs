@@ -1,4 +1,5 @@
-//! The text recognizer's ONNX export against libtorch: the graph (ConvNeXt with height-only downsampling, the
+//! The text recognizer's ONNX export against libtorch: the graph (ConvNeXt with height-only downsampling, or VGG-BN
+//! with each BatchNorm folded into its convolution; the
 //! mean over the remaining height, the two-layer bidirectional LSTM as ONNX `LSTM` nodes with the gates
 //! reordered, the frame classifier and the softmax), run by ONNX Runtime (CPU, full graph optimisation) and by
 //! tract (`into_optimized`), gives the per-frame probabilities `TextLineRecognizer::probabilities` gives within
@@ -7,7 +8,7 @@
 use std::sync::{Mutex, OnceLock};
 
 use kiln_export::{Dim, ElemType, Graph};
-use kiln_models::{RecognizerConfig, TextLineRecognizer};
+use kiln_models::{RecognizerConfig, TextBackbone, TextLineRecognizer};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use tch::nn;
@@ -56,15 +57,18 @@ fn run_tract(bytes: &[u8], input: &[f32], shape: [usize; 4]) -> Vec<f32> {
 
 static RNG: Mutex<()> = Mutex::new(());
 
-/// A small random recognizer whose every layer matters: layer scales at 0.5 and the frame classifier drawn wider
-/// than its init, so that the probabilities vary across frames.
-fn recognizer(vs: &nn::VarStore) -> TextLineRecognizer {
+/// A small random recognizer whose every layer matters: layer scales at 0.5, BatchNorm's running statistics and
+/// affine drawn away from the identity (so that folding them into the convolutions is exercised), and the frame
+/// classifier drawn wider than its init, so that the probabilities vary across frames.
+fn recognizer(vs: &nn::VarStore, backbone: TextBackbone) -> TextLineRecognizer {
     let _rng = RNG.lock().unwrap();
     tch::manual_seed(5);
     let config = RecognizerConfig {
         dims: Some(vec![16, 24, 32, 48]),
         depths: Some(vec![1, 1, 2, 1]),
         lstm_hidden: 24,
+        backbone,
+        frame_shortcut: backbone == TextBackbone::Convnext,
         ..RecognizerConfig::new("convnext_atto", CLASSES, HEIGHT)
     };
     let model = TextLineRecognizer::new(&vs.root(), &config).unwrap();
@@ -72,6 +76,12 @@ fn recognizer(vs: &nn::VarStore) -> TextLineRecognizer {
         for (name, mut t) in vs.variables() {
             if name.ends_with("gamma") {
                 let _ = t.fill_(0.5);
+            } else if name.ends_with("running_mean") || name.ends_with("bn.bias") {
+                let drawn = t.randn_like() * 0.3;
+                t.copy_(&drawn);
+            } else if name.ends_with("running_var") || name.ends_with("bn.weight") {
+                let drawn = t.rand_like() + 0.5;
+                t.copy_(&drawn);
             } else if name.starts_with("head.") {
                 let wider = t.randn_like() * 2.0;
                 t.copy_(&wider);
@@ -98,8 +108,17 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn the_exported_recognizer_gives_libtorchs_frame_probabilities_on_both_runtimes() {
+    exported_probabilities_match(TextBackbone::Convnext);
+}
+
+#[test]
+fn the_exported_vgg_bn_recognizer_with_folded_batch_norms_gives_libtorchs_probabilities_on_both_runtimes() {
+    exported_probabilities_match(TextBackbone::VggBn);
+}
+
+fn exported_probabilities_match(backbone: TextBackbone) {
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = recognizer(&vs);
+    let model = recognizer(&vs, backbone);
     for opset in [13, 17, 21] {
         let bytes = export(&model, opset);
         for (batch, width) in [(1usize, 96usize), (2, 160), (1, 36)] {

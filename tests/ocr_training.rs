@@ -12,12 +12,11 @@ use kiln_train::engine::read_results;
 use kiln_train::ocr::synthetic::{write_text_lines, TextLinesSpec};
 use kiln_train::TrainConfig;
 
-/// A small CPU recognizer for digit lines.
+/// kiln's default recognizer (the VGG-BN body at its default widths) for digit lines, with a smaller LSTM.
 fn digits_config(data: &Path, project: &Path, epochs: usize) -> TrainConfig {
     let mut config = TrainConfig {
         task: TaskKind::Ocr,
         data: data.to_path_buf(),
-        model: "convnext_atto".into(),
         epochs,
         batch: 16,
         lr: 1e-3,
@@ -30,8 +29,6 @@ fn digits_config(data: &Path, project: &Path, epochs: usize) -> TrainConfig {
     };
     config.ocr.charset = "0-9".into();
     config.ocr.width = 128;
-    config.ocr.dims = Some(vec![32, 64, 96, 128]);
-    config.ocr.depths = Some(vec![1, 1, 2, 1]);
     config.ocr.lstm_hidden = 96;
     config
 }
@@ -119,6 +116,8 @@ fn the_cli_trains_tests_exports_and_reads_text_lines() {
             "ocr",
             "--data",
             &data_arg,
+            "--ocr-backbone",
+            "convnext",
             "--model",
             "convnext_atto",
             "--epochs",

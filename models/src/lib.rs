@@ -27,6 +27,7 @@ pub mod group_norm;
 pub mod layer_norm;
 pub mod onnx;
 pub mod text_line;
+pub mod vgg_bn;
 pub mod weights;
 
 pub use classifier::{ClassifierConfig, ImageClassifier};
@@ -37,4 +38,5 @@ pub use fcos_decode::Locations;
 pub use fcos_head::{BoxActivation, FcosHead, HeadOutputs};
 pub use fpn::Fpn;
 pub use group_norm::GroupNorm;
-pub use text_line::{RecognizerConfig, TextLineRecognizer};
+pub use text_line::{RecognizerConfig, TextBackbone, TextLineRecognizer};
+pub use vgg_bn::{VggBn, VggBnConfig};

@@ -1,12 +1,15 @@
 //! Text-line recognition (CRNN: Shi et al., "An End-to-End Trainable Neural Network for Image-based Sequence
-//! Recognition", <https://arxiv.org/abs/1507.05717>): a ConvNeXt backbone whose downsampling halves only the
-//! height, so a line of width W becomes W / 4 frames; the remaining height is averaged away; a stacked
-//! bidirectional LSTM reads the frames; a linear layer scores each frame over the charset and the CTC blank
-//! (class 0).
+//! Recognition", <https://arxiv.org/abs/1507.05717>): a convolutional body whose downsampling leaves a column per
+//! 4 pixels of width, the remaining height averaged away, a stacked bidirectional LSTM over the frames, and a
+//! linear layer scoring each frame over the charset and the CTC blank (class 0).
 //!
-//! Parameters: the backbone at the root with timm's names (`stem.*`, `stages.*`; the downsampling kernels are
-//! 2×3, so timm classifier weights do not load into them), the LSTM under `rnn.` with PyTorch's names, the
-//! frame classifier (over the LSTM output and the frame features) under `head.`.
+//! Two bodies ([`TextBackbone`]): VGG-BN ([`crate::vgg_bn`], 3×3 convolutions with BatchNorm and max-pooling,
+//! height stride 16), and ConvNeXt (a stride-4 stem, then downsampling that halves only the height, height stride
+//! 32; the seeds' CRNN).
+//!
+//! Parameters: the body at the root (VGG-BN's `stages.*`; ConvNeXt's `stem.*`, `stages.*` with timm's names, whose
+//! 2×3 downsampling kernels do not take timm classifier weights), the LSTM under `rnn.` with PyTorch's names, the
+//! frame classifier (over the LSTM output, and the frame features with `frame_shortcut`) under `head.`.
 
 use kiln_export::{Attr, Graph, Value};
 use serde::{Deserialize, Serialize};
@@ -16,7 +19,34 @@ use tch::{Kind, Tensor};
 use crate::bilstm::BiLstm;
 use crate::convnext::{ConvNext, ConvNextConfig};
 use crate::onnx;
+use crate::vgg_bn::{VggBn, VggBnConfig};
 use crate::{Error, Result};
+
+/// Which convolutional body reads the line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextBackbone {
+    /// ConvNeXt blocks (LayerNorm, GELU, layer scale) with height-only downsampling after a stride-4 stem: the
+    /// seeds' CRNN, and the body that takes timm ConvNeXt weights. What a config saved before the choice existed
+    /// means.
+    #[default]
+    Convnext,
+    /// 3×3 convolution + BatchNorm + ReLU stages with max-pooling ([`crate::vgg_bn`]).
+    VggBn,
+}
+
+impl TextBackbone {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Convnext => "convnext",
+            Self::VggBn => "vgg_bn",
+        }
+    }
+}
+
+fn default_frame_shortcut() -> bool {
+    true
+}
 
 /// The CTC blank's class index.
 pub const BLANK: i64 = 0;
@@ -60,6 +90,70 @@ pub struct RecognizerConfig {
     /// `kiln_train::ocr::OcrSettings::layer_scale_init` for the measurement).
     #[serde(default = "default_layer_scale_init")]
     pub layer_scale_init: f64,
+    /// The body: ConvNeXt (`architecture`'s widths, unless `dims` / `depths`) or VGG-BN (its own default widths,
+    /// unless `dims` / `depths`).
+    #[serde(default)]
+    pub backbone: TextBackbone,
+    /// Whether the frame classifier reads the frame features beside the LSTM's output (see
+    /// [`TextLineRecognizer`]); without it, the classic CRNN head over the LSTM alone.
+    #[serde(default = "default_frame_shortcut")]
+    pub frame_shortcut: bool,
+}
+
+/// A recognizer's body, as configured.
+#[derive(Debug)]
+pub enum TextBody {
+    ConvNext(ConvNext),
+    VggBn(VggBn),
+}
+
+impl TextBody {
+    /// `[N, 3, H, W]` → `[N, C, H / stride_h, W / 4]`.
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            Self::ConvNext(b) => b.forward_t(xs, train),
+            Self::VggBn(b) => b.forward_t(xs, train),
+        }
+    }
+
+    pub fn emit(&self, g: &mut Graph, x: &Value) -> Result<Value> {
+        match self {
+            Self::ConvNext(b) => b.emit(g, x),
+            Self::VggBn(b) => b.emit(g, x),
+        }
+    }
+
+    /// Parameter-path prefixes of the freezable units, input side first.
+    pub fn unit_prefixes(&self) -> Vec<String> {
+        match self {
+            Self::ConvNext(b) => b.unit_prefixes(),
+            Self::VggBn(b) => b.unit_prefixes(),
+        }
+    }
+}
+
+/// A body's config.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TextBodyConfig {
+    ConvNext(ConvNextConfig),
+    VggBn(VggBnConfig),
+}
+
+impl TextBodyConfig {
+    /// Input pixels per output row and frame, `[height, width]`.
+    pub fn output_stride(&self) -> [i64; 2] {
+        match self {
+            Self::ConvNext(c) => c.output_stride(),
+            Self::VggBn(c) => c.output_stride(),
+        }
+    }
+
+    pub fn num_features(&self) -> i64 {
+        match self {
+            Self::ConvNext(c) => c.num_features(),
+            Self::VggBn(c) => c.num_features(),
+        }
+    }
 }
 
 impl RecognizerConfig {
@@ -74,23 +168,40 @@ impl RecognizerConfig {
             lstm_layers: default_lstm_layers(),
             drop_path_rate: 0.0,
             layer_scale_init: default_layer_scale_init(),
+            backbone: TextBackbone::Convnext,
+            frame_shortcut: default_frame_shortcut(),
         }
     }
 
-    /// The backbone: the named preset (or the given widths and depths) with height-only downsampling.
-    pub fn backbone(&self) -> Result<ConvNextConfig> {
-        let mut config = ConvNextConfig::from_name(&self.architecture)?;
-        if let Some(dims) = &self.dims {
-            config.dims = dims.clone();
+    /// The body: for ConvNeXt the named preset (or the given widths and depths) with height-only downsampling;
+    /// for VGG-BN its default widths (or the given ones).
+    pub fn backbone(&self) -> Result<TextBodyConfig> {
+        match self.backbone {
+            TextBackbone::Convnext => {
+                let mut config = ConvNextConfig::from_name(&self.architecture)?;
+                if let Some(dims) = &self.dims {
+                    config.dims = dims.clone();
+                }
+                if let Some(depths) = &self.depths {
+                    config.depths = depths.clone();
+                }
+                config.layer_scale_init = self.layer_scale_init;
+                Ok(TextBodyConfig::ConvNext(config.with_drop_path_rate(self.drop_path_rate).for_text_lines()))
+            }
+            TextBackbone::VggBn => {
+                let mut config = VggBnConfig::default();
+                if let Some(dims) = &self.dims {
+                    config.dims = dims.clone();
+                }
+                if let Some(depths) = &self.depths {
+                    config.depths = depths.clone();
+                }
+                Ok(TextBodyConfig::VggBn(config))
+            }
         }
-        if let Some(depths) = &self.depths {
-            config.depths = depths.clone();
-        }
-        config.layer_scale_init = self.layer_scale_init;
-        Ok(config.with_drop_path_rate(self.drop_path_rate).for_text_lines())
     }
 
-    fn validate(&self, backbone: &ConvNextConfig) -> Result<()> {
+    fn validate(&self, backbone: &TextBodyConfig) -> Result<()> {
         let invalid = |key: &str, reason: String| Err(Error::InvalidSetting { key: key.into(), reason });
         let [stride_h, _] = backbone.output_stride();
         if self.input_height < stride_h || self.input_height % stride_h != 0 {
@@ -119,7 +230,7 @@ impl RecognizerConfig {
 /// with the shortcut the loss fell to 0.5 in 150 steps and the LSTM adds context once the frames are read.
 #[derive(Debug)]
 pub struct TextLineRecognizer {
-    pub backbone: ConvNext,
+    pub backbone: TextBody,
     pub rnn: BiLstm,
     head: nn::Linear,
     pub config: RecognizerConfig,
@@ -131,16 +242,15 @@ impl TextLineRecognizer {
     pub fn new(p: &nn::Path, config: &RecognizerConfig) -> Result<Self> {
         let backbone_config = config.backbone()?;
         config.validate(&backbone_config)?;
-        let backbone = ConvNext::new(p, &backbone_config)?;
+        let backbone = match &backbone_config {
+            TextBodyConfig::ConvNext(c) => TextBody::ConvNext(ConvNext::new(p, c)?),
+            TextBodyConfig::VggBn(c) => TextBody::VggBn(VggBn::new(p, c)?),
+        };
         let rnn = BiLstm::new(&(p / "rnn"), backbone_config.num_features(), config.lstm_hidden, config.lstm_layers);
+        let shortcut = if config.frame_shortcut { backbone_config.num_features() } else { 0 };
         // PyTorch's default Linear init (uniform in ±1/√fan_in), not timm's N(0, 0.02) head: with the small init
         // the shortcut's gradient into the backbone was too weak to leave CTC's plateau in 300 steps.
-        let head = nn::linear(
-            p / "head",
-            rnn.output_dim() + backbone_config.num_features(),
-            config.num_classes,
-            nn::LinearConfig::default(),
-        );
+        let head = nn::linear(p / "head", rnn.output_dim() + shortcut, config.num_classes, nn::LinearConfig::default());
         let [_, width_stride] = backbone_config.output_stride();
         Ok(Self { backbone, rnn, head, config: config.clone(), width_stride })
     }
@@ -165,10 +275,21 @@ impl TextLineRecognizer {
     /// # Shapes
     /// `[N, 3, H, W]` → `[N, W / 4, num_classes]`
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let features = self.backbone.forward_t(xs, train); // [N, C, H / 32, W / 4]
+        let (frames, sequence) = self.frames_and_sequence(xs, train);
+        if self.config.frame_shortcut {
+            Tensor::cat(&[&sequence, &frames], -1).apply(&self.head)
+        } else {
+            sequence.apply(&self.head)
+        }
+    }
+
+    /// The frame features `[N, T, C]` (the body's output averaged over its remaining rows) and the LSTM's output
+    /// `[N, T, 2 · hidden]`.
+    pub fn frames_and_sequence(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let features = self.backbone.forward_t(xs, train); // [N, C, H / stride_h, W / 4]
         let frames = features.mean_dim(&[2i64][..], false, features.kind()).permute([0, 2, 1]); // [N, T, C]
         let sequence = self.rnn.forward_t(&frames, train); // [N, T, 2 · hidden]
-        Tensor::cat(&[&sequence, &frames], -1).apply(&self.head)
+        (frames, sequence)
     }
 
     /// Per-frame probabilities at inference, what the exported graph returns.
@@ -185,7 +306,11 @@ impl TextLineRecognizer {
             // [T, N, C]
         })?;
         let sequence = self.rnn.emit(g, &frames)?; // [T, N, 2 · hidden]
-        let both = g.scoped("head", |g| g.op("Concat", &[&sequence, &frames], vec![Attr::Int("axis", -1)]))?;
+        let both = if self.config.frame_shortcut {
+            g.scoped("head", |g| g.op("Concat", &[&sequence, &frames], vec![Attr::Int("axis", -1)]))?
+        } else {
+            sequence
+        };
         let scores = onnx::linear(g, "head", &self.head, &both)?;
         Ok(g.scoped("head", |g| -> kiln_export::Result<Value> {
             let scores = g.op("Transpose", &[&scores], vec![Attr::Ints("perm", vec![1, 0, 2])])?;

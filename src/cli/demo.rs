@@ -133,12 +133,9 @@ fn ocr(args: &DemoArgs) -> anyhow::Result<()> {
     let mut config = TrainConfig {
         task: kiln_train::TaskKind::Ocr,
         data,
-        model: "convnext_atto".into(),
         epochs: args.ocr_epochs,
         batch: 16,
         lr: 1e-3,
-        warmup_epochs: 1.0,
-        drop_path_rate: 0.0,
         device: args.device.clone(),
         project: args.out.clone(),
         name: Some("recognizer".into()),
@@ -146,8 +143,6 @@ fn ocr(args: &DemoArgs) -> anyhow::Result<()> {
     };
     config.ocr.charset = "0-9A-Z".into();
     config.ocr.width = 160;
-    config.ocr.dims = Some(vec![32, 64, 96, 128]);
-    config.ocr.depths = Some(vec![1, 1, 2, 1]);
     config.ocr.lstm_hidden = 96;
     let outcome = kiln_train::ocr::train(&config)?;
     super::output::print_ocr_outcome(&outcome);

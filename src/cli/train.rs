@@ -74,9 +74,13 @@ pub struct TrainArgs {
     pub cache: Option<CacheMode>,
     #[arg(long)]
     pub img_size: Option<u32>,
-    /// OCR: input line height (a multiple of 32).
+    /// OCR: input line height (a multiple of the body's height stride: 16 for vgg_bn, 32 for convnext).
     #[arg(long)]
     pub ocr_h: Option<u32>,
+    /// OCR: the convolutional body: vgg_bn (the default) or convnext (the seeds' CRNN, sized by --model; takes
+    /// timm ConvNeXt weights).
+    #[arg(long, value_name = "vgg_bn|convnext")]
+    pub ocr_backbone: Option<String>,
     /// OCR: input line width (a multiple of 4; lines are padded to it, wider ones squeezed).
     #[arg(long)]
     pub ocr_w: Option<u32>,
@@ -239,6 +243,7 @@ impl TrainArgs {
         for (key, value) in [
             ("height", self.ocr_h.map(Value::from)),
             ("width", self.ocr_w.map(Value::from)),
+            ("backbone", self.ocr_backbone.clone().map(Value::from)),
             ("charset", self.charset.clone().map(Value::from)),
         ] {
             if let Some(v) = value {

@@ -430,6 +430,14 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The model's name as logs and exports show it: `model`, or the OCR body when it is not a ConvNeXt preset.
+    pub fn model_name(&self) -> String {
+        match (self.task, self.ocr.backbone) {
+            (TaskKind::Ocr, kiln_models::TextBackbone::VggBn) => self.ocr.backbone.name().into(),
+            _ => self.model.clone(),
+        }
+    }
+
     /// The YAML text a run saves as `config.yaml`.
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("the config serialises")
@@ -454,6 +462,19 @@ mod tests {
         let old: TrainConfig = serde_json::from_value(saved).unwrap();
         assert_eq!((old.warmup_min_steps, old.detect.location_offset), (0, 0.5));
         assert_eq!(old.detect.box_activation, kiln_models::BoxActivation::Relu);
+        let ocr = TrainConfig::resolve(None, &json!({"data": "/d", "task": "ocr"})).unwrap();
+        assert_eq!((ocr.ocr.backbone, ocr.ocr.frame_shortcut), (kiln_models::TextBackbone::VggBn, true));
+        assert_eq!(ocr.model_name(), "vgg_bn");
+        let mut saved = serde_json::to_value(&ocr).unwrap();
+        saved["ocr"].as_object_mut().unwrap().remove("backbone");
+        saved["ocr"].as_object_mut().unwrap().remove("frame_shortcut");
+        saved["ocr"]["augment"].as_object_mut().unwrap().remove("enabled");
+        let old: TrainConfig = serde_json::from_value(saved).unwrap();
+        assert_eq!((old.ocr.backbone, old.ocr.frame_shortcut), (kiln_models::TextBackbone::Convnext, true));
+        assert!(old.ocr.augment.enabled && !ocr.ocr.augment.enabled, "older OCR runs trained with augmentation");
+        assert_eq!(old.ocr.augment.effective(), old.ocr.augment);
+        assert_eq!(ocr.ocr.augment.effective(), crate::ocr::augment::TextAugment::none());
+        assert_eq!(old.model_name(), "convnext_tiny");
         let err =
             TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect", "detect": {"location_offset": 1.0}}))
                 .unwrap_err()

@@ -301,7 +301,7 @@ impl<T: Task> Trainer<T> {
         }
         eprintln!(
             "training {} on {} in {} ({}) -> {}",
-            self.config.model,
+            self.config.model_name(),
             device_name(self.device),
             self.precision.describe(),
             self.task.describe(),
@@ -530,7 +530,7 @@ impl<T: Task> Trainer<T> {
         };
         Ok(FastDevRunReport {
             task: self.config.task.name().into(),
-            model: self.config.model.clone(),
+            model: self.config.model_name(),
             device: device_name(self.device),
             batches,
             train,

@@ -76,7 +76,7 @@ pub fn recognizer_onnx(
         schema_version: SCHEMA_VERSION,
         kiln_version: env!("CARGO_PKG_VERSION").into(),
         task: "ocr".into(),
-        architecture: "convnext-bilstm-ctc".into(),
+        architecture: format!("{}-bilstm-ctc", model.config.backbone.name()),
         variant: spec.variant.clone(),
         class_names: spec.charset.clone(),
         input: InputSpec {
@@ -121,7 +121,7 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
         width: config.ocr.width,
         normalize: config.normalize,
         charset,
-        variant: config.model.clone(),
+        variant: config.model_name(),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
     };
     let build = |o: &ExportOptions| tch::no_grad(|| recognizer_onnx(&model, &spec, o));

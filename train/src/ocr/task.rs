@@ -55,6 +55,8 @@ pub fn recognizer_config(config: &TrainConfig, num_chars: usize) -> RecognizerCo
         lstm_layers: ocr.lstm_layers,
         drop_path_rate: config.drop_path_rate,
         layer_scale_init: ocr.layer_scale_init,
+        backbone: ocr.backbone,
+        frame_shortcut: ocr.frame_shortcut,
         ..RecognizerConfig::new(&config.model, num_chars as i64 + 1, ocr.height as i64)
     }
 }
@@ -207,8 +209,13 @@ impl Task for TextRecognition {
     }
 
     fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(TextLoader, Option<TextLoader>)> {
-        let train =
-            make_loader(config, &self.dataset, Split::Train, TextTransform::Train(config.ocr.augment.clone()), skips)?;
+        let train = make_loader(
+            config,
+            &self.dataset,
+            Split::Train,
+            TextTransform::Train(config.ocr.augment.effective()),
+            skips,
+        )?;
         let val = if self.dataset.val.is_empty() {
             None
         } else {
@@ -255,6 +262,7 @@ impl Task for TextRecognition {
                 "ocr.lstm_hidden".to_string(),
                 Distribution::Categorical { choices: vec![64.into(), 128.into(), 256.into()] },
             ),
+            ("ocr.augment.enabled".to_string(), Distribution::Categorical { choices: vec![false.into(), true.into()] }),
             ("ocr.augment.rotate".to_string(), Distribution::Float { low: 0.0, high: 4.0, log: false, step: None }),
             ("ocr.augment.noise".to_string(), Distribution::Float { low: 0.0, high: 0.08, log: false, step: None }),
         ])
