@@ -37,8 +37,9 @@ kiln (`kiln train --task ocr --config CFG`, then `kiln export onnx --checkpoint 
   matched  kiln's augmentation off (ocr.augment all 0), drop-path 0, Adam without weight decay, no EMA or
            clipping, and the schedule closest to OneCycleLR: warm-up 30 % of the run (warmup_epochs 0.3 x epochs,
            no minimum steps), cosine to min_lr = lr / 25 / 1e4
-  default  kiln's default recipe (only epochs, batch, lr, seed, the input and the model size given): AdamW 0.05,
-           1 epoch / 100 steps of warm-up, drop-path 0.1, ocr.augment on
+  default  kiln's default recipe (only epochs, batch, lr, seed, the input and, with --kiln-backbone convnext, the
+           model size given): AdamW 0.05, 1 epoch / 100 steps of warm-up, drop-path 0.1 (ConvNeXt only),
+           ocr.augment at its default (off; --kiln-set ocr.augment.enabled=true turns it on)
 --kiln-set KEY=VALUE (YAML value, repeatable) changes any other key of kiln's config. --torch-init RUN/weights/
 last.safetensors starts the convnext reference from a kiln checkpoint (with --epochs 0 --which torch: kiln's
 trained weights read by the PyTorch model, a check that both models, the preprocessing and the decoding agree).

@@ -30,7 +30,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 24)]
     pub detect_epochs: usize,
     /// Epochs of the text recognizer (0 skips OCR).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 4)]
     pub ocr_epochs: usize,
 }
 
