@@ -10,9 +10,9 @@
 //! probabilities (the ONNX export is compared with libtorch by `tests/ocr_export_parity.rs`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use kiln_models::weights::{load_safetensors, read_safetensors, HeadPolicy};
+use kiln_models::weights::{load_safetensors, HeadPolicy};
 use kiln_models::{RecognizerConfig, TextBackbone, TextLineRecognizer};
 use kiln_train::ocr::loader::LineTarget;
 use kiln_train::ocr::loss::ctc_loss;
@@ -23,21 +23,19 @@ const TOLERANCE: f64 = 1e-5;
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+mod common;
+
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crnn_parity")
+    common::fixture_dir("crnn_parity")
 }
 
 fn read(file: &str) -> HashMap<String, Tensor> {
-    read_safetensors(&fixture().join(file)).unwrap().into_iter().collect()
+    common::read_fixture(&fixture(), file)
 }
 
-/// Fails unless `ours` and `theirs` have one shape and differ by at most [`TOLERANCE`] · max(1, max |theirs|)
-/// everywhere (NaN fails).
+/// [`common::assert_close`] at [`TOLERANCE`].
 fn assert_close(what: &str, ours: &Tensor, theirs: &Tensor) {
-    assert_eq!(ours.size(), theirs.size(), "{what}: shapes");
-    let scale = theirs.abs().max().double_value(&[]).max(1.0);
-    let diff = (ours.to_kind(Kind::Float) - theirs.to_kind(Kind::Float)).abs().max().double_value(&[]);
-    assert!(diff <= TOLERANCE * scale, "{what}: differs by {diff:e} (scale {scale:.3})");
+    common::assert_close(what, ours, theirs, TOLERANCE);
 }
 
 struct Setup {

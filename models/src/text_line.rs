@@ -42,6 +42,15 @@ impl TextBackbone {
             Self::VggBn => "vgg_bn",
         }
     }
+
+    /// Input rows per output row of the body with four stages (as every preset has): 32 for ConvNeXt (a stride-4
+    /// stem and three height-halving downsamplings), 16 for VGG-BN (four height-halving pools).
+    pub fn height_stride(self) -> i64 {
+        match self {
+            Self::Convnext => ConvNextConfig::atto().for_text_lines().output_stride()[0],
+            Self::VggBn => VggBnConfig::default().output_stride()[0],
+        }
+    }
 }
 
 fn default_frame_shortcut() -> bool {

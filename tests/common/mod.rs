@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -70,4 +71,24 @@ pub fn write_truncated_png(path: &Path) {
 /// Runs the `kiln` binary in `cwd`.
 pub fn kiln(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(cwd).output().expect("kiln runs")
+}
+
+/// `tests/fixtures/<name>`.
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The tensors of a fixture's safetensors file, by name.
+pub fn read_fixture(dir: &Path, file: &str) -> HashMap<String, tch::Tensor> {
+    kiln_models::weights::read_safetensors(&dir.join(file)).unwrap().into_iter().collect()
+}
+
+/// Fails unless `ours` and `theirs` have one shape and differ by at most `tolerance` · max(1, max |theirs|)
+/// everywhere (NaN fails): the parity tests' comparison of a kiln record with a reference's.
+pub fn assert_close(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor, tolerance: f64) {
+    use tch::Kind;
+    assert_eq!(ours.size(), theirs.size(), "{what}: shapes");
+    let scale = theirs.abs().max().double_value(&[]).max(1.0);
+    let diff = (ours.to_kind(Kind::Float) - theirs.to_kind(Kind::Float)).abs().max().double_value(&[]);
+    assert!(diff <= tolerance * scale, "{what}: differs by {diff:e} (scale {scale:.3})");
 }

@@ -107,13 +107,9 @@ impl OcrSettings {
         self.augment.validate().or_else(|reason| bad("augment", reason))
     }
 
-    /// Input rows per output row of the body: 32 for ConvNeXt (a stride-4 stem and three height-halving
-    /// downsamplings), 16 for VGG-BN (four height-halving pools).
+    /// Input rows per output row of the body (`TextBackbone::height_stride`).
     pub fn height_stride(&self) -> u32 {
-        match self.backbone {
-            TextBackbone::Convnext => 32,
-            TextBackbone::VggBn => 16,
-        }
+        self.backbone.height_stride() as u32
     }
 
     /// Output frames of a full-width line.
