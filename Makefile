@@ -33,7 +33,8 @@ unit: deps
 test: lint unit
 
 bench: deps
-	$(CARGO) bench --locked --bench data_pipeline --bench infer --bench tpe --bench study_storage --bench nms --bench detector --bench ctc --bench recognizer
+	$(CARGO) bench --locked --bench data_pipeline --bench infer --bench nms --bench detector --bench ctc --bench recognizer
+	$(CARGO) bench --locked -p kiln-tune --bench tpe --bench study_storage
 
 clean-runs:
 	rm -rf runs

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the Optuna Parzen-estimator fixture for kiln-train's TPE (`tests/fixtures/optuna_parzen/cases.json`).
+"""Generate the Optuna Parzen-estimator fixture for kiln-tune's TPE (`tune/tests/fixtures/optuna_parzen/cases.json`).
 
 How it was made
 ---------------
@@ -33,7 +33,7 @@ From the repository root (PyPI is the only thing needed)::
     /tmp/optuna-venv/bin/pip install optuna==5.0.0
     /tmp/optuna-venv/bin/python scripts/make_optuna_parzen_fixture.py
 
-`--out FILE` writes elsewhere (default `tests/fixtures/optuna_parzen/cases.json`).
+`--out FILE` writes elsewhere (default `tune/tests/fixtures/optuna_parzen/cases.json`).
 """
 import argparse
 import json
@@ -145,7 +145,7 @@ def case(rng, names, n, prior_weight=1.0):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default="tests/fixtures/optuna_parzen/cases.json")
+    parser.add_argument("--out", default="tune/tests/fixtures/optuna_parzen/cases.json")
     args = parser.parse_args()
     rng = np.random.RandomState(SEED)
     cases = {}

@@ -6,7 +6,8 @@ mod common;
 
 use std::path::Path;
 
-use kiln_train::classify::{self, export_run, ExportOptions};
+use kiln_train::classify::{self, ExportOptions};
+use kiln_train::tasks::export_run;
 
 fn ok(out: &std::process::Output) -> String {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

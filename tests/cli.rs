@@ -167,3 +167,44 @@ fn bench_refuses_a_duration_that_is_not_a_positive_number() {
         assert!(stderr.contains("--duration") && !stderr.contains("panicked"), "{bad}: {stderr}");
     }
 }
+
+/// The config file's `task` holds when `--task` is not given (it used to be overwritten with the default,
+/// classify), and `--task` still overrides it when given.
+#[test]
+fn a_config_files_task_is_kept_unless_task_is_given() {
+    use kiln_train::detect::synthetic::{generate_scenes, ScenesSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("scenes");
+    generate_scenes(&data, &ScenesSpec { classes: 2, images: (4, 2, 2), size: (64, 64), ..Default::default() })
+        .unwrap();
+    let cfg = dir.path().join("c.yaml");
+    let yaml = format!(
+        "task: detect\ndata: {}\nimg_size: 64\nbatch: 2\ndevice: cpu\nfast_dev_run: 1\nproject: {}\nname: cfg\n",
+        data.display(),
+        dir.path().join("runs").display()
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = kiln(&["train", "--config", cfg.to_str().unwrap()], dir.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("(detect)"), "{stdout}");
+    assert!(dir.path().join("runs/detect/cfg/fast_dev_run.json").is_file());
+    assert!(!dir.path().join("runs/classify").exists(), "nothing was classified");
+
+    // Given, --task wins over the file: a classification of scene images has no class folders to read.
+    let out = kiln(&["train", "--config", cfg.to_str().unwrap(), "--task", "classify"], dir.path());
+    assert!(!out.status.success() && text(&out).1.contains("scenes"), "{}", text(&out).1);
+    let out = kiln(&["train", "--config", cfg.to_str().unwrap(), "--task", "segment"], dir.path());
+    assert!(text(&out).1.contains("unknown task 'segment' (one of: classify, detect, ocr)"), "{}", text(&out).1);
+}
+
+/// Every task's isolated step can be benchmarked; OCR's uses its default body.
+#[test]
+fn bench_train_times_the_ocr_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["bench", "train", "--task", "ocr", "--img-size", "64", "--batch", "2", "--steps", "1", "--warmup", "0"];
+    let out = kiln(&[&args[..], &["--device", "cpu", "--threads", "1"]].concat(), dir.path());
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("| ocr | vgg_bn | 64 | 2 | cpu | fp32 |"), "{stdout}");
+}

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use kiln_infer::preprocess::decode_rgb;
 use kiln_infer::{Backend, ChannelOrder, Classifier, Ep, Error, Model, Preprocess, Resize};
-use kiln_train::classify::{self, export_run, predict, ExportOptions, PredictOptions};
+use kiln_train::classify::{self, predict, ExportOptions, PredictOptions};
+use kiln_train::tasks::export_run;
 use kiln_train::RunDir;
 
 struct Trained {
@@ -29,7 +30,7 @@ fn trained(dynamic_batch: bool) -> Trained {
 }
 
 fn test_images(data: &Path) -> Vec<PathBuf> {
-    kiln_train::classify::predict::expand_inputs(&[data.join("test")]).unwrap()
+    kiln_train::data::expand_inputs(&[data.join("test")]).unwrap()
 }
 
 #[test]

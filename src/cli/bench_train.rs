@@ -12,9 +12,9 @@ use kiln_train::tasks::bench_train_step;
 
 #[derive(Args, Debug)]
 pub struct BenchTrainArgs {
-    /// classify | detect
-    #[arg(long, default_value = "classify")]
-    pub task: TaskArgBench,
+    /// classify | detect | ocr
+    #[arg(long, default_value = "classify", value_name = "TASK")]
+    pub task: TaskKind,
     /// Classes of the random labels / boxes.
     #[arg(long, default_value_t = 10)]
     pub classes: usize,
@@ -48,18 +48,9 @@ pub struct BenchTrainArgs {
     pub json: Option<PathBuf>,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum TaskArgBench {
-    Classify,
-    Detect,
-}
-
 pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
     let config = StepBenchConfig {
-        task: match args.task {
-            TaskArgBench::Classify => TaskKind::Classify,
-            TaskArgBench::Detect => TaskKind::Detect,
-        },
+        task: args.task,
         num_classes: args.classes,
         model: args.model,
         img_size: args.img_size,

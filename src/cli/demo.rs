@@ -60,7 +60,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let outcome = kiln_train::classify::train(&config)?;
     print_outcome(&outcome);
-    let export = kiln_train::classify::export_run(&outcome.run, &kiln_train::classify::ExportOptions::default())?;
+    let export = kiln_train::tasks::export_run(&outcome.run, &kiln_train::export::ExportOptions::default())?;
     println!(
         "ONNX model: {} ({:.1} MB, opset {})",
         export.path.display(),
@@ -145,7 +145,7 @@ fn ocr(args: &DemoArgs) -> anyhow::Result<()> {
     config.ocr.width = 160;
     config.ocr.lstm_hidden = 96;
     let outcome = kiln_train::ocr::train(&config)?;
-    super::output::print_ocr_outcome(&outcome);
+    print_outcome(&outcome);
     let options = kiln_train::export::ExportOptions { dynamic_batch: true, ..Default::default() };
     let export = kiln_train::tasks::export_run(&outcome.run, &options)?;
     println!(
@@ -203,7 +203,7 @@ fn detect(args: &DemoArgs) -> anyhow::Result<()> {
     config.detect.nms.iou_threshold = 0.5;
     config.detect.score_threshold = DEMO_SCORE as f64;
     let outcome = kiln_train::detect::train(&config)?;
-    super::output::print_detection_outcome(&outcome);
+    print_outcome(&outcome);
     if let Some(test) = &outcome.test {
         let t = &test.metrics.at_threshold;
         println!(

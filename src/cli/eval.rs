@@ -5,12 +5,10 @@ use std::path::PathBuf;
 use clap::Args;
 
 use kiln_train::classify::calibration::{calibrate_run, calibration_path};
-use kiln_train::classify::tta::Tta;
-use kiln_train::classify::{evaluate_run, EvalOptions};
 use kiln_train::data::Split;
+use kiln_train::engine::EvalOptions;
+use kiln_train::tasks::evaluate_run;
 use kiln_train::{RunDir, Which};
-
-use super::output::print_split_report;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -48,72 +46,42 @@ pub struct TtaFlags {
     pub tta_scales: Option<Vec<f64>>,
 }
 
-impl TtaFlags {
-    /// The augmentation asked for (none without either flag).
-    pub fn tta(&self) -> anyhow::Result<Tta> {
-        let tta = match &self.tta_scales {
-            Some(scales) => Tta { flip: true, scales: scales.clone() },
-            None if self.tta => Tta::flip(),
-            None => Tta::default(),
-        };
-        tta.validate().map_err(|e| anyhow::anyhow!("--tta-scales: {e}"))?;
-        Ok(tta)
+/// The test-time augmentation the flags ask for, in classification's settings form (`null`: none). Other tasks
+/// refuse it.
+pub fn tta_settings(tta: &TtaFlags) -> serde_json::Value {
+    match (&tta.tta_scales, tta.tta) {
+        (Some(scales), _) => serde_json::json!({ "flip": true, "scales": scales }),
+        (None, true) => serde_json::json!({ "flip": true, "scales": [1.0] }),
+        (None, false) => serde_json::Value::Null,
     }
+}
+
+/// The files in the run directory named for `split` that were written since `since`.
+fn written_since(run: &RunDir, split: Split, since: std::time::SystemTime) -> Vec<PathBuf> {
+    let prefix = format!("{}_", split.name());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&run.path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since))
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
 }
 
 pub fn run(args: EvalArgs, split: Split) -> anyhow::Result<()> {
     let run = RunDir::open(&args.run)?;
-    let task = kiln_train::TrainConfig::load(&run.config())?.task;
-    if task != kiln_train::TaskKind::Classify && (args.tta.tta()? != Tta::default() || args.calibrate) {
-        anyhow::bail!("--tta, --tta-scales and --calibrate are for classification runs; this is a {} run", task.name());
-    }
-    if task == kiln_train::TaskKind::Ocr {
-        use kiln_train::ocr::report::{evaluate_run, EvalOptions};
-        let options = EvalOptions { which: args.checkpoint, data: args.data, device: args.device };
-        let report = evaluate_run(&run, split, &options)?;
-        let m = &report.metrics;
-        println!(
-            "{split} ({} lines, epoch {}): CER {:.4}  WER {:.4}  exact match {:.4}  mean NED {:.4}",
-            report.lines, report.epoch, m.cer, m.wer, m.accuracy, m.mean_ned
-        );
-        println!(
-            "wrote {} and {}",
-            run.metrics(split.name()).display(),
-            run.path.join(format!("{}_predictions.csv", split.name())).display()
-        );
-        return Ok(());
-    }
-    if task == kiln_train::TaskKind::Detect {
-        use kiln_train::detect::report::{evaluate_run, EvalOptions};
-        let options = EvalOptions { which: args.checkpoint, data: args.data, device: args.device };
-        let report = evaluate_run(&run, split, &options)?;
-        let (c, t) = (&report.metrics.coco, &report.metrics.at_threshold);
-        println!(
-            "{split} ({} images, epoch {}): mAP@[.5:.95] {:.4}  mAP@.5 {:.4}  mAP@.75 {:.4}  small/medium/large \
-             {:.4}/{:.4}/{:.4}  mean IoU {:.4}  P/R/F1 {:.3}/{:.3}/{:.3} at score {:.2}",
-            report.images,
-            report.epoch,
-            c.map,
-            c.map_50,
-            c.map_75,
-            c.map_small,
-            c.map_medium,
-            c.map_large,
-            t.mean_iou,
-            t.precision,
-            t.recall,
-            t.f1,
-            t.score_threshold
-        );
-        println!("wrote {}", run.metrics(split.name()).display());
-        return Ok(());
-    }
-    let tta = args.tta.tta()?;
-    let options = EvalOptions { which: args.checkpoint, data: args.data, device: args.device, tta };
+    let options = EvalOptions { which: args.checkpoint, data: args.data.clone(), device: args.device.clone() };
     if args.calibrate {
         if split != Split::Val {
             anyhow::bail!("--calibrate fits the temperature on the val split: use kiln val --calibrate");
         }
+        anyhow::ensure!(
+            tta_settings(&args.tta).is_null(),
+            "--calibrate fits the temperature without test-time augmentation; leave out --tta and --tta-scales"
+        );
         let c = calibrate_run(&run, &options)?;
         println!(
             "temperature {:.4} fitted on {} val images (epoch {}): NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4}",
@@ -133,9 +101,11 @@ pub fn run(args: EvalArgs, split: Split) -> anyhow::Result<()> {
         println!("wrote {}", calibration_path(&run).display());
         return Ok(());
     }
-    let report = evaluate_run(&run, split, &options)?;
-    print_split_report(&report);
-    let stem = if report.tta.is_some() { format!("{}_tta", split.name()) } else { split.name().to_string() };
-    println!("wrote {} and {}", run.metrics(&stem).display(), run.confusion_matrix(&stem).display());
+    // A second's slack: file times can be coarser than the clock.
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    let report = evaluate_run(&run, split, &options, &tta_settings(&args.tta))?;
+    print!("{report}");
+    let written: Vec<String> = written_since(&run, split, started).iter().map(|p| p.display().to_string()).collect();
+    println!("wrote {}", written.join(", "));
     Ok(())
 }

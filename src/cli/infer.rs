@@ -9,7 +9,9 @@ use clap::{Args, ValueEnum};
 use kiln_infer::preprocess::{decode_rgb, Preprocess};
 use kiln_infer::{Backend, Classifier, Ep, Model};
 
-use super::output::{csv_field, Format};
+use super::output::Format;
+use kiln_infer::listing::{write_error, write_header};
+use kiln_infer::{Classification, Listed};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EpArg {
@@ -136,7 +138,7 @@ pub struct InferArgs {
 }
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
-    let files = kiln_train::classify::predict::expand_inputs(&args.inputs)?;
+    let files = kiln_train::data::expand_inputs(&args.inputs)?;
     let raw = args.raw.preprocess()?;
     let mut models = Vec::with_capacity(args.model.len());
     for path in &args.model {
@@ -170,11 +172,9 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     if model.metadata().is_some_and(|m| m.task == "ocr") {
         return super::infer_ocr::run(model, &files, args.batch, args.format, &args.decode);
     }
-    anyhow::ensure!(
-        args.format != Format::Coco,
-        "--format coco is for detection models; {} classifies",
-        args.model[0].display()
-    );
+    let Some(listing) = args.format.listing() else {
+        anyhow::bail!("--format coco is for detection models; {} classifies", args.model[0].display());
+    };
     let class_names = args.raw.class_names(&model, &args.model[0])?;
     let classifier = match model.metadata() {
         Some(_) if args.raw.raw_classes.is_none() => Classifier::new(model)?,
@@ -182,9 +182,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if args.format == Format::Csv {
-        writeln!(out, "path,rank,class,probability,energy,error")?;
-    }
+    write_header::<Classification>(&mut out, listing)?;
     let mut failed = 0;
     for chunk in files.chunks(args.batch.max(1)) {
         let mut images = Vec::with_capacity(chunk.len());
@@ -197,7 +195,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
                 }
                 Err(reason) => {
                     failed += 1;
-                    write_error(&mut out, args.format, path, &reason)?;
+                    write_error::<Classification>(&mut out, listing, path, &reason)?;
                 }
             }
         }
@@ -205,7 +203,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
             continue;
         }
         for (path, result) in paths.iter().zip(classifier.classify_batch(&images, args.top_k)?) {
-            write_result(&mut out, args.format, path, &result)?;
+            result.write(&mut out, listing, path, &[])?;
         }
         out.flush()?;
     }
@@ -216,49 +214,4 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         eprintln!("{} image(s); peak resident memory {mib:.0} MiB", files.len());
     }
     Ok(())
-}
-
-fn write_result(
-    out: &mut impl Write,
-    format: Format,
-    path: &std::path::Path,
-    result: &kiln_infer::Classification,
-) -> std::io::Result<()> {
-    let shown = path.display().to_string();
-    let top = &result.top;
-    match format {
-        Format::Table => {
-            let classes: Vec<String> = top.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect();
-            let energy = result.energy.map(|e| format!("  (energy {e:.2})")).unwrap_or_default();
-            writeln!(out, "{shown}  {}{energy}", classes.join(", "))
-        }
-        Format::Json => {
-            writeln!(out, "{}", serde_json::json!({"path": shown, "top": top, "energy": result.energy}))
-        }
-        Format::Coco => unreachable!("refused for classification models"),
-        Format::Csv => {
-            for (rank, c) in top.iter().enumerate() {
-                let energy = result.energy.map(|e| format!("{e:.4}")).unwrap_or_default();
-                writeln!(
-                    out,
-                    "{},{},{},{:.6},{energy},",
-                    csv_field(&shown),
-                    rank + 1,
-                    csv_field(&c.class),
-                    c.probability
-                )?;
-            }
-            Ok(())
-        }
-    }
-}
-
-fn write_error(out: &mut impl Write, format: Format, path: &std::path::Path, reason: &str) -> std::io::Result<()> {
-    let shown = path.display().to_string();
-    match format {
-        Format::Table => writeln!(out, "{shown}  error: {reason}"),
-        Format::Json => writeln!(out, "{}", serde_json::json!({"path": shown, "error": reason})),
-        Format::Csv => writeln!(out, "{},,,,,{}", csv_field(&shown), csv_field(reason)),
-        Format::Coco => unreachable!("refused for classification models"),
-    }
 }

@@ -11,7 +11,8 @@ use kiln_infer::preprocess::decode_rgb;
 use kiln_infer::{weighted_boxes_fusion, Detector, Model, WbfConfig};
 
 use super::coco_results::{CocoGroundTruth, CocoResults};
-use super::output::{csv_field, Format};
+use super::output::Format;
+use kiln_infer::listing::{write_error, write_header, Listed};
 
 /// NMS settings given on the command line, each replacing the model's (or the run's) own.
 #[derive(Args, Debug, Clone, Default)]
@@ -102,8 +103,9 @@ pub fn run(
     let wbf = WbfConfig { iou_threshold: nms.wbf_iou, ..WbfConfig::default() };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if format == Format::Csv {
-        writeln!(out, "path,class,score,x1,y1,x2,y2,error")?;
+    let listing = format.listing();
+    if let Some(listing) = listing {
+        write_header::<Vec<Detection>>(&mut out, listing)?;
     }
     let mut failed = 0;
     let mut coco = CocoResults::new(&names, coco_gt)?;
@@ -117,7 +119,10 @@ pub fn run(
                 }
                 Err(reason) => {
                     failed += 1;
-                    write_error(&mut out, format, path, &reason)?;
+                    match listing {
+                        Some(listing) => write_error::<Vec<Detection>>(&mut out, listing, path, &reason)?,
+                        None => eprintln!("{}: {reason}", path.display()),
+                    }
                 }
             }
         }
@@ -150,13 +155,14 @@ pub fn run(
                 }
                 kiln_train::detect::drawing::save_detections(&dir.join(name), image, &detections, &names)?;
             }
-            if format == Format::Coco {
-                if let Err(reason) = coco.add(path, &detections) {
-                    failed += 1;
-                    eprintln!("{}: {reason}", path.display());
+            match listing {
+                Some(listing) => detections.write(&mut out, listing, path, &names)?,
+                None => {
+                    if let Err(reason) = coco.add(path, &detections) {
+                        failed += 1;
+                        eprintln!("{}: {reason}", path.display());
+                    }
                 }
-            } else {
-                write_detections(&mut out, format, path, &detections, &names)?;
             }
         }
         out.flush()?;
@@ -168,64 +174,4 @@ pub fn run(
         eprintln!("{failed} of {} image(s) could not be read or placed", files.len());
     }
     Ok(())
-}
-
-pub fn write_detections(
-    out: &mut impl Write,
-    format: Format,
-    path: &Path,
-    detections: &[Detection],
-    names: &[String],
-) -> std::io::Result<()> {
-    let shown = path.display().to_string();
-    let name = |c: usize| names.get(c).map_or("?", String::as_str);
-    match format {
-        Format::Table => {
-            let boxes: Vec<String> = detections
-                .iter()
-                .map(|d| {
-                    let [x1, y1, x2, y2] = d.bbox;
-                    format!("{} {:.3} [{x1:.1}, {y1:.1}, {x2:.1}, {y2:.1}]", name(d.class), d.score)
-                })
-                .collect();
-            writeln!(
-                out,
-                "{shown}  {} detection(s){}{}",
-                detections.len(),
-                if boxes.is_empty() { "" } else { ": " },
-                boxes.join("; ")
-            )
-        }
-        Format::Json => {
-            let list: Vec<serde_json::Value> = detections
-                .iter()
-                .map(|d| serde_json::json!({"class": name(d.class), "class_index": d.class, "score": d.score, "bbox": d.bbox}))
-                .collect();
-            writeln!(out, "{}", serde_json::json!({"path": shown, "detections": list}))
-        }
-        Format::Coco => unreachable!("COCO results are collected, not streamed"),
-        Format::Csv => {
-            for d in detections {
-                let [x1, y1, x2, y2] = d.bbox;
-                writeln!(
-                    out,
-                    "{},{},{:.6},{x1:.2},{y1:.2},{x2:.2},{y2:.2},",
-                    csv_field(&shown),
-                    csv_field(name(d.class)),
-                    d.score
-                )?;
-            }
-            Ok(())
-        }
-    }
-}
-
-pub fn write_error(out: &mut impl Write, format: Format, path: &Path, reason: &str) -> std::io::Result<()> {
-    let shown = path.display().to_string();
-    match format {
-        Format::Table => writeln!(out, "{shown}  error: {reason}"),
-        Format::Json => writeln!(out, "{}", serde_json::json!({"path": shown, "error": reason})),
-        Format::Csv => writeln!(out, "{},,,,,,,{}", csv_field(&shown), csv_field(reason)),
-        Format::Coco => writeln!(std::io::stderr(), "{shown}: {reason}"),
-    }
 }

@@ -2,14 +2,15 @@
 //! an optional constraint.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 
 use kiln_infer::preprocess::decode_rgb;
 use kiln_infer::{Model, Reading, TextRecognizer};
 
-use super::output::{csv_field, Format};
+use super::output::Format;
+use kiln_infer::listing::{write_error, write_header, Listed};
 
 /// How an OCR model's output is decoded.
 #[derive(Args, Debug, Clone, Default)]
@@ -60,11 +61,13 @@ impl DecodeArgs {
 
 /// Reads `files` in batches of `batch` and prints one reading per image.
 pub fn run(model: Model, files: &[PathBuf], batch: usize, format: Format, decode: &DecodeArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(format != Format::Coco, "--format coco is for detection models; this model reads text");
+    let Some(listing) = format.listing() else {
+        anyhow::bail!("--format coco is for detection models; this model reads text");
+    };
     let recognizer = decode.apply(TextRecognizer::new(model)?)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    write_header(&mut out, format)?;
+    write_header::<Reading>(&mut out, listing)?;
     let mut failed = 0;
     for chunk in files.chunks(batch.max(1)) {
         let mut images = Vec::with_capacity(chunk.len());
@@ -77,7 +80,7 @@ pub fn run(model: Model, files: &[PathBuf], batch: usize, format: Format, decode
                 }
                 Err(reason) => {
                     failed += 1;
-                    write_error(&mut out, format, path, &reason)?;
+                    write_error::<Reading>(&mut out, listing, path, &reason)?;
                 }
             }
         }
@@ -85,7 +88,7 @@ pub fn run(model: Model, files: &[PathBuf], batch: usize, format: Format, decode
             continue;
         }
         for (path, reading) in paths.iter().zip(recognizer.predict_batch(&images)?) {
-            write_reading(&mut out, format, path, &reading)?;
+            reading.write(&mut out, listing, path, &[])?;
         }
         out.flush()?;
     }
@@ -93,35 +96,4 @@ pub fn run(model: Model, files: &[PathBuf], batch: usize, format: Format, decode
         eprintln!("{failed} of {} image(s) could not be read", files.len());
     }
     Ok(())
-}
-
-pub fn write_header(out: &mut impl Write, format: Format) -> std::io::Result<()> {
-    if format == Format::Csv {
-        writeln!(out, "path,text,confidence,error")?;
-    }
-    Ok(())
-}
-
-pub fn write_reading(out: &mut impl Write, format: Format, path: &Path, reading: &Reading) -> std::io::Result<()> {
-    let shown = path.display().to_string();
-    match format {
-        Format::Table => writeln!(out, "{shown}  {}  ({:.3})", reading.text, reading.confidence),
-        Format::Json => writeln!(
-            out,
-            "{}",
-            serde_json::json!({"path": shown, "text": reading.text, "confidence": reading.confidence, "chars": reading.chars})
-        ),
-        Format::Csv => writeln!(out, "{},{},{:.6},", csv_field(&shown), csv_field(&reading.text), reading.confidence),
-        Format::Coco => unreachable!("refused for ocr models"),
-    }
-}
-
-pub fn write_error(out: &mut impl Write, format: Format, path: &Path, reason: &str) -> std::io::Result<()> {
-    let shown = path.display().to_string();
-    match format {
-        Format::Table => writeln!(out, "{shown}  error: {reason}"),
-        Format::Json => writeln!(out, "{}", serde_json::json!({"path": shown, "error": reason})),
-        Format::Csv => writeln!(out, "{},,,{}", csv_field(&shown), csv_field(reason)),
-        Format::Coco => unreachable!("refused for ocr models"),
-    }
 }

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use kiln_train::classify::{predict, PredictOptions};
+use kiln_infer::ListingFormat;
+use kiln_train::engine::PredictOptions;
+use kiln_train::tasks::predict;
 use kiln_train::{RunDir, Which};
 
-use super::output::{print_predictions, Format};
+use super::output::Format;
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -20,8 +22,9 @@ pub struct PredictArgs {
     /// best | last
     #[arg(long, default_value = "best")]
     pub checkpoint: Which,
-    #[arg(long, default_value_t = 1)]
-    pub top_k: usize,
+    /// Classification: the classes listed per image (default 1).
+    #[arg(long)]
+    pub top_k: Option<usize>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     /// auto | cpu | cuda | cuda:N (default: the run's)
@@ -42,106 +45,48 @@ pub struct PredictArgs {
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let run = RunDir::open(&args.run)?;
-    let task = kiln_train::TrainConfig::load(&run.config())?.task;
-    if task != kiln_train::TaskKind::Classify && args.tta.tta()? != kiln_train::classify::tta::Tta::default() {
-        anyhow::bail!("--tta and --tta-scales are for classification runs; this is a {} run", task.name());
-    }
-    match task {
-        kiln_train::TaskKind::Detect => return predict_detections(&run, &args),
-        kiln_train::TaskKind::Ocr => return predict_lines(&run, &args),
-        kiln_train::TaskKind::Classify => {}
-    }
-    let options = PredictOptions {
-        which: args.checkpoint,
-        top_k: args.top_k,
-        device: args.device,
-        batch: args.batch,
-        tta: args.tta.tta()?,
+    let format = match args.format {
+        Format::Table => ListingFormat::Table,
+        Format::Json => ListingFormat::Json,
+        Format::Csv => ListingFormat::Csv,
+        Format::Coco => anyhow::bail!(
+            "kiln predict prints table, json or csv; for COCO results export the run and use kiln infer --format coco"
+        ),
     };
-    let predictions = predict(&run, &args.inputs, &options)?;
-    print_predictions(&predictions, args.format)?;
+    let options = PredictOptions { which: args.checkpoint, device: args.device.clone(), batch: args.batch };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let summary = predict(&run, &args.inputs, &options, &predict_settings(&args), format, &mut out)?;
+    drop(out);
     if let Some(dir) = &args.gradcam {
-        let readable: Vec<PathBuf> = predictions.iter().filter(|p| p.error.is_none()).map(|p| p.path.clone()).collect();
         let cam_options = kiln_train::classify::gradcam::GradCamOptions {
             which: args.checkpoint,
             class: args.gradcam_class.clone(),
-            device: options.device.clone(),
+            device: args.device.clone(),
         };
-        let cams = kiln_train::classify::gradcam::gradcam(&run, &readable, dir, &cam_options)?;
+        let cams = kiln_train::classify::gradcam::gradcam(&run, &summary.read, dir, &cam_options)?;
         eprintln!("wrote {} Grad-CAM overlay(s) to {}", cams.len(), dir.display());
     }
-    let failed = predictions.iter().filter(|p| p.error.is_some()).count();
-    if failed > 0 {
-        eprintln!("{failed} of {} image(s) could not be read", predictions.len());
+    if summary.failed > 0 {
+        eprintln!("{} of {} image(s) could not be read", summary.failed, summary.files);
     }
     Ok(())
 }
 
-/// `kiln predict` on a detection run: the detections `kiln infer` gives on the exported model.
-fn predict_detections(run: &RunDir, args: &PredictArgs) -> anyhow::Result<()> {
-    use std::io::Write;
-    anyhow::ensure!(
-        matches!(args.format, Format::Table | Format::Json | Format::Csv),
-        "kiln predict on a detection run prints table, json or csv (for COCO results export the run and use kiln infer)"
-    );
-    let files = kiln_train::classify::predict::expand_inputs(&args.inputs)?;
-    let (names, results) =
-        kiln_train::detect::predict::predict_detections(run, &files, args.checkpoint, args.device.as_deref())?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    if args.format == Format::Csv {
-        writeln!(out, "path,class,score,x1,y1,x2,y2,error")?;
+/// The prediction settings the flags give, as the run's task reads them (`null`: the task's defaults): the
+/// classes listed and test-time augmentation are classification's, and other tasks refuse them.
+fn predict_settings(args: &PredictArgs) -> serde_json::Value {
+    let mut settings = serde_json::Map::new();
+    if let Some(k) = args.top_k {
+        settings.insert("top_k".into(), k.into());
     }
-    let mut failed = 0;
-    for r in &results {
-        match (&r.detections, &r.error) {
-            (Some(d), _) => super::infer_detect::write_detections(&mut out, args.format, &r.path, d, &names)?,
-            (None, reason) => {
-                failed += 1;
-                let reason = reason.as_deref().unwrap_or("not read");
-                super::infer_detect::write_error(&mut out, args.format, &r.path, reason)?;
-            }
-        }
+    let tta = super::eval::tta_settings(&args.tta);
+    if !tta.is_null() {
+        settings.insert("tta".into(), tta);
     }
-    out.flush()?;
-    if failed > 0 {
-        eprintln!("{failed} of {} image(s) could not be read", results.len());
+    if settings.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::Object(settings)
     }
-    Ok(())
-}
-
-/// `kiln predict` on an OCR run: the text `kiln infer` reads with the exported model (greedy decoding).
-fn predict_lines(run: &RunDir, args: &PredictArgs) -> anyhow::Result<()> {
-    use std::io::Write;
-    anyhow::ensure!(args.format != Format::Coco, "--format coco is for detection models");
-    let files = kiln_train::classify::predict::expand_inputs(&args.inputs)?;
-    let results =
-        kiln_train::ocr::predict::predict_lines(run, &files, args.checkpoint, args.device.as_deref(), args.batch)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    super::infer_ocr::write_header(&mut out, args.format)?;
-    let mut failed = 0;
-    for r in &results {
-        match &r.text {
-            Some(text) => {
-                let reading =
-                    kiln_infer::Reading { text: text.clone(), confidence: r.confidence, chars: r.chars.clone() };
-                super::infer_ocr::write_reading(&mut out, args.format, &r.path, &reading)?;
-            }
-            None => {
-                failed += 1;
-                super::infer_ocr::write_error(
-                    &mut out,
-                    args.format,
-                    &r.path,
-                    r.error.as_deref().unwrap_or("not read"),
-                )?;
-            }
-        }
-    }
-    out.flush()?;
-    if failed > 0 {
-        eprintln!("{failed} of {} image(s) could not be read", results.len());
-    }
-    Ok(())
 }

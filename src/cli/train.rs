@@ -11,16 +11,17 @@ use kiln_train::data::CacheMode;
 use kiln_train::precision::AmpMode;
 use kiln_train::{RunDir, TrainConfig};
 
-use super::output::{print_detection_outcome, print_ocr_outcome, print_outcome};
+use super::output::print_outcome;
 
 #[derive(Args, Debug, Default)]
 pub struct TrainArgs {
     /// Continue the run in this directory from its last checkpoint.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "data", "trials"])]
     pub resume: Option<PathBuf>,
-    /// What to train.
-    #[arg(long, value_enum, default_value = "classify")]
-    pub task: TaskArg,
+    /// What to train: classify | detect | ocr. Given, it overrides the config file's `task`; else the file's
+    /// (or classify) holds.
+    #[arg(long, value_name = "TASK")]
+    pub task: Option<TaskKind>,
     /// Dataset root: ROOT/{train,val,test}/<class>/*.{jpg,png,...}
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
@@ -168,14 +169,6 @@ pub enum PrunerArg {
     None,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
-pub enum TaskArg {
-    #[default]
-    Classify,
-    Detect,
-    Ocr,
-}
-
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum OptimizerArg {
     Adamw,
@@ -208,12 +201,7 @@ impl TrainArgs {
                 map.insert(key.to_string(), v);
             }
         };
-        let task = match self.task {
-            TaskArg::Classify => TaskKind::Classify,
-            TaskArg::Detect => TaskKind::Detect,
-            TaskArg::Ocr => TaskKind::Ocr,
-        };
-        put("task", Some(serde_json::to_value(task)?));
+        put("task", self.task.map(serde_json::to_value).transpose()?);
         put("data", self.data.as_ref().map(|p| Value::from(p.to_string_lossy().into_owned())));
         put("model", self.model.clone().map(Value::from));
         put("weights", self.weights.as_ref().map(|p| Value::from(p.to_string_lossy().into_owned())));
@@ -297,18 +285,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 dir.display(),
                 given.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
             );
-            let run = RunDir::open(dir)?;
-            match TrainConfig::load(&run.config())?.task {
-                TaskKind::Classify => kiln_train::classify::resume(run)?,
-                TaskKind::Detect => {
-                    print_detection_outcome(&kiln_train::detect::resume(run)?);
-                    return Ok(());
-                }
-                TaskKind::Ocr => {
-                    print_ocr_outcome(&kiln_train::ocr::resume(run)?);
-                    return Ok(());
-                }
-            }
+            kiln_train::tasks::resume(RunDir::open(dir)?)?
         }
         None => {
             let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
@@ -316,20 +293,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 print_fast_dev_run(&kiln_train::tasks::fast_dev_run(&config)?);
                 return Ok(());
             }
-            match config.task {
-                TaskKind::Classify => kiln_train::classify::train(&config)?,
-                TaskKind::Detect => {
-                    print_detection_outcome(&kiln_train::detect::train(&config)?);
-                    return Ok(());
-                }
-                TaskKind::Ocr => {
-                    print_ocr_outcome(&kiln_train::ocr::train(&config)?);
-                    return Ok(());
-                }
-            }
+            kiln_train::tasks::train(&config)?
         }
     };
-    print_outcome(&outcome);
+    print_outcome(&*outcome);
     Ok(())
 }
 
@@ -376,15 +343,13 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
         config.fast_dev_run == 0,
         "--fast-dev-run checks one run's config and data; it does not run a study (drop --trials or fast_dev_run)"
     );
-    use kiln_train::tune::{PrunerKind, SamplerKind, StorageUrl, StudyOptions};
+    use kiln_train::tune::{
+        default_storage, fail_trial_on_interrupt, worker_id, PrunerKind, SamplerKind, StorageUrl, StudyOptions,
+    };
     let name = args.study.clone().unwrap_or_else(|| "study".into());
     let storage = match &args.storage {
         Some(url) => StorageUrl::parse(url)?,
-        None => {
-            let dir = config.project.join(config.task.name()).join(&name);
-            std::fs::create_dir_all(&dir)?;
-            StorageUrl::Sqlite(dir.join("study.db"))
-        }
+        None => default_storage(&kiln_train::tune::study_dir(config, &name))?,
     };
     anyhow::ensure!(
         args.heartbeat_timeout.is_finite() && args.heartbeat_timeout > 0.0,
@@ -407,42 +372,16 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
         },
         space: None,
         heartbeat_timeout: std::time::Duration::from_secs_f64(args.heartbeat_timeout),
-        worker: format!("{}-{}", hostname(), std::process::id()),
+        worker: worker_id(),
         running: Some(Default::default()),
     };
-    // Ctrl-C marks the running trial FAIL (through its own connection, so the storage stays consistent), then
-    // exits; `--resume` is not needed: rerunning the command runs the missing trials.
-    let running = options.running.clone().expect("set above");
-    ctrlc::set_handler(move || {
-        if let Some(trial) = running.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            match kiln_train::tune::fail_running(&trial, "interrupted (Ctrl-C)") {
-                Ok(()) => eprintln!("\ninterrupted: trial {} marked FAIL", trial.2),
-                Err(e) => eprintln!("\ninterrupted: could not mark trial {} FAIL: {e}", trial.2),
-            }
-        }
-        // Leave at once: running exit handlers while libtorch's threads are mid-computation can crash.
-        // SAFETY: _exit ends the process without touching Rust or C state.
-        unsafe { libc::_exit(130) }
-    })?;
+    fail_trial_on_interrupt(options.running.clone().expect("set above"))?;
     let outcome = kiln_train::tune::run_study(config, &options)?;
-    let objective = format!("val {}", kiln_train::tasks::objective(config.task).metric);
+    let objective = format!("val {}", kiln_train::tasks::objective(config.task)?.metric);
     super::study::print_trials(&outcome.trials, &objective);
     super::study::print_best(outcome.best.as_ref(), &objective)?;
     println!("study directory: {} (ran {} trial(s) now)", outcome.dir.display(), outcome.ran);
     Ok(())
-}
-
-/// This machine's name, which tells a study's workers apart (with the process id).
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is writable for its length; gethostname NUL-terminates on success.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let name = std::ffi::CStr::from_bytes_until_nul(&buf).ok().and_then(|c| c.to_str().ok()).unwrap_or("");
-    if ok && !name.is_empty() {
-        name.to_string()
-    } else {
-        "host".to_string()
-    }
 }
 
 #[cfg(test)]

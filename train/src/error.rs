@@ -50,14 +50,18 @@ pub enum Error {
     #[error("training diverged at epoch {epoch}, step {step}: the loss is {loss}")]
     Diverged { epoch: usize, step: usize, loss: f64 },
 
+    /// A task's own error (detection's annotation errors), which names its file and reason itself.
     #[error(transparent)]
-    Annotations(#[from] crate::detect::annotations::AnnotationError),
+    Task(Box<dyn std::error::Error + Send + Sync>),
 
     #[error(transparent)]
     Model(#[from] kiln_models::Error),
 
     #[error(transparent)]
     Export(#[from] kiln_export::Error),
+
+    #[error(transparent)]
+    Tune(#[from] kiln_tune::Error),
 
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -17,7 +17,6 @@ pub mod engine;
 pub mod error;
 pub mod export;
 pub mod fsutil;
-pub mod int8;
 pub mod metrics;
 pub mod native;
 pub mod ocr;
@@ -27,12 +26,15 @@ pub mod precision;
 pub mod progress;
 pub mod run_dir;
 pub mod step_timer;
+pub mod study;
 pub mod synthetic;
 pub mod tasks;
 pub mod tune;
 
 pub use config::{TaskKind, TrainConfig};
 pub use error::{Error, Result};
+/// int8 exports, also at the crate root as before ([`export::int8`]).
+pub use export::int8;
 pub use run_dir::{RunDir, Which};
 
 /// The README's Rust examples, compiled as doctests.

@@ -190,6 +190,24 @@ pub struct ClassMetrics {
     pub support: u64,
 }
 
+impl std::fmt::Display for ClassificationMetrics {
+    /// Accuracy and the macro precision / recall / F1 (top-5 and ECE where measured), on one line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "accuracy {:.4}  precision {:.4}  recall {:.4}  f1 {:.4}",
+            self.accuracy, self.precision_macro, self.recall_macro, self.f1_macro
+        )?;
+        if let Some(t) = self.top5_accuracy {
+            write!(f, "  top-5 {t:.4}")?;
+        }
+        if let Some(e) = self.ece {
+            write!(f, "  ECE {e:.4}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Summary metrics of a confusion matrix, see [`ConfusionMatrix::metrics`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassificationMetrics {

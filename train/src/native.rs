@@ -7,8 +7,14 @@ use std::ffi::{c_int, c_void, CStr};
 
 use tch::Tensor;
 
-use crate::precision::AmpDtype;
 use crate::{Error, Result};
+
+/// The dtype autocast computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AmpDtype {
+    Bf16,
+    Fp16,
+}
 
 mod ffi {
     use std::ffi::{c_int, c_void};

@@ -11,7 +11,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-pub use crate::native::{autocast, channels_last, cuda_bf16_supported, is_channels_last, to_channels_last_in_place};
+pub use crate::native::{
+    autocast, channels_last, cuda_bf16_supported, is_channels_last, to_channels_last_in_place, AmpDtype,
+};
 use crate::{Error, Result};
 
 /// The `amp` setting. `true` reads as `auto` (configs written before bf16 existed).
@@ -66,13 +68,6 @@ impl<'de> Deserialize<'de> for AmpMode {
             other => Err(serde::de::Error::custom(format!("amp: {other} is not auto, bf16, fp16 or false"))),
         }
     }
-}
-
-/// The dtype autocast computes in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AmpDtype {
-    Bf16,
-    Fp16,
 }
 
 /// What a run computes with on its device, resolved from the config.

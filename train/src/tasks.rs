@@ -1,16 +1,53 @@
-//! The one place that names every task: a config's `task` dispatched to that task's run of the shared engine,
-//! for callers that work with any task (the study runner).
+//! The one place that names every task. [`with_task!`] turns a [`TaskKind`] into the task's type, and every
+//! task-free entry point below (the study runner's training, `kiln train|val|test|export|bench train`, int8's
+//! calibration data) is written once through it. A new task adds its variant to [`TaskKind`] and one arm here.
 
-use crate::classify::Classification;
+use std::path::PathBuf;
+
 use crate::config::{TaskKind, TrainConfig};
-use crate::detect::Detection;
-use crate::engine::{self, EpochCallback, Objective, Outcome, Task};
+use crate::data::Split;
+use crate::engine::{self, EpochCallback, EvalOptions, Objective, Outcome, Task};
 use crate::export::{ExportOptions, ExportReport};
-use crate::ocr::TextRecognition;
 use crate::run_dir::RunDir;
 use crate::step_timer::{StepBenchConfig, StepBenchResult};
-use crate::tune::SearchSpace;
-use crate::Result;
+use crate::{Error, Result};
+use kiln_tune::SearchSpace;
+
+/// Runs `$body`, a `Result`, with `$task` naming the type of the task `$kind` names:
+/// `with_task!(kind, T => Ok(T::OBJECTIVE))`. A task kiln does not know (an application's own) is an error.
+#[macro_export]
+macro_rules! with_task {
+    ($kind:expr, $task:ident => $body:expr) => {
+        match $kind {
+            $crate::TaskKind::Classify => {
+                type $task = $crate::classify::Classification;
+                $body
+            }
+            $crate::TaskKind::Detect => {
+                type $task = $crate::detect::Detection;
+                $body
+            }
+            $crate::TaskKind::Ocr => {
+                type $task = $crate::ocr::TextRecognition;
+                $body
+            }
+            other => Err($crate::tasks::unknown_task(other)),
+        }
+    };
+}
+
+/// The error for a task kiln's registry does not name.
+pub fn unknown_task(kind: TaskKind) -> Error {
+    let names: Vec<&str> = TaskKind::ALL.iter().map(|t| t.name()).collect();
+    Error::InvalidSetting {
+        key: "task".into(),
+        reason: format!(
+            "'{kind}' is not one of kiln's tasks ({}); an application's own task runs through kiln_train::engine \
+             with its type",
+            names.join(", ")
+        ),
+    }
+}
 
 /// What any task's run reports, without the task's own metric types.
 #[derive(Clone, Debug)]
@@ -27,79 +64,133 @@ fn summary<T: Task>(outcome: Outcome<T>) -> RunSummary {
 }
 
 /// The validation metric that task `kind` optimises.
-pub fn objective(kind: TaskKind) -> Objective {
-    match kind {
-        TaskKind::Classify => Classification::OBJECTIVE,
-        TaskKind::Detect => Detection::OBJECTIVE,
-        TaskKind::Ocr => TextRecognition::OBJECTIVE,
-    }
+pub fn objective(kind: TaskKind) -> Result<Objective> {
+    with_task!(kind, T => Ok(T::OBJECTIVE))
 }
 
 /// The search space a study of task `kind` uses by default.
-pub fn default_space(kind: TaskKind) -> SearchSpace {
-    match kind {
-        TaskKind::Classify => Classification::default_space(),
-        TaskKind::Detect => Detection::default_space(),
-        TaskKind::Ocr => TextRecognition::default_space(),
-    }
+pub fn default_space(kind: TaskKind) -> Result<SearchSpace> {
+    with_task!(kind, T => Ok(T::default_space()))
+}
+
+/// The name of task `kind`'s metric of an exported model (int8's comparison).
+pub fn deployed_metric_name(kind: TaskKind) -> Result<&'static str> {
+    with_task!(kind, T => Ok(T::DEPLOYED_METRIC))
 }
 
 /// Trains a new run of the config's task, calling `on_epoch` after every epoch.
 pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<RunSummary> {
-    match config.task {
-        TaskKind::Classify => engine::train::<Classification>(config, on_epoch).map(summary::<Classification>),
-        TaskKind::Detect => engine::train::<Detection>(config, on_epoch).map(summary::<Detection>),
-        TaskKind::Ocr => engine::train::<TextRecognition>(config, on_epoch).map(summary::<TextRecognition>),
-    }
+    with_task!(config.task, T => engine::train::<T>(config, on_epoch).map(summary::<T>))
+}
+
+/// A finished run of any task, as it reads (`kiln train`): epochs, the best validation and the test report, the
+/// skipped files, the run directory.
+pub type Described = Box<dyn std::fmt::Display>;
+
+/// Trains a new run of the config's task (`kiln train`).
+pub fn train(config: &TrainConfig) -> Result<Described> {
+    let never = &mut |_: &engine::EpochRecord| std::ops::ControlFlow::Continue(());
+    with_task!(config.task, T => Ok(Box::new(engine::train::<T>(config, never)?) as Described))
+}
+
+/// Continues a run of any task from its `last` checkpoint (`kiln train --resume`).
+pub fn resume(run: RunDir) -> Result<Described> {
+    let never = &mut |_: &engine::EpochRecord| std::ops::ControlFlow::Continue(());
+    let task = TrainConfig::load(&run.config())?.task;
+    with_task!(task, T => Ok(Box::new(engine::resume::<T>(run, never)?) as Described))
 }
 
 /// A `fast_dev_run` of the config's task: `config.fast_dev_run` batches (at least one) of train, val and test,
 /// and only its report written.
 pub fn fast_dev_run(config: &TrainConfig) -> Result<engine::FastDevRunReport> {
-    match config.task {
-        TaskKind::Classify => engine::fast_dev_run::<Classification>(config),
-        TaskKind::Detect => engine::fast_dev_run::<Detection>(config),
-        TaskKind::Ocr => engine::fast_dev_run::<TextRecognition>(config),
-    }
+    with_task!(config.task, T => engine::fast_dev_run::<T>(config))
 }
 
-/// Times the isolated training step of the config's task (`kiln bench train`).
+/// Times the isolated training step of the bench's task (`kiln bench train`).
 pub fn bench_train_step(config: &StepBenchConfig) -> Result<StepBenchResult> {
-    match config.task {
-        TaskKind::Classify => crate::classify::bench_train_step(config),
-        TaskKind::Detect => crate::detect::step_bench::bench_detect_step(config),
-        TaskKind::Ocr => crate::ocr::step_bench::bench_ocr_step(config),
-    }
+    with_task!(config.task, T => engine::bench_step::<T>(config))
 }
 
 /// Exports a run of any task to ONNX (`kiln export onnx`), by the task its saved config names.
 pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
-    match TrainConfig::load(&run.config())?.task {
-        TaskKind::Classify => crate::classify::export_run(run, options),
-        TaskKind::Detect => crate::detect::export::export_run(run, options),
-        TaskKind::Ocr => crate::ocr::export::export_run(run, options),
-    }
+    with_task!(TrainConfig::load(&run.config())?.task, T => engine::export_run::<T>(run, options))
 }
 
-/// The images of a split of the run's dataset, with their class index where the task has one (classification),
-/// for calibrating and comparing exported models.
-pub fn split_images(
-    config: &TrainConfig,
-    split: crate::data::Split,
-) -> Result<Vec<(std::path::PathBuf, Option<usize>)>> {
-    Ok(match config.task {
-        TaskKind::Classify => crate::classify::setup::open_dataset(config)?
-            .split(split)
-            .iter()
-            .map(|s| (s.path.clone(), Some(s.label)))
-            .collect(),
-        TaskKind::Detect => {
-            crate::detect::task::open_dataset(config)?.split(split).iter().map(|s| (s.path.clone(), None)).collect()
+/// Evaluates a run of any task on `split` (`kiln val`, `kiln test`), writing its report files into the run, and
+/// returns the report as it reads. `settings` are the task's evaluation settings as a JSON object (e.g.
+/// classification's `{"tta": {"flip": true, "scales": [1.0]}}`; empty for plain evaluation); a task refuses
+/// settings it does not have.
+pub fn evaluate_run(
+    run: &RunDir,
+    split: Split,
+    options: &EvalOptions,
+    settings: &serde_json::Value,
+) -> Result<Described> {
+    let task = TrainConfig::load(&run.config())?.task;
+    with_task!(task, T => {
+        let settings: <T as Task>::EvalSettings = task_settings(settings, task, "evaluation")?;
+        Ok(Box::new(engine::evaluate_run::<T>(run, split, options, &settings)?) as Described)
+    })
+}
+
+/// The images of a split of the config's dataset, with their class index where the task labels whole images.
+pub fn split_images(config: &TrainConfig, split: Split) -> Result<Vec<(PathBuf, Option<usize>)>> {
+    with_task!(config.task, T => T::split_images(config, split))
+}
+
+/// What `kiln predict` listed.
+#[derive(Clone, Debug, Default)]
+pub struct PredictSummary {
+    /// The image files the inputs expanded into.
+    pub files: usize,
+    /// Those that could not be read.
+    pub failed: usize,
+    /// Those that were read, in order.
+    pub read: Vec<PathBuf>,
+}
+
+/// Predicts with a run of any task on every image under `inputs` and writes the task's listing to `out`.
+/// `settings` are the task's prediction settings as a JSON object (e.g. classification's `{"top_k": 3}`; `null`
+/// for the defaults); a task refuses settings it does not have.
+pub fn predict(
+    run: &RunDir,
+    inputs: &[PathBuf],
+    options: &engine::PredictOptions,
+    settings: &serde_json::Value,
+    format: kiln_infer::ListingFormat,
+    out: &mut dyn std::io::Write,
+) -> Result<PredictSummary> {
+    use engine::PredictionListing;
+    let task = TrainConfig::load(&run.config())?.task;
+    with_task!(task, T => {
+        let settings: <T as Task>::PredictSettings = task_settings(settings, task, "prediction")?;
+        let (names, predictions) = engine::predict_run::<T>(run, inputs, options, &settings)?;
+        let written = |source| Error::Io { path: PathBuf::from("<output>"), source };
+        <T as Task>::Prediction::write_listing(&predictions, format, &names, out).map_err(written)?;
+        out.flush().map_err(written)?;
+        let mut summary = PredictSummary { files: predictions.len(), ..Default::default() };
+        for p in &predictions {
+            match p.error() {
+                Some(_) => summary.failed += 1,
+                None => summary.read.push(p.path().to_path_buf()),
+            }
         }
-        TaskKind::Ocr => crate::ocr::task::open_dataset(config, None)?
-            .split(split.name())
-            .iter()
-            .map(|s| (s.path.clone(), None))
-            .collect(),
+        Ok(summary)
+    })
+}
+
+/// A task's settings from their JSON form (`null`: the defaults), refused with the task named when they are not
+/// its settings.
+fn task_settings<S: serde::de::DeserializeOwned + Default>(
+    settings: &serde_json::Value,
+    task: TaskKind,
+    what: &str,
+) -> Result<S> {
+    if settings.is_null() {
+        return Ok(S::default());
+    }
+    serde_json::from_value(settings.clone()).map_err(|e| Error::InvalidSetting {
+        key: format!("{what} settings"),
+        reason: format!("{settings} are not settings of a {} run ({e})", task.name()),
     })
 }

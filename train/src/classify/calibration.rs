@@ -9,10 +9,15 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
+use kiln_models::ImageClassifier;
+
 use super::evaluate::EvalSettings;
 use super::reliability::Reliability;
-use super::report::{open_for_eval, EvalOptions, Opened};
-use crate::data::Split;
+use super::report::evaluate_loaded;
+use super::setup::open_dataset;
+use super::task::Classification;
+use crate::data::{ImageFolder, Split};
+use crate::engine::{load_run, EvalOptions, LoadedRun};
 use crate::fsutil::write_atomic;
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
@@ -69,9 +74,13 @@ impl Scaling {
 }
 
 /// The logits and labels of `split` under the opened checkpoint, and how many images they are.
-fn split_scores(opened: &Opened, split: Split) -> Result<(Tensor, Tensor, usize)> {
+fn split_scores(
+    dataset: &ImageFolder,
+    loaded: &LoadedRun<ImageClassifier>,
+    split: Split,
+) -> Result<(Tensor, Tensor, usize)> {
     let settings = EvalSettings { keep_scores: true, ..Default::default() };
-    let eval = opened.evaluate(split, &settings)?.eval;
+    let eval = evaluate_loaded(dataset, loaded, split, &settings)?.eval;
     let (scores, labels) = eval.scores.expect("keep_scores keeps the scores");
     Ok((scores, labels, eval.images))
 }
@@ -138,9 +147,13 @@ pub fn read_calibration(run: &RunDir) -> Result<Option<Calibration>> {
 /// diagrams `val_reliability.png` /
 /// `val_reliability_calibrated.png`.
 pub fn calibrate_run(run: &RunDir, options: &EvalOptions) -> Result<Calibration> {
-    let options = EvalOptions { tta: Default::default(), ..options.clone() };
-    let opened = open_for_eval(run, &options)?;
-    let (scores, labels, images) = split_scores(&opened, Split::Val).map_err(|e| match e {
+    let loaded = load_run::<Classification>(run, options.which, options.device.as_deref(), "calibration", |c| {
+        if let Some(data) = &options.data {
+            c.data = data.clone();
+        }
+    })?;
+    let dataset = open_dataset(&loaded.config)?;
+    let (scores, labels, images) = split_scores(&dataset, &loaded, Split::Val).map_err(|e| match e {
         Error::Dataset { root, reason } => {
             Error::Dataset { root, reason: format!("{reason}: temperature scaling is fitted on the validation split") }
         }
@@ -149,10 +162,10 @@ pub fn calibrate_run(run: &RunDir, options: &EvalOptions) -> Result<Calibration>
     let temperature = fit_temperature(&scores, &labels);
     let val = Scaling::measure(&scores, &labels, temperature)?;
     // The held-out check: the test split, when there is one, under the temperature the val split chose.
-    let held_out = if opened.dataset.split(Split::Test).is_empty() {
+    let held_out = if dataset.split(Split::Test).is_empty() {
         None
     } else {
-        match split_scores(&opened, Split::Test) {
+        match split_scores(&dataset, &loaded, Split::Test) {
             Ok((scores, labels, images)) => {
                 let test = Scaling::measure(&scores, &labels, temperature)?;
                 Some(HeldOut {
@@ -175,8 +188,8 @@ pub fn calibrate_run(run: &RunDir, options: &EvalOptions) -> Result<Calibration>
     let calibration = Calibration {
         temperature,
         split: Split::Val,
-        checkpoint: opened.ckpt.path.clone(),
-        epoch: opened.ckpt.state.epoch,
+        checkpoint: loaded.ckpt.path.clone(),
+        epoch: loaded.ckpt.state.epoch,
         images,
         nll_before: val.nll_before,
         nll_after: val.nll_after,

@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
@@ -15,40 +14,10 @@ use kiln_models::ImageClassifier;
 
 use super::model::classifier_config;
 use crate::checkpoint;
+pub use crate::config::classify::Distill;
 use crate::config::{TaskKind, TrainConfig};
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
-
-/// The `distill:` settings (off without a teacher).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Distill {
-    /// A classification run directory whose best checkpoint teaches.
-    pub teacher: Option<PathBuf>,
-    /// The softening temperature `T`.
-    pub temperature: f64,
-    /// The KL term's weight.
-    pub weight: f64,
-}
-
-impl Default for Distill {
-    fn default() -> Self {
-        Self { teacher: None, temperature: 4.0, weight: 1.0 }
-    }
-}
-
-impl Distill {
-    /// Checks the settings, as `(key, reason)`.
-    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(("distill.temperature".into(), format!("{} is not a positive number", self.temperature)));
-        }
-        if !(self.weight >= 0.0 && self.weight.is_finite()) {
-            return Err(("distill.weight".into(), format!("{} is not a non-negative number", self.weight)));
-        }
-        Ok(())
-    }
-}
 
 /// A loaded teacher.
 pub struct Teacher {

@@ -1,20 +1,16 @@
 //! `kiln export onnx`: a run's checkpoint as a self-describing ONNX model that computes what the libtorch model
 //! computes (logits and softmax probabilities), written atomically.
 
-use kiln_export::{
-    Attr, Dim, Graph, InputSpec, ModelMetadata, TemperatureScaling, TrainingInfo, METADATA_KEY, SCHEMA_VERSION,
-};
-use kiln_models::weights::{load_into, HeadPolicy};
-use kiln_models::{ConvNextConfig, ImageClassifier};
-use tch::{nn, Device};
+use kiln_export::{Attr, Dim, Graph, ModelMetadata, TemperatureScaling, TrainingInfo};
+use kiln_models::ImageClassifier;
 
-use super::model::classifier_config;
 use crate::checkpoint;
+use crate::config::TaskKind;
 use crate::data::Normalize;
-use crate::export::{declare_output, dtype_name, plan_export, ONNX_FLOAT, ONNX_FLOAT16};
+use crate::export::{declare_output, model_bytes, rgb_input, GraphDescription, ONNX_FLOAT, ONNX_FLOAT16};
 pub use crate::export::{ExportOptions, ExportReport};
 use crate::run_dir::RunDir;
-use crate::{Error, Result};
+use crate::Result;
 
 /// The graph's shape and preprocessing, independent of where the model came from.
 #[derive(Clone, Debug)]
@@ -75,75 +71,43 @@ pub fn classifier_onnx(
         )?,
         declare_output(&mut g, &probs, "probs", io, &out_dims, "softmax probabilities over class_names")?,
     ];
-    let nodes = g.node_count();
     let batch_meta = if options.dynamic_batch { None } else { Some(1) };
-    let metadata = ModelMetadata {
-        schema_version: SCHEMA_VERSION,
-        kiln_version: env!("CARGO_PKG_VERSION").into(),
-        task: "classify".into(),
+    let description = GraphDescription {
+        task: TaskKind::Classify,
         architecture: "convnext".into(),
         variant: spec.variant.clone(),
         class_names: spec.class_names.clone(),
-        input: InputSpec {
-            name: "images".into(),
-            shape: vec![batch_meta, Some(3), Some(s), Some(s)],
-            layout: "NCHW".into(),
-            dtype: dtype_name(io).into(),
-            color: "RGB".into(),
-            resize: if spec.eval_crop_pct.is_some() { "center_crop" } else { "stretch" }.into(),
-            crop_pct: spec.eval_crop_pct.map(|p| p as f32),
-            size: [spec.img_size, spec.img_size],
-            mean: spec.normalize.mean,
-            std: spec.normalize.std,
-        },
+        input: rgb_input(
+            vec![batch_meta, Some(3), Some(s), Some(s)],
+            io,
+            if spec.eval_crop_pct.is_some() { "center_crop" } else { "stretch" },
+            spec.eval_crop_pct.map(|p| p as f32),
+            [spec.img_size, spec.img_size],
+            spec.normalize,
+        ),
         outputs,
-        precision: if options.half { "fp16" } else { "fp32" }.into(),
-        opset: options.opset,
         training: spec.training.clone(),
         nms: None,
         ctc: None,
-        quantization: None,
         temperature_scaling: spec.temperature.clone(),
     };
-    let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
-    Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))
+    model_bytes(g, description, options)
 }
 
-/// Exports a run's checkpoint. Everything is checked before anything is written; the file appears whole or not
-/// at all.
-pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
-    if options.nms_in_graph || !options.nms.is_empty() {
-        return Err(Error::InvalidSetting {
-            key: "nms".into(),
-            reason: format!("{}: NMS settings are for detection runs, this one classifies", run.path.display()),
-        });
-    }
-    let (ckpt_path, out) = plan_export(run, options)?;
-    let ckpt = checkpoint::load(&ckpt_path)?;
+/// The graph spec of a classification run's checkpoint: its size, preprocessing and classes, and with
+/// `options.calibrated` the temperature (see [`run_temperature`]).
+pub fn graph_spec(run: &RunDir, ckpt: &checkpoint::Checkpoint, options: &ExportOptions) -> Result<GraphSpec> {
+    options.refuse_nms(TaskKind::Classify)?;
     let config = &ckpt.state.config;
-    if config.task != crate::config::TaskKind::Classify {
-        return Err(Error::Checkpoint {
-            path: ckpt_path,
-            reason: format!("a {} run, not classify", config.task.name()),
-        });
-    }
-    ConvNextConfig::from_name(&config.model)
-        .map_err(|e| Error::Checkpoint { path: ckpt_path.clone(), reason: e.to_string() })?;
-    let class_names = ckpt.state.class_names.clone();
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = ImageClassifier::new(&vs.root(), &classifier_config(config, class_names.len()))?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
-    let spec = GraphSpec {
+    Ok(GraphSpec {
         img_size: config.img_size,
         normalize: config.normalize,
         eval_crop_pct: config.eval_crop_pct,
-        class_names,
+        class_names: ckpt.state.class_names.clone(),
         variant: config.model.clone(),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
-        temperature: if options.calibrated { Some(run_temperature(run, options, &ckpt)?) } else { None },
-    };
-    let build = |o: &ExportOptions| tch::no_grad(|| classifier_onnx(&model, &spec, o));
-    crate::export::finish(config, options, &ckpt_path, &out, &build)
+        temperature: if options.calibrated { Some(run_temperature(run, options, ckpt)?) } else { None },
+    })
 }
 
 /// The temperature of the checkpoint being exported: the run's `calibration.json` when it was fitted on this
@@ -154,7 +118,7 @@ fn run_temperature(run: &RunDir, options: &ExportOptions, ckpt: &checkpoint::Che
     let calibration = match saved {
         Some(c) => c,
         None => {
-            let eval = super::report::EvalOptions { which: options.which, ..Default::default() };
+            let eval = crate::engine::EvalOptions { which: options.which, ..Default::default() };
             let c = super::calibration::calibrate_run(run, &eval)?;
             eprintln!(
                 "fitted temperature {:.4} on {} val images (NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4})",

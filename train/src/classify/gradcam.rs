@@ -13,9 +13,10 @@ use tch::{Device, Kind, Tensor};
 
 use kiln_infer::preprocess::{center_crop_region, resize_region, ChannelOrder, Crop, Preprocess, Resize};
 
-use super::model::load_run_classifier;
+use super::task::Classification;
 use crate::data::augment::Transform;
 use crate::data::decode::decode_rgb;
+use crate::engine::load_run;
 use crate::fsutil::write_atomic;
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
@@ -47,7 +48,7 @@ pub struct GradCam {
 
 /// Explains each image with the run's checkpoint and writes the overlays into `out_dir` (created if missing).
 pub fn gradcam(run: &RunDir, images: &[PathBuf], out_dir: &Path, options: &GradCamOptions) -> Result<Vec<GradCam>> {
-    let loaded = load_run_classifier(run, options.which, options.device.as_deref(), "Grad-CAM", |_| {})?;
+    let loaded = load_run::<Classification>(run, options.which, options.device.as_deref(), "Grad-CAM", |_| {})?;
     let (config, model, device) = (&loaded.config, &loaded.model, loaded.device);
     let class_names = &loaded.ckpt.state.class_names;
     let target = match &options.class {
@@ -58,7 +59,7 @@ pub fn gradcam(run: &RunDir, images: &[PathBuf], out_dir: &Path, options: &GradC
         None => None,
     };
     std::fs::create_dir_all(out_dir).map_err(|source| Error::Io { path: out_dir.to_path_buf(), source })?;
-    let resize = Transform::eval(config).eval_resize().expect("an evaluation transform");
+    let resize = Transform::eval(config.eval_crop_pct).eval_resize().expect("an evaluation transform");
     let size = config.img_size;
     let preprocess = Preprocess {
         size: [size, size],

@@ -5,30 +5,10 @@
 //! smoothed one-hots of the labels and of the flipped labels, weighted `lam` and `1 − lam`. The draws come from
 //! libtorch's CPU generator, which checkpoints keep, so a resumed run mixes as the uninterrupted one would.
 
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+pub use crate::config::classify::Mixup;
 use crate::Result;
-
-/// The `mixup:` settings (off while both alphas are 0).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Mixup {
-    /// MixUp's Beta parameter (timm's `--mixup`; 0.8 in its recipes). 0 turns MixUp off.
-    pub mixup_alpha: f64,
-    /// CutMix's Beta parameter (timm's `--cutmix`; 1.0 in its recipes). 0 turns CutMix off.
-    pub cutmix_alpha: f64,
-    /// Probability of mixing a batch at all.
-    pub prob: f64,
-    /// Probability of CutMix rather than MixUp when both are on.
-    pub switch_prob: f64,
-}
-
-impl Default for Mixup {
-    fn default() -> Self {
-        Self { mixup_alpha: 0.0, cutmix_alpha: 0.0, prob: 1.0, switch_prob: 0.5 }
-    }
-}
 
 /// How a batch was mixed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -84,25 +64,6 @@ fn randint(high: i64) -> i64 {
 }
 
 impl Mixup {
-    pub fn enabled(&self) -> bool {
-        self.prob > 0.0 && (self.mixup_alpha > 0.0 || self.cutmix_alpha > 0.0)
-    }
-
-    /// Checks the settings, as `(key, reason)`.
-    pub fn validate(&self) -> std::result::Result<(), (String, String)> {
-        for (key, v) in [("mixup.mixup_alpha", self.mixup_alpha), ("mixup.cutmix_alpha", self.cutmix_alpha)] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err((key.into(), format!("{v} is not a non-negative number")));
-            }
-        }
-        for (key, v) in [("mixup.prob", self.prob), ("mixup.switch_prob", self.switch_prob)] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err((key.into(), format!("{v} is not a probability")));
-            }
-        }
-        Ok(())
-    }
-
     /// Draws how to mix the next batch of `height × width` images (timm's `_params_per_batch`, then its box).
     pub fn draw(&self, height: i64, width: i64) -> Mixing {
         if !self.enabled() || uniform() >= self.prob {

@@ -13,13 +13,12 @@ pub mod model;
 pub mod predict;
 pub mod reliability;
 pub mod report;
+pub mod report_display;
 pub mod setup;
-pub mod step_bench;
 pub mod task;
 pub mod tta;
 
-pub use export::{classifier_onnx, export_run, ExportOptions, ExportReport, GraphSpec};
+pub use export::{classifier_onnx, ExportOptions, ExportReport, GraphSpec};
 pub use predict::{predict, PredictOptions, Prediction};
-pub use report::{evaluate_run, EvalOptions, SplitReport};
-pub use step_bench::{bench_train_step, StepBenchConfig, StepBenchResult};
+pub use report::SplitReport;
 pub use task::{resume, resume_observed, train, train_observed, Classification, TrainOutcome};

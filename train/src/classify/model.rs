@@ -5,11 +5,10 @@ use tch::nn;
 use kiln_models::weights::{load_into, read_safetensors, HeadPolicy, LoadReport};
 use kiln_models::{ClassifierConfig, ImageClassifier};
 
-use crate::checkpoint::{self, Checkpoint, TRAINING_PREFIXES};
-use crate::config::{TaskKind, TrainConfig};
+use crate::checkpoint::TRAINING_PREFIXES;
+use crate::config::TrainConfig;
 use crate::optim::Param;
-use crate::run_dir::{RunDir, Which};
-use crate::{Error, Result};
+use crate::Result;
 
 /// The model's config from the training config.
 pub fn classifier_config(config: &TrainConfig, num_classes: usize) -> ClassifierConfig {
@@ -37,47 +36,6 @@ pub fn build_classifier(
         None => None,
     };
     Ok((model, report))
-}
-
-/// A finished classification run's checkpoint in a model, for `kiln val|test|predict` and Grad-CAM.
-pub(crate) struct RunClassifier {
-    /// The run's config, after the caller's edits, without `weights` (the checkpoint is what is loaded).
-    pub config: TrainConfig,
-    pub ckpt: Checkpoint,
-    pub model: ImageClassifier,
-    pub device: tch::Device,
-    /// Keeps the model's variables alive.
-    pub vs: nn::VarStore,
-}
-
-/// Loads checkpoint `which` of the classification run `run` on `device` (default: the run's), after `edit` has
-/// changed the run's config (another data root, batch size); `command` names what refuses other tasks' runs.
-pub(crate) fn load_run_classifier(
-    run: &RunDir,
-    which: Which,
-    device: Option<&str>,
-    command: &str,
-    edit: impl FnOnce(&mut TrainConfig),
-) -> Result<RunClassifier> {
-    let mut config = TrainConfig::load(&run.config())?;
-    if config.task != TaskKind::Classify {
-        return Err(Error::InvalidSetting {
-            key: "run".into(),
-            reason: format!(
-                "{} is a {} run; {command} works on classification runs",
-                run.path.display(),
-                config.task.name()
-            ),
-        });
-    }
-    edit(&mut config);
-    config.weights = None;
-    let device = crate::engine::prepare_runtime(&config, device)?;
-    let ckpt = checkpoint::load(&run.checkpoint(which))?;
-    let vs = nn::VarStore::new(device);
-    let (model, _) = build_classifier(&vs, &config, ckpt.state.class_names.len())?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
-    Ok(RunClassifier { config, ckpt, model, device, vs })
 }
 
 /// Freezes the first `fraction` of the encoder's units and returns the parameters left to train, by name.

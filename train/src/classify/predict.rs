@@ -2,20 +2,24 @@
 //! test-time augmentation when asked) and its energy score.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
-use super::model::load_run_classifier;
+use kiln_infer::listing::csv_field;
+use kiln_infer::ListingFormat;
+use kiln_models::ImageClassifier;
+
 use super::setup::make_loader;
+use super::task::Classification;
 use super::tta::Tta;
-use crate::data::image_folder::is_image;
 use crate::data::{Sample, SkipLog, Transform};
-use crate::precision::Precision;
+use crate::engine::{self, LoadedRun, PredictionListing};
 use crate::run_dir::{RunDir, Which};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Options of [`predict`].
 #[derive(Clone, Debug)]
@@ -56,69 +60,52 @@ pub struct Prediction {
     pub error: Option<String>,
 }
 
-/// Expands folders (recursively, sorted) into their image files; files are kept as given, each file once.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let io = |source| Error::Io { path: dir.to_path_buf(), source };
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<std::io::Result<_>>()
-            .map_err(io)?;
-        entries.sort();
-        for path in entries {
-            if path.is_dir() {
-                walk(&path, out)?;
-            } else if is_image(&path) {
-                out.push(path);
-            }
-        }
-        Ok(())
+/// Classification's prediction settings (`kiln predict --top-k --tta`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PredictSettings {
+    /// Classes listed per image (1 by default, as `kiln predict`).
+    pub top_k: usize,
+    /// Test-time augmentation (none by default).
+    pub tta: Tta,
+}
+
+impl Default for PredictSettings {
+    fn default() -> Self {
+        Self { top_k: 1, tta: Tta::default() }
     }
-    let mut files = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            walk(input, &mut files)?;
-        } else if input.exists() {
-            files.push(input.clone());
-        } else {
-            return Err(Error::Io {
-                path: input.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-            });
-        }
-    }
-    // A file named twice (given alone and inside a given folder, or twice) is classified once, where it first
-    // appears.
-    let mut seen = std::collections::HashSet::new();
-    files.retain(|path| seen.insert(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone())));
-    Ok(files)
 }
 
 /// Classifies every image under `inputs` with the run's checkpoint. Unreadable images get an error entry and the
 /// rest go on.
 pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Result<Vec<Prediction>> {
+    let run_options =
+        engine::PredictOptions { which: options.which, device: options.device.clone(), batch: options.batch };
+    let settings = PredictSettings { top_k: options.top_k, tta: options.tta.clone() };
+    Ok(engine::predict_run::<Classification>(run, inputs, &run_options, &settings)?.1)
+}
+
+/// Classifies image `files` with a loaded checkpoint, one entry per file.
+pub(crate) fn predict_loaded(
+    loaded: &LoadedRun<ImageClassifier>,
+    files: &[PathBuf],
+    settings: &PredictSettings,
+) -> Result<Vec<Prediction>> {
+    let options = settings;
     options.tta.validate()?;
-    let loaded = load_run_classifier(run, options.which, options.device.as_deref(), "kiln predict", |config| {
-        if let Some(batch) = options.batch {
-            config.batch = batch.max(1);
-        }
-    })?;
     let (config, model, device) = (&loaded.config, &loaded.model, loaded.device);
     let class_names = loaded.ckpt.state.class_names.clone();
-    let precision = Precision::resolve(config.amp, config.channels_last, device)?;
-    precision.prepare_params(&loaded.vs)?;
-
-    let files = expand_inputs(inputs)?;
+    let precision = &loaded.precision;
+    let files = files.to_vec();
     let samples: Vec<Sample> = files.iter().map(|path| Sample { path: path.clone(), label: 0 }).collect();
     let skips = Arc::new(SkipLog::default());
-    let loader = make_loader(config, &samples, Transform::eval(config), &skips)?;
+    let loader = make_loader(config, &samples, Transform::eval(config.eval_crop_pct), &skips)?;
     let k = options.top_k.clamp(1, class_names.len());
     let mut results: HashMap<PathBuf, (Vec<ClassScore>, f64)> = HashMap::new();
     tch::no_grad(|| -> Result<()> {
         for batch in loader.epoch(0, false) {
             let batch = batch?;
-            let scores = options.tta.scores(model, &batch.images.to_device(device), &precision)?;
+            let scores = options.tta.scores(model, &batch.images.to_device(device), precision)?;
             let (values, indices) = scores.log_probs.exp().topk(k as i64, -1, true, true);
             let values: Vec<Vec<f32>> = Vec::try_from(values.to_device(Device::Cpu))?;
             let indices: Vec<Vec<i64>> = Vec::try_from(indices.to_device(Device::Cpu))?;
@@ -153,21 +140,62 @@ pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Re
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl PredictionListing for Prediction {
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
 
-    #[test]
-    fn a_file_named_twice_is_listed_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let photos = dir.path().join("photos");
-        std::fs::create_dir_all(photos.join("sub")).unwrap();
-        for name in ["a.jpg", "sub/b.png"] {
-            std::fs::write(photos.join(name), b"").unwrap();
+    fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// JSON is one array of the predictions; CSV has a row per listed class.
+    fn write_listing(
+        predictions: &[Self],
+        format: ListingFormat,
+        _names: &[String],
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        match format {
+            ListingFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(predictions)?),
+            ListingFormat::Csv => {
+                writeln!(out, "path,rank,class,probability,energy,error")?;
+                for p in predictions {
+                    let path = csv_field(&p.path.display().to_string());
+                    match (&p.top, &p.error) {
+                        (Some(top), _) => {
+                            for (rank, c) in top.iter().enumerate() {
+                                writeln!(
+                                    out,
+                                    "{path},{},{},{:.6},{:.4},",
+                                    rank + 1,
+                                    csv_field(&c.class),
+                                    c.probability,
+                                    p.energy.unwrap_or(f64::NAN)
+                                )?;
+                            }
+                        }
+                        (None, error) => writeln!(out, "{path},,,,,{}", csv_field(error.as_deref().unwrap_or("")))?,
+                    }
+                }
+                Ok(())
+            }
+            ListingFormat::Table => {
+                for p in predictions {
+                    match (&p.top, &p.error) {
+                        (Some(top), _) => {
+                            let classes: Vec<String> =
+                                top.iter().map(|c| format!("{} {:.3}", c.class, c.probability)).collect();
+                            let energy = p.energy.map(|e| format!("  (energy {e:.2})")).unwrap_or_default();
+                            writeln!(out, "{}  {}{energy}", p.path.display(), classes.join(", "))?;
+                        }
+                        (None, error) => {
+                            writeln!(out, "{}  error: {}", p.path.display(), error.as_deref().unwrap_or(""))?
+                        }
+                    }
+                }
+                Ok(())
+            }
         }
-        std::fs::write(photos.join("notes.txt"), b"").unwrap();
-        let inputs = [photos.join("sub/b.png"), photos.clone(), photos.join("./a.jpg")];
-        let files = expand_inputs(&inputs).unwrap();
-        assert_eq!(files, vec![photos.join("sub/b.png"), photos.join("a.jpg")]);
     }
 }

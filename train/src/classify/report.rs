@@ -5,23 +5,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tch::nn;
 
 use kiln_models::ImageClassifier;
 
 use super::energy::{plot_energy, EnergySummary};
 use super::evaluate::{evaluate, EvalSettings, Evaluation};
-use super::model::{load_run_classifier, RunClassifier};
-use super::setup::{make_loader, open_dataset};
+use super::setup::make_loader;
 use super::tta::Tta;
-use crate::checkpoint;
-use crate::config::TrainConfig;
 use crate::data::{ImageFolder, SkipLog, Split, Transform};
+use crate::engine::LoadedRun;
 use crate::fsutil::write_atomic;
 use crate::metrics::ClassificationMetrics;
 use crate::plots::plot_confusion_matrix;
-use crate::precision::Precision;
-use crate::run_dir::{RunDir, Which};
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
 /// The metrics of one checkpoint on one split.
@@ -47,101 +43,69 @@ pub struct SplitReport {
     pub tta: Option<Tta>,
 }
 
-/// Options of [`evaluate_run`].
-#[derive(Clone, Debug, Default)]
-pub struct EvalOptions {
-    pub which: Which,
-    /// Another dataset root with the same classes.
-    pub data: Option<PathBuf>,
-    pub device: Option<String>,
-    /// Test-time augmentation (none by default).
-    pub tta: Tta,
-}
-
-/// A run's checkpoint loaded for evaluation, with its dataset: each split is evaluated by [`Opened::evaluate`]
-/// without reading the checkpoint or listing the dataset again.
-pub(crate) struct Opened {
-    pub config: TrainConfig,
-    pub ckpt: checkpoint::Checkpoint,
-    pub model: ImageClassifier,
-    pub precision: Precision,
-    pub dataset: ImageFolder,
-    /// Keeps the model's variables alive.
-    _vs: nn::VarStore,
-}
-
 /// One split's evaluation and the files its loader skipped.
 pub(crate) struct SplitEvaluation {
     pub eval: Evaluation,
     pub skips: Arc<SkipLog>,
 }
 
-/// Opens a classification run's checkpoint (checking the run's task) and its dataset.
-pub(crate) fn open_for_eval(run: &RunDir, options: &EvalOptions) -> Result<Opened> {
-    options.tta.validate()?;
-    let loaded = load_run_classifier(run, options.which, options.device.as_deref(), "kiln val and kiln test", |c| {
-        if let Some(data) = &options.data {
-            c.data = data.clone();
-        }
-    })?;
-    let RunClassifier { config, ckpt, model, device, vs } = loaded;
-    let dataset = open_dataset(&config)?;
-    let precision = Precision::resolve(config.amp, config.channels_last, device)?;
-    precision.prepare_params(&vs)?;
-    Ok(Opened { config, ckpt, model, precision, dataset, _vs: vs })
+/// Evaluates the loaded checkpoint on `split` of `dataset`: an error when the dataset's classes are not the
+/// checkpoint's, the split has no images, or none of them could be read.
+pub(crate) fn evaluate_loaded(
+    dataset: &ImageFolder,
+    loaded: &LoadedRun<ImageClassifier>,
+    split: Split,
+    settings: &EvalSettings,
+) -> Result<SplitEvaluation> {
+    let config = &loaded.config;
+    if dataset.class_names != loaded.ckpt.state.class_names {
+        return Err(Error::ClassMismatch {
+            root: config.data.clone(),
+            split: split.name().into(),
+            expected: loaded.ckpt.state.class_names.clone(),
+            found: dataset.class_names.clone(),
+        });
+    }
+    let samples = dataset.split(split);
+    if samples.is_empty() {
+        let reason = format!("split '{split}' has no images");
+        return Err(Error::Dataset { root: config.data.clone(), reason });
+    }
+    let skips = Arc::new(SkipLog::default());
+    let loader = make_loader(config, samples, Transform::eval(config.eval_crop_pct), &skips)?;
+    let eval = evaluate(&loaded.model, &loader, &loaded.precision, dataset.class_names.len(), settings)?;
+    if eval.images == 0 {
+        return Err(Error::NoReadableImages {
+            root: config.data.clone(),
+            split: split.name().into(),
+            skipped: skips.count(),
+        });
+    }
+    Ok(SplitEvaluation { eval, skips })
 }
 
-impl Opened {
-    pub fn class_names(&self) -> &[String] {
-        &self.dataset.class_names
-    }
-
-    /// Evaluates the checkpoint on `split`: an error when the dataset's classes are not the checkpoint's, the split
-    /// has no images, or none of them could be read.
-    pub fn evaluate(&self, split: Split, settings: &EvalSettings) -> Result<SplitEvaluation> {
-        if self.dataset.class_names != self.ckpt.state.class_names {
-            return Err(Error::ClassMismatch {
-                root: self.config.data.clone(),
-                split: split.name().into(),
-                expected: self.ckpt.state.class_names.clone(),
-                found: self.dataset.class_names.clone(),
-            });
-        }
-        let samples = self.dataset.split(split);
-        if samples.is_empty() {
-            let reason = format!("split '{split}' has no images");
-            return Err(Error::Dataset { root: self.config.data.clone(), reason });
-        }
-        let skips = Arc::new(SkipLog::default());
-        let loader = make_loader(&self.config, samples, Transform::eval(&self.config), &skips)?;
-        let eval = evaluate(&self.model, &loader, &self.precision, self.class_names().len(), settings)?;
-        if eval.images == 0 {
-            return Err(Error::NoReadableImages {
-                root: self.config.data.clone(),
-                split: split.name().into(),
-                skipped: skips.count(),
-            });
-        }
-        Ok(SplitEvaluation { eval, skips })
-    }
-}
-
-/// Loads the run's checkpoint and evaluates it on `split`, writing the report files into the run:
-/// `<split>_metrics.json`, `<split>_confusion_matrix.png`, `<split>_reliability.png` and `<split>_energy.png`, or
-/// with test-time augmentation the same under `<split>_tta_*`.
-pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result<SplitReport> {
-    let opened = open_for_eval(run, options)?;
-    let settings = EvalSettings { tta: options.tta.clone(), keep_scores: false };
-    let SplitEvaluation { eval, skips } = opened.evaluate(split, &settings)?;
-    let tta = (!options.tta.is_identity()).then(|| options.tta.clone());
+/// Evaluates the loaded checkpoint on `split` with test-time augmentation `tta`, writing the report files into
+/// the run: `<split>_metrics.json`, `<split>_confusion_matrix.png`, `<split>_reliability.png` and
+/// `<split>_energy.png`, or with test-time augmentation the same under `<split>_tta_*`.
+pub(crate) fn report_split(
+    dataset: &ImageFolder,
+    loaded: &LoadedRun<ImageClassifier>,
+    run: &RunDir,
+    split: Split,
+    tta: &Tta,
+) -> Result<SplitReport> {
+    tta.validate()?;
+    let settings = EvalSettings { tta: tta.clone(), keep_scores: false };
+    let SplitEvaluation { eval, skips } = evaluate_loaded(dataset, loaded, split, &settings)?;
+    let tta = (!tta.is_identity()).then(|| tta.clone());
     let report = SplitReport {
         split,
-        checkpoint: opened.ckpt.path.clone(),
-        epoch: opened.ckpt.state.epoch,
+        checkpoint: loaded.ckpt.path.clone(),
+        epoch: loaded.ckpt.state.epoch,
         images: eval.images,
         loss: eval.loss,
         metrics: eval.metrics,
-        class_names: opened.dataset.class_names.clone(),
+        class_names: dataset.class_names.clone(),
         confusion_matrix: eval.confusion.rows(),
         skipped: skips.entries(),
         energy: EnergySummary::of(&eval.energies),

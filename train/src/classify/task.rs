@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -13,20 +14,24 @@ use kiln_models::ImageClassifier;
 
 use super::distill::{distillation_term, Teacher};
 use super::evaluate::{evaluate, EvalSettings, Evaluation};
+use super::export::{classifier_onnx, GraphSpec};
 use super::loss::{classification_loss, soft_cross_entropy, training_logits};
-use super::model::{build_classifier, trainable_params};
-use super::report::{evaluate_run, EvalOptions, SplitReport};
+use super::model::{build_classifier, classifier_config, trainable_params};
+use super::predict::{predict_loaded, PredictSettings, Prediction};
+use super::report::{report_split, SplitReport};
 use super::setup::{apply_cache, make_loader, open_dataset};
+use super::tta::Tta;
 use crate::checkpoint::Checkpoint;
 use crate::config::{TaskKind, TrainConfig};
 use crate::data::{Batch, ImageFolder, Loader, SkipLog, Split, Transform};
-use crate::engine::{self, Batches, Built, Direction, EpochCallback, Losses, Objective, Task};
+use crate::engine::{self, Batches, Built, Direction, EpochCallback, LoadedRun, Losses, Objective, Task};
+use crate::export::ExportOptions;
 use crate::metrics::ClassificationMetrics;
 use crate::optim::Param;
 use crate::precision::Precision;
 use crate::run_dir::RunDir;
-use crate::tune::{Distribution, SearchSpace};
 use crate::{Error, Result};
+use kiln_tune::{Distribution, SearchSpace};
 
 /// What a finished classification run reports.
 pub type TrainOutcome = engine::Outcome<Classification>;
@@ -115,6 +120,11 @@ impl Task for Classification {
     type Evaluation = Evaluation;
     type Metrics = ClassificationMetrics;
     type Report = SplitReport;
+    type EvalSettings = Tta;
+    type PredictSettings = PredictSettings;
+    type Prediction = Prediction;
+    type GraphSpec = GraphSpec;
+    const DEPLOYED_METRIC: &'static str = "top-1 accuracy";
 
     fn open(config: &TrainConfig) -> Result<Self> {
         let dataset = open_dataset(config)?;
@@ -134,6 +144,22 @@ impl Task for Classification {
             None => None,
         };
         Ok(Self { dataset, teacher })
+    }
+
+    fn open_eval(config: &TrainConfig, _classes: &[String]) -> Result<Self> {
+        Ok(Self { dataset: open_dataset(config)?, teacher: None })
+    }
+
+    fn synthetic(_config: &TrainConfig, class_names: Vec<String>) -> Result<Self> {
+        let dataset = ImageFolder {
+            root: PathBuf::new(),
+            class_names,
+            train: Vec::new(),
+            val: Vec::new(),
+            test: Vec::new(),
+            sources: BTreeMap::new(),
+        };
+        Ok(Self { dataset, teacher: None })
     }
 
     fn class_names(&self) -> &[String] {
@@ -178,6 +204,10 @@ impl Task for Classification {
         Ok(())
     }
 
+    fn new_model(vs: &nn::VarStore, config: &TrainConfig, class_names: &[String]) -> Result<ImageClassifier> {
+        Ok(ImageClassifier::new(&vs.root(), &classifier_config(config, class_names.len()))?)
+    }
+
     fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<ImageClassifier>> {
         let num_classes = self.dataset.num_classes();
         let (model, report) = build_classifier(vs, config, num_classes)?;
@@ -204,8 +234,11 @@ impl Task for Classification {
     fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(Loader, Option<Loader>)> {
         let d = &self.dataset;
         let mut train = make_loader(config, &d.train, Transform::Train(config.augment.clone()), skips)?;
-        let mut val =
-            if d.val.is_empty() { None } else { Some(make_loader(config, &d.val, Transform::eval(config), skips)?) };
+        let mut val = if d.val.is_empty() {
+            None
+        } else {
+            Some(make_loader(config, &d.val, Transform::eval(config.eval_crop_pct), skips)?)
+        };
         let mut cached: Vec<(&str, &mut Loader)> = vec![("train", &mut train)];
         if let Some(val) = val.as_mut() {
             cached.push(("val", val));
@@ -216,7 +249,7 @@ impl Task for Classification {
 
     fn test_loader(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<Option<Loader>> {
         let test = &self.dataset.test;
-        (!test.is_empty()).then(|| make_loader(config, test, Transform::eval(config), skips)).transpose()
+        (!test.is_empty()).then(|| make_loader(config, test, Transform::eval(config.eval_crop_pct), skips)).transpose()
     }
 
     fn losses(
@@ -254,6 +287,15 @@ impl Task for Classification {
         Ok(Losses::single(loss))
     }
 
+    fn synthetic_batch(&self, config: &TrainConfig, device: tch::Device) -> Result<Batch> {
+        let (n, s) = (config.batch as i64, config.img_size as i64);
+        Ok(Batch {
+            images: Tensor::randn([n, 3, s, s], (tch::Kind::Float, device)),
+            labels: Tensor::randint(self.dataset.num_classes() as i64, [n], (tch::Kind::Int64, device)),
+            paths: Vec::new(),
+        })
+    }
+
     fn evaluate(&self, model: &ImageClassifier, loader: &Loader, precision: &Precision) -> Result<Evaluation> {
         evaluate(model, loader, precision, self.dataset.num_classes(), &EvalSettings::default())
     }
@@ -272,7 +314,42 @@ impl Task for Classification {
         ])
     }
 
-    fn test(run: &RunDir, device: &str) -> Result<SplitReport> {
-        evaluate_run(run, Split::Test, &EvalOptions { device: Some(device.to_string()), ..Default::default() })
+    fn evaluate_split(
+        &self,
+        loaded: &LoadedRun<ImageClassifier>,
+        run: &RunDir,
+        split: Split,
+        tta: &Tta,
+    ) -> Result<SplitReport> {
+        report_split(&self.dataset, loaded, run, split, tta)
+    }
+
+    fn predict(
+        loaded: &LoadedRun<ImageClassifier>,
+        files: &[PathBuf],
+        settings: &PredictSettings,
+    ) -> Result<Vec<Prediction>> {
+        predict_loaded(loaded, files, settings)
+    }
+
+    fn graph_spec(run: &RunDir, ckpt: &Checkpoint, options: &ExportOptions) -> Result<GraphSpec> {
+        super::export::graph_spec(run, ckpt, options)
+    }
+
+    fn onnx(
+        model: &ImageClassifier,
+        spec: &GraphSpec,
+        options: &ExportOptions,
+    ) -> Result<(Vec<u8>, kiln_export::ModelMetadata, usize)> {
+        classifier_onnx(model, spec, options)
+    }
+
+    fn split_images(config: &TrainConfig, split: Split) -> Result<Vec<(PathBuf, Option<usize>)>> {
+        Ok(open_dataset(config)?.split(split).iter().map(|s| (s.path.clone(), Some(s.label))).collect())
+    }
+
+    /// `None`: the comparison measures top-1 from the models' outputs and the images' labels.
+    fn deployed_metric(_config: &TrainConfig, _path: &Path) -> Result<Option<f64>> {
+        Ok(None)
     }
 }

@@ -77,9 +77,9 @@ pub enum Transform {
 }
 
 impl Transform {
-    /// The evaluation transform `config` asks for.
-    pub fn eval(config: &crate::config::TrainConfig) -> Self {
-        match config.eval_crop_pct {
+    /// The evaluation transform of a config's `eval_crop_pct`: timm's centre crop, or the stretch without it.
+    pub fn eval(crop_pct: Option<f64>) -> Self {
+        match crop_pct {
             Some(pct) => Transform::EvalCenterCrop(pct as f32),
             None => Transform::Eval,
         }

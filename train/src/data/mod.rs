@@ -7,9 +7,12 @@ pub mod cache;
 pub mod decode;
 pub mod erasing;
 pub mod image_folder;
+pub mod inputs;
 pub mod loader;
+pub mod paths;
 
 pub use augment::{AugmentConfig, Normalize, Transform};
 pub use cache::{CacheMode, ImageSource};
 pub use image_folder::{ImageFolder, Sample, Split, SplitRatios};
+pub use inputs::expand_inputs;
 pub use loader::{Batch, Loader, LoaderConfig, SkipLog};

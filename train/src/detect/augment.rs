@@ -13,7 +13,6 @@
 
 use image::RgbImage;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
 /// The grey the canvas is padded with (kiln-infer's `LETTERBOX_FILL`, YOLO's 114).
 pub const FILL: u8 = 114;
@@ -115,87 +114,7 @@ pub fn eval_letterbox(
     (canvas, boxes, placement)
 }
 
-/// What to randomise; the defaults are YOLO's. In a config file every field may be left out.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AugmentConfig {
-    /// Probability of a horizontal flip.
-    pub hflip: f64,
-    /// Range of the random scale factor applied to the letterboxed (or mosaic) image, `[low, high]`.
-    pub scale: [f64; 2],
-    /// Largest random shift, as a fraction of `size`, in each direction and on each axis.
-    pub translate: f64,
-    /// Hue jitter amplitude, a fraction of the hue circle: the hue shifts by up to `±hsv_h`.
-    pub hsv_h: f64,
-    /// Saturation jitter amplitude: saturation is multiplied by a gain in `1 ± hsv_s`.
-    pub hsv_s: f64,
-    /// Value (brightness) jitter amplitude: value is multiplied by a gain in `1 ± hsv_v`.
-    pub hsv_v: f64,
-    /// Probability of building a 4-image mosaic instead of using the sample alone.
-    pub mosaic: f64,
-    /// A box cut by the crop is kept only if at least this fraction of its area (before cutting) stays visible.
-    pub min_visible: f64,
-}
-
-impl Default for AugmentConfig {
-    fn default() -> Self {
-        AugmentConfig {
-            hflip: 0.5,
-            scale: [0.5, 1.5],
-            translate: 0.1,
-            hsv_h: 0.015,
-            // Half Ultralytics' 0.7 / 0.4: on both small real-object sets of `scripts/make_detection_sets.py`
-            // (60 epochs, 3 seeds) halving raised test mAP@[.5:.95] (0.105 -> 0.133 and 0.116 -> 0.121); the
-            // full strength cost 0.037 against none on grey digits. See the README's detection recipe table.
-            hsv_s: 0.35,
-            hsv_v: 0.2,
-            mosaic: 0.5,
-            min_visible: 0.25,
-        }
-    }
-}
-
-impl AugmentConfig {
-    /// No augmentation at all: [`augment`] then returns the letterbox (minus boxes under [`MIN_BOX_PX`]).
-    pub fn none() -> Self {
-        AugmentConfig {
-            hflip: 0.0,
-            scale: [1.0, 1.0],
-            translate: 0.0,
-            hsv_h: 0.0,
-            hsv_s: 0.0,
-            hsv_v: 0.0,
-            mosaic: 0.0,
-            min_visible: 0.25,
-        }
-    }
-
-    /// Checks every field's range; the error names the field, the allowed range and the value.
-    pub fn validate(&self) -> Result<(), String> {
-        let unit = |name: &str, what: &str, v: f64| {
-            if v.is_finite() && (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(format!("augment `{name}` must be {what} between 0 and 1, got {v}"))
-            }
-        };
-        unit("hflip", "a probability", self.hflip)?;
-        unit("mosaic", "a probability", self.mosaic)?;
-        unit("min_visible", "a fraction", self.min_visible)?;
-        unit("translate", "a fraction of the image size", self.translate)?;
-        unit("hsv_h", "a fraction of the hue circle", self.hsv_h)?;
-        unit("hsv_s", "a gain amplitude", self.hsv_s)?;
-        unit("hsv_v", "a gain amplitude", self.hsv_v)?;
-        let [low, high] = self.scale;
-        if !(low.is_finite() && high.is_finite() && low > 0.0) {
-            return Err(format!("augment `scale` must be two positive finite factors, got [{low}, {high}]"));
-        }
-        if low > high {
-            return Err(format!("augment `scale` must be [low, high] with low <= high, got [{low}, {high}]"));
-        }
-        Ok(())
-    }
-}
+pub use crate::config::detect::AugmentConfig;
 
 /// Draws whether the next sample is a mosaic; when true the caller passes 4 samples to [`augment`] (the
 /// current one and 3 more drawn at random), otherwise 1.

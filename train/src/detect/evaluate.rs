@@ -14,11 +14,37 @@ use super::coco_eval::{self, CocoParams, CocoStats, GroundTruth, Prediction};
 use super::loader::DetectLoader;
 use super::loss::fcos_losses;
 use super::matching::{match_image, threshold_metrics, Matched, ThresholdMetrics, TruthBox};
-use super::settings::DetectSettings;
 use super::targets::assign;
+use crate::config::DetectSettings;
 use crate::engine::Batches;
 use crate::precision::Precision;
 use crate::Result;
+
+impl std::fmt::Display for DetectionMetrics {
+    /// COCO's mAPs, mean IoU and P/R/F1 at the score threshold, on one line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (c, t) = (&self.coco, &self.at_threshold);
+        write!(
+            f,
+            "mAP@[.5:.95] {:.4}  mAP@.5 {:.4}  mAP@.75 {:.4}  small/medium/large {:.4}/{:.4}/{:.4}  mean IoU {:.4}  \
+             P/R/F1 {:.3}/{:.3}/{:.3} at score {:.2} with {} duplicate(s) (best F1 {:.3} at {:.2})",
+            c.map,
+            c.map_50,
+            c.map_75,
+            c.map_small,
+            c.map_medium,
+            c.map_large,
+            t.mean_iou,
+            t.precision,
+            t.recall,
+            t.f1,
+            t.score_threshold,
+            t.duplicates,
+            t.best_f1,
+            t.best_f1_threshold
+        )
+    }
+}
 
 /// The metrics of one evaluation pass (what checkpoints and reports keep).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

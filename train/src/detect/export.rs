@@ -3,22 +3,17 @@
 //! `[N, A, C]` — and metadata naming the task, the classes, the letterbox preprocessing, what each output means
 //! and the NMS settings validation used, so that an application reproduces what training measured.
 
-use kiln_export::{
-    emit_nms, Attr, Dim, ElemType, Graph, InputSpec, ModelMetadata, NmsSettings, TrainingInfo, Value, METADATA_KEY,
-    NMS_OUTPUTS, SCHEMA_VERSION,
-};
+use kiln_export::{emit_nms, Attr, Dim, ElemType, Graph, ModelMetadata, NmsSettings, TrainingInfo, Value, NMS_OUTPUTS};
 use kiln_infer::nms::NmsConfig;
-use kiln_models::weights::{load_into, HeadPolicy};
-use kiln_models::{ConvNextConfig, ObjectDetector};
-use tch::{nn, Device};
+use kiln_models::ObjectDetector;
 
-use super::task::detector_config;
 use crate::checkpoint;
 use crate::config::TaskKind;
 use crate::data::Normalize;
-use crate::export::{declare_output, dtype_name, plan_export, ExportOptions, ExportReport, ONNX_FLOAT, ONNX_FLOAT16};
-use crate::run_dir::RunDir;
-use crate::{Error, Result};
+use crate::export::{
+    declare_output, model_bytes, rgb_input, ExportOptions, GraphDescription, ONNX_FLOAT, ONNX_FLOAT16,
+};
+use crate::Result;
 
 /// The graph's size, preprocessing and post-processing, independent of where the model came from.
 #[derive(Clone, Debug)]
@@ -139,62 +134,40 @@ pub fn detector_onnx(
             )?,
         ]
     };
-    let nodes = g.node_count();
     let batch_meta = if options.dynamic_batch { None } else { Some(1) };
-    let metadata = ModelMetadata {
-        schema_version: SCHEMA_VERSION,
-        kiln_version: env!("CARGO_PKG_VERSION").into(),
-        task: "detect".into(),
+    let description = GraphDescription {
+        task: TaskKind::Detect,
         architecture: "convnext-fpn-fcos".into(),
         variant: spec.variant.clone(),
         class_names: spec.class_names.clone(),
-        input: InputSpec {
-            name: "images".into(),
-            shape: vec![batch_meta, Some(3), Some(s), Some(s)],
-            layout: "NCHW".into(),
-            dtype: dtype_name(io).into(),
-            color: "RGB".into(),
-            resize: "letterbox".into(),
-            crop_pct: None,
-            size: [spec.img_size, spec.img_size],
-            mean: spec.normalize.mean,
-            std: spec.normalize.std,
-        },
+        input: rgb_input(
+            vec![batch_meta, Some(3), Some(s), Some(s)],
+            io,
+            "letterbox",
+            None,
+            [spec.img_size, spec.img_size],
+            spec.normalize,
+        ),
         outputs,
-        precision: if options.half { "fp16" } else { "fp32" }.into(),
-        opset: options.opset,
         training: spec.training.clone(),
         nms: Some(nms),
         ctc: None,
-        quantization: None,
         temperature_scaling: None,
     };
-    let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
-    Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))
+    model_bytes(g, description, options)
 }
 
-/// Exports a detection run's checkpoint; the file appears whole or not at all.
-pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
-    let (ckpt_path, out) = plan_export(run, options)?;
-    let ckpt = checkpoint::load(&ckpt_path)?;
+/// The graph spec of a detection run's checkpoint: its size, preprocessing, classes and the run's NMS settings
+/// with the options' changes.
+pub fn graph_spec(ckpt: &checkpoint::Checkpoint, options: &ExportOptions) -> Result<DetectorGraphSpec> {
+    options.refuse_calibrated(TaskKind::Detect)?;
     let config = &ckpt.state.config;
-    if config.task != TaskKind::Detect {
-        return Err(Error::Checkpoint { path: ckpt_path, reason: format!("a {} run, not detect", config.task.name()) });
-    }
-    ConvNextConfig::from_name(&config.model)
-        .map_err(|e| Error::Checkpoint { path: ckpt_path.clone(), reason: e.to_string() })?;
-    let class_names = ckpt.state.class_names.clone();
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = ObjectDetector::new(&vs.root(), &detector_config(config, class_names.len()))?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
-    let spec = DetectorGraphSpec {
+    Ok(DetectorGraphSpec {
         img_size: config.img_size,
         normalize: config.normalize,
-        class_names,
+        class_names: ckpt.state.class_names.clone(),
         variant: config.model.clone(),
         nms: options.nms.apply(config.detect.nms),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
-    };
-    let build = |o: &ExportOptions| tch::no_grad(|| detector_onnx(&model, &spec, o));
-    crate::export::finish(config, options, &ckpt_path, &out, &build)
+    })
 }

@@ -4,14 +4,13 @@
 pub mod annotations;
 pub mod augment;
 pub mod coco_eval;
+pub mod deployed;
 pub mod loss;
 pub mod matching;
-pub mod settings;
-pub mod step_bench;
 pub mod synthetic;
 pub mod targets;
 
-pub use settings::DetectSettings;
+pub use crate::config::detect::DetectSettings;
 pub mod evaluate;
 pub mod export;
 pub mod loader;

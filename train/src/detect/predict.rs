@@ -5,22 +5,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tch::nn;
-
 use kiln_infer::nms::Detection;
-use kiln_models::weights::{load_into, HeadPolicy};
+use kiln_infer::ListingFormat;
 use kiln_models::ObjectDetector;
 
 use super::annotations::DetectionSample;
 use super::evaluate::evaluate;
 use super::loader::{DetectLoader, DetectTransform};
-use super::task::detector_config;
-use crate::checkpoint;
-use crate::config::{TaskKind, TrainConfig};
 use crate::data::SkipLog;
-use crate::engine::prepare_runtime;
-use crate::precision::Precision;
-use crate::run_dir::{RunDir, Which};
+use crate::engine::{LoadedRun, PredictionListing};
 use crate::{Error, Result};
 
 /// One input's detections, or why it could not be read.
@@ -31,26 +24,13 @@ pub struct DetectionPrediction {
     pub error: Option<String>,
 }
 
-/// Detects on `files` with the run's `which` checkpoint; unreadable files are reported and the rest go on.
-pub fn predict_detections(
-    run: &RunDir,
+/// Detects on `files` with a loaded checkpoint; unreadable files are reported and the rest go on.
+pub(crate) fn predict_loaded(
+    loaded: &LoadedRun<ObjectDetector>,
     files: &[PathBuf],
-    which: Which,
-    device: Option<&str>,
-) -> Result<(Vec<String>, Vec<DetectionPrediction>)> {
-    let config = TrainConfig::load(&run.config())?;
-    if config.task != TaskKind::Detect {
-        return Err(Error::InvalidSetting {
-            key: "run".into(),
-            reason: format!("{} is a {} run, not detect", run.path.display(), config.task.name()),
-        });
-    }
-    let device = prepare_runtime(&config, device)?;
-    let ckpt = checkpoint::load(&run.checkpoint(which))?;
-    let class_names = ckpt.state.class_names.clone();
-    let vs = nn::VarStore::new(device);
-    let model = ObjectDetector::new(&vs.root(), &detector_config(&config, class_names.len()))?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
+) -> Result<Vec<DetectionPrediction>> {
+    let (config, model, precision) = (&loaded.config, &loaded.model, &loaded.precision);
+    let class_names = &loaded.ckpt.state.class_names;
     let mut results: Vec<DetectionPrediction> =
         files.iter().map(|p| DetectionPrediction { path: p.clone(), detections: None, error: None }).collect();
     let mut samples = Vec::new();
@@ -76,9 +56,7 @@ pub fn predict_detections(
         Arc::clone(&skips),
     )
     .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })?;
-    let precision = Precision::resolve(config.amp, config.channels_last, device)?;
-    precision.prepare_params(&vs)?;
-    let eval = evaluate(&model, &loader, &precision, &config.detect, class_names.len(), config.img_size)?;
+    let eval = evaluate(model, &loader, precision, &config.detect, class_names.len(), config.img_size)?;
     for (index, detections) in eval.detections {
         results[sample_input[index]].detections = Some(detections);
     }
@@ -87,5 +65,29 @@ pub fn predict_detections(
             r.error = Some(reason);
         }
     }
-    Ok((class_names, results))
+    Ok(results)
+}
+
+impl PredictionListing for DetectionPrediction {
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// kiln-infer's detection listing, as `kiln infer` writes it for the exported model.
+    fn write_listing(
+        predictions: &[Self],
+        format: ListingFormat,
+        names: &[String],
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let rows = predictions.iter().map(|p| {
+            let result = p.detections.as_ref().ok_or_else(|| p.error.as_deref().unwrap_or("not read"));
+            (p.path.as_path(), result)
+        });
+        kiln_infer::write_listing(out, format, rows, names).map(|_| ())
+    }
 }

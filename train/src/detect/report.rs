@@ -4,24 +4,18 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use tch::nn;
-
-use kiln_models::weights::{load_into, HeadPolicy};
 use kiln_models::ObjectDetector;
+use serde::{Deserialize, Serialize};
 
-use super::annotations::Split;
+use super::annotations::{DetectionDataset, Split};
 use super::evaluate::{draw_first_images, evaluate, DetectionMetrics};
 use super::loader::DetectTransform;
-use super::task::{detector_config, make_loader, open_dataset};
-use crate::checkpoint;
-use crate::config::TrainConfig;
+use super::task::make_loader;
 use crate::data::SkipLog;
-use crate::engine::prepare_runtime;
+use crate::engine::LoadedRun;
 use crate::fsutil::write_atomic;
 use crate::plots::{plot_panels, Panel, Series};
-use crate::precision::Precision;
-use crate::run_dir::{RunDir, Which};
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
 /// The detection metrics of one checkpoint on one split.
@@ -38,44 +32,29 @@ pub struct DetectionReport {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-/// Options of [`evaluate_run`].
-#[derive(Clone, Debug, Default)]
-pub struct EvalOptions {
-    pub which: Which,
-    /// Another dataset root with the same classes.
-    pub data: Option<PathBuf>,
-    pub device: Option<String>,
-}
-
-/// Loads the run's checkpoint and evaluates it on `split`, writing the report files into the run.
-pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result<DetectionReport> {
-    let mut config = TrainConfig::load(&run.config())?;
-    if let Some(data) = &options.data {
-        config.data = data.clone();
-    }
-    config.weights = None;
-    let device = prepare_runtime(&config, options.device.as_deref())?;
-    let ckpt = checkpoint::load(&run.checkpoint(options.which))?;
-    let dataset = open_dataset(&config)?;
-    if dataset.class_names != ckpt.state.class_names {
+/// Evaluates the loaded checkpoint on `split` of `dataset`, writing the report files into the run.
+pub(crate) fn report_split(
+    dataset: &DetectionDataset,
+    loaded: &LoadedRun<ObjectDetector>,
+    run: &RunDir,
+    split: Split,
+) -> Result<DetectionReport> {
+    let config = &loaded.config;
+    if dataset.class_names != loaded.ckpt.state.class_names {
         return Err(Error::ClassMismatch {
             root: config.data.clone(),
             split: split.name().into(),
-            expected: ckpt.state.class_names.clone(),
+            expected: loaded.ckpt.state.class_names.clone(),
             found: dataset.class_names.clone(),
         });
     }
     if dataset.split(split).is_empty() {
         return Err(Error::Dataset { root: config.data.clone(), reason: format!("split '{split}' has no images") });
     }
-    let vs = nn::VarStore::new(device);
-    let model = ObjectDetector::new(&vs.root(), &detector_config(&config, dataset.num_classes()))?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
     let skips = Arc::new(SkipLog::default());
-    let loader = make_loader(&config, &dataset, split, DetectTransform::Eval, &skips)?;
-    let precision = Precision::resolve(config.amp, config.channels_last, device)?;
-    precision.prepare_params(&vs)?;
-    let eval = evaluate(&model, &loader, &precision, &config.detect, dataset.num_classes(), config.img_size)?;
+    let loader = make_loader(config, dataset, split, DetectTransform::Eval, &skips)?;
+    let eval =
+        evaluate(&loaded.model, &loader, &loaded.precision, &config.detect, dataset.num_classes(), config.img_size)?;
     if eval.images == 0 {
         return Err(Error::NoReadableImages {
             root: config.data.clone(),
@@ -85,8 +64,8 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
     }
     let report = DetectionReport {
         split,
-        checkpoint: ckpt.path.clone(),
-        epoch: ckpt.state.epoch,
+        checkpoint: loaded.ckpt.path.clone(),
+        epoch: loaded.ckpt.state.epoch,
         images: eval.images,
         loss: eval.loss,
         metrics: eval.metrics.clone(),
@@ -111,4 +90,11 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
     let drawn = run.path.join(format!("{}_predictions.png", split.name()));
     draw_first_images(&drawn, dataset.split(split), &eval, &dataset.class_names, config.detect.score_threshold)?;
     Ok(report)
+}
+
+impl std::fmt::Display for DetectionReport {
+    /// One line: the split, its images and the checkpoint's epoch, then the metrics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} ({} images) at epoch {}: {}", self.split, self.images, self.epoch, self.metrics)
+    }
 }

@@ -2,6 +2,7 @@
 //! detector, FCOS's losses, COCO mAP@[.5:.95] as the objective, and the test report.
 
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rand::seq::SliceRandom;
@@ -12,19 +13,22 @@ use kiln_models::weights::{load_into, read_safetensors, HeadPolicy};
 use kiln_models::{DetectorConfig, ObjectDetector};
 
 use super::annotations::{self, DetectionDataset, Split};
+use super::augment::TargetBox;
 use super::evaluate::{draw_first_images, evaluate, locations_on, DetectionEvaluation, DetectionMetrics};
-use super::loader::{DetectBatch, DetectLoader, DetectTransform};
+use super::export::{detector_onnx, DetectorGraphSpec};
+use super::loader::{DetectBatch, DetectLoader, DetectTransform, ImageTargets};
 use super::loss::batch_losses;
-use super::report::{evaluate_run, DetectionReport, EvalOptions};
+use super::report::{report_split, DetectionReport};
 use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
 use crate::config::{TaskKind, TrainConfig};
 use crate::data::SkipLog;
-use crate::engine::{self, Built, Direction, EpochCallback, Losses, Objective, Task};
+use crate::engine::{self, Built, Direction, EpochCallback, LoadedRun, Losses, Objective, Task};
+use crate::export::ExportOptions;
 use crate::optim::Param;
 use crate::precision::Precision;
 use crate::run_dir::RunDir;
-use crate::tune::{Distribution, SearchSpace};
 use crate::{Error, Result};
+use kiln_tune::{Distribution, SearchSpace};
 
 /// What a finished detection run reports.
 pub type TrainOutcome = engine::Outcome<Detection>;
@@ -158,10 +162,37 @@ impl Task for Detection {
     type Evaluation = DetectionEvaluation;
     type Metrics = DetectionMetrics;
     type Report = DetectionReport;
+    type EvalSettings = ();
+    type PredictSettings = ();
+    type Prediction = super::predict::DetectionPrediction;
+    type GraphSpec = DetectorGraphSpec;
+    const DEPLOYED_METRIC: &'static str = "mAP@[.5:.95]";
 
     fn open(config: &TrainConfig) -> Result<Self> {
         Ok(Self {
             dataset: open_dataset(config)?,
+            settings: config.detect.clone(),
+            img_size: config.img_size,
+            locations: std::cell::OnceCell::new(),
+        })
+    }
+
+    fn open_eval(config: &TrainConfig, _classes: &[String]) -> Result<Self> {
+        Self::open(config)
+    }
+
+    fn synthetic(config: &TrainConfig, class_names: Vec<String>) -> Result<Self> {
+        let dataset = DetectionDataset {
+            root: PathBuf::new(),
+            layout: annotations::Layout::Csv,
+            class_names,
+            train: Vec::new(),
+            val: Vec::new(),
+            test: Vec::new(),
+            report: Default::default(),
+        };
+        Ok(Self {
+            dataset,
             settings: config.detect.clone(),
             img_size: config.img_size,
             locations: std::cell::OnceCell::new(),
@@ -210,6 +241,10 @@ impl Task for Detection {
             });
         }
         Ok(())
+    }
+
+    fn new_model(vs: &nn::VarStore, config: &TrainConfig, class_names: &[String]) -> Result<ObjectDetector> {
+        Ok(ObjectDetector::new(&vs.root(), &detector_config(config, class_names.len()))?)
     }
 
     fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<ObjectDetector>> {
@@ -273,6 +308,26 @@ impl Task for Detection {
         batch_losses(model, batch, precision, points, strides)
     }
 
+    /// Two boxes per image at fixed places and sizes (a small and a large one), classes cycling.
+    fn synthetic_batch(&self, config: &TrainConfig, device: tch::Device) -> Result<DetectBatch> {
+        let (size, classes) = (config.img_size as f32, self.dataset.num_classes().max(1));
+        let s = config.img_size as i64;
+        Ok(DetectBatch {
+            images: tch::Tensor::randn([config.batch as i64, 3, s, s], (tch::Kind::Float, device)),
+            targets: (0..config.batch)
+                .map(|i| ImageTargets {
+                    boxes: vec![
+                        TargetBox { bbox: [size * 0.1, size * 0.15, size * 0.35, size * 0.4], class: i % classes },
+                        TargetBox { bbox: [size * 0.4, size * 0.3, size * 0.95, size * 0.9], class: (i + 1) % classes },
+                    ],
+                    index: i,
+                    placement: None,
+                })
+                .collect(),
+            paths: Vec::new(),
+        })
+    }
+
     fn evaluate(
         &self,
         model: &ObjectDetector,
@@ -307,7 +362,41 @@ impl Task for Detection {
         ])
     }
 
-    fn test(run: &RunDir, device: &str) -> Result<DetectionReport> {
-        evaluate_run(run, Split::Test, &EvalOptions { device: Some(device.to_string()), ..Default::default() })
+    fn evaluate_split(
+        &self,
+        loaded: &LoadedRun<ObjectDetector>,
+        run: &RunDir,
+        split: Split,
+        _settings: &(),
+    ) -> Result<DetectionReport> {
+        report_split(&self.dataset, loaded, run, split)
+    }
+
+    fn predict(
+        loaded: &LoadedRun<ObjectDetector>,
+        files: &[PathBuf],
+        _settings: &(),
+    ) -> Result<Vec<super::predict::DetectionPrediction>> {
+        super::predict::predict_loaded(loaded, files)
+    }
+
+    fn graph_spec(_run: &RunDir, ckpt: &Checkpoint, options: &ExportOptions) -> Result<DetectorGraphSpec> {
+        super::export::graph_spec(ckpt, options)
+    }
+
+    fn onnx(
+        model: &ObjectDetector,
+        spec: &DetectorGraphSpec,
+        options: &ExportOptions,
+    ) -> Result<(Vec<u8>, kiln_export::ModelMetadata, usize)> {
+        detector_onnx(model, spec, options)
+    }
+
+    fn split_images(config: &TrainConfig, split: Split) -> Result<Vec<(PathBuf, Option<usize>)>> {
+        Ok(open_dataset(config)?.split(split).iter().map(|s| (s.path.clone(), None)).collect())
+    }
+
+    fn deployed_metric(config: &TrainConfig, path: &Path) -> Result<Option<f64>> {
+        super::deployed::deployed_map(config, path)
     }
 }

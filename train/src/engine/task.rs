@@ -6,45 +6,23 @@
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tch::{nn, Tensor};
+
+use std::path::{Path, PathBuf};
+
+use kiln_export::ModelMetadata;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{TaskKind, TrainConfig};
-use crate::data::SkipLog;
+use crate::data::{SkipLog, Split};
+use crate::export::ExportOptions;
 use crate::optim::Param;
 use crate::precision::Precision;
 use crate::run_dir::RunDir;
 use crate::Result;
 
-/// Whether a metric is better high or low.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Also read as `min` (Lightning's `mode`).
-    #[serde(alias = "min")]
-    Minimize,
-    /// Also read as `max`.
-    #[serde(alias = "max")]
-    Maximize,
-}
-
-impl Direction {
-    pub fn name(self) -> &'static str {
-        match self {
-            Direction::Minimize => "minimize",
-            Direction::Maximize => "maximize",
-        }
-    }
-
-    /// `value` turned so that higher is better.
-    pub fn score(self, value: f64) -> f64 {
-        match self {
-            Direction::Maximize => value,
-            Direction::Minimize => -value,
-        }
-    }
-}
+pub use kiln_tune::Direction;
 
 /// The validation metric that picks the best checkpoint, drives early stopping and is the study's objective.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +78,9 @@ pub struct Built<M> {
     pub loaded: Option<String>,
 }
 
-/// What a task gives the training loop.
+/// What a task gives the generic code, from training to deployment: the training loop ([`super::train`]), the
+/// evaluation of a finished run ([`super::evaluate_run`]), its ONNX export ([`super::export_run`]), the
+/// isolated-step benchmark ([`super::bench_step`]) and int8's comparison of exported models.
 pub trait Task: Sized {
     const KIND: TaskKind;
     /// Names of the loss parts a step reports, the total first (`results.csv`: `train_<name>`).
@@ -117,12 +97,30 @@ pub trait Task: Sized {
     type Loader: Batches;
     type Evaluation: Evaluation;
     /// The validation metrics saved in checkpoints and returned by training.
-    type Metrics: Clone + std::fmt::Debug + Serialize + DeserializeOwned;
-    /// What the test pass after training reports.
-    type Report;
+    type Metrics: Clone + std::fmt::Debug + std::fmt::Display + Serialize + DeserializeOwned;
+    /// What evaluating a checkpoint on a split reports (the test pass after training, `kiln val|test`); also
+    /// written into the run as `<split>_metrics.json` and printed by the CLI.
+    type Report: Serialize + std::fmt::Display;
+    /// Evaluation settings beyond the checkpoint, the data and the device (classification: test-time
+    /// augmentation); the default is plain evaluation.
+    type EvalSettings: Clone + Default + DeserializeOwned;
+    /// What the task's ONNX graph needs besides the model, read from the run and the checkpoint.
+    type GraphSpec;
+    /// Prediction settings beyond the checkpoint, device and batch (classification: top-k and test-time
+    /// augmentation); the default is plain prediction.
+    type PredictSettings: Clone + Default + DeserializeOwned;
+    /// One input's prediction (or why it was not read), as `kiln predict` lists it.
+    type Prediction: super::PredictionListing;
+    /// The name of the task's metric of an exported model, as int8's comparison prints it.
+    const DEPLOYED_METRIC: &'static str;
 
     /// Opens the dataset the config names.
     fn open(config: &TrainConfig) -> Result<Self>;
+    /// Opens the dataset the config names to evaluate a checkpoint trained on `classes` (read with them where the
+    /// labels are text), without what only training needs (a distillation teacher).
+    fn open_eval(config: &TrainConfig, classes: &[String]) -> Result<Self>;
+    /// The task over no data, with `class_names`, for the isolated-step benchmark.
+    fn synthetic(config: &TrainConfig, class_names: Vec<String>) -> Result<Self>;
     /// The class names (saved in every checkpoint; a resumed run must see the same).
     fn class_names(&self) -> &[String];
     /// `dataset.json` of a new run.
@@ -134,6 +132,9 @@ pub trait Task: Sized {
     /// Checks that a checkpoint fits this dataset before a resume.
     fn check_resume(&self, config: &TrainConfig, ckpt: &Checkpoint) -> Result<()>;
 
+    /// The model the config describes for `class_names`, freshly initialised under the VarStore's root (what a
+    /// checkpoint is loaded into).
+    fn new_model(vs: &nn::VarStore, config: &TrainConfig, class_names: &[String]) -> Result<Self::Model>;
     /// Builds the model under the VarStore's root; loads `config.weights` when given.
     fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<Self::Model>>;
     /// The parameters to train (after `config.freeze`), by name.
@@ -152,6 +153,9 @@ pub trait Task: Sized {
         precision: &Precision,
         config: &TrainConfig,
     ) -> Result<Losses>;
+    /// A fixed random training batch of `config.batch` items at the config's input size on `device` (the
+    /// isolated-step benchmark).
+    fn synthetic_batch(&self, config: &TrainConfig, device: tch::Device) -> Result<<Self::Loader as Batches>::Batch>;
     /// Evaluates the model (in inference mode) over a loader.
     fn evaluate(&self, model: &Self::Model, loader: &Self::Loader, precision: &Precision) -> Result<Self::Evaluation>;
     fn metrics(evaluation: &Self::Evaluation) -> Self::Metrics;
@@ -160,7 +164,43 @@ pub trait Task: Sized {
         Ok(())
     }
     /// The search space a study uses when neither the options nor the config give one.
-    fn default_space() -> crate::tune::SearchSpace;
+    fn default_space() -> kiln_tune::SearchSpace;
+    /// Evaluates a loaded checkpoint on `split` of this dataset (checking that its classes are the checkpoint's),
+    /// writing the report files into the run.
+    fn evaluate_split(
+        &self,
+        loaded: &super::LoadedRun<Self::Model>,
+        run: &RunDir,
+        split: Split,
+        settings: &Self::EvalSettings,
+    ) -> Result<Self::Report>;
     /// Evaluates the run's best checkpoint on the test split, writing the task's report files into the run.
-    fn test(run: &RunDir, device: &str) -> Result<Self::Report>;
+    fn test(run: &RunDir, device: &str) -> Result<Self::Report> {
+        let options = super::EvalOptions { device: Some(device.to_string()), ..Default::default() };
+        super::evaluate_run::<Self>(run, Split::Test, &options, &Self::EvalSettings::default())
+    }
+
+    /// Predicts on image `files` with a loaded checkpoint, one entry per file in order; a file that cannot be
+    /// read gets an entry saying why and the rest go on.
+    fn predict(
+        loaded: &super::LoadedRun<Self::Model>,
+        files: &[PathBuf],
+        settings: &Self::PredictSettings,
+    ) -> Result<Vec<Self::Prediction>>;
+
+    /// What the export graph needs besides the model; refuses options that are not for this task.
+    fn graph_spec(run: &RunDir, ckpt: &Checkpoint, options: &ExportOptions) -> Result<Self::GraphSpec>;
+    /// The ONNX model of `model` with its metadata: the bytes, the metadata and the node count.
+    fn onnx(
+        model: &Self::Model,
+        spec: &Self::GraphSpec,
+        options: &ExportOptions,
+    ) -> Result<(Vec<u8>, ModelMetadata, usize)>;
+    /// The images of a split of the config's dataset, with their class index where the task labels whole images
+    /// (calibrating and comparing exported models).
+    fn split_images(config: &TrainConfig, split: Split) -> Result<Vec<(PathBuf, Option<usize>)>>;
+    /// The task's metric ([`Task::DEPLOYED_METRIC`]) of the exported model at `path` on the val split, run as an
+    /// application runs it; `None` without val data, or where the comparison computes it from the images' class
+    /// labels (classification's top-1).
+    fn deployed_metric(config: &TrainConfig, path: &Path) -> Result<Option<f64>>;
 }

@@ -53,6 +53,34 @@ pub struct TrainOutcome<M, R> {
     pub skipped: Vec<(std::path::PathBuf, String)>,
 }
 
+impl<M: std::fmt::Display, R: std::fmt::Display> std::fmt::Display for TrainOutcome<M, R> {
+    /// As `kiln train` prints it: epochs, the best validation metrics, the test report, the skipped files and the
+    /// run directory.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "trained {} epoch(s) on {}{}; best epoch {}",
+            self.epochs,
+            self.device,
+            if self.stopped_early { " (stopped early)" } else { "" },
+            self.best_epoch
+        )?;
+        if let Some(val) = &self.best_val {
+            writeln!(f, "best validation: {val}")?;
+        }
+        if let Some(test) = &self.test {
+            write!(f, "{test}")?;
+        }
+        if !self.skipped.is_empty() {
+            writeln!(f, "skipped {} unreadable image(s):", self.skipped.len())?;
+            for (path, reason) in self.skipped.iter().take(10) {
+                writeln!(f, "  {}: {reason}", path.display())?;
+            }
+        }
+        writeln!(f, "run directory: {}", self.run.path.display())
+    }
+}
+
 /// The outcome of training task `T`.
 pub type Outcome<T> = TrainOutcome<<T as Task>::Metrics, <T as Task>::Report>;
 

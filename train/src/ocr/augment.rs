@@ -4,81 +4,8 @@
 
 use image::RgbImage;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
-/// What a run config saved before `ocr.augment.enabled` existed trained with.
-fn legacy_enabled() -> bool {
-    true
-}
-
-/// Training augmentation of text lines (`ocr.augment`); `0` disables a transform.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TextAugment {
-    /// Whether training lines are augmented at all (with the strengths below). Off by default: from scratch on
-    /// real digit lines and printed lines, 4 epochs with these strengths ended at 1.3× and 2.2× the CER of 4
-    /// epochs without (README, OCR table); turn it on for small sets or long runs whose validation CER stalls
-    /// while the training loss falls.
-    #[serde(default = "legacy_enabled")]
-    pub enabled: bool,
-    /// Largest padding added on each side, as a fraction of the line's height (left and right up to this, top
-    /// and bottom up to half of it), filled with the line's border colour.
-    pub pad: f64,
-    /// Largest rotation, degrees either way.
-    pub rotate: f64,
-    /// Largest horizontal shear (x shift per row, as a fraction of the row's distance from the middle).
-    pub shear: f64,
-    /// Largest contrast change: contrast is scaled by a factor in `[1 - contrast, 1 + contrast]`, brightness
-    /// shifted by up to `contrast × 64` grey levels.
-    pub contrast: f64,
-    /// Probability of a 3×3 Gaussian blur.
-    pub blur: f64,
-    /// Largest standard deviation of Gaussian pixel noise, as a fraction of 255.
-    pub noise: f64,
-}
-
-impl Default for TextAugment {
-    fn default() -> Self {
-        Self { enabled: false, pad: 0.25, rotate: 2.0, shear: 0.2, contrast: 0.3, blur: 0.2, noise: 0.03 }
-    }
-}
-
-impl TextAugment {
-    /// No augmentation.
-    pub fn none() -> Self {
-        Self { enabled: false, pad: 0.0, rotate: 0.0, shear: 0.0, contrast: 0.0, blur: 0.0, noise: 0.0 }
-    }
-
-    /// The default strengths, switched on.
-    pub fn recommended() -> Self {
-        Self { enabled: true, ..Self::default() }
-    }
-
-    /// The transforms training applies: these when enabled, none otherwise.
-    pub fn effective(&self) -> Self {
-        if self.enabled {
-            self.clone()
-        } else {
-            Self::none()
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        for (name, v, max) in [
-            ("pad", self.pad, 2.0),
-            ("rotate", self.rotate, 45.0),
-            ("shear", self.shear, 1.0),
-            ("contrast", self.contrast, 1.0),
-            ("blur", self.blur, 1.0),
-            ("noise", self.noise, 1.0),
-        ] {
-            if !(0.0..=max).contains(&v) {
-                return Err(format!("{name} {v} is not in [0, {max}]"));
-            }
-        }
-        Ok(())
-    }
-}
+pub use crate::config::ocr::TextAugment;
 
 /// The mean colour of the image's outermost pixels (the background of a typical line).
 pub fn border_colour(image: &RgbImage) -> [u8; 3] {

@@ -7,8 +7,7 @@ use std::path::Path;
 
 use unicode_segmentation::UnicodeSegmentation;
 
-/// Digits and ASCII letters, as the seeds read.
-pub const DEFAULT_CHARSET: &str = "0-9A-Za-z";
+pub use crate::config::ocr::DEFAULT_CHARSET;
 
 /// The `charset` value that builds the charset from the training labels.
 pub const AUTO: &str = "auto";

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::charset::{frames_needed, Charset};
-use crate::detect::annotations::safe_relative;
+use crate::data::paths::safe_relative;
 use crate::{Error, Result};
 
 /// The splits a text dataset may have.

@@ -18,6 +18,17 @@ use crate::engine::Batches;
 use crate::precision::Precision;
 use crate::Result;
 
+impl std::fmt::Display for TextMetrics {
+    /// CER, WER, exact match and mean normalised edit distance, on one line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CER {:.4}  WER {:.4}  exact match {:.4}  mean NED {:.4}",
+            self.cer, self.wer, self.accuracy, self.mean_ned
+        )
+    }
+}
+
 /// The metrics of one evaluation pass (what checkpoints and reports keep).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TextMetrics {

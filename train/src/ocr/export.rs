@@ -3,21 +3,15 @@
 //! `[N, W / 4, 1 + charset]` — and metadata naming the task, the charset as class names, the fit-height
 //! preprocessing and how to decode (blank index, pixels per frame).
 
-use kiln_export::{
-    CtcSettings, Dim, ElemType, Graph, InputSpec, ModelMetadata, TrainingInfo, METADATA_KEY, SCHEMA_VERSION,
-};
+use kiln_export::{CtcSettings, Dim, ElemType, Graph, ModelMetadata, TrainingInfo};
 use kiln_models::text_line::BLANK;
-use kiln_models::weights::{load_into, HeadPolicy};
 use kiln_models::TextLineRecognizer;
-use tch::{nn, Device};
 
 use super::loader::WIDTH_STRIDE;
-use super::task::recognizer_config;
 use crate::checkpoint;
 use crate::config::TaskKind;
 use crate::data::Normalize;
-use crate::export::{declare_output, dtype_name, plan_export, ExportOptions, ExportReport};
-use crate::run_dir::RunDir;
+use crate::export::{declare_output, model_bytes, rgb_input, ExportOptions, GraphDescription};
 use crate::{Error, Result};
 
 /// The graph's input geometry and charset, independent of where the model came from.
@@ -46,12 +40,6 @@ pub fn recognizer_onnx(
                 .into(),
         });
     }
-    if options.nms_in_graph || !options.nms.is_empty() {
-        return Err(Error::InvalidSetting {
-            key: "nms".into(),
-            reason: "NMS settings are for detection runs, not ocr".into(),
-        });
-    }
     let mut g = Graph::new(options.opset, ElemType::F32)?;
     let batch = if options.dynamic_batch { Dim::Symbolic("batch".into()) } else { Dim::Fixed(1) };
     let h = spec.height as i64;
@@ -71,59 +59,39 @@ pub fn recognizer_onnx(
         "per-frame probabilities: class 0 is the CTC blank, class c > 0 is class_names[c - 1]; one frame per \
          ctc.width_stride input pixels; decode the line's frames with CTC (collapse repeats, drop blanks)",
     )?];
-    let nodes = g.node_count();
-    let metadata = ModelMetadata {
-        schema_version: SCHEMA_VERSION,
-        kiln_version: env!("CARGO_PKG_VERSION").into(),
-        task: "ocr".into(),
+    let description = GraphDescription {
+        task: TaskKind::Ocr,
         architecture: format!("{}-bilstm-ctc", model.config.backbone.name()),
         variant: spec.variant.clone(),
         class_names: spec.charset.clone(),
-        input: InputSpec {
-            name: "images".into(),
-            shape: vec![if options.dynamic_batch { None } else { Some(1) }, Some(3), Some(h), None],
-            layout: "NCHW".into(),
-            dtype: dtype_name(ElemType::F32).into(),
-            color: "RGB".into(),
-            resize: "fit_height".into(),
-            crop_pct: None,
-            size: [spec.height, spec.width],
-            mean: spec.normalize.mean,
-            std: spec.normalize.std,
-        },
+        input: rgb_input(
+            vec![if options.dynamic_batch { None } else { Some(1) }, Some(3), Some(h), None],
+            ElemType::F32,
+            "fit_height",
+            None,
+            [spec.height, spec.width],
+            spec.normalize,
+        ),
         outputs,
-        precision: "fp32".into(),
-        opset: options.opset,
         training: spec.training.clone(),
         nms: None,
         ctc: Some(CtcSettings { blank: BLANK as usize, width_stride: WIDTH_STRIDE }),
-        quantization: None,
         temperature_scaling: None,
     };
-    let onnx = g.into_model(&spec.variant, &[(METADATA_KEY, metadata.to_json())]);
-    Ok((kiln_export::to_bytes(&onnx)?, metadata, nodes))
+    model_bytes(g, description, options)
 }
 
-/// Exports an OCR run's checkpoint; the file appears whole or not at all.
-pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
-    let (ckpt_path, out) = plan_export(run, options)?;
-    let ckpt = checkpoint::load(&ckpt_path)?;
+/// The graph spec of an OCR run's checkpoint: its line geometry, preprocessing and charset.
+pub fn graph_spec(ckpt: &checkpoint::Checkpoint, options: &ExportOptions) -> Result<RecognizerGraphSpec> {
+    options.refuse_calibrated(TaskKind::Ocr)?;
+    options.refuse_nms(TaskKind::Ocr)?;
     let config = &ckpt.state.config;
-    if config.task != TaskKind::Ocr {
-        return Err(Error::Checkpoint { path: ckpt_path, reason: format!("a {} run, not ocr", config.task.name()) });
-    }
-    let charset = ckpt.state.class_names.clone();
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = TextLineRecognizer::new(&vs.root(), &recognizer_config(config, charset.len()))?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
-    let spec = RecognizerGraphSpec {
+    Ok(RecognizerGraphSpec {
         height: config.ocr.height,
         width: config.ocr.width,
         normalize: config.normalize,
-        charset,
+        charset: ckpt.state.class_names.clone(),
         variant: config.model_name(),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
-    };
-    let build = |o: &ExportOptions| tch::no_grad(|| recognizer_onnx(&model, &spec, o));
-    crate::export::finish(config, options, &ckpt_path, &out, &build)
+    })
 }

@@ -5,16 +5,15 @@
 pub mod augment;
 pub mod charset;
 pub mod dataset;
+pub mod deployed;
 pub mod evaluate;
 pub mod export;
 pub mod loader;
 pub mod loss;
 pub mod predict;
 pub mod report;
-pub mod settings;
-pub mod step_bench;
 pub mod synthetic;
 pub mod task;
 
-pub use settings::OcrSettings;
+pub use crate::config::ocr::OcrSettings;
 pub use task::{resume, train, train_observed, TextRecognition, TrainOutcome};

@@ -5,22 +5,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tch::nn;
-
-use kiln_models::weights::{load_into, HeadPolicy};
+use kiln_infer::{ListingFormat, Reading};
 use kiln_models::TextLineRecognizer;
 
 use super::charset::Charset;
 use super::dataset::TextSample;
 use super::evaluate::evaluate;
 use super::loader::{TextLoader, TextTransform};
-use super::task::{line_input, recognizer_config};
-use crate::checkpoint;
-use crate::config::{TaskKind, TrainConfig};
+use super::task::line_input;
 use crate::data::SkipLog;
-use crate::engine::prepare_runtime;
-use crate::precision::Precision;
-use crate::run_dir::{RunDir, Which};
+use crate::engine::{LoadedRun, PredictionListing};
 use crate::{Error, Result};
 
 /// One input's reading, or why it could not be read.
@@ -34,43 +28,25 @@ pub struct LinePrediction {
     pub error: Option<String>,
 }
 
-/// Reads `files` with the run's `which` checkpoint; unreadable files are reported and the rest go on.
-pub fn predict_lines(
-    run: &RunDir,
-    files: &[PathBuf],
-    which: Which,
-    device: Option<&str>,
-    batch: Option<usize>,
-) -> Result<Vec<LinePrediction>> {
-    let config = TrainConfig::load(&run.config())?;
-    if config.task != TaskKind::Ocr {
-        return Err(Error::InvalidSetting {
-            key: "run".into(),
-            reason: format!("{} is a {} run, not ocr", run.path.display(), config.task.name()),
-        });
-    }
-    let device = prepare_runtime(&config, device)?;
-    let ckpt = checkpoint::load(&run.checkpoint(which))?;
-    let charset = Charset::new(ckpt.state.class_names.iter().cloned());
-    let vs = nn::VarStore::new(device);
-    let model = TextLineRecognizer::new(&vs.root(), &recognizer_config(&config, charset.len()))?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
+/// Reads `files` with a loaded checkpoint in batches of the config's size; unreadable files are reported and the
+/// rest go on.
+pub(crate) fn predict_loaded(loaded: &LoadedRun<TextLineRecognizer>, files: &[PathBuf]) -> Result<Vec<LinePrediction>> {
+    let (config, model, precision) = (&loaded.config, &loaded.model, &loaded.precision);
+    let charset = Charset::new(loaded.ckpt.state.class_names.iter().cloned());
     let samples: Vec<TextSample> = files.iter().map(|p| TextSample { path: p.clone(), text: String::new() }).collect();
     let skips = Arc::new(SkipLog::default());
     let loader = TextLoader::new(
         samples,
         charset.clone(),
         TextTransform::Eval,
-        line_input(&config),
-        batch.unwrap_or(config.batch),
+        line_input(config),
+        config.batch,
         config.workers,
         0,
         Arc::clone(&skips),
     )
     .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })?;
-    let precision = Precision::resolve(config.amp, config.channels_last, device)?;
-    precision.prepare_params(&vs)?;
-    let eval = evaluate(&model, &loader, &charset, &precision)?;
+    let eval = evaluate(model, &loader, &charset, precision)?;
     let mut results: Vec<LinePrediction> = files
         .iter()
         .map(|p| LinePrediction { path: p.clone(), text: None, confidence: 0.0, chars: Vec::new(), error: None })
@@ -88,4 +64,38 @@ pub fn predict_lines(
         );
     }
     Ok(results)
+}
+
+impl PredictionListing for LinePrediction {
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// kiln-infer's reading listing, as `kiln infer` writes it for the exported model.
+    fn write_listing(
+        predictions: &[Self],
+        format: ListingFormat,
+        names: &[String],
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        let readings: Vec<Option<Reading>> = predictions
+            .iter()
+            .map(|p| {
+                p.text.as_ref().map(|text| Reading {
+                    text: text.clone(),
+                    confidence: p.confidence,
+                    chars: p.chars.clone(),
+                })
+            })
+            .collect();
+        let rows = predictions.iter().zip(&readings).map(|(p, reading)| {
+            let result = reading.as_ref().ok_or_else(|| p.error.as_deref().unwrap_or("not read"));
+            (p.path.as_path(), result)
+        });
+        kiln_infer::write_listing(out, format, rows, names).map(|_| ())
+    }
 }

@@ -5,23 +5,19 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use tch::nn;
-
+use kiln_infer::listing::csv_field;
 use kiln_infer::text_metrics::edit_distance;
-use kiln_models::weights::{load_into, HeadPolicy};
 use kiln_models::TextLineRecognizer;
+use serde::{Deserialize, Serialize};
 
+use super::dataset::TextDataset;
 use super::evaluate::{evaluate, TextMetrics};
 use super::loader::TextTransform;
-use super::task::{make_loader, open_dataset, recognizer_config};
-use crate::checkpoint;
-use crate::config::TrainConfig;
+use super::task::make_loader;
 use crate::data::{SkipLog, Split};
-use crate::engine::prepare_runtime;
+use crate::engine::LoadedRun;
 use crate::fsutil::write_atomic;
-use crate::precision::Precision;
-use crate::run_dir::{RunDir, Which};
+use crate::run_dir::RunDir;
 use crate::{Error, Result};
 
 /// The OCR metrics of one checkpoint on one split.
@@ -38,45 +34,21 @@ pub struct TextReport {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-/// Options of [`evaluate_run`].
-#[derive(Clone, Debug, Default)]
-pub struct EvalOptions {
-    pub which: Which,
-    /// Another dataset root (its labels must be within the run's charset).
-    pub data: Option<PathBuf>,
-    pub device: Option<String>,
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// Loads the run's checkpoint and evaluates it on `split`, writing the report files into the run.
-pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result<TextReport> {
-    let mut config = TrainConfig::load(&run.config())?;
-    if let Some(data) = &options.data {
-        config.data = data.clone();
-    }
-    config.weights = None;
-    let device = prepare_runtime(&config, options.device.as_deref())?;
-    let ckpt = checkpoint::load(&run.checkpoint(options.which))?;
-    let dataset = open_dataset(&config, Some(&ckpt.state.class_names))?;
+/// Evaluates the loaded checkpoint on `split` of `dataset`, writing the report files into the run.
+pub(crate) fn report_split(
+    dataset: &TextDataset,
+    loaded: &LoadedRun<TextLineRecognizer>,
+    run: &RunDir,
+    split: Split,
+) -> Result<TextReport> {
+    let config = &loaded.config;
     let samples = dataset.split(split.name());
     if samples.is_empty() {
         return Err(Error::Dataset { root: config.data.clone(), reason: format!("split '{split}' has no lines") });
     }
-    let vs = nn::VarStore::new(device);
-    let model = TextLineRecognizer::new(&vs.root(), &recognizer_config(&config, dataset.charset.len()))?;
-    load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[])?;
     let skips = Arc::new(SkipLog::default());
-    let loader = make_loader(&config, &dataset, split, TextTransform::Eval, &skips)?;
-    let precision = Precision::resolve(config.amp, config.channels_last, device)?;
-    precision.prepare_params(&vs)?;
-    let eval = evaluate(&model, &loader, &dataset.charset, &precision)?;
+    let loader = make_loader(config, dataset, split, TextTransform::Eval, &skips)?;
+    let eval = evaluate(&loaded.model, &loader, &dataset.charset, &loaded.precision)?;
     if eval.images == 0 {
         return Err(Error::NoReadableImages {
             root: config.data.clone(),
@@ -86,8 +58,8 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
     }
     let report = TextReport {
         split,
-        checkpoint: ckpt.path.clone(),
-        epoch: ckpt.state.epoch,
+        checkpoint: loaded.ckpt.path.clone(),
+        epoch: loaded.ckpt.state.epoch,
         lines: eval.images,
         loss: eval.loss,
         metrics: eval.metrics.clone(),
@@ -112,4 +84,11 @@ pub fn evaluate_run(run: &RunDir, split: Split, options: &EvalOptions) -> Result
     }
     write_atomic(&run.path.join(format!("{}_predictions.csv", split.name())), csv.as_bytes())?;
     Ok(report)
+}
+
+impl std::fmt::Display for TextReport {
+    /// One line: the split, its lines and the checkpoint's epoch, then the metrics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} ({} lines) at epoch {}: {}", self.split, self.lines, self.epoch, self.metrics)
+    }
 }

@@ -2,6 +2,7 @@
 //! recognizer (ConvNeXt + BiLSTM), the CTC loss, CER as the objective (minimised), and the test report.
 
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rand::seq::SliceRandom;
@@ -14,18 +15,20 @@ use kiln_models::{RecognizerConfig, TextLineRecognizer};
 use super::charset::Charset;
 use super::dataset::{self, CharsetChoice, TextDataset};
 use super::evaluate::{evaluate, TextEvaluation, TextMetrics};
-use super::loader::{LineInput, TextBatch, TextLoader, TextTransform};
+use super::export::{recognizer_onnx, RecognizerGraphSpec};
+use super::loader::{LineInput, LineTarget, TextBatch, TextLoader, TextTransform, WIDTH_STRIDE};
 use super::loss::batch_loss;
-use super::report::{evaluate_run, EvalOptions, TextReport};
+use super::report::{report_split, TextReport};
 use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
 use crate::config::{TaskKind, TrainConfig};
 use crate::data::{SkipLog, Split};
-use crate::engine::{self, Built, Direction, EpochCallback, Losses, Objective, Task};
+use crate::engine::{self, Built, Direction, EpochCallback, LoadedRun, Losses, Objective, Task};
+use crate::export::ExportOptions;
 use crate::optim::Param;
 use crate::precision::Precision;
 use crate::run_dir::RunDir;
-use crate::tune::{Distribution, SearchSpace};
 use crate::{Error, Result};
+use kiln_tune::{Distribution, SearchSpace};
 
 /// What a finished OCR run reports.
 pub type TrainOutcome = engine::Outcome<TextRecognition>;
@@ -142,9 +145,39 @@ impl Task for TextRecognition {
     type Evaluation = TextEvaluation;
     type Metrics = TextMetrics;
     type Report = TextReport;
+    type EvalSettings = ();
+    type PredictSettings = ();
+    type Prediction = super::predict::LinePrediction;
+    type GraphSpec = RecognizerGraphSpec;
+    const DEPLOYED_METRIC: &'static str = "CER";
 
     fn open(config: &TrainConfig) -> Result<Self> {
         Ok(Self { dataset: open_dataset(config, None)? })
+    }
+
+    /// The labels are read within the checkpoint's charset.
+    fn open_eval(config: &TrainConfig, classes: &[String]) -> Result<Self> {
+        Ok(Self { dataset: open_dataset(config, Some(classes))? })
+    }
+
+    /// The step benchmark's lines are `config.img_size` pixels wide (a multiple of the frame width).
+    fn synthetic(config: &TrainConfig, class_names: Vec<String>) -> Result<Self> {
+        if config.img_size % WIDTH_STRIDE != 0 {
+            return Err(Error::InvalidSetting {
+                key: "img_size".into(),
+                reason: format!("{} (the line width for ocr) is not a multiple of {WIDTH_STRIDE}", config.img_size),
+            });
+        }
+        let dataset = TextDataset {
+            root: PathBuf::new(),
+            layout: dataset::TextLayout::LabelsTxt,
+            charset: Charset::new(class_names),
+            train: Vec::new(),
+            val: Vec::new(),
+            test: Vec::new(),
+            skipped: Vec::new(),
+        };
+        Ok(Self { dataset })
     }
 
     fn class_names(&self) -> &[String] {
@@ -188,6 +221,10 @@ impl Task for TextRecognition {
             });
         }
         Ok(())
+    }
+
+    fn new_model(vs: &nn::VarStore, config: &TrainConfig, class_names: &[String]) -> Result<TextLineRecognizer> {
+        Ok(TextLineRecognizer::new(&vs.root(), &recognizer_config(config, class_names.len()))?)
     }
 
     fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<TextLineRecognizer>> {
@@ -240,6 +277,23 @@ impl Task for TextRecognition {
         batch_loss(model, batch, precision)
     }
 
+    /// Full-width lines `config.img_size` pixels wide with fixed 8-character labels.
+    fn synthetic_batch(&self, config: &TrainConfig, device: tch::Device) -> Result<TextBatch> {
+        let classes = self.dataset.charset.len().max(1) as i64 + 1;
+        let (h, w) = (config.ocr.height as i64, config.img_size as i64);
+        Ok(TextBatch {
+            images: tch::Tensor::randn([config.batch as i64, 3, h, w], (tch::Kind::Float, device)),
+            targets: (0..config.batch)
+                .map(|i| LineTarget {
+                    classes: (0..8).map(|k| 1 + ((i + k) as i64 % (classes - 1))).collect(),
+                    frames: (config.img_size / WIDTH_STRIDE) as usize,
+                    index: i,
+                })
+                .collect(),
+            paths: Vec::new(),
+        })
+    }
+
     fn evaluate(
         &self,
         model: &TextLineRecognizer,
@@ -268,7 +322,41 @@ impl Task for TextRecognition {
         ])
     }
 
-    fn test(run: &RunDir, device: &str) -> Result<TextReport> {
-        evaluate_run(run, Split::Test, &EvalOptions { device: Some(device.to_string()), ..Default::default() })
+    fn evaluate_split(
+        &self,
+        loaded: &LoadedRun<TextLineRecognizer>,
+        run: &RunDir,
+        split: Split,
+        _settings: &(),
+    ) -> Result<TextReport> {
+        report_split(&self.dataset, loaded, run, split)
+    }
+
+    fn predict(
+        loaded: &LoadedRun<TextLineRecognizer>,
+        files: &[PathBuf],
+        _settings: &(),
+    ) -> Result<Vec<super::predict::LinePrediction>> {
+        super::predict::predict_loaded(loaded, files)
+    }
+
+    fn graph_spec(_run: &RunDir, ckpt: &Checkpoint, options: &ExportOptions) -> Result<RecognizerGraphSpec> {
+        super::export::graph_spec(ckpt, options)
+    }
+
+    fn onnx(
+        model: &TextLineRecognizer,
+        spec: &RecognizerGraphSpec,
+        options: &ExportOptions,
+    ) -> Result<(Vec<u8>, kiln_export::ModelMetadata, usize)> {
+        recognizer_onnx(model, spec, options)
+    }
+
+    fn split_images(config: &TrainConfig, split: Split) -> Result<Vec<(PathBuf, Option<usize>)>> {
+        Ok(open_dataset(config, None)?.split(split.name()).iter().map(|s| (s.path.clone(), None)).collect())
+    }
+
+    fn deployed_metric(config: &TrainConfig, path: &Path) -> Result<Option<f64>> {
+        super::deployed::deployed_cer(config, path)
     }
 }

@@ -137,9 +137,10 @@ impl AnnotationError {
     }
 }
 
-/// The error of `"…".parse::<Layout>()`.
-#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-#[error("unknown annotation layout '{name}' (expected csv, coco or yolo)")]
-pub struct ParseLayoutError {
-    pub name: String,
+pub use crate::config::detect::ParseLayoutError;
+
+impl From<AnnotationError> for crate::Error {
+    fn from(e: AnnotationError) -> Self {
+        crate::Error::Task(Box::new(e))
+    }
 }

@@ -27,18 +27,13 @@ mod coco_layout;
 mod csv_layout;
 mod error;
 mod paths;
-pub(crate) use paths::safe_relative;
 mod report;
 mod yolo_layout;
 
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
 
 pub use error::{AnnotationError, Location, ParseLayoutError};
 use paths::shown;
@@ -48,47 +43,7 @@ pub use report::{AnnotationReport, BoxIssue, MissingImage, UnreadableImage, CLIP
 /// A dataset split: the same `train` / `val` / `test` as classification's.
 pub use crate::data::Split;
 
-/// An annotation layout on disk. Parses from `csv`, `coco` or `yolo` (any case); displays as those names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Layout {
-    /// `ROOT/images/` and `ROOT/{train,val,test}.csv` with columns `filename,xmin,ymin,xmax,ymax,label`.
-    Csv,
-    /// COCO JSON, as Roboflow exports it or in the classic `annotations/instances_*.json` arrangement.
-    Coco,
-    /// YOLO txt labels with `ROOT/data.yaml`.
-    Yolo,
-}
-
-impl Layout {
-    pub const ALL: [Layout; 3] = [Layout::Csv, Layout::Coco, Layout::Yolo];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Layout::Csv => "csv",
-            Layout::Coco => "coco",
-            Layout::Yolo => "yolo",
-        }
-    }
-}
-
-impl fmt::Display for Layout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Layout {
-    type Err = ParseLayoutError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let wanted = s.trim();
-        Layout::ALL
-            .into_iter()
-            .find(|l| l.name().eq_ignore_ascii_case(wanted))
-            .ok_or_else(|| ParseLayoutError { name: s.to_string() })
-    }
-}
+pub use crate::config::detect::Layout;
 
 /// One object box.
 #[derive(Clone, Copy, Debug, PartialEq)]
