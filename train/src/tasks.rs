@@ -120,6 +120,8 @@ pub fn export_run(run: &RunDir, options: &ExportOptions) -> Result<ExportReport>
 /// returns the report as it reads. `settings` are the task's evaluation settings as a JSON object (e.g.
 /// classification's `{"tta": {"flip": true, "scales": [1.0]}}`; empty for plain evaluation); a task refuses
 /// settings it does not have.
+// A task whose settings are `()` makes the settings binding below a unit in its arm of `with_task!`.
+#[allow(clippy::let_unit_value)]
 pub fn evaluate_run(
     run: &RunDir,
     split: Split,
@@ -134,7 +136,7 @@ pub fn evaluate_run(
 }
 
 /// The images of a split of the config's dataset, with their class index where the task labels whole images.
-pub fn split_images(config: &TrainConfig, split: Split) -> Result<Vec<(PathBuf, Option<usize>)>> {
+pub fn split_images(config: &TrainConfig, split: Split) -> Result<crate::data::LabelledImages> {
     with_task!(config.task, T => T::split_images(config, split))
 }
 
@@ -152,6 +154,7 @@ pub struct PredictSummary {
 /// Predicts with a run of any task on every image under `inputs` and writes the task's listing to `out`.
 /// `settings` are the task's prediction settings as a JSON object (e.g. classification's `{"top_k": 3}`; `null`
 /// for the defaults); a task refuses settings it does not have.
+#[allow(clippy::let_unit_value)]
 pub fn predict(
     run: &RunDir,
     inputs: &[PathBuf],

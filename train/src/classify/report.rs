@@ -13,7 +13,7 @@ use super::evaluate::{evaluate, EvalSettings, Evaluation};
 use super::setup::make_loader;
 use super::tta::Tta;
 use crate::data::{ImageFolder, SkipLog, Split, Transform};
-use crate::engine::LoadedRun;
+use crate::engine::{check_classes, LoadedRun};
 use crate::fsutil::write_atomic;
 use crate::metrics::ClassificationMetrics;
 use crate::plots::plot_confusion_matrix;
@@ -58,14 +58,7 @@ pub(crate) fn evaluate_loaded(
     settings: &EvalSettings,
 ) -> Result<SplitEvaluation> {
     let config = &loaded.config;
-    if dataset.class_names != loaded.ckpt.state.class_names {
-        return Err(Error::ClassMismatch {
-            root: config.data.clone(),
-            split: split.name().into(),
-            expected: loaded.ckpt.state.class_names.clone(),
-            found: dataset.class_names.clone(),
-        });
-    }
+    check_classes(&config.data, split.name(), &loaded.ckpt.state.class_names, &dataset.class_names)?;
     let samples = dataset.split(split);
     if samples.is_empty() {
         let reason = format!("split '{split}' has no images");

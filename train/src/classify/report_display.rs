@@ -15,17 +15,7 @@ pub struct MetricsTable<'a> {
 impl Display for MetricsTable<'_> {
     fn fmt(&self, f: &mut Formatter<'_>) -> Result {
         let m = self.metrics;
-        write!(
-            f,
-            "  accuracy {:.4}  precision {:.4}  recall {:.4}  f1 {:.4}",
-            m.accuracy, m.precision_macro, m.recall_macro, m.f1_macro
-        )?;
-        if let Some(t) = m.top5_accuracy {
-            write!(f, "  top-5 {t:.4}")?;
-        }
-        if let Some(e) = m.ece {
-            write!(f, "  ECE {e:.4}")?;
-        }
+        write!(f, "  {m}")?;
         if let Some(s) = m.specificity {
             write!(f, "  specificity {s:.4}")?;
         }

@@ -30,7 +30,7 @@ use crate::metrics::ClassificationMetrics;
 use crate::optim::Param;
 use crate::precision::Precision;
 use crate::run_dir::RunDir;
-use crate::{Error, Result};
+use crate::Result;
 use kiln_tune::{Distribution, SearchSpace};
 
 /// What a finished classification run reports.
@@ -193,15 +193,7 @@ impl Task for Classification {
     }
 
     fn check_resume(&self, config: &TrainConfig, ckpt: &Checkpoint) -> Result<()> {
-        if self.dataset.class_names != ckpt.state.class_names {
-            return Err(Error::ClassMismatch {
-                root: config.data.clone(),
-                split: "train".into(),
-                expected: ckpt.state.class_names.clone(),
-                found: self.dataset.class_names.clone(),
-            });
-        }
-        Ok(())
+        engine::check_classes(&config.data, "train", &ckpt.state.class_names, &self.dataset.class_names)
     }
 
     fn new_model(vs: &nn::VarStore, config: &TrainConfig, class_names: &[String]) -> Result<ImageClassifier> {
@@ -344,7 +336,7 @@ impl Task for Classification {
         classifier_onnx(model, spec, options)
     }
 
-    fn split_images(config: &TrainConfig, split: Split) -> Result<Vec<(PathBuf, Option<usize>)>> {
+    fn split_images(config: &TrainConfig, split: Split) -> Result<crate::data::LabelledImages> {
         Ok(open_dataset(config)?.split(split).iter().map(|s| (s.path.clone(), Some(s.label))).collect())
     }
 

@@ -15,4 +15,8 @@ pub use augment::{AugmentConfig, Normalize, Transform};
 pub use cache::{CacheMode, ImageSource};
 pub use image_folder::{ImageFolder, Sample, Split, SplitRatios};
 pub use inputs::expand_inputs;
+
+/// Image files of a split with their class index where a task labels whole images (classification), for
+/// calibrating and comparing exported models.
+pub type LabelledImages = Vec<(std::path::PathBuf, Option<usize>)>;
 pub use loader::{Batch, Loader, LoaderConfig, SkipLog};

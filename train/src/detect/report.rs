@@ -12,7 +12,7 @@ use super::evaluate::{draw_first_images, evaluate, DetectionMetrics};
 use super::loader::DetectTransform;
 use super::task::make_loader;
 use crate::data::SkipLog;
-use crate::engine::LoadedRun;
+use crate::engine::{check_classes, LoadedRun};
 use crate::fsutil::write_atomic;
 use crate::plots::{plot_panels, Panel, Series};
 use crate::run_dir::RunDir;
@@ -40,14 +40,7 @@ pub(crate) fn report_split(
     split: Split,
 ) -> Result<DetectionReport> {
     let config = &loaded.config;
-    if dataset.class_names != loaded.ckpt.state.class_names {
-        return Err(Error::ClassMismatch {
-            root: config.data.clone(),
-            split: split.name().into(),
-            expected: loaded.ckpt.state.class_names.clone(),
-            found: dataset.class_names.clone(),
-        });
-    }
+    check_classes(&config.data, split.name(), &loaded.ckpt.state.class_names, &dataset.class_names)?;
     if dataset.split(split).is_empty() {
         return Err(Error::Dataset { root: config.data.clone(), reason: format!("split '{split}' has no images") });
     }

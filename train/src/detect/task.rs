@@ -232,15 +232,7 @@ impl Task for Detection {
     }
 
     fn check_resume(&self, config: &TrainConfig, ckpt: &Checkpoint) -> Result<()> {
-        if self.dataset.class_names != ckpt.state.class_names {
-            return Err(Error::ClassMismatch {
-                root: config.data.clone(),
-                split: "train".into(),
-                expected: ckpt.state.class_names.clone(),
-                found: self.dataset.class_names.clone(),
-            });
-        }
-        Ok(())
+        engine::check_classes(&config.data, "train", &ckpt.state.class_names, &self.dataset.class_names)
     }
 
     fn new_model(vs: &nn::VarStore, config: &TrainConfig, class_names: &[String]) -> Result<ObjectDetector> {
@@ -392,7 +384,7 @@ impl Task for Detection {
         detector_onnx(model, spec, options)
     }
 
-    fn split_images(config: &TrainConfig, split: Split) -> Result<Vec<(PathBuf, Option<usize>)>> {
+    fn split_images(config: &TrainConfig, split: Split) -> Result<crate::data::LabelledImages> {
         Ok(open_dataset(config)?.split(split).iter().map(|s| (s.path.clone(), None)).collect())
     }
 

@@ -19,7 +19,7 @@ pub use export_run::export_run;
 pub use fast_dev_run::{fast_dev_run, FastDevRunReport};
 pub use predict::{predict_run, PredictOptions, PredictionListing};
 pub use records::{read_results, write_results, EpochRecord};
-pub use run_model::{evaluate_run, load_run, EvalOptions, LoadedRun};
+pub use run_model::{check_classes, evaluate_run, load_run, EvalOptions, LoadedRun};
 pub use step_bench::{bench_step, bench_train_config};
 pub use task::{Batches, Built, Direction, Evaluation, Losses, Objective, Task};
 pub use trainer::{prepare_runtime, resume, train, EpochCallback, Outcome, TrainOutcome};

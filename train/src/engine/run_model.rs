@@ -62,6 +62,19 @@ pub fn load_run<T: Task>(
     Ok(LoadedRun { config, ckpt, model, device, precision, vs })
 }
 
+/// Refuses a dataset whose class names are not the checkpoint's: an error naming the data root and the split.
+pub fn check_classes(root: &std::path::Path, split: &str, checkpoint: &[String], dataset: &[String]) -> Result<()> {
+    if dataset != checkpoint {
+        return Err(Error::ClassMismatch {
+            root: root.to_path_buf(),
+            split: split.into(),
+            expected: checkpoint.to_vec(),
+            found: dataset.to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// Which checkpoint to evaluate, on what data and device.
 #[derive(Clone, Debug, Default)]
 pub struct EvalOptions {

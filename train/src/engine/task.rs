@@ -198,7 +198,7 @@ pub trait Task: Sized {
     ) -> Result<(Vec<u8>, ModelMetadata, usize)>;
     /// The images of a split of the config's dataset, with their class index where the task labels whole images
     /// (calibrating and comparing exported models).
-    fn split_images(config: &TrainConfig, split: Split) -> Result<Vec<(PathBuf, Option<usize>)>>;
+    fn split_images(config: &TrainConfig, split: Split) -> Result<crate::data::LabelledImages>;
     /// The task's metric ([`Task::DEPLOYED_METRIC`]) of the exported model at `path` on the val split, run as an
     /// application runs it; `None` without val data, or where the comparison computes it from the images' class
     /// labels (classification's top-1).

@@ -352,7 +352,7 @@ impl Task for TextRecognition {
         recognizer_onnx(model, spec, options)
     }
 
-    fn split_images(config: &TrainConfig, split: Split) -> Result<Vec<(PathBuf, Option<usize>)>> {
+    fn split_images(config: &TrainConfig, split: Split) -> Result<crate::data::LabelledImages> {
         Ok(open_dataset(config, None)?.split(split.name()).iter().map(|s| (s.path.clone(), None)).collect())
     }
 

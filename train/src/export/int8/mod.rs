@@ -32,7 +32,7 @@ use crate::{Error, Result};
 pub struct RunData<'a> {
     pub config: &'a TrainConfig,
     /// The images of a split of the run's dataset, with their class index where the task labels whole images.
-    pub split_images: fn(&TrainConfig, Split) -> Result<Vec<(PathBuf, Option<usize>)>>,
+    pub split_images: fn(&TrainConfig, Split) -> Result<crate::data::LabelledImages>,
     /// The task's metric of an exported model, as the comparison prints it (e.g. "CER").
     pub metric_name: &'static str,
     /// That metric of the model file on the val split (`None` where it comes from the images' class labels).
