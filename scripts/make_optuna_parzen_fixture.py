@@ -3,7 +3,7 @@
 
 How it was made
 ---------------
-kiln's TPE (`train/src/tune/sampler.rs`, `parzen.rs`) builds its good and bad densities as Optuna 5.0.0's
+kiln's TPE (`tune/src/sampler.rs`, `parzen.rs`) builds its good and bad densities as Optuna 5.0.0's
 `TPESampler` does with its defaults (`prior_weight=1.0`, `consider_magic_clip=True`, `consider_endpoints=False`,
 `default_weights`). To check it, this script
 
@@ -23,7 +23,7 @@ kiln's TPE (`train/src/tune/sampler.rs`, `parzen.rs`) builds its good and bad de
 4. writes the spaces (in kiln's search-space JSON), the observations and points (in Optuna's representation:
    the value itself for numbers, the choice's index for categoricals), the prior weight and the log densities.
 
-`tests` in `train/src/tune/optuna_parity_tests.rs` build kiln's densities from the same observations and compare.
+`tests` in `tune/src/optuna_parity_tests.rs` build kiln's densities from the same observations and compare.
 
 How to rerun
 ------------

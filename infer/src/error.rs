@@ -32,6 +32,9 @@ pub enum Error {
     #[error("image {path}: {reason}")]
     Image { path: PathBuf, reason: String },
 
+    #[error("--coco-gt {path}: {reason}")]
+    CocoGroundTruth { path: PathBuf, reason: String },
+
     #[error("not supported: {0}")]
     Unsupported(String),
 

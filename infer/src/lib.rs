@@ -24,9 +24,11 @@
 
 pub mod backend;
 pub mod classifier;
+pub mod coco_results;
 pub mod ctc;
 pub mod detector;
 pub mod error;
+pub mod latency;
 pub mod listing;
 pub mod model;
 pub mod nms;
@@ -41,6 +43,7 @@ pub use classifier::{ClassScore, Classification, Classifier};
 pub use ctc::{ctc_forward_probability, BeamSearch, Constraint, Decoded};
 pub use detector::{unletterbox, Detector};
 pub use error::{Error, Result};
+pub use latency::{LatencyOptions, LatencyRow, TimedRuns};
 pub use listing::{write_listing, Listed, ListingFormat};
 pub use model::{Model, ModelBuilder, Output, TensorSpec, TensorType};
 pub use nms::{iou, nms, nms_per_image, Detection, NmsConfig, NmsOverrides};

@@ -159,7 +159,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         models.push(model);
     }
     if models[0].metadata().is_some_and(|m| m.task == "detect") {
-        let coco = args.coco_gt.as_deref().map(super::coco_results::CocoGroundTruth::read).transpose()?;
+        let coco = args.coco_gt.as_deref().map(kiln_infer::coco_results::CocoGroundTruth::read).transpose()?;
         let options = super::infer_detect::DetectOutput {
             format: args.format,
             coco_gt: coco.as_ref(),

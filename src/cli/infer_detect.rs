@@ -10,8 +10,8 @@ use kiln_infer::nms::{Detection, NmsOverrides};
 use kiln_infer::preprocess::decode_rgb;
 use kiln_infer::{weighted_boxes_fusion, Detector, Model, WbfConfig};
 
-use super::coco_results::{CocoGroundTruth, CocoResults};
 use super::output::Format;
+use kiln_infer::coco_results::{CocoGroundTruth, CocoResults};
 use kiln_infer::listing::{write_error, write_header, Listed};
 
 /// NMS settings given on the command line, each replacing the model's (or the run's) own.

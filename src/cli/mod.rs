@@ -2,7 +2,6 @@
 
 mod bench;
 mod bench_train;
-mod coco_results;
 mod demo;
 mod doctor;
 mod eval;

@@ -4,7 +4,8 @@
 //! 2. Train: [`classify::train`] creates `runs/classify/<name>/`, saves the config, trains with validation each
 //!    epoch, writes `results.csv`, `weights/{best,last}.safetensors`, curves, and tests the best checkpoint.
 //!    Every task runs the same loop, [`engine::train`], driving the task's [`engine::Task`] implementation.
-//! 3. Later: [`classify::resume`], [`classify::evaluate_run`] (`kiln val` / `kiln test`), [`classify::predict`].
+//! 3. Later, for any task: [`engine::evaluate_run`] (`kiln val` / `kiln test`), [`engine::predict_run`],
+//!    [`engine::export_run`], [`engine::bench_step`]; [`tasks`] dispatches each by the run's task.
 
 pub mod allocator;
 pub mod checkpoint;

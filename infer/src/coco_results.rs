@@ -1,16 +1,17 @@
-//! COCO results JSON from `kiln infer --format coco`: `[{image_id, category_id, bbox: [x, y, w, h], score}]`.
-//! With `--coco-gt`, image ids come from the ground truth's `images` (matched by file name) and category ids from
-//! its `categories` (matched by class name); without it each result carries `file_name` and `category` (the
-//! class name) instead, and `image_id` numbers the images in input order.
+//! A detector's results as COCO results JSON (`kiln infer --format coco`, and applications that score with
+//! pycocotools): `[{image_id, category_id, bbox: [x, y, w, h], score}]`. With a ground truth (`--coco-gt`), image
+//! ids come from its `images` (matched by file name) and category ids from its `categories` (matched by class
+//! name); without one each result carries `file_name` and `category` (the class name) instead, and `image_id`
+//! numbers the images in input order.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::Context;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use kiln_infer::nms::Detection;
+use crate::error::{Error, Result};
+use crate::nms::Detection;
 
 #[derive(Deserialize)]
 struct GtImage {
@@ -38,10 +39,11 @@ pub struct CocoGroundTruth {
 }
 
 impl CocoGroundTruth {
-    pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("--coco-gt {}", path.display()))?;
-        let file: GtFile =
-            serde_json::from_str(&text).with_context(|| format!("--coco-gt {}: not COCO instances", path.display()))?;
+    /// Reads a COCO instances file (its `images` and `categories`).
+    pub fn read(path: &Path) -> Result<Self> {
+        let err = |reason: String| Error::CocoGroundTruth { path: path.to_path_buf(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let file: GtFile = serde_json::from_str(&text).map_err(|e| err(format!("not COCO instances ({e})")))?;
         let mut images = HashMap::new();
         for image in &file.images {
             images.insert(image.file_name.clone(), image.id);
@@ -66,17 +68,18 @@ pub struct CocoResults<'a> {
 
 impl<'a> CocoResults<'a> {
     /// Every class must be a ground-truth category when a ground truth is given.
-    pub fn new(names: &[String], gt: Option<&'a CocoGroundTruth>) -> anyhow::Result<Self> {
+    pub fn new(names: &[String], gt: Option<&'a CocoGroundTruth>) -> Result<Self> {
         let category_ids: Vec<Option<i64>> =
             names.iter().map(|n| gt.and_then(|g| g.categories.get(n).copied())).collect();
         if let Some(g) = gt {
             let missing: Vec<&String> =
                 names.iter().zip(&category_ids).filter(|(_, id)| id.is_none()).map(|(n, _)| n).collect();
-            anyhow::ensure!(
-                missing.is_empty(),
-                "--coco-gt {}: the model's classes {missing:?} are not categories there",
-                g.path.display()
-            );
+            if !missing.is_empty() {
+                return Err(Error::CocoGroundTruth {
+                    path: g.path.clone(),
+                    reason: format!("the model's classes {missing:?} are not categories there"),
+                });
+            }
         }
         Ok(Self { gt, names: names.to_vec(), category_ids, next_image: 0, results: Vec::new() })
     }
