@@ -17,7 +17,7 @@ pub mod update;
 
 pub use export_run::export_run;
 pub use fast_dev_run::{fast_dev_run, FastDevRunReport};
-pub use predict::{predict_run, PredictOptions, PredictionListing};
+pub use predict::{predict_run, PredictOptions, Predicted, PredictionListing};
 pub use records::{read_results, write_results, EpochRecord};
 pub use run_model::{check_classes, evaluate_run, load_run, EvalOptions, LoadedRun};
 pub use step_bench::{bench_step, bench_train_config};

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use kiln_infer::ListingFormat;
+use kiln_infer::{Listed, ListingFormat};
 
 use super::run_model::load_run;
 use super::task::Task;
@@ -35,6 +35,55 @@ pub trait PredictionListing: Sized {
         names: &[String],
         out: &mut dyn Write,
     ) -> std::io::Result<()>;
+}
+
+/// One input's result as kiln-infer would give it for the exported model (detections, a reading), or why the
+/// input was not read; listed as `kiln infer` lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Predicted<T> {
+    pub path: PathBuf,
+    /// `None` when the input could not be read (`error` says why).
+    pub value: Option<T>,
+    pub error: Option<String>,
+}
+
+impl<T> Predicted<T> {
+    /// An entry for each of `files`, none read yet.
+    pub fn unread(files: &[PathBuf]) -> Vec<Self> {
+        files.iter().map(|path| Self { path: path.clone(), value: None, error: None }).collect()
+    }
+
+    /// Gives every entry still without a value or a reason its reason: the skip log's for its file, else
+    /// `not read`.
+    pub fn fill_errors(results: &mut [Self], skipped: &[(PathBuf, String)]) {
+        for r in results.iter_mut().filter(|r| r.value.is_none() && r.error.is_none()) {
+            let reason = skipped.iter().find(|(p, _)| *p == r.path).map(|(_, why)| why.clone());
+            r.error = Some(reason.unwrap_or_else(|| "not read".into()));
+        }
+    }
+}
+
+impl<T: Listed> PredictionListing for Predicted<T> {
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    fn write_listing(
+        predictions: &[Self],
+        format: ListingFormat,
+        names: &[String],
+        out: &mut dyn Write,
+    ) -> std::io::Result<()> {
+        let rows = predictions.iter().map(|p| {
+            let result = p.value.as_ref().ok_or_else(|| p.error.as_deref().unwrap_or("not read"));
+            (p.path.as_path(), result)
+        });
+        kiln_infer::write_listing(out, format, rows, names).map(|_| ())
+    }
 }
 
 /// The predictions of checkpoint `options.which` of `run`, a run of task `T`, on every image under `inputs`

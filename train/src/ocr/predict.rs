@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_infer::{ListingFormat, Reading};
+use kiln_infer::Reading;
 use kiln_models::TextLineRecognizer;
 
 use super::charset::Charset;
@@ -14,19 +14,11 @@ use super::evaluate::evaluate;
 use super::loader::{TextLoader, TextTransform};
 use super::task::line_input;
 use crate::data::SkipLog;
-use crate::engine::{LoadedRun, PredictionListing};
+use crate::engine::{LoadedRun, Predicted};
 use crate::{Error, Result};
 
 /// One input's reading, or why it could not be read.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LinePrediction {
-    pub path: PathBuf,
-    pub text: Option<String>,
-    pub confidence: f32,
-    /// Each character with its confidence.
-    pub chars: Vec<(String, f32)>,
-    pub error: Option<String>,
-}
+pub type LinePrediction = Predicted<Reading>;
 
 /// Reads `files` with a loaded checkpoint in batches of the config's size; unreadable files are reported and the
 /// rest go on.
@@ -47,55 +39,11 @@ pub(crate) fn predict_loaded(loaded: &LoadedRun<TextLineRecognizer>, files: &[Pa
     )
     .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })?;
     let eval = evaluate(model, &loader, &charset, precision)?;
-    let mut results: Vec<LinePrediction> = files
-        .iter()
-        .map(|p| LinePrediction { path: p.clone(), text: None, confidence: 0.0, chars: Vec::new(), error: None })
-        .collect();
+    let mut results = LinePrediction::unread(files);
     for reading in eval.readings {
-        let r = &mut results[reading.index];
-        r.text = Some(reading.text);
-        r.confidence = reading.confidence;
-        r.chars = reading.chars;
+        let value = Reading { text: reading.text, confidence: reading.confidence, chars: reading.chars };
+        results[reading.index].value = Some(value);
     }
-    let skipped = skips.entries();
-    for r in results.iter_mut().filter(|r| r.text.is_none()) {
-        r.error = Some(
-            skipped.iter().find(|(p, _)| *p == r.path).map(|(_, why)| why.clone()).unwrap_or_else(|| "not read".into()),
-        );
-    }
+    Predicted::fill_errors(&mut results, &skips.entries());
     Ok(results)
-}
-
-impl PredictionListing for LinePrediction {
-    fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
-    fn error(&self) -> Option<&str> {
-        self.error.as_deref()
-    }
-
-    /// kiln-infer's reading listing, as `kiln infer` writes it for the exported model.
-    fn write_listing(
-        predictions: &[Self],
-        format: ListingFormat,
-        names: &[String],
-        out: &mut dyn std::io::Write,
-    ) -> std::io::Result<()> {
-        let readings: Vec<Option<Reading>> = predictions
-            .iter()
-            .map(|p| {
-                p.text.as_ref().map(|text| Reading {
-                    text: text.clone(),
-                    confidence: p.confidence,
-                    chars: p.chars.clone(),
-                })
-            })
-            .collect();
-        let rows = predictions.iter().zip(&readings).map(|(p, reading)| {
-            let result = reading.as_ref().ok_or_else(|| p.error.as_deref().unwrap_or("not read"));
-            (p.path.as_path(), result)
-        });
-        kiln_infer::write_listing(out, format, rows, names).map(|_| ())
-    }
 }
