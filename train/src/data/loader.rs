@@ -4,10 +4,9 @@
 //! Streaming (the default source), memory holds at most `prefetch + 1` batches whatever the dataset's size; a
 //! [`ImageSource::Ram`] or [`ImageSource::Disk`] source (see `cache`) replaces the decoding, not the batching.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -17,31 +16,8 @@ use super::augment::{transform_into, Normalize, Transform};
 use super::batcher::{mix, spawn_epoch, BatchIter, ItemSource};
 use super::cache::ImageSource;
 use super::image_folder::Sample;
+pub use super::skip_log::SkipLog;
 use crate::Result;
-
-/// Files that could not be decoded, each recorded once with its reason.
-#[derive(Debug, Default)]
-pub struct SkipLog {
-    entries: Mutex<BTreeMap<PathBuf, String>>,
-}
-
-impl SkipLog {
-    /// Records an unreadable file; true the first time this path is seen.
-    pub fn record(&self, path: &Path, reason: String) -> bool {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.insert(path.to_path_buf(), reason).is_none()
-    }
-
-    pub fn count(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// (path, reason) of every skipped file, sorted by path.
-    pub fn entries(&self) -> Vec<(PathBuf, String)> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.iter().map(|(p, r)| (p.clone(), r.clone())).collect()
-    }
-}
 
 /// How a loader batches and prepares images.
 #[derive(Clone, Debug)]
