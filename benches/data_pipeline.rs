@@ -9,9 +9,11 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::SeedableRng;
 
-use kiln_train::data::augment::{transform_into, AugmentConfig, Normalize, Transform};
-use kiln_train::data::decode::decode_rgb;
-use kiln_train::data::{Loader, LoaderConfig, Sample, SkipLog};
+use kiln_infer::preprocess::decode_rgb;
+use kiln_train::classify::transform::{transform_into, Transform};
+use kiln_train::classify::{ClassifyItems, ClassifyLoader, Sample};
+use kiln_train::config::AugmentConfig;
+use kiln_train::data::{Batches, LoaderSettings, Normalize, SkipLog};
 use kiln_train::synthetic::{draw_shape, Palette};
 
 /// Writes `n` 640×480 JPEGs (quality 90): a drawn scene resized up, so the JPEG has natural-image statistics
@@ -68,15 +70,15 @@ fn loader_all_cores(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let samples: Vec<Sample> = jpegs(dir.path(), 64).into_iter().map(|path| Sample { path, label: 0 }).collect();
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let config = LoaderConfig { batch_size: 32, img_size: 224, workers, prefetch: 2, seed: 0 };
-    let loader = Loader::new(
+    let settings = LoaderSettings { batch_size: 32, workers, prefetch: 2, seed: 0 };
+    let items = ClassifyItems::new(
         samples,
         Transform::Train(AugmentConfig::default()),
         Normalize::default(),
-        config,
+        224,
         Arc::new(SkipLog::default()),
-    )
-    .unwrap();
+    );
+    let loader = ClassifyLoader::new(items, settings).unwrap();
     let mut group = c.benchmark_group(format!("loader_{workers}_workers"));
     group.throughput(Throughput::Elements(64));
     group.sample_size(10);

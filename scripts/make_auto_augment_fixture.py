@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/auto_augment/ops.json: torchvision's RandAugment / TrivialAugmentWide operations on a small
-PIL image, for kiln's auto-augment tests (train/src/data/auto_augment_tests.rs).
+PIL image, for kiln's auto-augment tests (train/src/classify/auto_augment_tests.rs).
 
 Made with torch 2.11.0, torchvision 0.26.0 and Pillow 13.0.0 from PyPI:
     python3 scripts/make_auto_augment_fixture.py

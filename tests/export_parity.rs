@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use kiln_export::ModelMetadata;
+use kiln_infer::preprocess::decode_rgb;
 use kiln_models::convnext::ConvNextConfig;
 use kiln_models::weights::{load_safetensors, HeadPolicy};
 use kiln_models::{ClassifierConfig, ImageClassifier};
+use kiln_train::classify::transform::{transform_into, Transform};
 use kiln_train::classify::{self, classifier_onnx, ExportOptions, GraphSpec};
-use kiln_train::data::augment::{transform_into, Normalize, Transform};
-use kiln_train::data::decode::decode_rgb;
+use kiln_train::data::Normalize;
 use kiln_train::tasks::export_run;
 use kiln_train::{checkpoint, RunDir, Which};
 use ort::session::builder::GraphOptimizationLevel;

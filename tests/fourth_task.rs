@@ -14,7 +14,8 @@ use kiln_export::{Dim, ElemType, Graph, ModelMetadata, TrainingInfo};
 use kiln_infer::{ListingFormat, Model};
 use kiln_train::checkpoint::Checkpoint;
 use kiln_train::config::{TaskKind, TrainConfig};
-use kiln_train::data::{SkipLog, Split};
+use kiln_train::data::batcher::ItemSource;
+use kiln_train::data::{ItemLoader, Items, SkipLog, Split};
 use kiln_train::engine::{
     self, Batches, Built, Direction, EvalOptions, Evaluation, LoadedRun, Losses, Objective, PredictOptions,
     PredictionListing, Task,
@@ -56,11 +57,20 @@ fn target(path: &Path) -> f32 {
     stem.rsplit('_').next().unwrap().parse::<f32>().unwrap() / 100.0
 }
 
-fn read_image(path: &Path) -> std::result::Result<Tensor, String> {
+/// An image's pixels on 0..1, channels first (CHW).
+fn read_image(path: &Path) -> std::result::Result<Vec<f32>, String> {
     let image = image::open(path).map_err(|e| e.to_string())?.to_rgb8();
-    let (w, h) = image.dimensions();
-    let data: Vec<f32> = image.into_raw().into_iter().map(|v| v as f32 / 255.0).collect();
-    Ok(Tensor::from_slice(&data).view([h as i64, w as i64, 3]).permute([2, 0, 1]))
+    if image.dimensions() != (SIZE, SIZE) {
+        return Err(format!("{:?} is not {SIZE}x{SIZE}", image.dimensions()));
+    }
+    let plane = (SIZE * SIZE) as usize;
+    let mut chw = vec![0f32; 3 * plane];
+    for (i, pixel) in image.pixels().enumerate() {
+        for c in 0..3 {
+            chw[c * plane + i] = pixel[c] as f32 / 255.0;
+        }
+    }
+    Ok(chw)
 }
 
 /// A small CNN: conv 3x3 stride 2, ReLU, global average pooling, a linear layer to one value.
@@ -93,51 +103,52 @@ fn split_index(split: Split) -> usize {
     Split::ALL.iter().position(|s| *s == split).unwrap()
 }
 
-struct BrightnessLoader {
+/// One split's images on kiln's one loader (`data::ItemLoader`): how to prepare an image and assemble a batch.
+struct BrightnessItems {
     files: Vec<PathBuf>,
-    batch: usize,
     skips: Arc<SkipLog>,
 }
+
+type BrightnessLoader = ItemLoader<BrightnessItems>;
 
 struct BrightnessBatch {
     images: Tensor,
     targets: Tensor,
 }
 
-impl Batches for BrightnessLoader {
+impl ItemSource for BrightnessItems {
+    type Target = f32;
+    fn path(&self, index: usize) -> &Path {
+        &self.files[index]
+    }
+    fn prepare(&self, index: usize, _seed: u64, out: &mut [f32]) -> std::result::Result<f32, String> {
+        let path = &self.files[index];
+        let pixels = read_image(path).inspect_err(|reason| {
+            self.skips.record(path, reason.clone());
+        })?;
+        out.copy_from_slice(&pixels);
+        Ok(target(path))
+    }
+}
+
+impl Items for BrightnessItems {
     type Batch = BrightnessBatch;
     fn len(&self) -> usize {
         self.files.len()
     }
-    fn num_batches(&self) -> usize {
-        self.files.len().div_ceil(self.batch)
+    fn item_shape(&self) -> [usize; 3] {
+        [3, SIZE as usize, SIZE as usize]
     }
-    fn epoch(&self, _epoch: usize, _shuffle: bool) -> Box<dyn Iterator<Item = Result<BrightnessBatch>> + '_> {
-        Box::new(self.files.chunks(self.batch).filter_map(|chunk| {
-            let (mut images, mut targets) = (Vec::new(), Vec::new());
-            for path in chunk {
-                match read_image(path) {
-                    Ok(image) => {
-                        images.push(image);
-                        targets.push(target(path));
-                    }
-                    Err(reason) => {
-                        self.skips.record(path, reason);
-                    }
-                }
-            }
-            (!images.is_empty()).then(|| {
-                Ok(BrightnessBatch { images: Tensor::stack(&images, 0), targets: Tensor::from_slice(&targets) })
-            })
-        }))
+    fn batch(images: Tensor, targets: Vec<f32>, _paths: Vec<PathBuf>) -> BrightnessBatch {
+        BrightnessBatch { images, targets: Tensor::from_slice(&targets) }
     }
     fn batch_len(batch: &BrightnessBatch) -> usize {
         batch.targets.size()[0] as usize
     }
-    fn sample_batches(&self, batches: usize) -> Self {
-        let n = (batches * self.batch).min(self.files.len());
-        Self { files: self.files[..n].to_vec(), batch: self.batch, skips: self.skips.clone() }
-    }
+}
+
+fn loader(files: &[PathBuf], config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<BrightnessLoader> {
+    ItemLoader::new(BrightnessItems { files: files.to_vec(), skips: skips.clone() }, config.loader_settings())
 }
 
 struct BrightnessEvaluation {
@@ -282,12 +293,10 @@ impl Task for Brightness {
         config: &TrainConfig,
         skips: &Arc<SkipLog>,
     ) -> Result<(BrightnessLoader, Option<BrightnessLoader>)> {
-        let loader =
-            |files: &Vec<PathBuf>| BrightnessLoader { files: files.clone(), batch: config.batch, skips: skips.clone() };
-        Ok((loader(&self.files[0]), Some(loader(&self.files[1]))))
+        Ok((loader(&self.files[0], config, skips)?, Some(loader(&self.files[1], config, skips)?)))
     }
     fn test_loader(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<Option<BrightnessLoader>> {
-        Ok(Some(BrightnessLoader { files: self.files[2].clone(), batch: config.batch, skips: skips.clone() }))
+        Ok(Some(loader(&self.files[2], config, skips)?))
     }
     fn losses(
         &self,
@@ -328,9 +337,8 @@ impl Task for Brightness {
         split: Split,
         _settings: &(),
     ) -> Result<BrightnessReport> {
-        let files = self.files[split_index(split)].clone();
-        let loader = BrightnessLoader { files, batch: loaded.config.batch, skips: Arc::new(SkipLog::default()) };
-        let eval = mae(&loaded.model, &loader)?;
+        let skips = Arc::new(SkipLog::default());
+        let eval = mae(&loaded.model, &loader(&self.files[split_index(split)], &loaded.config, &skips)?)?;
         let report = BrightnessReport { split, images: eval.images, mae: eval.mae };
         kiln_train::fsutil::write_atomic(&run.metrics(split.name()), &serde_json::to_vec(&report).unwrap())?;
         Ok(report)
@@ -343,8 +351,9 @@ impl Task for Brightness {
         Ok(files
             .iter()
             .map(|path| match read_image(path) {
-                Ok(image) => {
-                    let value = tch::no_grad(|| loaded.model.forward(&image.unsqueeze(0)).double_value(&[0]));
+                Ok(pixels) => {
+                    let image = Tensor::from_slice(&pixels).view([1, 3, SIZE as i64, SIZE as i64]);
+                    let value = tch::no_grad(|| loaded.model.forward(&image).double_value(&[0]));
                     BrightnessPrediction { path: path.clone(), value: Some(value as f32), error: None }
                 }
                 Err(reason) => BrightnessPrediction { path: path.clone(), value: None, error: Some(reason) },

@@ -5,8 +5,8 @@
 mod common;
 
 use kiln_train::checkpoint;
+use kiln_train::config::AutoAugment;
 use kiln_train::config::{BatchLimit, CheckpointPolicy};
-use kiln_train::data::auto_augment::AutoAugment;
 use kiln_train::engine::read_results;
 use kiln_train::engine::Direction;
 use kiln_train::run_dir::Which;

@@ -6,8 +6,8 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::{Map, Value};
 
+use kiln_train::config::CacheMode;
 use kiln_train::config::{Freeze, OptimizerKind, TaskKind};
-use kiln_train::data::CacheMode;
 use kiln_train::precision::AmpMode;
 use kiln_train::{RunDir, TrainConfig};
 

@@ -158,7 +158,7 @@ pub fn generate_shapes(root: &Path, spec: &ShapesSpec) -> Result<ShapesSummary> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{ImageFolder, SplitRatios};
+    use crate::classify::{ImageFolder, SplitRatios};
 
     #[test]
     fn writes_an_image_folder_with_distinct_classes() {

@@ -12,11 +12,12 @@ use tch::{Kind, Reduction, Tensor};
 use kiln_models::ImageClassifier;
 
 use super::evaluate::EvalSettings;
+use super::image_folder::ImageFolder;
 use super::reliability::Reliability;
 use super::report::evaluate_loaded;
 use super::setup::open_dataset;
 use super::task::Classification;
-use crate::data::{ImageFolder, Split};
+use crate::data::Split;
 use crate::engine::{load_run, EvalOptions, LoadedRun};
 use crate::fsutil::write_atomic;
 use crate::run_dir::RunDir;

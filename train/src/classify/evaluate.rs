@@ -8,9 +8,10 @@ use crate::precision::Precision;
 
 use kiln_models::ImageClassifier;
 
+use super::loader::ClassifyLoader;
 use super::reliability::Reliability;
 use super::tta::Tta;
-use crate::data::Loader;
+use crate::data::Batches;
 use crate::metrics::{ClassificationMetrics, ConfusionMatrix};
 use crate::Result;
 
@@ -39,7 +40,7 @@ pub struct EvalSettings {
 /// Runs the model in inference mode over every batch of `loader`.
 pub fn evaluate(
     model: &ImageClassifier,
-    loader: &Loader,
+    loader: &ClassifyLoader,
     precision: &Precision,
     num_classes: usize,
     settings: &EvalSettings,

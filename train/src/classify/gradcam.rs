@@ -14,12 +14,12 @@ use tch::{Device, Kind, Tensor};
 use kiln_infer::preprocess::{center_crop_region, resize_region, ChannelOrder, Crop, Preprocess, Resize};
 
 use super::task::Classification;
-use crate::data::augment::Transform;
-use crate::data::decode::decode_rgb;
+use super::transform::Transform;
 use crate::engine::load_run;
 use crate::fsutil::write_atomic;
 use crate::run_dir::{RunDir, Which};
 use crate::{Error, Result};
+use kiln_infer::preprocess::decode_rgb;
 
 /// Options of [`gradcam`].
 #[derive(Clone, Debug, Default)]

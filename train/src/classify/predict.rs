@@ -13,10 +13,12 @@ use kiln_infer::listing::csv_field;
 use kiln_infer::ListingFormat;
 use kiln_models::ImageClassifier;
 
+use super::image_folder::Sample;
 use super::setup::make_loader;
 use super::task::Classification;
+use super::transform::Transform;
 use super::tta::Tta;
-use crate::data::{Sample, SkipLog, Transform};
+use crate::data::{Batches, SkipLog};
 use crate::engine::{self, LoadedRun, PredictionListing};
 use crate::run_dir::{RunDir, Which};
 use crate::Result;

@@ -10,9 +10,11 @@ use kiln_models::ImageClassifier;
 
 use super::energy::{plot_energy, EnergySummary};
 use super::evaluate::{evaluate, EvalSettings, Evaluation};
+use super::image_folder::ImageFolder;
 use super::setup::make_loader;
+use super::transform::Transform;
 use super::tta::Tta;
-use crate::data::{ImageFolder, SkipLog, Split, Transform};
+use crate::data::{SkipLog, Split};
 use crate::engine::{check_classes, LoadedRun};
 use crate::fsutil::write_atomic;
 use crate::metrics::ClassificationMetrics;

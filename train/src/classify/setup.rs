@@ -2,10 +2,14 @@
 
 use std::sync::Arc;
 
+use super::cache::{self, DiskCache, ImageSource, RamStore, SplitToCache};
+use super::image_folder::{ImageFolder, Sample, SplitRatios};
+use super::loader::{ClassifyItems, ClassifyLoader};
+use super::transform::Transform;
+use crate::config::CacheMode;
 use crate::config::TrainConfig;
-use crate::data::cache::{self, DiskCache, ImageSource, RamStore, SplitToCache};
-use crate::data::{CacheMode, ImageFolder, Loader, LoaderConfig, Sample, SkipLog, SplitRatios, Transform};
-use crate::{Error, Result};
+use crate::data::{Batches, SkipLog};
+use crate::Result;
 
 pub use crate::engine::prepare_runtime;
 
@@ -20,21 +24,14 @@ pub fn make_loader(
     samples: &[Sample],
     transform: Transform,
     skips: &Arc<SkipLog>,
-) -> Result<Loader> {
-    let loader_config = LoaderConfig {
-        batch_size: config.batch,
-        img_size: config.img_size,
-        workers: config.workers.max(1),
-        prefetch: 2,
-        seed: config.seed,
-    };
-    Loader::new(samples.to_vec(), transform, config.normalize, loader_config, Arc::clone(skips))
-        .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })
+) -> Result<ClassifyLoader> {
+    let items = ClassifyItems::new(samples.to_vec(), transform, config.normalize, config.img_size, Arc::clone(skips));
+    ClassifyLoader::new(items, config.loader_settings())
 }
 
 /// Gives each named loader the image source `config.cache` asks for: `auto` and `ram` are decided over all of
 /// them together (one memory budget), then each RAM store is filled once, here, on its loader's threads.
-pub fn apply_cache(config: &TrainConfig, loaders: &mut [(&str, &mut Loader)]) -> Result<CacheMode> {
+pub fn apply_cache(config: &TrainConfig, loaders: &mut [(&str, &mut ClassifyLoader)]) -> Result<CacheMode> {
     apply_cache_with_budget(config.cache, config.img_size, loaders, cache::available_memory())
 }
 
@@ -42,28 +39,31 @@ pub fn apply_cache(config: &TrainConfig, loaders: &mut [(&str, &mut Loader)]) ->
 pub fn apply_cache_with_budget(
     requested: CacheMode,
     img_size: u32,
-    loaders: &mut [(&str, &mut Loader)],
+    loaders: &mut [(&str, &mut ClassifyLoader)],
     available: Option<u64>,
 ) -> Result<CacheMode> {
     let Some((_, first)) = loaders.first() else { return Ok(CacheMode::None) };
-    let splits: Vec<SplitToCache> =
-        loaders.iter().map(|(name, l)| SplitToCache { name, samples: l.samples(), transform: l.transform() }).collect();
+    let splits: Vec<SplitToCache> = loaders
+        .iter()
+        .map(|(name, l)| SplitToCache { name, samples: l.items().samples(), transform: l.items().transform() })
+        .collect();
     let (mode, estimates) = cache::plan(requested, &splits, img_size, available, first.pool())?;
     match mode {
         CacheMode::Ram => {
             let started = std::time::Instant::now();
             let mut bytes = 0;
             for ((_, loader), estimate) in loaders.iter_mut().zip(&estimates) {
+                let items = loader.items();
                 let store = RamStore::fill(
-                    loader.samples(),
+                    items.samples(),
                     estimate,
                     img_size,
-                    loader.transform(),
+                    items.transform(),
                     loader.pool(),
-                    loader.skips(),
+                    items.skips(),
                 );
                 bytes += store.bytes();
-                loader.set_source(ImageSource::Ram(store));
+                loader.items_mut().set_source(ImageSource::Ram(store));
             }
             let images: usize = loaders.iter().map(|(_, l)| l.len()).sum();
             eprintln!(
@@ -76,7 +76,7 @@ pub fn apply_cache_with_budget(
             let dir = DiskCache::default_dir();
             eprintln!("cache: disk, decoded images under {}", dir.display());
             for (_, loader) in loaders.iter_mut() {
-                loader.set_source(ImageSource::Disk(DiskCache::new(dir.clone())?));
+                loader.items_mut().set_source(ImageSource::Disk(DiskCache::new(dir.clone())?));
             }
         }
         CacheMode::None | CacheMode::Auto => {}

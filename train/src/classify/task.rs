@@ -15,16 +15,19 @@ use kiln_models::ImageClassifier;
 use super::distill::{distillation_term, Teacher};
 use super::evaluate::{evaluate, EvalSettings, Evaluation};
 use super::export::{classifier_onnx, GraphSpec};
+use super::image_folder::{ImageFolder, SplitSource};
+use super::loader::{Batch, ClassifyLoader};
 use super::loss::{classification_loss, soft_cross_entropy, training_logits};
 use super::model::{build_classifier, classifier_config, trainable_params};
 use super::predict::{predict_loaded, PredictSettings, Prediction};
 use super::report::{report_split, SplitReport};
 use super::setup::{apply_cache, make_loader, open_dataset};
+use super::transform::Transform;
 use super::tta::Tta;
 use crate::checkpoint::Checkpoint;
 use crate::config::{TaskKind, TrainConfig};
-use crate::data::{Batch, ImageFolder, Loader, SkipLog, Split, Transform};
-use crate::engine::{self, Batches, Built, Direction, EpochCallback, LoadedRun, Losses, Objective, Task};
+use crate::data::{SkipLog, Split};
+use crate::engine::{self, Built, Direction, EpochCallback, LoadedRun, Losses, Objective, Task};
 use crate::export::ExportOptions;
 use crate::metrics::ClassificationMetrics;
 use crate::optim::Param;
@@ -67,26 +70,7 @@ struct DatasetSummary<'a> {
     root: &'a std::path::Path,
     class_names: &'a [String],
     images: BTreeMap<&'static str, usize>,
-    sources: &'a BTreeMap<String, crate::data::image_folder::SplitSource>,
-}
-
-impl Batches for Loader {
-    type Batch = Batch;
-    fn len(&self) -> usize {
-        Loader::len(self)
-    }
-    fn num_batches(&self) -> usize {
-        Loader::num_batches(self)
-    }
-    fn epoch(&self, epoch: usize, shuffle: bool) -> Box<dyn Iterator<Item = Result<Batch>> + '_> {
-        Box::new(Loader::epoch(self, epoch, shuffle))
-    }
-    fn batch_len(batch: &Batch) -> usize {
-        batch.paths.len()
-    }
-    fn sample_batches(&self, batches: usize) -> Self {
-        Loader::sample_batches(self, batches)
-    }
+    sources: &'a BTreeMap<String, SplitSource>,
 }
 
 impl engine::Evaluation for Evaluation {
@@ -116,7 +100,7 @@ impl Task for Classification {
     const LOSS_LABEL: &'static str = "cross-entropy";
 
     type Model = ImageClassifier;
-    type Loader = Loader;
+    type Loader = ClassifyLoader;
     type Evaluation = Evaluation;
     type Metrics = ClassificationMetrics;
     type Report = SplitReport;
@@ -223,7 +207,7 @@ impl Task for Classification {
         trainable_params(vs, model, config.freeze.0)
     }
 
-    fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(Loader, Option<Loader>)> {
+    fn loaders(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<(ClassifyLoader, Option<ClassifyLoader>)> {
         let d = &self.dataset;
         let mut train = make_loader(config, &d.train, Transform::Train(config.augment.clone()), skips)?;
         let mut val = if d.val.is_empty() {
@@ -231,7 +215,7 @@ impl Task for Classification {
         } else {
             Some(make_loader(config, &d.val, Transform::eval(config.eval_crop_pct), skips)?)
         };
-        let mut cached: Vec<(&str, &mut Loader)> = vec![("train", &mut train)];
+        let mut cached: Vec<(&str, &mut ClassifyLoader)> = vec![("train", &mut train)];
         if let Some(val) = val.as_mut() {
             cached.push(("val", val));
         }
@@ -239,7 +223,7 @@ impl Task for Classification {
         Ok((train, val))
     }
 
-    fn test_loader(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<Option<Loader>> {
+    fn test_loader(&self, config: &TrainConfig, skips: &Arc<SkipLog>) -> Result<Option<ClassifyLoader>> {
         let test = &self.dataset.test;
         (!test.is_empty()).then(|| make_loader(config, test, Transform::eval(config.eval_crop_pct), skips)).transpose()
     }
@@ -288,7 +272,7 @@ impl Task for Classification {
         })
     }
 
-    fn evaluate(&self, model: &ImageClassifier, loader: &Loader, precision: &Precision) -> Result<Evaluation> {
+    fn evaluate(&self, model: &ImageClassifier, loader: &ClassifyLoader, precision: &Precision) -> Result<Evaluation> {
         evaluate(model, loader, precision, self.dataset.num_classes(), &EvalSettings::default())
     }
 

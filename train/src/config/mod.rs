@@ -7,14 +7,18 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub mod augment;
+pub mod cache_mode;
 pub mod classify;
 pub mod detect;
 pub mod ocr;
 pub mod task_kind;
 
-use crate::data::{AugmentConfig, CacheMode, Normalize};
+use crate::data::{LoaderSettings, Normalize};
 use crate::precision::AmpMode;
 use crate::{Error, Result};
+pub use augment::{AugmentConfig, AutoAugment, EraseFill, RandomErasing};
+pub use cache_mode::CacheMode;
 pub use classify::{Distill, Mixup};
 pub use detect::DetectSettings;
 pub use ocr::OcrSettings;
@@ -311,6 +315,11 @@ pub fn merge(base: &mut Value, overrides: &Value) {
 }
 
 impl TrainConfig {
+    /// How this config's loaders batch: its batch size, workers and seed, two batches prepared ahead.
+    pub fn loader_settings(&self) -> LoaderSettings {
+        LoaderSettings { batch_size: self.batch, workers: self.workers.max(1), prefetch: 2, seed: self.seed }
+    }
+
     /// Defaults ← `file` ← `overrides` (a JSON object of keys set on the command line), then validated.
     pub fn resolve(file: Option<&Path>, overrides: &Value) -> Result<Self> {
         let mut value = serde_json::to_value(TrainConfig::default()).expect("the default config serialises");

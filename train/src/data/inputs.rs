@@ -3,8 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use super::image_folder::is_image;
 use crate::{Error, Result};
+
+/// File extensions read as images (compared case-insensitively).
+pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
+
+/// Whether `path` has one of the [`IMAGE_EXTENSIONS`].
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
 
 /// Expands folders (recursively, sorted) into their image files; files are kept as given, each file once.
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {

@@ -107,7 +107,7 @@ pub fn evaluate(
 ) -> Result<DetectionEvaluation> {
     let device = precision.device;
     let (locations, points, strides) = locations_on(model, img_size as i64, device);
-    let samples = loader.samples();
+    let samples = loader.items().samples();
     let (mut gts, mut preds) = (Vec::new(), Vec::new());
     let (mut matched, mut num_truths): (Vec<Matched>, usize) = (Vec::new(), 0);
     let mut detections = Vec::new();

@@ -3,12 +3,9 @@
 //! kiln-infer's own letterbox preprocessing (what production runs), with each image's placement kept so that
 //! predictions map back to original pixels, where they are scored against the original boxes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rand::distr::weighted::WeightedIndex;
-use rand::distr::Distribution;
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
 
@@ -16,10 +13,8 @@ use kiln_infer::preprocess::{decode_rgb, resize_region, ChannelOrder, Placement,
 
 use super::annotations::DetectionSample;
 use super::augment::{augment, needs_mosaic, AugmentConfig, TargetBox};
-use crate::data::batcher::{mix, spawn_epoch, spread, BatchIter, ItemSource};
-use crate::data::{Normalize, SkipLog};
-use crate::engine::Batches;
-use crate::Result;
+use crate::data::batcher::ItemSource;
+use crate::data::{ItemLoader, Items, Normalize, SkipLog};
 
 /// One image's targets in a batch.
 #[derive(Clone, Debug)]
@@ -36,7 +31,7 @@ pub struct ImageTargets {
 pub struct DetectBatch {
     pub images: Tensor,
     pub targets: Vec<ImageTargets>,
-    pub paths: Vec<std::path::PathBuf>,
+    pub paths: Vec<PathBuf>,
 }
 
 impl DetectBatch {
@@ -56,8 +51,9 @@ pub enum DetectTransform {
     Eval,
 }
 
-struct DetectItems {
-    samples: Arc<Vec<DetectionSample>>,
+/// One split's detection samples, prepared for training or evaluation.
+pub struct DetectItems {
+    samples: Vec<DetectionSample>,
     transform: DetectTransform,
     norm: Normalize,
     size: u32,
@@ -65,6 +61,20 @@ struct DetectItems {
 }
 
 impl DetectItems {
+    pub fn new(
+        samples: Vec<DetectionSample>,
+        transform: DetectTransform,
+        norm: Normalize,
+        size: u32,
+        skips: Arc<SkipLog>,
+    ) -> Self {
+        Self { samples, transform, norm, size, skips }
+    }
+
+    pub fn samples(&self) -> &[DetectionSample] {
+        &self.samples
+    }
+
     fn decode(&self, index: usize) -> std::result::Result<image::RgbImage, String> {
         let path = &self.samples[index].path;
         decode_rgb(path).inspect_err(|reason| {
@@ -155,20 +165,6 @@ impl ItemSource for DetectItems {
     }
 }
 
-/// Produces batches of one split's detection samples; each [`Batches::epoch`] call is one pass.
-pub struct DetectLoader {
-    samples: Arc<Vec<DetectionSample>>,
-    transform: DetectTransform,
-    norm: Normalize,
-    size: u32,
-    batch_size: usize,
-    seed: u64,
-    pool: Arc<rayon::ThreadPool>,
-    skips: Arc<SkipLog>,
-    /// Per-sample weights of class-balanced sampling (`None`: each sample once per epoch).
-    weights: Option<Vec<f64>>,
-}
-
 /// Class-balanced sampling weights: an image weighs the mean inverse frequency (in boxes) of its boxes' classes;
 /// an image without boxes weighs the mean of the others (so negatives stay as common as they are).
 pub fn balanced_weights(samples: &[DetectionSample]) -> Vec<f64> {
@@ -189,130 +185,39 @@ pub fn balanced_weights(samples: &[DetectionSample]) -> Vec<f64> {
     weights.into_iter().map(|w| w.unwrap_or(mean)).collect()
 }
 
-impl DetectLoader {
-    /// Samples each training epoch with [`balanced_weights`] (with replacement, as many draws as samples).
-    pub fn with_balanced_sampling(mut self) -> Self {
-        self.weights = Some(balanced_weights(&self.samples));
-        self
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        samples: Vec<DetectionSample>,
-        transform: DetectTransform,
-        norm: Normalize,
-        size: u32,
-        batch_size: usize,
-        workers: usize,
-        seed: u64,
-        skips: Arc<SkipLog>,
-    ) -> std::result::Result<Self, rayon::ThreadPoolBuildError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(workers.max(1))
-            .thread_name(|i| format!("kiln-data-{i}"))
-            .build()?;
-        Ok(Self {
-            samples: Arc::new(samples),
-            transform,
-            norm,
-            size,
-            batch_size: batch_size.max(1),
-            seed,
-            pool: Arc::new(pool),
-            skips,
-            weights: None,
-        })
-    }
-
-    /// The samples of one pass, in order, and the pass's seed: all once (shuffled when `shuffle`), or with
-    /// balanced sampling as many weighted draws with replacement.
-    pub fn epoch_order(&self, epoch: usize, shuffle: bool) -> (Vec<usize>, u64) {
-        let mut order: Vec<usize> = (0..self.samples.len()).collect();
-        let epoch_seed = mix(self.seed ^ mix(epoch as u64 + 1));
-        let mut rng = rand::rngs::StdRng::seed_from_u64(epoch_seed);
-        match &self.weights {
-            Some(weights) if shuffle && !weights.is_empty() => {
-                let draw = WeightedIndex::new(weights).expect("positive finite weights");
-                order = (0..self.samples.len()).map(|_| draw.sample(&mut rng)).collect();
-            }
-            _ if shuffle => order.shuffle(&mut rng),
-            _ => {}
-        }
-        (order, epoch_seed)
-    }
-
-    pub fn samples(&self) -> &[DetectionSample] {
-        &self.samples
-    }
-}
-
-/// The batches of one pass.
-pub struct DetectEpoch {
-    inner: BatchIter<ImageTargets>,
-    size: i64,
-}
-
-impl Iterator for DetectEpoch {
-    type Item = Result<DetectBatch>;
-
-    fn next(&mut self) -> Option<Result<DetectBatch>> {
-        let s = self.size;
-        Some(self.inner.next()?.map(|b| DetectBatch {
-            images: Tensor::from_slice(&b.pixels).view([b.targets.len() as i64, 3, s, s]),
-            targets: b.targets,
-            paths: b.paths,
-        }))
-    }
-}
-
-impl Batches for DetectLoader {
+impl Items for DetectItems {
     type Batch = DetectBatch;
 
     fn len(&self) -> usize {
         self.samples.len()
     }
 
-    fn num_batches(&self) -> usize {
-        self.samples.len().div_ceil(self.batch_size)
+    fn item_shape(&self) -> [usize; 3] {
+        [3, self.size as usize, self.size as usize]
     }
 
-    fn epoch(&self, epoch: usize, shuffle: bool) -> Box<dyn Iterator<Item = Result<DetectBatch>> + '_> {
-        let (order, epoch_seed) = self.epoch_order(epoch, shuffle);
-        let items = Arc::new(DetectItems {
-            samples: Arc::clone(&self.samples),
-            transform: self.transform.clone(),
-            norm: self.norm,
-            size: self.size,
-            skips: Arc::clone(&self.skips),
-        });
-        let per = 3 * self.size as usize * self.size as usize;
-        let inner = spawn_epoch(items, order, self.batch_size, per, Arc::clone(&self.pool), 2, epoch_seed);
-        Box::new(DetectEpoch { inner, size: self.size as i64 })
+    fn batch(images: Tensor, targets: Vec<ImageTargets>, paths: Vec<PathBuf>) -> DetectBatch {
+        DetectBatch { images, targets, paths }
     }
 
     fn batch_len(batch: &DetectBatch) -> usize {
         batch.targets.len()
     }
+}
 
-    fn sample_batches(&self, batches: usize) -> Self {
-        let count = batches.saturating_mul(self.batch_size);
-        Self {
-            samples: Arc::new(spread(&self.samples, count)),
-            transform: self.transform.clone(),
-            norm: self.norm,
-            size: self.size,
-            batch_size: self.batch_size,
-            seed: self.seed,
-            pool: Arc::clone(&self.pool),
-            skips: Arc::clone(&self.skips),
-            weights: self.weights.as_ref().map(|w| spread(w, count)),
-        }
-    }
+/// Batches of one split's detection samples; each [`crate::data::Batches::epoch`] call is one pass.
+pub type DetectLoader = ItemLoader<DetectItems>;
+
+/// Samples each training pass of `loader` with [`balanced_weights`] (with replacement, as many draws as samples).
+pub fn with_balanced_sampling(loader: DetectLoader) -> DetectLoader {
+    let weights = balanced_weights(loader.items().samples());
+    loader.with_weights(weights)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::LoaderSettings;
     use crate::detect::annotations::BoxAnnotation;
 
     fn sample(i: usize, classes: &[usize]) -> DetectionSample {
@@ -336,10 +241,9 @@ mod tests {
         let weights = balanced_weights(&samples);
         assert!((weights[0] - 1.0 / 9.0).abs() < 1e-12 && (weights[9] - 1.0).abs() < 1e-12);
         assert!((weights[10] - (9.0 / 9.0 + 1.0) / 10.0).abs() < 1e-12, "negatives weigh the mean");
-        let loader =
-            DetectLoader::new(samples, DetectTransform::Eval, Normalize::default(), 32, 4, 1, 7, Arc::default())
-                .unwrap()
-                .with_balanced_sampling();
+        let items = DetectItems::new(samples, DetectTransform::Eval, Normalize::default(), 32, Arc::default());
+        let settings = LoaderSettings { batch_size: 4, workers: 1, prefetch: 2, seed: 7 };
+        let loader = with_balanced_sampling(DetectLoader::new(items, settings).unwrap());
         // The orders of many epochs (nothing is decoded): the rare image as often as all common ones together.
         let (mut rare, mut common) = (0usize, 0usize);
         for epoch in 0..200 {

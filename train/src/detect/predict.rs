@@ -10,10 +10,10 @@ use kiln_models::ObjectDetector;
 
 use super::annotations::DetectionSample;
 use super::evaluate::evaluate;
-use super::loader::{DetectLoader, DetectTransform};
+use super::loader::{DetectItems, DetectLoader, DetectTransform};
 use crate::data::SkipLog;
 use crate::engine::{LoadedRun, Predicted};
-use crate::{Error, Result};
+use crate::Result;
 
 /// One input's detections (boxes in its own pixels), or why it could not be read.
 pub type DetectionPrediction = Predicted<Vec<Detection>>;
@@ -38,17 +38,8 @@ pub(crate) fn predict_loaded(
         }
     }
     let skips = Arc::new(SkipLog::default());
-    let loader = DetectLoader::new(
-        samples,
-        DetectTransform::Eval,
-        config.normalize,
-        config.img_size,
-        config.batch,
-        config.workers,
-        config.seed,
-        Arc::clone(&skips),
-    )
-    .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })?;
+    let items = DetectItems::new(samples, DetectTransform::Eval, config.normalize, config.img_size, Arc::clone(&skips));
+    let loader = DetectLoader::new(items, config.loader_settings())?;
     let eval = evaluate(model, &loader, precision, &config.detect, class_names.len(), config.img_size)?;
     for (index, detections) in eval.detections {
         results[sample_input[index]].value = Some(detections);

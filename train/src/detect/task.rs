@@ -16,7 +16,7 @@ use super::annotations::{self, DetectionDataset, Split};
 use super::augment::TargetBox;
 use super::evaluate::{draw_first_images, evaluate, locations_on, DetectionEvaluation, DetectionMetrics};
 use super::export::{detector_onnx, DetectorGraphSpec};
-use super::loader::{DetectBatch, DetectLoader, DetectTransform, ImageTargets};
+use super::loader::{with_balanced_sampling, DetectBatch, DetectItems, DetectLoader, DetectTransform, ImageTargets};
 use super::loss::batch_losses;
 use super::report::{report_split, DetectionReport};
 use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
@@ -27,7 +27,7 @@ use crate::export::ExportOptions;
 use crate::optim::Param;
 use crate::precision::Precision;
 use crate::run_dir::RunDir;
-use crate::{Error, Result};
+use crate::Result;
 use kiln_tune::{Distribution, SearchSpace};
 
 /// What a finished detection run reports.
@@ -85,17 +85,14 @@ pub fn make_loader(
     transform: DetectTransform,
     skips: &Arc<SkipLog>,
 ) -> Result<DetectLoader> {
-    DetectLoader::new(
+    let items = DetectItems::new(
         dataset.split(split).to_vec(),
         transform,
         config.normalize,
         config.img_size,
-        config.batch,
-        config.workers,
-        config.seed,
         Arc::clone(skips),
-    )
-    .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })
+    );
+    DetectLoader::new(items, config.loader_settings())
 }
 
 /// The detection task over one dataset.
@@ -270,7 +267,7 @@ impl Task for Detection {
             skips,
         )?;
         if config.detect.balanced_sampling {
-            train = train.with_balanced_sampling();
+            train = with_balanced_sampling(train);
         }
         let val = if self.dataset.val.is_empty() {
             None

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::task::Task;
 use super::trainer::{prepare_runtime, Trainer};
+use crate::config::CacheMode;
 use crate::config::TrainConfig;
-use crate::data::CacheMode;
 use crate::fsutil::write_atomic;
 use crate::run_dir::RunDir;
 use crate::Result;

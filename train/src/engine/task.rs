@@ -15,6 +15,7 @@ use kiln_export::ModelMetadata;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{TaskKind, TrainConfig};
+pub use crate::data::Batches;
 use crate::data::{SkipLog, Split};
 use crate::export::ExportOptions;
 use crate::optim::Param;
@@ -51,24 +52,6 @@ impl Losses {
 pub trait Evaluation {
     fn values(&self) -> Vec<Option<f64>>;
     fn images(&self) -> usize;
-}
-
-/// Batches of one split, one pass per [`Batches::epoch`] call.
-pub trait Batches {
-    type Batch;
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn num_batches(&self) -> usize;
-    fn epoch(&self, epoch: usize, shuffle: bool) -> Box<dyn Iterator<Item = Result<Self::Batch>> + '_>;
-    /// Images in a batch.
-    fn batch_len(batch: &Self::Batch) -> usize;
-    /// A loader like this one over `batches` batches' worth of its samples, spread evenly over them and read
-    /// from their files (`fast_dev_run`).
-    fn sample_batches(&self, batches: usize) -> Self
-    where
-        Self: Sized;
 }
 
 /// A model built by a task, and what loading weights into it did.

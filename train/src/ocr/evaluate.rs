@@ -70,7 +70,7 @@ pub fn evaluate(
     precision: &Precision,
 ) -> Result<TextEvaluation> {
     let device = precision.device;
-    let samples = loader.samples();
+    let samples = loader.items().samples();
     let mut scores = TextScores::default();
     let mut readings = Vec::with_capacity(samples.len());
     let (mut loss_sum, mut images) = (0.0, 0usize);

@@ -3,10 +3,9 @@
 //! [`Resize::FitHeight`], what production runs), so lines of any width batch together; each line keeps its own
 //! length in frames, which the CTC loss and the decoder use. Training adds [`super::augment`]'s transforms.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::Tensor;
 
@@ -17,10 +16,8 @@ use kiln_infer::preprocess::{
 use super::augment::{augment_geometry, augment_pixels, TextAugment};
 use super::charset::{frames_needed, Charset};
 use super::dataset::TextSample;
-use crate::data::batcher::{mix, spawn_epoch, spread, BatchIter, ItemSource};
-use crate::data::{Normalize, SkipLog};
-use crate::engine::Batches;
-use crate::Result;
+use crate::data::batcher::ItemSource;
+use crate::data::{ItemLoader, Items, Normalize, SkipLog};
 
 /// Pixels of input width per output frame.
 pub const WIDTH_STRIDE: u32 = 4;
@@ -45,7 +42,7 @@ pub struct LineTarget {
 pub struct TextBatch {
     pub images: Tensor,
     pub targets: Vec<LineTarget>,
-    pub paths: Vec<std::path::PathBuf>,
+    pub paths: Vec<PathBuf>,
 }
 
 /// What a text loader prepares.
@@ -80,12 +77,33 @@ impl LineInput {
     }
 }
 
-struct TextItems {
-    samples: Arc<Vec<TextSample>>,
-    charset: Arc<Charset>,
+/// One split's text lines, prepared for training or evaluation.
+pub struct TextItems {
+    samples: Vec<TextSample>,
+    charset: Charset,
     transform: TextTransform,
     input: LineInput,
     skips: Arc<SkipLog>,
+}
+
+impl TextItems {
+    pub fn new(
+        samples: Vec<TextSample>,
+        charset: Charset,
+        transform: TextTransform,
+        input: LineInput,
+        skips: Arc<SkipLog>,
+    ) -> Self {
+        Self { samples, charset, transform, input, skips }
+    }
+
+    pub fn samples(&self) -> &[TextSample] {
+        &self.samples
+    }
+
+    pub fn input(&self) -> LineInput {
+        self.input
+    }
 }
 
 impl ItemSource for TextItems {
@@ -140,125 +158,33 @@ impl ItemSource for TextItems {
     }
 }
 
-/// Produces batches of one split's lines; each [`Batches::epoch`] call is one pass.
-pub struct TextLoader {
-    samples: Arc<Vec<TextSample>>,
-    charset: Arc<Charset>,
-    transform: TextTransform,
-    input: LineInput,
-    batch_size: usize,
-    seed: u64,
-    pool: Arc<rayon::ThreadPool>,
-    skips: Arc<SkipLog>,
-}
-
-impl TextLoader {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        samples: Vec<TextSample>,
-        charset: Charset,
-        transform: TextTransform,
-        input: LineInput,
-        batch_size: usize,
-        workers: usize,
-        seed: u64,
-        skips: Arc<SkipLog>,
-    ) -> std::result::Result<Self, rayon::ThreadPoolBuildError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(workers.max(1))
-            .thread_name(|i| format!("kiln-data-{i}"))
-            .build()?;
-        Ok(Self {
-            samples: Arc::new(samples),
-            charset: Arc::new(charset),
-            transform,
-            input,
-            batch_size: batch_size.max(1),
-            seed,
-            pool: Arc::new(pool),
-            skips,
-        })
-    }
-
-    pub fn samples(&self) -> &[TextSample] {
-        &self.samples
-    }
-
-    pub fn input(&self) -> LineInput {
-        self.input
-    }
-}
-
-/// The batches of one pass.
-pub struct TextEpoch {
-    inner: BatchIter<LineTarget>,
-    height: i64,
-    width: i64,
-}
-
-impl Iterator for TextEpoch {
-    type Item = Result<TextBatch>;
-
-    fn next(&mut self) -> Option<Result<TextBatch>> {
-        let (h, w) = (self.height, self.width);
-        Some(self.inner.next()?.map(|b| TextBatch {
-            images: Tensor::from_slice(&b.pixels).view([b.targets.len() as i64, 3, h, w]),
-            targets: b.targets,
-            paths: b.paths,
-        }))
-    }
-}
-
-impl Batches for TextLoader {
+impl Items for TextItems {
     type Batch = TextBatch;
 
     fn len(&self) -> usize {
         self.samples.len()
     }
 
-    fn num_batches(&self) -> usize {
-        self.samples.len().div_ceil(self.batch_size)
+    fn item_shape(&self) -> [usize; 3] {
+        [3, self.input.height as usize, self.input.width as usize]
     }
 
-    fn epoch(&self, epoch: usize, shuffle: bool) -> Box<dyn Iterator<Item = Result<TextBatch>> + '_> {
-        let mut order: Vec<usize> = (0..self.samples.len()).collect();
-        let epoch_seed = mix(self.seed ^ mix(epoch as u64 + 1));
-        if shuffle {
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
-        }
-        let items = Arc::new(TextItems {
-            samples: Arc::clone(&self.samples),
-            charset: Arc::clone(&self.charset),
-            transform: self.transform.clone(),
-            input: self.input,
-            skips: Arc::clone(&self.skips),
-        });
-        let per = 3 * self.input.height as usize * self.input.width as usize;
-        let inner = spawn_epoch(items, order, self.batch_size, per, Arc::clone(&self.pool), 2, epoch_seed);
-        Box::new(TextEpoch { inner, height: self.input.height as i64, width: self.input.width as i64 })
+    fn batch(images: Tensor, targets: Vec<LineTarget>, paths: Vec<PathBuf>) -> TextBatch {
+        TextBatch { images, targets, paths }
     }
 
     fn batch_len(batch: &TextBatch) -> usize {
         batch.targets.len()
     }
-
-    fn sample_batches(&self, batches: usize) -> Self {
-        Self {
-            samples: Arc::new(spread(&self.samples, batches.saturating_mul(self.batch_size))),
-            charset: Arc::clone(&self.charset),
-            transform: self.transform.clone(),
-            input: self.input,
-            batch_size: self.batch_size,
-            seed: self.seed,
-            pool: Arc::clone(&self.pool),
-            skips: Arc::clone(&self.skips),
-        }
-    }
 }
+
+/// Batches of one split's lines; each [`crate::data::Batches::epoch`] call is one pass.
+pub type TextLoader = ItemLoader<TextItems>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Batches;
 
     #[test]
     fn a_line_occupies_its_fitted_width_in_frames() {
@@ -278,9 +204,9 @@ mod tests {
             samples.push(TextSample { path, text: "12".into() });
         }
         let input = LineInput { height: 32, width: 256, normalize: Normalize::default() };
-        let loader =
-            TextLoader::new(samples, Charset::parse("0-9"), TextTransform::Eval, input, 8, 1, 0, Arc::default())
-                .unwrap();
+        let items = TextItems::new(samples, Charset::parse("0-9"), TextTransform::Eval, input, Arc::default());
+        let settings = crate::data::LoaderSettings { batch_size: 8, workers: 1, prefetch: 2, seed: 0 };
+        let loader = TextLoader::new(items, settings).unwrap();
         let batch = loader.epoch(0, false).next().unwrap().unwrap();
         assert_eq!(batch.images.size(), [3, 3, 32, 256]);
         // 40×16 → 80×32 (20 frames); 160×16 → 320, squeezed to 256 (64 frames); 400×16 too.

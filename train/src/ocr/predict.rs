@@ -11,11 +11,11 @@ use kiln_models::TextLineRecognizer;
 use super::charset::Charset;
 use super::dataset::TextSample;
 use super::evaluate::evaluate;
-use super::loader::{TextLoader, TextTransform};
+use super::loader::{TextItems, TextLoader, TextTransform};
 use super::task::line_input;
 use crate::data::SkipLog;
 use crate::engine::{LoadedRun, Predicted};
-use crate::{Error, Result};
+use crate::Result;
 
 /// One input's reading, or why it could not be read.
 pub type LinePrediction = Predicted<Reading>;
@@ -27,17 +27,8 @@ pub(crate) fn predict_loaded(loaded: &LoadedRun<TextLineRecognizer>, files: &[Pa
     let charset = Charset::new(loaded.ckpt.state.class_names.iter().cloned());
     let samples: Vec<TextSample> = files.iter().map(|p| TextSample { path: p.clone(), text: String::new() }).collect();
     let skips = Arc::new(SkipLog::default());
-    let loader = TextLoader::new(
-        samples,
-        charset.clone(),
-        TextTransform::Eval,
-        line_input(config),
-        config.batch,
-        config.workers,
-        0,
-        Arc::clone(&skips),
-    )
-    .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })?;
+    let items = TextItems::new(samples, charset.clone(), TextTransform::Eval, line_input(config), Arc::clone(&skips));
+    let loader = TextLoader::new(items, config.loader_settings())?;
     let eval = evaluate(model, &loader, &charset, precision)?;
     let mut results = LinePrediction::unread(files);
     for reading in eval.readings {

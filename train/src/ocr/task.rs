@@ -16,7 +16,7 @@ use super::charset::Charset;
 use super::dataset::{self, CharsetChoice, TextDataset};
 use super::evaluate::{evaluate, TextEvaluation, TextMetrics};
 use super::export::{recognizer_onnx, RecognizerGraphSpec};
-use super::loader::{LineInput, LineTarget, TextBatch, TextLoader, TextTransform, WIDTH_STRIDE};
+use super::loader::{LineInput, LineTarget, TextBatch, TextItems, TextLoader, TextTransform, WIDTH_STRIDE};
 use super::loss::batch_loss;
 use super::report::{report_split, TextReport};
 use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
@@ -103,17 +103,14 @@ pub fn make_loader(
     transform: TextTransform,
     skips: &Arc<SkipLog>,
 ) -> Result<TextLoader> {
-    TextLoader::new(
+    let items = TextItems::new(
         dataset.split(split.name()).to_vec(),
         dataset.charset.clone(),
         transform,
         line_input(config),
-        config.batch,
-        config.workers,
-        config.seed,
         Arc::clone(skips),
-    )
-    .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })
+    );
+    TextLoader::new(items, config.loader_settings())
 }
 
 /// The OCR task over one dataset.

@@ -4,10 +4,9 @@ use std::path::{Path, PathBuf};
 
 use super::{AnnotationError, Location};
 
-/// File extensions read as images (compared case-insensitively).
-pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
-
+pub(super) use crate::data::is_image as is_image_file;
 pub(crate) use crate::data::paths::{safe_relative, PathProblem};
+pub use crate::data::IMAGE_EXTENSIONS;
 
 /// [`safe_relative`], with a refusal turned into the error that names `file` and `at`.
 pub(super) fn checked_relative(value: &str, file: &Path, at: Location) -> Result<PathBuf, AnnotationError> {
@@ -46,13 +45,6 @@ pub(super) fn probe_image(path: &Path) -> Probe {
         Ok((w, h)) => Probe::Unreadable(format!("the image is {w}x{h} pixels")),
         Err(e) => Probe::Unreadable(e.to_string()),
     }
-}
-
-/// Whether the file name has one of [`IMAGE_EXTENSIONS`].
-pub(super) fn is_image_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|known| e.eq_ignore_ascii_case(known)))
 }
 
 /// Every file below `dir` (recursively) that `keep` accepts, sorted by path. Hidden entries (a name starting with

@@ -8,7 +8,7 @@ use kiln_export::quantize::{with_observed_outputs, TensorStats};
 use kiln_infer::{Backend, Model, Preprocess};
 
 use super::CalibSource;
-use crate::data::image_folder::is_image;
+use crate::data::is_image;
 use crate::{Error, Result};
 
 /// At most `limit` images from `source`, spread evenly over it (sorted by path, so the choice is repeatable), and

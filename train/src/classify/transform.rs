@@ -1,4 +1,5 @@
-//! Augmentation and normalisation: an RGB8 image in, a normalised CHW f32 tensor's data out.
+//! Classification's image transform, augmentation and normalisation: an RGB8 image in, a normalised CHW f32
+//! tensor's data out. The settings are the config's [`AugmentConfig`].
 //!
 //! Training: random resized crop (as torchvision's `RandomResizedCrop`), horizontal flip, RandAugment or
 //! TrivialAugment ([`super::auto_augment`]), colour jitter (brightness, contrast, saturation), then random erasing
@@ -10,60 +11,9 @@ use image::RgbImage;
 pub use kiln_infer::preprocess::Crop;
 use kiln_infer::preprocess::{normalize_chw, resize_region, ChannelOrder, Preprocess, Resize};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
-use super::auto_augment::AutoAugment;
-use super::erasing::RandomErasing;
-
-/// ImageNet mean and standard deviation (RGB, on 0..1 values), timm's defaults for ConvNeXt.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-
-/// Training-time augmentation settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AugmentConfig {
-    /// Range of the crop's area as a fraction of the image's.
-    pub scale: [f64; 2],
-    /// Range of the crop's aspect ratio (width / height), sampled log-uniformly.
-    pub ratio: [f64; 2],
-    /// Probability of a horizontal flip.
-    pub hflip: f64,
-    /// Strength of brightness, contrast and saturation jitter: each factor is drawn from [1 - s, 1 + s].
-    pub color_jitter: f64,
-    /// RandAugment or TrivialAugment on the crop, after the flip (none by default).
-    pub auto_augment: Option<AutoAugment>,
-    /// Random erasing after normalisation (off by default).
-    pub random_erasing: RandomErasing,
-}
-
-impl Default for AugmentConfig {
-    fn default() -> Self {
-        Self {
-            scale: [0.08, 1.0],
-            ratio: [3.0 / 4.0, 4.0 / 3.0],
-            hflip: 0.5,
-            color_jitter: 0.4,
-            auto_augment: None,
-            random_erasing: RandomErasing::default(),
-        }
-    }
-}
-
-/// Per-channel normalisation `(x / 255 - mean) / std`. Both keys are required and no other is accepted (a
-/// misspelt `stdev:` is an error, not ImageNet's std written into the model's metadata).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Normalize {
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-impl Default for Normalize {
-    fn default() -> Self {
-        Self { mean: IMAGENET_MEAN, std: IMAGENET_STD }
-    }
-}
+pub use crate::config::AugmentConfig;
+pub use crate::data::Normalize;
 
 /// What to do to an image before it becomes a tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,7 +137,7 @@ fn write_chw(pixels: &[u8], size: usize, flip: bool, jitter: Jitter, norm: &Norm
     }
 }
 
-/// Applies `transform` to `image` (the loader's working image, [`crate::data::cache::working_image`]: for
+/// Applies `transform` to `image` (the loader's working image, [`super::cache::working_image`]: for
 /// evaluation already at the input size) and writes the normalised `3 × size × size` CHW result into `out`.
 pub fn transform_into(
     image: &RgbImage,
@@ -315,8 +265,7 @@ mod tests {
 
     #[test]
     fn rand_augment_and_erasing_keep_the_shape_and_erase_after_normalisation() {
-        use crate::data::auto_augment::AutoAugment;
-        use crate::data::erasing::{EraseFill, RandomErasing};
+        use crate::config::{AutoAugment, EraseFill, RandomErasing};
         let norm = Normalize::default();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let image = RgbImage::from_fn(50, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 128]));

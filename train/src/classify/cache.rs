@@ -10,47 +10,19 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use image::RgbImage;
 use kiln_infer::preprocess::{center_crop_region, resize_region, Crop};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use super::augment::Transform;
-use super::decode::decode_rgb;
+use kiln_infer::preprocess::decode_rgb;
+
 use super::image_folder::Sample;
-use super::loader::SkipLog;
+use super::transform::Transform;
+pub use crate::config::CacheMode;
+use crate::data::SkipLog;
 use crate::{Error, Result};
-
-/// How decoded images are kept between epochs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheMode {
-    /// `ram` when the decoded images take under a quarter of the available memory, else `none`.
-    #[default]
-    Auto,
-    /// Decode every image every epoch; memory stays flat whatever the dataset's size.
-    None,
-    /// Decode each image once into memory (refused when it would not fit).
-    Ram,
-    /// Decoded arrays on disk (`KILN_CACHE_DIR`, else `~/.cache/kiln/decoded`), reused across runs.
-    Disk,
-}
-
-impl FromStr for CacheMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(CacheMode::Auto),
-            "none" | "false" => Ok(CacheMode::None),
-            "ram" | "true" => Ok(CacheMode::Ram),
-            "disk" => Ok(CacheMode::Disk),
-            other => Err(format!("'{other}' is not auto, none, ram or disk")),
-        }
-    }
-}
 
 /// The shorter side training images are shrunk to after decoding: the input size over timm's default crop
 /// fraction (0.875; 256 for 224), so random crops of the whole image still start from more pixels than they keep.
@@ -403,8 +375,9 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::augment::{AugmentConfig, Normalize};
-    use crate::data::loader::{Batch, Loader, LoaderConfig};
+    use crate::classify::loader::{Batch, ClassifyItems, ClassifyLoader};
+    use crate::config::AugmentConfig;
+    use crate::data::{Batches, LoaderSettings, Normalize};
     use std::sync::Arc;
 
     /// Images of several sizes (some larger than the working size, so it is exercised) and one corrupt file.
@@ -426,12 +399,12 @@ mod tests {
         samples
     }
 
-    fn loader(samples: Vec<Sample>, transform: Transform, skips: Arc<SkipLog>) -> Loader {
-        let config = LoaderConfig { batch_size: 3, img_size: 32, workers: 2, prefetch: 2, seed: 5 };
-        Loader::new(samples, transform, Normalize::default(), config, skips).unwrap()
+    fn loader(samples: Vec<Sample>, transform: Transform, skips: Arc<SkipLog>) -> ClassifyLoader {
+        let settings = LoaderSettings { batch_size: 3, workers: 2, prefetch: 2, seed: 5 };
+        ClassifyLoader::new(ClassifyItems::new(samples, transform, Normalize::default(), 32, skips), settings).unwrap()
     }
 
-    fn epochs(l: &Loader) -> Vec<Batch> {
+    fn epochs(l: &ClassifyLoader) -> Vec<Batch> {
         (0..2).flat_map(|e| l.epoch(e, true).map(Result::unwrap).collect::<Vec<_>>()).collect()
     }
 
@@ -458,12 +431,12 @@ mod tests {
             let estimate = Estimate::of(&samples, 32, &transform, ram.pool());
             let store = RamStore::fill(&samples, &estimate, 32, &transform, ram.pool(), &ram_skips);
             assert_eq!(store.bytes() as u64, estimate.bytes);
-            ram.set_source(ImageSource::Ram(store));
+            ram.items_mut().set_source(ImageSource::Ram(store));
             assert_same_batches(&epochs(&ram), &streamed, "ram");
             assert_eq!(ram_skips.entries(), streamed_skips.entries(), "the corrupt file is reported once, alike");
 
             let mut disk = loader(samples.clone(), transform.clone(), Arc::default());
-            disk.set_source(ImageSource::Disk(DiskCache::new(cache_dir.clone()).unwrap()));
+            disk.items_mut().set_source(ImageSource::Disk(DiskCache::new(cache_dir.clone()).unwrap()));
             assert_same_batches(&epochs(&disk), &streamed, "disk, first run (writes the cache)");
             assert_same_batches(&epochs(&disk), &streamed, "disk, from the cache");
         }

@@ -1,5 +1,5 @@
-//! Batches for training and evaluation: images decoded and augmented on the fly on a pool of worker threads,
-//! a bounded number of batches prepared ahead, unreadable files skipped and counted.
+//! Classification's items on the shared loader ([`crate::data::ItemLoader`]): each image decoded (or taken
+//! from the cache), augmented or resized for evaluation, normalised, with its class index.
 //!
 //! Streaming (the default source), memory holds at most `prefetch + 1` batches whatever the dataset's size; a
 //! [`ImageSource::Ram`] or [`ImageSource::Disk`] source (see `cache`) replaces the decoding, not the batching.
@@ -8,28 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::Tensor;
 
-use super::augment::{transform_into, Normalize, Transform};
-use super::batcher::{mix, spawn_epoch, BatchIter, ItemSource};
 use super::cache::ImageSource;
 use super::image_folder::Sample;
-pub use super::skip_log::SkipLog;
-use crate::Result;
-
-/// How a loader batches and prepares images.
-#[derive(Clone, Debug)]
-pub struct LoaderConfig {
-    pub batch_size: usize,
-    pub img_size: u32,
-    /// Decoding threads.
-    pub workers: usize,
-    /// Batches prepared ahead of the consumer.
-    pub prefetch: usize,
-    pub seed: u64,
-}
+use super::transform::{transform_into, Transform};
+use crate::data::batcher::ItemSource;
+use crate::data::{ItemLoader, Items, Normalize, SkipLog};
 
 /// One batch: `images` `[N, 3, S, S]` f32 normalised, `labels` `[N]` i64, and the files they came from.
 pub struct Batch {
@@ -38,51 +24,26 @@ pub struct Batch {
     pub paths: Vec<PathBuf>,
 }
 
-/// Produces batches of a list of samples; each call to [`Loader::epoch`] is one pass.
-pub struct Loader {
-    samples: Arc<Vec<Sample>>,
+/// Labelled images prepared for training or evaluation.
+pub struct ClassifyItems {
+    samples: Vec<Sample>,
+    source: ImageSource,
     transform: Transform,
     norm: Normalize,
-    config: LoaderConfig,
-    pool: Arc<rayon::ThreadPool>,
+    size: u32,
     skips: Arc<SkipLog>,
-    decoded: Arc<AtomicUsize>,
-    source: Arc<ImageSource>,
+    decoded: AtomicUsize,
 }
 
-impl Loader {
-    pub fn new(
-        samples: Vec<Sample>,
-        transform: Transform,
-        norm: Normalize,
-        config: LoaderConfig,
-        skips: Arc<SkipLog>,
-    ) -> std::result::Result<Self, rayon::ThreadPoolBuildError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(config.workers.max(1))
-            .thread_name(|i| format!("kiln-data-{i}"))
-            .build()?;
-        Ok(Self {
-            samples: Arc::new(samples),
-            transform,
-            norm,
-            config,
-            pool: Arc::new(pool),
-            skips,
-            decoded: Arc::default(),
-            source: Arc::new(ImageSource::Stream),
-        })
+impl ClassifyItems {
+    pub fn new(samples: Vec<Sample>, transform: Transform, norm: Normalize, size: u32, skips: Arc<SkipLog>) -> Self {
+        Self { samples, source: ImageSource::Stream, transform, norm, size, skips, decoded: AtomicUsize::new(0) }
     }
 
-    /// Takes working images from `source` from the next epoch on (a RAM store must have been filled from this
-    /// loader's samples, in order).
+    /// Takes working images from `source` from the next epoch on (a RAM store must have been filled from these
+    /// samples, in order).
     pub fn set_source(&mut self, source: ImageSource) {
-        self.source = Arc::new(source);
-    }
-
-    /// The decoding threads (for filling a cache).
-    pub fn pool(&self) -> &rayon::ThreadPool {
-        &self.pool
+        self.source = source;
     }
 
     pub fn samples(&self) -> &[Sample] {
@@ -93,85 +54,14 @@ impl Loader {
         &self.transform
     }
 
-    pub fn len(&self) -> usize {
-        self.samples.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
-    }
-
-    /// This loader over `batches` batches' worth of its samples, spread evenly ([`super::batcher::spread`]),
-    /// streamed from their files.
-    pub fn sample_batches(&self, batches: usize) -> Self {
-        let count = batches.saturating_mul(self.config.batch_size.max(1));
-        Self {
-            samples: Arc::new(super::batcher::spread(&self.samples, count)),
-            transform: self.transform.clone(),
-            norm: self.norm,
-            config: self.config.clone(),
-            pool: Arc::clone(&self.pool),
-            skips: Arc::clone(&self.skips),
-            decoded: Arc::default(),
-            source: Arc::new(ImageSource::Stream),
-        }
-    }
-
-    /// Batches per epoch.
-    pub fn num_batches(&self) -> usize {
-        self.samples.len().div_ceil(self.config.batch_size.max(1))
-    }
-
     pub fn skips(&self) -> &Arc<SkipLog> {
         &self.skips
     }
 
-    /// Images decoded since the loader was made (all epochs).
+    /// Images decoded since the items were made (all epochs).
     pub fn decoded(&self) -> usize {
         self.decoded.load(Ordering::Relaxed)
     }
-
-    /// Starts one pass over the samples, shuffled with `(seed, epoch)` when `shuffle`. Batches that lost
-    /// unreadable images are smaller; a batch in which no image could be read is not produced.
-    pub fn epoch(&self, epoch: usize, shuffle: bool) -> EpochIter {
-        let mut order: Vec<usize> = (0..self.samples.len()).collect();
-        let epoch_seed = mix(self.config.seed ^ mix(epoch as u64 + 1));
-        if shuffle {
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(epoch_seed));
-        }
-        let size = self.config.img_size;
-        let items = Arc::new(ClassifyItems {
-            samples: Arc::clone(&self.samples),
-            source: Arc::clone(&self.source),
-            transform: self.transform.clone(),
-            norm: self.norm,
-            size,
-            skips: Arc::clone(&self.skips),
-            decoded: Arc::clone(&self.decoded),
-        });
-        let per = 3 * size as usize * size as usize;
-        let inner = spawn_epoch(
-            items,
-            order,
-            self.config.batch_size.max(1),
-            per,
-            Arc::clone(&self.pool),
-            self.config.prefetch,
-            epoch_seed,
-        );
-        EpochIter { inner, size }
-    }
-}
-
-/// One classification sample prepared: decoded (or taken from the cache), transformed, normalised.
-struct ClassifyItems {
-    samples: Arc<Vec<Sample>>,
-    source: Arc<ImageSource>,
-    transform: Transform,
-    norm: Normalize,
-    size: u32,
-    skips: Arc<SkipLog>,
-    decoded: Arc<AtomicUsize>,
 }
 
 impl ItemSource for ClassifyItems {
@@ -195,33 +85,36 @@ impl ItemSource for ClassifyItems {
     }
 }
 
-/// The batches of one pass, in order, each `Ok`; a worker that panicked ends the pass with one `Err` naming the
-/// file, never with a silent early end. Dropping it stops the producer.
-pub struct EpochIter {
-    inner: BatchIter<i64>,
-    size: u32,
-}
+impl Items for ClassifyItems {
+    type Batch = Batch;
 
-impl Iterator for EpochIter {
-    type Item = Result<Batch>;
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
 
-    fn next(&mut self) -> Option<Result<Batch>> {
-        let size = self.size as i64;
-        Some(self.inner.next()?.map(|b| {
-            let n = b.targets.len() as i64;
-            Batch {
-                images: Tensor::from_slice(&b.pixels).view([n, 3, size, size]),
-                labels: Tensor::from_slice(&b.targets),
-                paths: b.paths,
-            }
-        }))
+    fn item_shape(&self) -> [usize; 3] {
+        [3, self.size as usize, self.size as usize]
+    }
+
+    fn batch(images: Tensor, labels: Vec<i64>, paths: Vec<PathBuf>) -> Batch {
+        Batch { images, labels: Tensor::from_slice(&labels), paths }
+    }
+
+    fn batch_len(batch: &Batch) -> usize {
+        batch.paths.len()
     }
 }
+
+/// Batches of labelled images; each [`crate::data::Batches::epoch`] call is one pass. Batches that lost
+/// unreadable images are smaller.
+pub type ClassifyLoader = ItemLoader<ClassifyItems>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::augment::AugmentConfig;
+    use crate::config::AugmentConfig;
+    use crate::data::{Batches, LoaderSettings};
+    use crate::Result;
 
     fn write_images(dir: &Path, n: usize) -> Vec<Sample> {
         (0..n)
@@ -233,9 +126,9 @@ mod tests {
             .collect()
     }
 
-    fn loader(samples: Vec<Sample>, transform: Transform, skips: Arc<SkipLog>) -> Loader {
-        let config = LoaderConfig { batch_size: 4, img_size: 8, workers: 2, prefetch: 2, seed: 9 };
-        Loader::new(samples, transform, Normalize::default(), config, skips).unwrap()
+    fn loader(samples: Vec<Sample>, transform: Transform, skips: Arc<SkipLog>) -> ClassifyLoader {
+        let settings = LoaderSettings { batch_size: 4, workers: 2, prefetch: 2, seed: 9 };
+        ClassifyLoader::new(ClassifyItems::new(samples, transform, Normalize::default(), 8, skips), settings).unwrap()
     }
 
     #[test]
@@ -286,12 +179,12 @@ mod tests {
         let mut it = l.epoch(0, false);
         let first = it.next().unwrap().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let ahead = l.decoded();
+        let ahead = l.items().decoded();
         assert!(ahead <= (1 + 2 + 1) * 4, "decoded {ahead} images while one batch of 4 was consumed");
         assert!(ahead >= 2 * 4, "the prefetch queue fills up ({ahead})");
         drop(first);
         assert_eq!(it.map(|b| b.unwrap().paths.len()).sum::<usize>(), 196);
-        assert_eq!(l.decoded(), 200);
+        assert_eq!(l.items().decoded(), 200);
     }
 
     #[test]
@@ -318,9 +211,9 @@ mod tests {
         // A producer that went on would decode all 200 tiny images within milliseconds; a stopped one has done
         // the consumed batch, the prefetched ones and at most one more per worker, and does nothing more.
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let after_drop = l.decoded();
+        let after_drop = l.items().decoded();
         std::thread::sleep(std::time::Duration::from_millis(300));
-        assert_eq!(l.decoded(), after_drop, "nothing decoded after the drop settled");
+        assert_eq!(l.items().decoded(), after_drop, "nothing decoded after the drop settled");
         assert!(after_drop <= 4 * (1 + 2 + 2), "{after_drop} of 200 decoded: batch 4, prefetch 2, 2 workers");
     }
 }

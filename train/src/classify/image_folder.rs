@@ -10,10 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// File extensions read as images (compared case-insensitively).
-pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
-
-pub use super::split::Split;
+use crate::data::inputs::{is_image, IMAGE_EXTENSIONS};
+pub use crate::data::Split;
 
 /// One labelled image file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,13 +113,6 @@ impl ImageFolder {
     pub fn num_classes(&self) -> usize {
         self.class_names.len()
     }
-}
-
-/// Whether `path` has one of the [`IMAGE_EXTENSIONS`].
-pub fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {

@@ -1,4 +1,4 @@
-//! RandAugment and TrivialAugment (wide) as torchvision defines them (`torchvision.transforms.RandAugment`,
+//! RandAugment and TrivialAugment (wide), the operations of the config's [`AutoAugment`] policy, as torchvision defines them (`torchvision.transforms.RandAugment`,
 //! `TrivialAugmentWide`, on PIL images): the same fourteen operations, the same magnitude tables, the same
 //! sampling, and each operation with PIL's pixel arithmetic (nearest-neighbour affine sampling at pixel centres
 //! with black fill, `ImageEnhance`'s truncating blends, `ImageOps`' look-up tables). Runs on the training crop
@@ -7,63 +7,10 @@
 
 use image::RgbImage;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
-/// An automatic augmentation policy (`augment.auto_augment`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "policy", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AutoAugment {
-    /// `num_ops` operations drawn uniformly (with replacement), each at bin `magnitude` of its table, the sign of
-    /// a signed operation drawn with probability 1/2.
-    RandAugment {
-        #[serde(default = "default_num_ops")]
-        num_ops: usize,
-        #[serde(default = "default_magnitude")]
-        magnitude: usize,
-        #[serde(default = "default_bins")]
-        num_magnitude_bins: usize,
-    },
-    /// One operation drawn uniformly at a magnitude bin drawn uniformly, from the wide tables.
-    TrivialAugment {
-        #[serde(default = "default_bins")]
-        num_magnitude_bins: usize,
-    },
-}
-
-fn default_num_ops() -> usize {
-    2
-}
-fn default_magnitude() -> usize {
-    9
-}
-fn default_bins() -> usize {
-    31
-}
+pub use crate::config::AutoAugment;
 
 impl AutoAugment {
-    /// torchvision's defaults: two operations at magnitude 9 of 31 bins.
-    pub const RAND_AUGMENT: AutoAugment = AutoAugment::RandAugment { num_ops: 2, magnitude: 9, num_magnitude_bins: 31 };
-
-    /// Checks the settings, as `(key, reason)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bins = match *self {
-            AutoAugment::RandAugment { magnitude, num_magnitude_bins, .. } => {
-                if magnitude >= num_magnitude_bins {
-                    return Err((
-                        "augment.auto_augment.magnitude".into(),
-                        format!("{magnitude} is not a bin of 0..{num_magnitude_bins}"),
-                    ));
-                }
-                num_magnitude_bins
-            }
-            AutoAugment::TrivialAugment { num_magnitude_bins } => num_magnitude_bins,
-        };
-        if bins < 2 {
-            return Err(("augment.auto_augment.num_magnitude_bins".into(), format!("{bins} is fewer than 2")));
-        }
-        Ok(())
-    }
-
     /// Draws this policy's operations for an image of `width × height`.
     pub fn sample(&self, width: u32, height: u32, rng: &mut impl Rng) -> Vec<Op> {
         match *self {

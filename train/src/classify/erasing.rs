@@ -4,42 +4,8 @@
 //! one normal value per channel (`rand`) or one per value (`pixel`).
 
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
-/// What an erased rectangle is filled with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EraseFill {
-    /// Zero after normalisation: the dataset mean.
-    Const,
-    /// A standard normal value per channel.
-    Rand,
-    /// A standard normal value per channel and pixel (timm's `--remode pixel`).
-    #[default]
-    Pixel,
-}
-
-/// `augment.random_erasing`: off while `prob` is 0.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RandomErasing {
-    /// Probability of erasing an image at all.
-    pub prob: f64,
-    /// Range of the erased area as a fraction of the image (shared by the rectangles).
-    pub area: [f64; 2],
-    /// Range of a rectangle's aspect ratio (height / width), sampled log-uniformly.
-    pub aspect: [f64; 2],
-    pub fill: EraseFill,
-    /// Range of the number of rectangles, drawn uniformly.
-    pub count: [usize; 2],
-}
-
-impl Default for RandomErasing {
-    /// timm's defaults, switched off.
-    fn default() -> Self {
-        Self { prob: 0.0, area: [0.02, 1.0 / 3.0], aspect: [0.3, 1.0 / 0.3], fill: EraseFill::Pixel, count: [1, 1] }
-    }
-}
+pub use crate::config::{EraseFill, RandomErasing};
 
 /// A rectangle of an image, in pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,27 +17,6 @@ pub struct Rect {
 }
 
 impl RandomErasing {
-    /// Checks the settings, as `(key, reason)`.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let key = |k: &str| format!("augment.random_erasing.{k}");
-        if !(0.0..=1.0).contains(&self.prob) {
-            return Err((key("prob"), format!("{} is not a probability", self.prob)));
-        }
-        let [lo, hi] = self.area;
-        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
-            return Err((key("area"), format!("[{lo}, {hi}] is not a range within (0, 1]")));
-        }
-        let [lo, hi] = self.aspect;
-        if !(0.0 < lo && lo <= hi && hi.is_finite()) {
-            return Err((key("aspect"), format!("[{lo}, {hi}] is not a positive range")));
-        }
-        let [lo, hi] = self.count;
-        if !(1 <= lo && lo <= hi) {
-            return Err((key("count"), format!("[{lo}, {hi}] is not a range of at least 1")));
-        }
-        Ok(())
-    }
-
     /// The rectangles to erase in a `height × width` image (none when the coin says so or nothing fits). Draws
     /// nothing when `prob` is 0, so that switching erasing off leaves every other draw as it was.
     pub fn rects(&self, height: usize, width: usize, rng: &mut impl Rng) -> Vec<Rect> {
