@@ -46,7 +46,7 @@ fn setup() -> Setup {
     let vs = nn::VarStore::new(Device::Cpu);
     // The detector `kiln train --task detect --model convnext_atto` builds.
     let config = TrainConfig { model: "convnext_atto".into(), ..TrainConfig::default() };
-    let model = ObjectDetector::new(&vs.root(), &detector_config(&config, CLASSES)).unwrap();
+    let model = ObjectDetector::new(&vs.root(), &detector_config(&config, CLASSES).unwrap()).unwrap();
     let spec = DetectorGraphSpec {
         img_size: SIZE,
         normalize: Normalize::default(),

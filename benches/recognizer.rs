@@ -14,6 +14,7 @@ use tch::{nn, Device};
 use kiln_infer::preprocess::decode_rgb;
 use kiln_infer::{Backend, Ep, Model, TextRecognizer};
 use kiln_models::TextLineRecognizer;
+use kiln_train::config::TaskKind;
 use kiln_train::data::Normalize;
 use kiln_train::export::ExportOptions;
 use kiln_train::ocr::export::{recognizer_onnx, RecognizerGraphSpec};
@@ -32,13 +33,16 @@ fn benches(c: &mut Criterion) {
     let pngs: Vec<std::path::PathBuf> = (0..16).map(|i| lines.join(format!("train/images/{i:05}.png"))).collect();
     let decoded: Vec<image::RgbImage> = pngs.iter().map(|p| decode_rgb(p).unwrap()).collect();
 
-    let mut config = TrainConfig { model: "convnext_atto".into(), ..TrainConfig::default() };
-    config.ocr.dims = Some(vec![32, 64, 96, 128]);
-    config.ocr.depths = Some(vec![1, 1, 2, 1]);
-    config.ocr.width = WIDTH;
+    let mut config = TrainConfig { task: TaskKind::Ocr, model: "convnext_atto".into(), ..TrainConfig::default() };
+    config.set_task_settings(&kiln_train::ocr::OcrSettings {
+        dims: Some(vec![32, 64, 96, 128]),
+        depths: Some(vec![1, 1, 2, 1]),
+        width: WIDTH,
+        ..Default::default()
+    });
     let charset: Vec<String> = kiln_train::ocr::charset::Charset::parse("0-9A-Z").chars().to_vec();
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = TextLineRecognizer::new(&vs.root(), &recognizer_config(&config, charset.len())).unwrap();
+    let model = TextLineRecognizer::new(&vs.root(), &recognizer_config(&config, charset.len()).unwrap()).unwrap();
     let spec = RecognizerGraphSpec {
         height: HEIGHT,
         width: WIDTH,

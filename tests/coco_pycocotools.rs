@@ -22,7 +22,7 @@ fn pycocotools_scores_kiln_infer_results_as_kiln_test_does() {
     let data = dir.path().join("scenes");
     let spec = ScenesSpec { classes: 2, images: (48, 8, 12), size: (96, 64), max_objects: 3, ..Default::default() };
     generate_scenes(&data, &spec).unwrap();
-    let config = TrainConfig {
+    let mut config = TrainConfig {
         task: TaskKind::Detect,
         data: data.clone(),
         model: "convnext_atto".into(),
@@ -34,9 +34,9 @@ fn pycocotools_scores_kiln_infer_results_as_kiln_test_does() {
         device: "cpu".into(),
         project: dir.path().join("runs"),
         // 18 steps: the lighter 2-conv head detects something by then (this test compares scorers, not recipes).
-        detect: kiln_train::detect::DetectSettings { head_convs: 2, ..Default::default() },
         ..TrainConfig::default()
     };
+    config.set_task_settings(&kiln_train::detect::DetectSettings { head_convs: 2, ..Default::default() });
     let outcome = kiln_train::detect::train(&config).unwrap();
     let tested = outcome.test.as_ref().expect("a test split").metrics.coco.clone();
     let onnx = dir.path().join("det.onnx");

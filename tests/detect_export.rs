@@ -10,6 +10,7 @@ use kiln_models::ObjectDetector;
 use kiln_train::config::TaskKind;
 use kiln_train::detect::synthetic::{generate_scenes, ScenesSpec};
 use kiln_train::detect::task::detector_config;
+use kiln_train::detect::DetectSettings;
 use kiln_train::export::ExportOptions;
 use kiln_train::TrainConfig;
 use tch::{nn, Device, Kind, Tensor};
@@ -35,7 +36,7 @@ fn exported_detector_matches_libtorch_on_ort_and_tract() {
     let run = kiln_train::detect::train(&config).unwrap().run;
     let ckpt = kiln_train::checkpoint::load(&run.checkpoint(kiln_train::Which::Best)).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = ObjectDetector::new(&vs.root(), &detector_config(&ckpt.state.config, 3)).unwrap();
+    let model = ObjectDetector::new(&vs.root(), &detector_config(&ckpt.state.config, 3).unwrap()).unwrap();
     load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[]).unwrap();
     let image = decode_rgb(&data.join("images/test_00000.png")).unwrap();
 
@@ -47,7 +48,7 @@ fn exported_detector_matches_libtorch_on_ort_and_tract() {
         assert_eq!((m.task.as_str(), m.input.resize.as_str(), m.input.size), ("detect", "letterbox", [96, 96]));
         assert_eq!(m.class_names, ["circle", "square", "triangle"]);
         let nms = m.nms.expect("NMS settings in the metadata");
-        assert_eq!((nms.iou_threshold, nms.max_detections), (config.detect.nms.iou_threshold, 100));
+        assert_eq!((nms.iou_threshold, nms.max_detections), (DetectSettings::default().nms.iou_threshold, 100));
         assert_eq!(m.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["boxes", "scores"]);
 
         let batch = if dynamic_batch { 2 } else { 1 };
@@ -120,19 +121,20 @@ fn the_detector_in_kiln_infer_finds_what_validation_found() {
     // Validation's own detections (libtorch), in original pixels.
     let ckpt = kiln_train::checkpoint::load(&run.checkpoint(kiln_train::Which::Best)).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = ObjectDetector::new(&vs.root(), &detector_config(&ckpt.state.config, 2)).unwrap();
+    let model = ObjectDetector::new(&vs.root(), &detector_config(&ckpt.state.config, 2).unwrap()).unwrap();
     load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[]).unwrap();
     let saved = &ckpt.state.config;
     let dataset = open_dataset(saved).unwrap();
     let loader = make_loader(saved, &dataset, Split::Val, DetectTransform::Eval, &Default::default()).unwrap();
     let precision = kiln_train::precision::Precision::resolve(saved.amp, false, Device::Cpu).unwrap();
-    let eval = evaluate(&model, &loader, &precision, &saved.detect, 2, saved.img_size).unwrap();
+    let settings: DetectSettings = saved.task_settings().unwrap();
+    let eval = evaluate(&model, &loader, &precision, &settings, 2, saved.img_size).unwrap();
     let bad = kiln_infer::Classifier::new(Model::builder().open(&out).unwrap()).err().unwrap().to_string();
     assert!(bad.contains("'detect' model, not 'classify'"), "{bad}");
     for backend in [Backend::Ort(Ep::Cpu), Backend::Tract] {
         let detector =
             kiln_infer::Detector::new(Model::builder().backend(backend.clone()).open(&out).unwrap()).unwrap();
-        assert_eq!(detector.nms(), &saved.detect.nms, "NMS settings from the metadata");
+        assert_eq!(detector.nms(), &settings.nms, "NMS settings from the metadata");
         let mut total = 0;
         for (index, expected) in &eval.detections {
             let sample = &dataset.val[*index];

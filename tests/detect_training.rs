@@ -5,6 +5,7 @@ mod common;
 
 use kiln_train::config::TaskKind;
 use kiln_train::detect::synthetic::{generate_scenes, ScenesSpec};
+use kiln_train::detect::DetectSettings;
 use kiln_train::engine::read_results;
 use kiln_train::TrainConfig;
 
@@ -31,8 +32,9 @@ fn scene_budget_config(data: &std::path::Path, project: std::path::PathBuf) -> T
         project,
         ..TrainConfig::default()
     };
-    config.detect.augment.mosaic = 0.0;
-    config.detect.augment.scale = [0.8, 1.2];
+    let mut settings = DetectSettings::default();
+    (settings.augment.mosaic, settings.augment.scale) = (0.0, [0.8, 1.2]);
+    config.set_task_settings(&settings);
     config
 }
 

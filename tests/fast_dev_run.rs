@@ -9,6 +9,7 @@ use kiln_train::config::TaskKind;
 use kiln_train::detect::synthetic::{generate_scenes, ScenesSpec};
 use kiln_train::engine::fast_dev_run::{FastDevRunReport, REPORT_FILE};
 use kiln_train::ocr::synthetic::{write_text_lines, TextLinesSpec};
+use kiln_train::ocr::OcrSettings;
 use kiln_train::TrainConfig;
 
 /// The names in a run directory, sorted.
@@ -115,8 +116,7 @@ fn detection_and_ocr_fast_dev_runs_go_through_their_tasks() {
         fast_dev_run: 1,
         ..TrainConfig::default()
     };
-    config.ocr.charset = "0-9".into();
-    config.ocr.width = 128;
+    config.set_task_settings(&OcrSettings { charset: "0-9".into(), width: 128, ..OcrSettings::default() });
     let report = kiln_train::tasks::fast_dev_run(&config).unwrap();
     assert_eq!((report.task.as_str(), report.train.images), ("ocr", 8));
     assert_eq!(report.val.as_ref().map(|p| p.images), Some(8));

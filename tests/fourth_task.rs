@@ -13,7 +13,7 @@ use std::sync::Arc;
 use kiln_export::{Dim, ElemType, Graph, ModelMetadata, TrainingInfo};
 use kiln_infer::{ListingFormat, Model};
 use kiln_train::checkpoint::Checkpoint;
-use kiln_train::config::{TaskKind, TrainConfig};
+use kiln_train::config::{TaskKind, TaskSettings, TrainConfig};
 use kiln_train::data::batcher::ItemSource;
 use kiln_train::data::{ItemLoader, Items, SkipLog, Split};
 use kiln_train::engine::{
@@ -73,6 +73,29 @@ fn read_image(path: &Path) -> std::result::Result<Vec<f32>, String> {
     Ok(chw)
 }
 
+/// The task's own settings, its section of the config (`brightness:`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BrightnessSettings {
+    /// Channels of the convolution.
+    channels: i64,
+}
+
+impl Default for BrightnessSettings {
+    fn default() -> Self {
+        Self { channels: 8 }
+    }
+}
+
+impl TaskSettings for BrightnessSettings {
+    fn validate(&self) -> std::result::Result<(), (String, String)> {
+        if self.channels < 1 {
+            return Err(("brightness.channels".into(), format!("{} is not a positive count", self.channels)));
+        }
+        Ok(())
+    }
+}
+
 /// A small CNN: conv 3x3 stride 2, ReLU, global average pooling, a linear layer to one value.
 struct BrightnessNet {
     conv: nn::Conv2D,
@@ -80,12 +103,12 @@ struct BrightnessNet {
 }
 
 impl BrightnessNet {
-    fn new(vs: &nn::VarStore) -> Self {
+    fn new(vs: &nn::VarStore, channels: i64) -> Self {
         let root = vs.root();
         let config = nn::ConvConfig { stride: 2, padding: 1, ..Default::default() };
         Self {
-            conv: nn::conv2d(&root / "conv", 3, 8, 3, config),
-            fc: nn::linear(&root / "fc", 8, 1, Default::default()),
+            conv: nn::conv2d(&root / "conv", 3, channels, 3, config),
+            fc: nn::linear(&root / "fc", channels, 1, Default::default()),
         }
     }
 
@@ -237,6 +260,7 @@ impl Task for Brightness {
     const LOSS_LABEL: &'static str = "L1";
     const DEPLOYED_METRIC: &'static str = "MAE";
 
+    type Settings = BrightnessSettings;
     type Model = BrightnessNet;
     type Loader = BrightnessLoader;
     type Evaluation = BrightnessEvaluation;
@@ -277,8 +301,8 @@ impl Task for Brightness {
     fn check_resume(&self, _config: &TrainConfig, _ckpt: &Checkpoint) -> Result<()> {
         Ok(())
     }
-    fn new_model(vs: &nn::VarStore, _config: &TrainConfig, _class_names: &[String]) -> Result<BrightnessNet> {
-        Ok(BrightnessNet::new(vs))
+    fn new_model(vs: &nn::VarStore, config: &TrainConfig, _class_names: &[String]) -> Result<BrightnessNet> {
+        Ok(BrightnessNet::new(vs, config.task_settings::<BrightnessSettings>()?.channels))
     }
     fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<BrightnessNet>> {
         Ok(Built { model: Self::new_model(vs, config, &[])?, loaded: None })
@@ -415,7 +439,7 @@ fn a_task_defined_outside_kiln_trains_evaluates_exports_and_benches_on_the_gener
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     make_data(&data, 24);
-    let config = TrainConfig {
+    let mut config = TrainConfig {
         task: Brightness::KIND,
         data: data.clone(),
         project: dir.path().join("runs"),
@@ -429,11 +453,20 @@ fn a_task_defined_outside_kiln_trains_evaluates_exports_and_benches_on_the_gener
         name: Some("b".into()),
         ..TrainConfig::default()
     };
+    // The task's section is read by the task: a bad value is refused naming its key, before any run exists.
+    config.sections.insert("brightness".into(), serde_json::json!({"channels": 0}));
+    let refused = engine::train::<Brightness>(&config, &mut |_| std::ops::ControlFlow::Continue(()));
+    let refused = refused.err().expect("channels 0 is refused").to_string();
+    assert!(refused.contains("brightness.channels"), "{refused}");
+    assert!(!dir.path().join("runs").exists(), "nothing written");
+    config.sections.insert("brightness".into(), serde_json::json!({"channels": 6}));
     let outcome = {
         let _serial = common::one_training_at_a_time();
         engine::train::<Brightness>(&config, &mut |_| std::ops::ControlFlow::Continue(())).unwrap()
     };
     let run = outcome.run.clone();
+    let saved = TrainConfig::load_saved::<BrightnessSettings>(&run.config()).unwrap();
+    assert_eq!(saved.task_settings::<BrightnessSettings>().unwrap(), BrightnessSettings { channels: 6 });
     assert!(run.path.starts_with(dir.path().join("runs/brightness")), "{}", run.path.display());
     // A constant guess of the mean brightness (0.5) is off by about 0.2 on these images.
     let test = outcome.test.as_ref().expect("the test pass ran");

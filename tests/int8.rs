@@ -259,12 +259,15 @@ fn a_text_recognizer_exports_to_int8() {
         project: dir.path().join("runs"),
         ..kiln_train::TrainConfig::default()
     };
-    config.ocr.charset = "0-9".into();
-    config.ocr.height = 32;
-    config.ocr.width = 96;
-    config.ocr.dims = Some(vec![16, 24, 32, 48]);
-    config.ocr.depths = Some(vec![1, 1, 1, 1]);
-    config.ocr.lstm_hidden = 32;
+    config.set_task_settings(&kiln_train::ocr::OcrSettings {
+        charset: "0-9".into(),
+        height: 32,
+        width: 96,
+        dims: Some(vec![16, 24, 32, 48]),
+        depths: Some(vec![1, 1, 1, 1]),
+        lstm_hidden: 32,
+        ..Default::default()
+    });
     // Per-frame probabilities. (No fp16 export for the LSTM: the comparison has fp32 and int8.)
     other_task_int8(config, dir.path(), "probs", 0.1, 0.1);
 }

@@ -10,6 +10,7 @@ use kiln_infer::{Backend, Ep, Model, TextRecognizer};
 use kiln_train::config::TaskKind;
 use kiln_train::engine::read_results;
 use kiln_train::ocr::synthetic::{write_text_lines, TextLinesSpec};
+use kiln_train::ocr::OcrSettings;
 use kiln_train::TrainConfig;
 
 /// kiln's default recognizer (the VGG-BN body at its default widths) for digit lines, with a smaller LSTM.
@@ -27,9 +28,7 @@ fn digits_config(data: &Path, project: &Path, epochs: usize) -> TrainConfig {
         project: project.to_path_buf(),
         ..TrainConfig::default()
     };
-    config.ocr.charset = "0-9".into();
-    config.ocr.width = 128;
-    config.ocr.lstm_hidden = 96;
+    config.set_task_settings(&OcrSettings { charset: "0-9".into(), width: 128, lstm_hidden: 96, ..Default::default() });
     config
 }
 
@@ -205,9 +204,9 @@ fn an_ocr_study_minimises_cer_with_the_default_space() {
     let data = dir.path().join("lines");
     write_text_lines(&data, &TextLinesSpec { lines: (32, 8, 0), length: (2, 4), ..TextLinesSpec::default() }).unwrap();
     let mut base = digits_config(&data, &dir.path().join("runs"), 1);
-    base.ocr.dims = Some(vec![16, 24, 32, 48]);
-    base.ocr.depths = Some(vec![1, 1, 1, 1]);
-    base.ocr.width = 96;
+    let mut ocr: OcrSettings = base.task_settings().unwrap();
+    (ocr.dims, ocr.depths, ocr.width) = (Some(vec![16, 24, 32, 48]), Some(vec![1, 1, 1, 1]), 96);
+    base.set_task_settings(&ocr);
     let options = common::sqlite_study(dir.path(), "ocr", 3);
     let outcome = run_study(&base, &options).unwrap();
     assert_eq!(outcome.trials.len(), 3);

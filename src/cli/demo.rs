@@ -141,9 +141,12 @@ fn ocr(args: &DemoArgs) -> anyhow::Result<()> {
         name: Some("recognizer".into()),
         ..TrainConfig::default()
     };
-    config.ocr.charset = "0-9A-Z".into();
-    config.ocr.width = 160;
-    config.ocr.lstm_hidden = 96;
+    config.set_task_settings(&kiln_train::ocr::OcrSettings {
+        charset: "0-9A-Z".into(),
+        width: 160,
+        lstm_hidden: 96,
+        ..Default::default()
+    });
     let outcome = kiln_train::ocr::train(&config)?;
     print_outcome(&outcome);
     let options = kiln_train::export::ExportOptions { dynamic_batch: true, ..Default::default() };
@@ -195,13 +198,14 @@ fn detect(args: &DemoArgs) -> anyhow::Result<()> {
         name: Some("detector".into()),
         ..TrainConfig::default()
     };
-    config.detect.augment.mosaic = 0.0;
-    config.detect.augment.scale = [0.8, 1.2];
+    let mut settings = kiln_train::detect::DetectSettings::default();
+    (settings.augment.mosaic, settings.augment.scale) = (0.0, [0.8, 1.2]);
     // The demo's deployment settings, recorded in the export's metadata: NMS at IoU 0.5 and detections from score
     // 0.5 (near the validation's F1-optimal threshold). Measured on these scenes after 24 epochs: test precision
     // 0.947 with no object detected twice; at NMS 0.6 and score 0.3 (the defaults), 27 second detections.
-    config.detect.nms.iou_threshold = 0.5;
-    config.detect.score_threshold = DEMO_SCORE as f64;
+    settings.nms.iou_threshold = 0.5;
+    settings.score_threshold = DEMO_SCORE as f64;
+    config.set_task_settings(&settings);
     let outcome = kiln_train::detect::train(&config)?;
     print_outcome(&outcome);
     if let Some(test) = &outcome.test {

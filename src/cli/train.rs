@@ -271,6 +271,7 @@ impl TrainArgs {
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if args.trials.is_some() {
         let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
+        kiln_train::tasks::check_settings(&config)?;
         return run_study(&args, &config);
     }
     let outcome = match &args.resume {

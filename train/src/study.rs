@@ -36,6 +36,7 @@ pub fn apply_params(base: &TrainConfig, params: &Params) -> Result<TrainConfig> 
         .map_err(|e| Error::InvalidSetting { key: "search space".into(), reason: e.to_string() })?;
     let config = config.with_img_size_rounded();
     config.validate()?;
+    tasks::check_settings(&config)?;
     Ok(config)
 }
 
@@ -168,6 +169,12 @@ mod tests {
         assert_eq!((c.lr, c.augment.hflip, c.augment.color_jitter), (0.005, 0.0, base.augment.color_jitter));
         assert!(apply_params(&base, &Params::from([("nonsense".to_string(), json!(1))])).is_err());
         assert!(apply_params(&base, &Params::from([("batch".to_string(), json!(0))])).is_err());
+        let detect = TrainConfig { task: crate::TaskKind::Detect, ..base.clone() };
+        let iou = |v: f64| Params::from([("detect.nms.iou_threshold".to_string(), json!(v))]);
+        let c = apply_params(&detect, &iou(0.45)).unwrap();
+        assert_eq!(c.task_settings::<crate::detect::DetectSettings>().unwrap().nms.iou_threshold, 0.45);
+        let err = apply_params(&detect, &iou(1.5)).unwrap_err().to_string();
+        assert!(err.contains("detect.nms"), "the task's section is checked by the task: {err}");
         let rounded = apply_params(&base, &Params::from([("img_size".to_string(), json!(100))])).unwrap();
         assert_eq!(rounded.img_size, 128, "rounded up to the stride, as on the command line");
     }

@@ -130,9 +130,15 @@ pub fn evaluate_run(
 ) -> Result<Described> {
     let task = TrainConfig::load(&run.config())?.task;
     with_task!(task, T => {
-        let settings: <T as Task>::EvalSettings = task_settings(settings, task, "evaluation")?;
+        let settings: <T as Task>::EvalSettings = command_settings(settings, task, "evaluation")?;
         Ok(Box::new(engine::evaluate_run::<T>(run, split, options, &settings)?) as Described)
     })
+}
+
+/// Checks the config's task section as its task reads it (`Task::Settings`): a bad or unknown key is refused,
+/// named, before anything runs.
+pub fn check_settings(config: &TrainConfig) -> Result<()> {
+    with_task!(config.task, T => config.task_settings::<<T as Task>::Settings>().map(|_| ()))
 }
 
 /// The images of a split of the config's dataset, with their class index where the task labels whole images.
@@ -166,7 +172,7 @@ pub fn predict(
     use engine::PredictionListing;
     let task = TrainConfig::load(&run.config())?.task;
     with_task!(task, T => {
-        let settings: <T as Task>::PredictSettings = task_settings(settings, task, "prediction")?;
+        let settings: <T as Task>::PredictSettings = command_settings(settings, task, "prediction")?;
         let (names, predictions) = engine::predict_run::<T>(run, inputs, options, &settings)?;
         let written = |source| Error::Io { path: PathBuf::from("<output>"), source };
         <T as Task>::Prediction::write_listing(&predictions, format, &names, out).map_err(written)?;
@@ -184,7 +190,7 @@ pub fn predict(
 
 /// A task's settings from their JSON form (`null`: the defaults), refused with the task named when they are not
 /// its settings.
-fn task_settings<S: serde::de::DeserializeOwned + Default>(
+fn command_settings<S: serde::de::DeserializeOwned + Default>(
     settings: &serde_json::Value,
     task: TaskKind,
     what: &str,

@@ -99,6 +99,7 @@ impl Task for Classification {
     const PLOTTED: &'static [(&'static str, &'static str)] = &[("accuracy", "accuracy"), ("f1", "macro F1")];
     const LOSS_LABEL: &'static str = "cross-entropy";
 
+    type Settings = ();
     type Model = ImageClassifier;
     type Loader = ClassifyLoader;
     type Evaluation = Evaluation;

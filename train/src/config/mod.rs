@@ -1,6 +1,7 @@
 //! The training configuration: defaults, a YAML/TOML/JSON file, and command-line overrides, merged in that order
 //! and checked. Unknown keys are rejected by name. The resolved config is what a run saves before step 0.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -10,9 +11,8 @@ use serde_json::{Map, Value};
 pub mod augment;
 pub mod cache_mode;
 pub mod classify;
-pub mod detect;
-pub mod ocr;
 pub mod task_kind;
+pub mod task_settings;
 
 use crate::data::{LoaderSettings, Normalize};
 use crate::precision::AmpMode;
@@ -20,9 +20,8 @@ use crate::{Error, Result};
 pub use augment::{AugmentConfig, AutoAugment, EraseFill, RandomErasing};
 pub use cache_mode::CacheMode;
 pub use classify::{Distill, Mixup};
-pub use detect::DetectSettings;
-pub use ocr::OcrSettings;
 pub use task_kind::TaskKind;
+pub use task_settings::TaskSettings;
 
 /// The optimiser.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,9 +141,10 @@ pub struct CheckpointPolicy {
     pub every_n_epochs: Option<usize>,
 }
 
-/// Every setting of a training run.
+/// Every setting of a training run. Unknown keys are refused by name ([`TrainConfig::unknown_keys`]: a key that
+/// is no setting is kept only as a task's section).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct TrainConfig {
     pub task: TaskKind,
     /// Dataset root (ImageFolder layout).
@@ -214,10 +214,6 @@ pub struct TrainConfig {
     pub mixup: Mixup,
     /// Classification's knowledge distillation from a teacher run (off by default).
     pub distill: Distill,
-    /// Detection's settings (`task: detect`).
-    pub detect: DetectSettings,
-    /// Text recognition's settings (`task: ocr`).
-    pub ocr: OcrSettings,
     pub normalize: Normalize,
     /// Classification's evaluation resize (validation, test, predict and the exported model): absent, the image is
     /// stretched to `img_size` × `img_size`; a value in (0, 1] is timm's `crop_pct`: the shorter side to
@@ -230,6 +226,10 @@ pub struct TrainConfig {
     /// For studies (`--trials`): the distribution of each tuned config key (dotted for nested keys); by default
     /// learning rate, weight decay, batch size, drop-path rate and colour jitter.
     pub search_space: Option<kiln_tune::SearchSpace>,
+    /// Each task's own section, under the task's name (`detect:`, `ocr:`), read by the task as its
+    /// `Task::Settings` ([`TrainConfig::task_settings`]).
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, Value>,
 }
 
 impl Default for TrainConfig {
@@ -273,13 +273,12 @@ impl Default for TrainConfig {
             augment: AugmentConfig::default(),
             mixup: Default::default(),
             distill: Default::default(),
-            detect: DetectSettings::default(),
-            ocr: OcrSettings::default(),
             normalize: Normalize::default(),
             eval_crop_pct: None,
             project: PathBuf::from("runs"),
             name: None,
             search_space: None,
+            sections: BTreeMap::new(),
         }
     }
 }
@@ -329,7 +328,8 @@ impl TrainConfig {
         merge(&mut value, overrides);
         let source = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("<command line>"));
         let config: TrainConfig =
-            serde_json::from_value(value).map_err(|e| Error::Config { path: source, reason: e.to_string() })?;
+            serde_json::from_value(value).map_err(|e| Error::Config { path: source.clone(), reason: e.to_string() })?;
+        config.refuse_unknown_keys(&source)?;
         let config = config.with_img_size_rounded();
         config.validate()?;
         Ok(config)
@@ -353,8 +353,19 @@ impl TrainConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let config: TrainConfig = serde_json::from_value(read_config_file(path)?)
             .map_err(|e| Error::Config { path: path.to_path_buf(), reason: e.to_string() })?;
+        config.refuse_unknown_keys(path)?;
         config.validate()?;
         Ok(config)
+    }
+
+    fn refuse_unknown_keys(&self, source: &Path) -> Result<()> {
+        match self.unknown_keys().first() {
+            Some(key) => Err(Error::Config {
+                path: source.to_path_buf(),
+                reason: format!("unknown field `{key}`: neither a setting nor a task's section"),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Checks ranges that serde cannot.
@@ -415,22 +426,11 @@ impl TrainConfig {
                 return bad("eval_crop_pct", format!("{pct} is not in (0, 1]"));
             }
         }
-        if self.task == TaskKind::Detect {
-            self.detect.validate().or_else(|(key, reason)| bad(&key, reason))?;
-        }
-        if self.task == TaskKind::Ocr {
-            self.ocr.validate().or_else(|(key, reason)| bad(&key, reason))?;
+        if let Some(key) = self.unknown_keys().first() {
+            return bad(key, "unknown: neither a setting nor a task's section".into());
         }
         kiln_models::ConvNextConfig::from_name(&self.model)?;
         Ok(())
-    }
-
-    /// The model's name as logs and exports show it: `model`, or the OCR body when it is not a ConvNeXt preset.
-    pub fn model_name(&self) -> String {
-        match (self.task, self.ocr.backbone) {
-            (TaskKind::Ocr, kiln_models::TextBackbone::VggBn) => self.ocr.backbone.name().into(),
-            _ => self.model.clone(),
-        }
     }
 
     /// The YAML text a run saves as `config.yaml`.
@@ -447,34 +447,13 @@ mod tests {
     #[test]
     fn keys_added_later_keep_what_older_run_configs_trained_with() {
         // A new run starts from the defaults; a run config saved before a key existed reads as that run trained.
-        let new = TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect"})).unwrap();
-        assert_eq!((new.warmup_min_steps, new.detect.location_offset, new.detect.head_convs), (100, 0.0, 4));
-        assert_eq!(new.detect.box_activation, kiln_models::BoxActivation::Exp);
+        // (Task sections: `Task::Settings`' own tests.)
+        let new = TrainConfig::resolve(None, &json!({"data": "/d"})).unwrap();
+        assert_eq!(new.warmup_min_steps, 100);
         let mut saved = serde_json::to_value(&new).unwrap();
         saved.as_object_mut().unwrap().remove("warmup_min_steps");
-        saved["detect"].as_object_mut().unwrap().remove("location_offset");
-        saved["detect"].as_object_mut().unwrap().remove("box_activation");
         let old: TrainConfig = serde_json::from_value(saved).unwrap();
-        assert_eq!((old.warmup_min_steps, old.detect.location_offset), (0, 0.5));
-        assert_eq!(old.detect.box_activation, kiln_models::BoxActivation::Relu);
-        let ocr = TrainConfig::resolve(None, &json!({"data": "/d", "task": "ocr"})).unwrap();
-        assert_eq!((ocr.ocr.backbone, ocr.ocr.frame_shortcut), (kiln_models::TextBackbone::VggBn, true));
-        assert_eq!(ocr.model_name(), "vgg_bn");
-        let mut saved = serde_json::to_value(&ocr).unwrap();
-        saved["ocr"].as_object_mut().unwrap().remove("backbone");
-        saved["ocr"].as_object_mut().unwrap().remove("frame_shortcut");
-        saved["ocr"]["augment"].as_object_mut().unwrap().remove("enabled");
-        let old: TrainConfig = serde_json::from_value(saved).unwrap();
-        assert_eq!((old.ocr.backbone, old.ocr.frame_shortcut), (kiln_models::TextBackbone::Convnext, true));
-        assert!(old.ocr.augment.enabled && !ocr.ocr.augment.enabled, "older OCR runs trained with augmentation");
-        assert_eq!(old.ocr.augment.effective(), old.ocr.augment);
-        assert_eq!(ocr.ocr.augment.effective(), crate::ocr::augment::TextAugment::none());
-        assert_eq!(old.model_name(), "convnext_tiny");
-        let err =
-            TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect", "detect": {"location_offset": 1.0}}))
-                .unwrap_err()
-                .to_string();
-        assert!(err.contains("location_offset"), "{err}");
+        assert_eq!(old.warmup_min_steps, 0);
     }
 
     #[test]
@@ -488,7 +467,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
         };
         for file in &files {
-            resolve(file);
+            crate::tasks::check_settings(&resolve(file)).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         }
         // The flips-only baseline is the light recipe without its augmentation, as its header says.
         let light = resolve(&dir.join("recipe_fashion_mnist_light.yaml"));

@@ -114,7 +114,7 @@ pub fn eval_letterbox(
     (canvas, boxes, placement)
 }
 
-pub use crate::config::detect::AugmentConfig;
+pub use super::settings::AugmentConfig;
 
 /// Draws whether the next sample is a mosaic; when true the caller passes 4 samples to [`augment`] (the
 /// current one and 3 more drawn at random), otherwise 1.

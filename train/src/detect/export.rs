@@ -7,6 +7,7 @@ use kiln_export::{emit_nms, Attr, Dim, ElemType, Graph, ModelMetadata, NmsSettin
 use kiln_infer::nms::NmsConfig;
 use kiln_models::ObjectDetector;
 
+use super::settings::DetectSettings;
 use crate::checkpoint;
 use crate::config::TaskKind;
 use crate::data::Normalize;
@@ -162,12 +163,13 @@ pub fn detector_onnx(
 pub fn graph_spec(ckpt: &checkpoint::Checkpoint, options: &ExportOptions) -> Result<DetectorGraphSpec> {
     options.refuse_calibrated(TaskKind::Detect)?;
     let config = &ckpt.state.config;
+    let settings: DetectSettings = config.task_settings()?;
     Ok(DetectorGraphSpec {
         img_size: config.img_size,
         normalize: config.normalize,
         class_names: ckpt.state.class_names.clone(),
         variant: config.model.clone(),
-        nms: options.nms.apply(config.detect.nms),
+        nms: options.nms.apply(settings.nms),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
     })
 }

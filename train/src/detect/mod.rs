@@ -10,7 +10,8 @@ pub mod matching;
 pub mod synthetic;
 pub mod targets;
 
-pub use crate::config::detect::DetectSettings;
+pub mod settings;
+pub use settings::DetectSettings;
 pub mod evaluate;
 pub mod export;
 pub mod loader;

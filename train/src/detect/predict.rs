@@ -11,6 +11,7 @@ use kiln_models::ObjectDetector;
 use super::annotations::DetectionSample;
 use super::evaluate::evaluate;
 use super::loader::{DetectItems, DetectLoader, DetectTransform};
+use super::settings::DetectSettings;
 use crate::data::SkipLog;
 use crate::engine::{LoadedRun, Predicted};
 use crate::Result;
@@ -40,7 +41,8 @@ pub(crate) fn predict_loaded(
     let skips = Arc::new(SkipLog::default());
     let items = DetectItems::new(samples, DetectTransform::Eval, config.normalize, config.img_size, Arc::clone(&skips));
     let loader = DetectLoader::new(items, config.loader_settings())?;
-    let eval = evaluate(model, &loader, precision, &config.detect, class_names.len(), config.img_size)?;
+    let settings: DetectSettings = config.task_settings()?;
+    let eval = evaluate(model, &loader, precision, &settings, class_names.len(), config.img_size)?;
     for (index, detections) in eval.detections {
         results[sample_input[index]].value = Some(detections);
     }

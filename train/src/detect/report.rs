@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::annotations::{DetectionDataset, Split};
 use super::evaluate::{draw_first_images, evaluate, DetectionMetrics};
 use super::loader::DetectTransform;
+use super::settings::DetectSettings;
 use super::task::make_loader;
 use crate::data::SkipLog;
 use crate::engine::{check_classes, LoadedRun};
@@ -46,8 +47,8 @@ pub(crate) fn report_split(
     }
     let skips = Arc::new(SkipLog::default());
     let loader = make_loader(config, dataset, split, DetectTransform::Eval, &skips)?;
-    let eval =
-        evaluate(&loaded.model, &loader, &loaded.precision, &config.detect, dataset.num_classes(), config.img_size)?;
+    let settings: DetectSettings = config.task_settings()?;
+    let eval = evaluate(&loaded.model, &loader, &loaded.precision, &settings, dataset.num_classes(), config.img_size)?;
     if eval.images == 0 {
         return Err(Error::NoReadableImages {
             root: config.data.clone(),
@@ -81,7 +82,7 @@ pub(crate) fn report_split(
     };
     plot_panels(&[panel], &run.path.join(format!("{}_pr_curves.png", split.name())))?;
     let drawn = run.path.join(format!("{}_predictions.png", split.name()));
-    draw_first_images(&drawn, dataset.split(split), &eval, &dataset.class_names, config.detect.score_threshold)?;
+    draw_first_images(&drawn, dataset.split(split), &eval, &dataset.class_names, settings.score_threshold)?;
     Ok(report)
 }
 

@@ -19,6 +19,7 @@ use super::export::{detector_onnx, DetectorGraphSpec};
 use super::loader::{with_balanced_sampling, DetectBatch, DetectItems, DetectLoader, DetectTransform, ImageTargets};
 use super::loss::batch_losses;
 use super::report::{report_split, DetectionReport};
+use super::settings::DetectSettings;
 use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
 use crate::config::{TaskKind, TrainConfig};
 use crate::data::SkipLog;
@@ -49,19 +50,20 @@ pub fn resume(run: RunDir) -> Result<TrainOutcome> {
 }
 
 /// The detector's config from the training config.
-pub fn detector_config(config: &TrainConfig, num_classes: usize) -> DetectorConfig {
-    DetectorConfig::new(&config.model, num_classes as i64)
-        .with_fpn_channels(config.detect.fpn_channels)
-        .with_head_convs(config.detect.head_convs)
-        .with_num_levels(config.detect.num_levels)
+pub fn detector_config(config: &TrainConfig, num_classes: usize) -> Result<DetectorConfig> {
+    let settings: DetectSettings = config.task_settings()?;
+    Ok(DetectorConfig::new(&config.model, num_classes as i64)
+        .with_fpn_channels(settings.fpn_channels)
+        .with_head_convs(settings.head_convs)
+        .with_num_levels(settings.num_levels)
         .with_drop_path_rate(config.drop_path_rate)
-        .with_location_offset(config.detect.location_offset)
-        .with_box_activation(config.detect.box_activation)
+        .with_location_offset(settings.location_offset)
+        .with_box_activation(settings.box_activation))
 }
 
 /// Opens the config's detection dataset; without a val split, `val_split` of train (seeded) becomes val.
 pub fn open_dataset(config: &TrainConfig) -> Result<DetectionDataset> {
-    let mut dataset = annotations::open(&config.data, config.detect.layout)?;
+    let mut dataset = annotations::open(&config.data, config.task_settings::<DetectSettings>()?.layout)?;
     if dataset.val.is_empty() && config.val_split > 0.0 && dataset.train.len() > 1 {
         let mut train = std::mem::take(&mut dataset.train);
         train.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed));
@@ -98,7 +100,7 @@ pub fn make_loader(
 /// The detection task over one dataset.
 pub struct Detection {
     dataset: DetectionDataset,
-    settings: super::DetectSettings,
+    settings: DetectSettings,
     img_size: u32,
     /// The input's locations (points, strides) on the training device, made at the first step.
     locations: std::cell::OnceCell<(tch::Tensor, tch::Tensor)>,
@@ -154,6 +156,7 @@ impl Task for Detection {
         &[("map", "mAP@[.5:.95]"), ("map_50", "mAP@.5"), ("f1", "F1"), ("mean_iou", "mean IoU")];
     const LOSS_LABEL: &'static str = "focal + GIoU + centerness";
 
+    type Settings = DetectSettings;
     type Model = ObjectDetector;
     type Loader = DetectLoader;
     type Evaluation = DetectionEvaluation;
@@ -168,7 +171,7 @@ impl Task for Detection {
     fn open(config: &TrainConfig) -> Result<Self> {
         Ok(Self {
             dataset: open_dataset(config)?,
-            settings: config.detect.clone(),
+            settings: config.task_settings()?,
             img_size: config.img_size,
             locations: std::cell::OnceCell::new(),
         })
@@ -190,7 +193,7 @@ impl Task for Detection {
         };
         Ok(Self {
             dataset,
-            settings: config.detect.clone(),
+            settings: config.task_settings()?,
             img_size: config.img_size,
             locations: std::cell::OnceCell::new(),
         })
@@ -233,11 +236,11 @@ impl Task for Detection {
     }
 
     fn new_model(vs: &nn::VarStore, config: &TrainConfig, class_names: &[String]) -> Result<ObjectDetector> {
-        Ok(ObjectDetector::new(&vs.root(), &detector_config(config, class_names.len()))?)
+        Ok(ObjectDetector::new(&vs.root(), &detector_config(config, class_names.len())?)?)
     }
 
     fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<ObjectDetector>> {
-        let model = ObjectDetector::new(&vs.root(), &detector_config(config, self.dataset.num_classes()))?;
+        let model = ObjectDetector::new(&vs.root(), &detector_config(config, self.dataset.num_classes())?)?;
         model.check_input_size(config.img_size as i64, config.img_size as i64)?;
         let loaded = match &config.weights {
             Some(path) => {
@@ -263,10 +266,10 @@ impl Task for Detection {
             config,
             &self.dataset,
             Split::Train,
-            DetectTransform::Train(config.detect.augment.clone()),
+            DetectTransform::Train(self.settings.augment.clone()),
             skips,
         )?;
-        if config.detect.balanced_sampling {
+        if self.settings.balanced_sampling {
             train = with_balanced_sampling(train);
         }
         let val = if self.dataset.val.is_empty() {

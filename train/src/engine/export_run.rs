@@ -17,7 +17,8 @@ use crate::{Error, Result};
 /// written; the file appears whole or not at all.
 pub fn export_run<T: Task>(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
     let (ckpt_path, out) = plan_export(run, options)?;
-    let ckpt = checkpoint::load(&ckpt_path)?;
+    let mut ckpt = checkpoint::load(&ckpt_path)?;
+    ckpt.state.config.fill_added_later::<T::Settings>();
     let config = &ckpt.state.config;
     if config.task != T::KIND {
         return Err(Error::Checkpoint {

@@ -38,7 +38,7 @@ pub fn load_run<T: Task>(
     command: &str,
     edit: impl FnOnce(&mut TrainConfig),
 ) -> Result<LoadedRun<T::Model>> {
-    let mut config = TrainConfig::load(&run.config())?;
+    let mut config = TrainConfig::load_saved::<T::Settings>(&run.config())?;
     if config.task != T::KIND {
         return Err(Error::InvalidSetting {
             key: "run".into(),

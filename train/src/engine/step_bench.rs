@@ -47,6 +47,6 @@ pub fn bench_step<T: Task>(bench: &StepBenchConfig) -> Result<StepBenchResult> {
         let losses = task.losses(&model, &batch, &precision, &config)?;
         update.apply(&losses.total, 2e-3).map(|_| ())
     })?;
-    result.model = config.model_name();
+    result.model = T::model_name(&config);
     Ok(result)
 }

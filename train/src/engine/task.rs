@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use kiln_export::ModelMetadata;
 
 use crate::checkpoint::Checkpoint;
-use crate::config::{TaskKind, TrainConfig};
+use crate::config::{TaskKind, TaskSettings, TrainConfig};
 pub use crate::data::Batches;
 use crate::data::{SkipLog, Split};
 use crate::export::ExportOptions;
@@ -76,6 +76,8 @@ pub trait Task: Sized {
     /// The y-axis label of the loss panel.
     const LOSS_LABEL: &'static str;
 
+    /// The task's own settings: the config's section under the task's name (`()`: none).
+    type Settings: TaskSettings;
     type Model;
     type Loader: Batches;
     type Evaluation: Evaluation;
@@ -97,6 +99,10 @@ pub trait Task: Sized {
     /// The name of the task's metric of an exported model, as int8's comparison prints it.
     const DEPLOYED_METRIC: &'static str;
 
+    /// The model's name as logs, results and exports show it (by default the config's `model`).
+    fn model_name(config: &TrainConfig) -> String {
+        config.model.clone()
+    }
     /// Opens the dataset the config names.
     fn open(config: &TrainConfig) -> Result<Self>;
     /// Opens the dataset the config names to evaluate a checkpoint trained on `classes` (read with them where the

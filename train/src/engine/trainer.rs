@@ -106,8 +106,12 @@ pub fn prepare_runtime(config: &TrainConfig, device_override: Option<&str>) -> R
 /// Starts a new run of task `T`: creates its directory, saves the resolved config and the dataset summary,
 /// trains, tests; `on_epoch` is called after every epoch.
 pub fn train<T: Task>(config: &TrainConfig, on_epoch: EpochCallback) -> Result<Outcome<T>> {
-    let config = &config.clone().with_img_size_rounded();
+    let mut config = config.clone().with_img_size_rounded();
     config.validate()?;
+    // The task's section spelt out in full: config.yaml states every value the run trains with.
+    let settings = config.task_settings::<T::Settings>()?;
+    config.set_task_settings(&settings);
+    let config = &config;
     if config.fast_dev_run > 0 {
         return Err(Error::InvalidSetting {
             key: "fast_dev_run".into(),
@@ -125,7 +129,7 @@ pub fn train<T: Task>(config: &TrainConfig, on_epoch: EpochCallback) -> Result<O
 
 /// Continues a run from its `last` checkpoint: weights, optimiser state, EMA, schedule position and epoch.
 pub fn resume<T: Task>(run: RunDir, on_epoch: EpochCallback) -> Result<Outcome<T>> {
-    let config = TrainConfig::load(&run.config())?;
+    let config = TrainConfig::load_saved::<T::Settings>(&run.config())?;
     let ckpt = checkpoint::load(&run.checkpoint(Which::Last))?;
     let device = prepare_runtime(&config, None)?;
     let task = T::open(&config)?;
@@ -329,7 +333,7 @@ impl<T: Task> Trainer<T> {
         }
         eprintln!(
             "training {} on {} in {} ({}) -> {}",
-            self.config.model_name(),
+            T::model_name(&self.config),
             device_name(self.device),
             self.precision.describe(),
             self.task.describe(),
@@ -558,7 +562,7 @@ impl<T: Task> Trainer<T> {
         };
         Ok(FastDevRunReport {
             task: self.config.task.name().into(),
-            model: self.config.model_name(),
+            model: T::model_name(&self.config),
             device: device_name(self.device),
             batches,
             train,

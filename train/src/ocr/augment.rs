@@ -5,7 +5,7 @@
 use image::RgbImage;
 use rand::Rng;
 
-pub use crate::config::ocr::TextAugment;
+pub use super::settings::TextAugment;
 
 /// The mean colour of the image's outermost pixels (the background of a typical line).
 pub fn border_colour(image: &RgbImage) -> [u8; 3] {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use unicode_segmentation::UnicodeSegmentation;
 
-pub use crate::config::ocr::DEFAULT_CHARSET;
+pub use super::settings::DEFAULT_CHARSET;
 
 /// The `charset` value that builds the charset from the training labels.
 pub const AUTO: &str = "auto";

@@ -8,6 +8,7 @@ use kiln_models::text_line::BLANK;
 use kiln_models::TextLineRecognizer;
 
 use super::loader::WIDTH_STRIDE;
+use super::settings::OcrSettings;
 use crate::checkpoint;
 use crate::config::TaskKind;
 use crate::data::Normalize;
@@ -86,12 +87,13 @@ pub fn graph_spec(ckpt: &checkpoint::Checkpoint, options: &ExportOptions) -> Res
     options.refuse_calibrated(TaskKind::Ocr)?;
     options.refuse_nms(TaskKind::Ocr)?;
     let config = &ckpt.state.config;
+    let ocr: OcrSettings = config.task_settings()?;
     Ok(RecognizerGraphSpec {
-        height: config.ocr.height,
-        width: config.ocr.width,
+        height: ocr.height,
+        width: ocr.width,
         normalize: config.normalize,
         charset: ckpt.state.class_names.clone(),
-        variant: config.model_name(),
+        variant: ocr.model_name(&config.model),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
     })
 }

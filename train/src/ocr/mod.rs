@@ -15,5 +15,6 @@ pub mod report;
 pub mod synthetic;
 pub mod task;
 
-pub use crate::config::ocr::OcrSettings;
+pub mod settings;
+pub use settings::OcrSettings;
 pub use task::{resume, train, train_observed, TextRecognition, TrainOutcome};

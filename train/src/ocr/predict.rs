@@ -27,7 +27,7 @@ pub(crate) fn predict_loaded(loaded: &LoadedRun<TextLineRecognizer>, files: &[Pa
     let charset = Charset::new(loaded.ckpt.state.class_names.iter().cloned());
     let samples: Vec<TextSample> = files.iter().map(|p| TextSample { path: p.clone(), text: String::new() }).collect();
     let skips = Arc::new(SkipLog::default());
-    let items = TextItems::new(samples, charset.clone(), TextTransform::Eval, line_input(config), Arc::clone(&skips));
+    let items = TextItems::new(samples, charset.clone(), TextTransform::Eval, line_input(config)?, Arc::clone(&skips));
     let loader = TextLoader::new(items, config.loader_settings())?;
     let eval = evaluate(model, &loader, &charset, precision)?;
     let mut results = LinePrediction::unread(files);

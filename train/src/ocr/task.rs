@@ -19,6 +19,7 @@ use super::export::{recognizer_onnx, RecognizerGraphSpec};
 use super::loader::{LineInput, LineTarget, TextBatch, TextItems, TextLoader, TextTransform, WIDTH_STRIDE};
 use super::loss::batch_loss;
 use super::report::{report_split, TextReport};
+use super::settings::OcrSettings;
 use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
 use crate::config::{TaskKind, TrainConfig};
 use crate::data::{SkipLog, Split};
@@ -49,9 +50,9 @@ pub fn resume(run: RunDir) -> Result<TrainOutcome> {
 }
 
 /// The recognizer's config from the training config, for a charset of `num_chars` characters.
-pub fn recognizer_config(config: &TrainConfig, num_chars: usize) -> RecognizerConfig {
-    let ocr = &config.ocr;
-    RecognizerConfig {
+pub fn recognizer_config(config: &TrainConfig, num_chars: usize) -> Result<RecognizerConfig> {
+    let ocr: OcrSettings = config.task_settings()?;
+    Ok(RecognizerConfig {
         dims: ocr.dims.clone(),
         depths: ocr.depths.clone(),
         lstm_hidden: ocr.lstm_hidden,
@@ -61,22 +62,24 @@ pub fn recognizer_config(config: &TrainConfig, num_chars: usize) -> RecognizerCo
         backbone: ocr.backbone,
         frame_shortcut: ocr.frame_shortcut,
         ..RecognizerConfig::new(&config.model, num_chars as i64 + 1, ocr.height as i64)
-    }
+    })
 }
 
 /// The input geometry of the config.
-pub fn line_input(config: &TrainConfig) -> LineInput {
-    LineInput { height: config.ocr.height, width: config.ocr.width, normalize: config.normalize }
+pub fn line_input(config: &TrainConfig) -> Result<LineInput> {
+    let ocr: OcrSettings = config.task_settings()?;
+    Ok(LineInput { height: ocr.height, width: ocr.width, normalize: config.normalize })
 }
 
 /// Opens the config's text dataset; without a val split, `val_split` of train (seeded) becomes val. A charset
 /// saved by a run (`charset` given) replaces the config's setting.
 pub fn open_dataset(config: &TrainConfig, charset: Option<&[String]>) -> Result<TextDataset> {
+    let ocr: OcrSettings = config.task_settings()?;
     let choice = match charset {
         Some(chars) => CharsetChoice::Saved(Charset::new(chars.iter().cloned())),
-        None => CharsetChoice::Setting(&config.ocr.charset),
+        None => CharsetChoice::Setting(&ocr.charset),
     };
-    let mut dataset = dataset::open(&config.data, choice, config.ocr.frames())?;
+    let mut dataset = dataset::open(&config.data, choice, ocr.frames())?;
     if dataset.val.is_empty() && config.val_split > 0.0 && dataset.train.len() > 1 {
         let mut train = std::mem::take(&mut dataset.train);
         train.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed));
@@ -107,7 +110,7 @@ pub fn make_loader(
         dataset.split(split.name()).to_vec(),
         dataset.charset.clone(),
         transform,
-        line_input(config),
+        line_input(config)?,
         Arc::clone(skips),
     );
     TextLoader::new(items, config.loader_settings())
@@ -137,6 +140,7 @@ impl Task for TextRecognition {
         &[("cer", "CER"), ("wer", "WER"), ("accuracy", "exact match")];
     const LOSS_LABEL: &'static str = "CTC";
 
+    type Settings = OcrSettings;
     type Model = TextLineRecognizer;
     type Loader = TextLoader;
     type Evaluation = TextEvaluation;
@@ -147,6 +151,14 @@ impl Task for TextRecognition {
     type Prediction = super::predict::LinePrediction;
     type GraphSpec = RecognizerGraphSpec;
     const DEPLOYED_METRIC: &'static str = "CER";
+
+    /// The OCR body's name when it is not a ConvNeXt preset (`vgg_bn`), else the preset's.
+    fn model_name(config: &TrainConfig) -> String {
+        match config.task_settings::<OcrSettings>() {
+            Ok(ocr) => ocr.model_name(&config.model),
+            Err(_) => config.model.clone(),
+        }
+    }
 
     fn open(config: &TrainConfig) -> Result<Self> {
         Ok(Self { dataset: open_dataset(config, None)? })
@@ -221,11 +233,11 @@ impl Task for TextRecognition {
     }
 
     fn new_model(vs: &nn::VarStore, config: &TrainConfig, class_names: &[String]) -> Result<TextLineRecognizer> {
-        Ok(TextLineRecognizer::new(&vs.root(), &recognizer_config(config, class_names.len()))?)
+        Ok(TextLineRecognizer::new(&vs.root(), &recognizer_config(config, class_names.len())?)?)
     }
 
     fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<TextLineRecognizer>> {
-        let model = TextLineRecognizer::new(&vs.root(), &recognizer_config(config, self.dataset.charset.len()))?;
+        let model = TextLineRecognizer::new(&vs.root(), &recognizer_config(config, self.dataset.charset.len())?)?;
         let loaded = match &config.weights {
             Some(path) => {
                 let tensors = read_safetensors(path)?;
@@ -247,7 +259,7 @@ impl Task for TextRecognition {
             config,
             &self.dataset,
             Split::Train,
-            TextTransform::Train(config.ocr.augment.effective()),
+            TextTransform::Train(config.task_settings::<OcrSettings>()?.augment.effective()),
             skips,
         )?;
         let val = if self.dataset.val.is_empty() {
@@ -277,7 +289,7 @@ impl Task for TextRecognition {
     /// Full-width lines `config.img_size` pixels wide with fixed 8-character labels.
     fn synthetic_batch(&self, config: &TrainConfig, device: tch::Device) -> Result<TextBatch> {
         let classes = self.dataset.charset.len().max(1) as i64 + 1;
-        let (h, w) = (config.ocr.height as i64, config.img_size as i64);
+        let (h, w) = (line_input(config)?.height as i64, config.img_size as i64);
         Ok(TextBatch {
             images: tch::Tensor::randn([config.batch as i64, 3, h, w], (tch::Kind::Float, device)),
             targets: (0..config.batch)

@@ -137,7 +137,7 @@ impl AnnotationError {
     }
 }
 
-pub use crate::config::detect::ParseLayoutError;
+pub use crate::detect::settings::ParseLayoutError;
 
 impl From<AnnotationError> for crate::Error {
     fn from(e: AnnotationError) -> Self {

@@ -43,7 +43,7 @@ pub use report::{AnnotationReport, BoxIssue, MissingImage, UnreadableImage, CLIP
 /// A dataset split: the same `train` / `val` / `test` as classification's.
 pub use crate::data::Split;
 
-pub use crate::config::detect::Layout;
+pub use crate::detect::settings::Layout;
 
 /// One object box.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -1,14 +1,17 @@
-//! The detection section of the training config (`detect:`): the data layout, the detector's size, its
-//! augmentation, the NMS that validation applies (and the export records), and the score threshold of the
-//! precision / recall / F1 metrics.
+//! Detection's own section of the training config (`detect:`, its `Task::Settings`): the data layout, the
+//! detector's size, its augmentation, the NMS that validation applies (and the export records), and the score
+//! threshold of the precision / recall / F1 metrics.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use kiln_infer::nms::NmsConfig;
 use kiln_models::BoxActivation;
 
 use std::fmt;
 use std::str::FromStr;
+
+use crate::config::TaskSettings;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,14 +26,12 @@ pub struct DetectSettings {
     pub num_levels: usize,
     /// Where each location sits in its feature-map cell, in strides from the top-left corner: 0 as torchvision's
     /// FCOS (the default), 0.5 the cell's centre. A run config written before this key existed means 0.5, what
-    /// that run trained with.
-    #[serde(default = "kiln_models::detector::legacy_location_offset")]
+    /// that run trained with ([`TaskSettings::added_later`]).
     pub location_offset: f64,
     /// The box regression's activation: `exp` (the default, the FCOS paper's), `relu` (torchvision's) or
     /// `softplus`. ReLU's regression can die for good on small sets (see [`BoxActivation`]); exp trained best side
     /// by side with torchvision (README). A run config written before this key existed means `relu`, what that
     /// run trained with.
-    #[serde(default = "legacy_box_activation")]
     pub box_activation: BoxActivation,
     pub augment: AugmentConfig,
     pub nms: NmsConfig,
@@ -39,11 +40,6 @@ pub struct DetectSettings {
     /// Draw each training epoch's images with replacement, weighted so that rare classes are seen as often as
     /// common ones (an image weighs the mean of its boxes' inverse class frequencies; negatives the mean weight).
     pub balanced_sampling: bool,
-}
-
-/// What a run config saved before `detect.box_activation` existed trained with.
-fn legacy_box_activation() -> BoxActivation {
-    BoxActivation::Relu
 }
 
 impl Default for DetectSettings {
@@ -63,9 +59,16 @@ impl Default for DetectSettings {
     }
 }
 
-impl DetectSettings {
+impl TaskSettings for DetectSettings {
+    fn added_later() -> Vec<(&'static str, Value)> {
+        vec![
+            ("location_offset", Value::from(kiln_models::detector::legacy_location_offset())),
+            ("box_activation", serde_json::to_value(BoxActivation::Relu).expect("serialises")),
+        ]
+    }
+
     /// Checks the values; the error names the key.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, reason: String| Err((format!("detect.{key}"), reason));
         if self.fpn_channels < 8 {
             return bad("fpn_channels", format!("{} is below 8", self.fpn_channels));
@@ -221,5 +224,42 @@ impl AugmentConfig {
             return Err(format!("augment `scale` must be [low, high] with low <= high, got [{low}, {high}]"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{TaskKind, TrainConfig};
+    use serde_json::json;
+
+    #[test]
+    fn keys_added_later_keep_what_older_runs_trained_with() {
+        // A new config starts from today's defaults, given keys or not; a saved run config without a key reads as
+        // that run trained.
+        let new =
+            TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect", "detect": {"head_convs": 2}})).unwrap();
+        let settings: DetectSettings = new.task_settings().unwrap();
+        assert_eq!((settings.location_offset, settings.head_convs), (0.0, 2));
+        assert_eq!(settings.box_activation, BoxActivation::Exp);
+        let mut saved = new.clone();
+        saved.set_task_settings(&settings);
+        let section = saved.sections.get_mut("detect").unwrap().as_object_mut().unwrap();
+        section.remove("location_offset");
+        section.remove("box_activation");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, saved.to_yaml()).unwrap();
+        let old: DetectSettings = TrainConfig::load_saved::<DetectSettings>(&path).unwrap().task_settings().unwrap();
+        assert_eq!((old.location_offset, old.box_activation, old.head_convs), (0.5, BoxActivation::Relu, 2));
+        let bad =
+            TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect", "detect": {"location_offset": 1.0}}))
+                .unwrap();
+        let err = bad.task_settings::<DetectSettings>().unwrap_err().to_string();
+        assert!(err.contains("detect.location_offset"), "{err}");
+        assert_eq!(
+            TrainConfig { task: TaskKind::Detect, ..TrainConfig::default() }.task_settings::<DetectSettings>().unwrap(),
+            DetectSettings::default()
+        );
     }
 }

@@ -1,20 +1,14 @@
-//! The OCR section of the training config (`ocr:`): the input line's size, the charset, the recognizer's size and
-//! the text augmentation.
+//! Text recognition's own section of the training config (`ocr:`, its `Task::Settings`): the input line's size,
+//! the charset, the recognizer's size and the text augmentation.
 
 use kiln_models::TextBackbone;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::TaskSettings;
 
 /// Digits and ASCII letters, as the seeds read.
 pub const DEFAULT_CHARSET: &str = "0-9A-Za-z";
-
-/// What a run config saved before `ocr.backbone` existed trained with.
-fn legacy_backbone() -> TextBackbone {
-    TextBackbone::Convnext
-}
-
-fn legacy_frame_shortcut() -> bool {
-    true
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,7 +26,6 @@ pub struct OcrSettings {
     /// The convolutional body (`convnext | vgg_bn`). `vgg_bn` by default: from scratch it trains to a lower CER
     /// in fewer epochs (the README's OCR table); `convnext` is the seeds' CRNN, sized by `model`, and takes timm
     /// ConvNeXt weights (`--weights`).
-    #[serde(default = "legacy_backbone")]
     pub backbone: TextBackbone,
     /// Channels per backbone stage, replacing the `model` preset's (e.g. `[32, 64, 96, 128]` for a fast CPU
     /// model).
@@ -44,7 +37,6 @@ pub struct OcrSettings {
     pub lstm_layers: usize,
     /// Whether the frame classifier reads the frame features beside the LSTM's output (kiln's head) or the LSTM's
     /// output alone (the classic CRNN head).
-    #[serde(default = "legacy_frame_shortcut")]
     pub frame_shortcut: bool,
     /// The ConvNeXt blocks' initial layer scale (`gamma`). 1.0 by default: from scratch on 1,600 rendered digit
     /// lines (batch 32, lr 1e-3, 12 epochs) the validation CER reached 4.7 % with 1.0, 14 % with 0.1 and 85 % with
@@ -71,9 +63,17 @@ impl Default for OcrSettings {
     }
 }
 
-impl OcrSettings {
+impl TaskSettings for OcrSettings {
+    fn added_later() -> Vec<(&'static str, Value)> {
+        vec![
+            ("backbone", serde_json::to_value(TextBackbone::Convnext).expect("serialises")),
+            ("frame_shortcut", Value::Bool(true)),
+            ("augment.enabled", Value::Bool(true)),
+        ]
+    }
+
     /// Checks the values; the error names the key.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, reason: String| Err((format!("ocr.{key}"), reason));
         let stride = self.height_stride();
         if self.height < stride || self.height % stride != 0 {
@@ -107,6 +107,17 @@ impl OcrSettings {
         }
         self.augment.validate().or_else(|reason| bad("augment", reason))
     }
+}
+
+impl OcrSettings {
+    /// The model's name as logs and exports show it: the body's when it is not a ConvNeXt preset (`vgg_bn`), else
+    /// the config's `model`.
+    pub fn model_name(&self, model: &str) -> String {
+        match self.backbone {
+            TextBackbone::VggBn => self.backbone.name().into(),
+            TextBackbone::Convnext => model.into(),
+        }
+    }
 
     /// Input rows per output row of the body (`TextBackbone::height_stride`).
     pub fn height_stride(&self) -> u32 {
@@ -119,11 +130,6 @@ impl OcrSettings {
     }
 }
 
-/// What a run config saved before `ocr.augment.enabled` existed trained with.
-fn legacy_enabled() -> bool {
-    true
-}
-
 /// Training augmentation of text lines (`ocr.augment`); `0` disables a transform.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -132,7 +138,6 @@ pub struct TextAugment {
     /// real digit lines and printed lines, 4 epochs with these strengths ended at 1.3× and 2.2× the CER of 4
     /// epochs without (README, OCR table); turn it on for small sets or long runs whose validation CER stalls
     /// while the training loss falls.
-    #[serde(default = "legacy_enabled")]
     pub enabled: bool,
     /// Largest padding added on each side, as a fraction of the line's height (left and right up to this, top
     /// and bottom up to half of it), filled with the line's border colour.
@@ -196,6 +201,33 @@ impl TextAugment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TrainConfig;
+    use serde_json::json;
+
+    #[test]
+    fn keys_added_later_keep_what_older_runs_trained_with() {
+        let new = TrainConfig::resolve(None, &json!({"data": "/d", "task": "ocr", "ocr": {"augment": {"pad": 0.1}}}))
+            .unwrap();
+        let ocr: OcrSettings = new.task_settings().unwrap();
+        assert_eq!((ocr.backbone, ocr.frame_shortcut, ocr.augment.pad), (TextBackbone::VggBn, true, 0.1));
+        assert!(!ocr.augment.enabled);
+        assert_eq!(ocr.model_name("convnext_tiny"), "vgg_bn");
+        let mut saved = new.clone();
+        saved.set_task_settings(&ocr);
+        let section = saved.sections.get_mut("ocr").unwrap();
+        section.as_object_mut().unwrap().remove("backbone");
+        section.as_object_mut().unwrap().remove("frame_shortcut");
+        section["augment"].as_object_mut().unwrap().remove("enabled");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, saved.to_yaml()).unwrap();
+        let old: OcrSettings = TrainConfig::load_saved::<OcrSettings>(&path).unwrap().task_settings().unwrap();
+        assert_eq!((old.backbone, old.frame_shortcut), (TextBackbone::Convnext, true));
+        assert!(old.augment.enabled, "older OCR runs trained with augmentation");
+        assert_eq!(old.augment.effective(), old.augment);
+        assert_eq!(ocr.augment.effective(), TextAugment::none());
+        assert_eq!(old.model_name("convnext_tiny"), "convnext_tiny");
+    }
 
     #[test]
     fn the_height_must_be_a_multiple_of_the_bodys_height_stride() {
