@@ -1,7 +1,7 @@
 //! kiln-train's module graph, read from its `crate::` paths: no circles between its top-level modules, and every
 //! import points down the layers ARCHITECTURE.md lists (foundation, data, config, run plumbing, engine, task
-//! folders, registry). A task folder imports no other task; the config and the engine import no task. Also: the
-//! tuner crate builds without libtorch.
+//! folders, registry). A task folder imports no other task; the config and the engine import no task. No two
+//! files import each other, directly or around a circle. Also: the tuner crate builds without libtorch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -152,6 +152,120 @@ fn the_module_graph_has_no_circles_and_every_import_points_down() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Every file of kiln-train as its module path (`detect::task`; `detect` for `detect/mod.rs`; `crate` for
+/// `lib.rs`) with its code.
+fn file_modules() -> BTreeMap<String, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("train/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files
+        .into_iter()
+        .map(|file| {
+            let relative = file.strip_prefix(&src).unwrap().with_extension("");
+            let parts: Vec<String> =
+                relative.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+            let parts: Vec<&str> = parts.iter().map(String::as_str).filter(|p| *p != "mod").collect();
+            let module = if parts == ["lib"] { "crate".to_string() } else { parts.join("::") };
+            (module, code(&std::fs::read_to_string(&file).unwrap()))
+        })
+        .collect()
+}
+
+/// The paths a source names through `crate::`, `super::` or `self::`, with `{a, b::C}` groups expanded one level
+/// (as `super::a`, `super::b::C`).
+fn named_paths(code: &str) -> Vec<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut paths = Vec::new();
+    for (i, _) in code.match_indices("::") {
+        let before = &code[..i];
+        let start = before.trim_end_matches(is_ident).len();
+        let head = &before[start..];
+        if !matches!(head, "crate" | "super" | "self") || before[..start].ends_with("::") {
+            continue;
+        }
+        let mut end = i;
+        let rest = &code[i..];
+        let mut k = 0;
+        while rest[k..].starts_with("::") && rest[k + 2..].starts_with(|c: char| is_ident(c)) {
+            k += 2 + rest[k + 2..].chars().take_while(|c| is_ident(*c)).count();
+            end = i + k;
+        }
+        let path = &code[start..end];
+        paths.push(path.to_string());
+        if let Some(group) = code[end..].strip_prefix("::{") {
+            let group = &group[..group.find(';').unwrap_or(group.len())];
+            let mut depth = 0;
+            let mut item_start = Some(0);
+            for (k, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = Some(k + 1),
+                    c if depth == 0 && item_start.is_some() && !c.is_whitespace() => {
+                        let item: String = group[k..].chars().take_while(|c| is_ident(*c) || *c == ':').collect();
+                        let item = item.trim_end_matches(':');
+                        if !item.is_empty() && item != "self" {
+                            paths.push(format!("{path}::{item}"));
+                        }
+                        item_start = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    paths
+}
+
+/// The module a path named in `module` leads to: the longest prefix of it that is a module, or `None`.
+fn module_of(path: &str, module: &str, modules: &BTreeSet<String>) -> Option<String> {
+    let mut parts: Vec<&str> = path.split("::").collect();
+    let mut base: Vec<&str> = if module == "crate" { Vec::new() } else { module.split("::").collect() };
+    match parts.first() {
+        Some(&"crate") => base.clear(),
+        Some(&"self") => {}
+        Some(&"super") => {
+            while parts.first() == Some(&"super") {
+                base.pop();
+                parts.remove(0);
+            }
+            parts.insert(0, "self");
+        }
+        _ => return None,
+    }
+    parts.remove(0);
+    (1..=parts.len())
+        .rev()
+        .map(|n| [base.clone(), parts[..n].to_vec()].concat().join("::"))
+        .find(|m| modules.contains(m))
+}
+
+/// File module -> the file modules it imports (its own ancestors aside: a folder's re-exports of its files).
+fn file_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let files = file_modules();
+    let modules: BTreeSet<String> = files.keys().cloned().collect();
+    files
+        .iter()
+        .map(|(module, code)| {
+            let imports = named_paths(code)
+                .iter()
+                .filter_map(|path| module_of(path, module, &modules))
+                .filter(|m| m != module && !module.starts_with(&format!("{m}::")))
+                .collect();
+            (module.clone(), imports)
+        })
+        .collect()
+}
+
+#[test]
+fn no_file_imports_in_a_circle() {
+    let graph = file_graph();
+    assert!(graph["detect::report"].contains("detect::setup"), "the file graph sees super:: imports");
+    let circles: Vec<String> =
+        graph.keys().filter_map(|module| circle_through(&graph, module)).map(|circle| circle.join(" -> ")).collect();
+    assert!(circles.is_empty(), "import circles between files:\n{}", circles.join("\n"));
+}
+
 #[test]
 fn the_checker_sees_imports_and_climbs() {
     let found = imported_modules(&code(
@@ -163,6 +277,11 @@ fn the_checker_sees_imports_and_climbs() {
         [("config".to_string(), ["engine".to_string()].into()), ("engine".to_string(), ["config".to_string()].into())]
             .into();
     assert_eq!(circle_through(&graph, "config").unwrap(), ["config", "engine", "config"]);
+    let modules: BTreeSet<String> = ["detect", "detect::task", "detect::setup", "data"].map(String::from).into();
+    let code = "use super::setup::{make_loader, open_dataset};\nuse crate::data::{Batches, Split};";
+    let found: BTreeSet<String> =
+        named_paths(code).iter().filter_map(|p| module_of(p, "detect::task", &modules)).collect();
+    assert_eq!(found, ["data", "detect::setup"].map(String::from).into());
     assert!(
         layer_of("data") < layer_of("config")
             && layer_of("config") < layer_of("engine")

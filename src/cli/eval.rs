@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use kiln_train::classify::calibration::{calibrate_run, calibration_path};
+use kiln_train::classify::calibrate_run;
+use kiln_train::classify::calibration::calibration_path;
 use kiln_train::data::Split;
 use kiln_train::engine::EvalOptions;
 use kiln_train::tasks::evaluate_run;

@@ -16,9 +16,8 @@ use super::image_folder::ImageFolder;
 use super::reliability::Reliability;
 use super::report::evaluate_loaded;
 use super::setup::open_dataset;
-use super::task::Classification;
 use crate::data::Split;
-use crate::engine::{load_run, EvalOptions, LoadedRun};
+use crate::engine::{load_run, EvalOptions, LoadedRun, Task};
 use crate::fsutil::write_atomic;
 use crate::run_dir::RunDir;
 use crate::{Error, Result};
@@ -147,8 +146,10 @@ pub fn read_calibration(run: &RunDir) -> Result<Option<Calibration>> {
 /// it on the test split when there is one ([`HeldOut`]), and writes `calibration.json` and the reliability
 /// diagrams `val_reliability.png` /
 /// `val_reliability_calibrated.png`.
-pub fn calibrate_run(run: &RunDir, options: &EvalOptions) -> Result<Calibration> {
-    let loaded = load_run::<Classification>(run, options.which, options.device.as_deref(), "calibration", |c| {
+/// Generic over the task (any whose model is the image classifier), so that classification's export can
+/// calibrate a run without this file naming the task that names the export.
+pub fn calibrate_run<T: Task<Model = ImageClassifier>>(run: &RunDir, options: &EvalOptions) -> Result<Calibration> {
+    let loaded = load_run::<T>(run, options.which, options.device.as_deref(), "calibration", |c| {
         if let Some(data) = &options.data {
             c.data = data.clone();
         }

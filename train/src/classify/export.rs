@@ -7,6 +7,7 @@ use kiln_models::ImageClassifier;
 use crate::checkpoint;
 use crate::config::TaskKind;
 use crate::data::Normalize;
+use crate::engine::Task;
 use crate::export::{declare_output, model_bytes, rgb_input, GraphDescription, ONNX_FLOAT, ONNX_FLOAT16};
 pub use crate::export::{ExportOptions, ExportReport};
 use crate::run_dir::RunDir;
@@ -96,7 +97,11 @@ pub fn classifier_onnx(
 
 /// The graph spec of a classification run's checkpoint: its size, preprocessing and classes, and with
 /// `options.calibrated` the temperature (see [`run_temperature`]).
-pub fn graph_spec(run: &RunDir, ckpt: &checkpoint::Checkpoint, options: &ExportOptions) -> Result<GraphSpec> {
+pub fn graph_spec<T: Task<Model = ImageClassifier>>(
+    run: &RunDir,
+    ckpt: &checkpoint::Checkpoint,
+    options: &ExportOptions,
+) -> Result<GraphSpec> {
     options.refuse_nms(TaskKind::Classify)?;
     let config = &ckpt.state.config;
     Ok(GraphSpec {
@@ -106,20 +111,24 @@ pub fn graph_spec(run: &RunDir, ckpt: &checkpoint::Checkpoint, options: &ExportO
         class_names: ckpt.state.class_names.clone(),
         variant: config.model.clone(),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
-        temperature: if options.calibrated { Some(run_temperature(run, options, ckpt)?) } else { None },
+        temperature: if options.calibrated { Some(run_temperature::<T>(run, options, ckpt)?) } else { None },
     })
 }
 
 /// The temperature of the checkpoint being exported: the run's `calibration.json` when it was fitted on this
 /// checkpoint, else fitted on the validation split now (and saved).
-fn run_temperature(run: &RunDir, options: &ExportOptions, ckpt: &checkpoint::Checkpoint) -> Result<TemperatureScaling> {
+fn run_temperature<T: Task<Model = ImageClassifier>>(
+    run: &RunDir,
+    options: &ExportOptions,
+    ckpt: &checkpoint::Checkpoint,
+) -> Result<TemperatureScaling> {
     let saved =
         super::calibration::read_calibration(run)?.filter(|c| c.checkpoint == ckpt.path && c.epoch == ckpt.state.epoch);
     let calibration = match saved {
         Some(c) => c,
         None => {
             let eval = crate::engine::EvalOptions { which: options.which, ..Default::default() };
-            let c = super::calibration::calibrate_run(run, &eval)?;
+            let c = super::calibration::calibrate_run::<T>(run, &eval)?;
             eprintln!(
                 "fitted temperature {:.4} on {} val images (NLL {:.4} -> {:.4}, ECE {:.4} -> {:.4})",
                 c.temperature, c.images, c.nll_before, c.nll_after, c.ece_before, c.ece_after

@@ -15,15 +15,14 @@ use kiln_models::ImageClassifier;
 
 use super::image_folder::Sample;
 use super::setup::make_loader;
-use super::task::Classification;
 use super::transform::Transform;
 use super::tta::Tta;
 use crate::data::{Batches, SkipLog};
-use crate::engine::{self, LoadedRun, PredictionListing};
-use crate::run_dir::{RunDir, Which};
+use crate::engine::{LoadedRun, PredictionListing};
+use crate::run_dir::Which;
 use crate::Result;
 
-/// Options of [`predict`].
+/// Options of [`super::predict`].
 #[derive(Clone, Debug)]
 pub struct PredictOptions {
     pub which: Which,
@@ -76,15 +75,6 @@ impl Default for PredictSettings {
     fn default() -> Self {
         Self { top_k: 1, tta: Tta::default() }
     }
-}
-
-/// Classifies every image under `inputs` with the run's checkpoint. Unreadable images get an error entry and the
-/// rest go on.
-pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Result<Vec<Prediction>> {
-    let run_options =
-        engine::PredictOptions { which: options.which, device: options.device.clone(), batch: options.batch };
-    let settings = PredictSettings { top_k: options.top_k, tta: options.tta.clone() };
-    Ok(engine::predict_run::<Classification>(run, inputs, &run_options, &settings)?.1)
 }
 
 /// Classifies image `files` with a loaded checkpoint, one entry per file.

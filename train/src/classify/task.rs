@@ -19,7 +19,7 @@ use super::image_folder::{ImageFolder, SplitSource};
 use super::loader::{Batch, ClassifyLoader};
 use super::loss::{classification_loss, soft_cross_entropy, training_logits};
 use super::model::{build_classifier, classifier_config, trainable_params};
-use super::predict::{predict_loaded, PredictSettings, Prediction};
+use super::predict::{predict_loaded, PredictOptions, PredictSettings, Prediction};
 use super::report::{report_split, SplitReport};
 use super::setup::{apply_cache, make_loader, open_dataset};
 use super::transform::Transform;
@@ -47,6 +47,21 @@ pub fn train(config: &TrainConfig) -> Result<TrainOutcome> {
 /// [`train`] with a callback after every epoch.
 pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<TrainOutcome> {
     engine::train::<Classification>(config, on_epoch)
+}
+
+/// Classifies every image under `inputs` with the run's checkpoint. Unreadable images get an error entry and the
+/// rest go on.
+pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Result<Vec<Prediction>> {
+    let run_options =
+        engine::PredictOptions { which: options.which, device: options.device.clone(), batch: options.batch };
+    let settings = PredictSettings { top_k: options.top_k, tta: options.tta.clone() };
+    Ok(engine::predict_run::<Classification>(run, inputs, &run_options, &settings)?.1)
+}
+
+/// Fits the temperature of the run's checkpoint on its validation split (`kiln val --calibrate`; see
+/// [`super::calibration`]) and writes `calibration.json`.
+pub fn calibrate_run(run: &RunDir, options: &engine::EvalOptions) -> Result<super::calibration::Calibration> {
+    super::calibration::calibrate_run::<Classification>(run, options)
 }
 
 /// Continues a run from its `last` checkpoint: weights, optimiser state, EMA, schedule position and epoch.
@@ -310,7 +325,7 @@ impl Task for Classification {
     }
 
     fn graph_spec(run: &RunDir, ckpt: &Checkpoint, options: &ExportOptions) -> Result<GraphSpec> {
-        super::export::graph_spec(run, ckpt, options)
+        super::export::graph_spec::<Self>(run, ckpt, options)
     }
 
     fn onnx(

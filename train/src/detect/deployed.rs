@@ -14,7 +14,7 @@ use crate::{Error, Result};
 /// mAP@[.5:.95] of the model at `path` on the val split; `None` without val images.
 pub fn deployed_map(config: &TrainConfig, path: &Path) -> Result<Option<f64>> {
     let err = |e: kiln_infer::Error| Error::Int8 { path: path.to_path_buf(), reason: e.to_string() };
-    let dataset = super::task::open_dataset(config)?;
+    let dataset = super::setup::open_dataset(config)?;
     let samples = dataset.split(Split::Val);
     if samples.is_empty() {
         return Ok(None);

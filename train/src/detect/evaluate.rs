@@ -4,7 +4,7 @@
 //! mean IoU of matched boxes, plus the validation loss on the letterboxed boxes.
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use kiln_infer::nms::{nms_per_image, Detection};
 use kiln_infer::unletterbox;
@@ -15,7 +15,7 @@ use super::loader::DetectLoader;
 use super::loss::fcos_losses;
 use super::matching::{match_image, threshold_metrics, Matched, ThresholdMetrics, TruthBox};
 use super::settings::DetectSettings;
-use super::targets::assign;
+use super::targets::{assign, locations_on};
 use crate::engine::Batches;
 use crate::precision::Precision;
 use crate::Result;
@@ -87,14 +87,6 @@ pub fn draw_first_images(
         .take(6)
         .collect();
     super::drawing::draw_predictions(path, &drawn, class_names, score_threshold as f32)
-}
-
-/// The locations of a square `size` input, on `device`.
-pub fn locations_on(model: &ObjectDetector, size: i64, device: Device) -> (Locations, Tensor, Tensor) {
-    let locations = model.locations(size, size);
-    let points = locations.points.to_device(device);
-    let strides = locations.strides.to_device(device);
-    (locations, points, strides)
 }
 
 pub fn evaluate(

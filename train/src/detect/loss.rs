@@ -6,9 +6,9 @@ use tch::{Kind, Reduction, Tensor};
 
 use kiln_models::ObjectDetector;
 
-#[cfg(doc)]
-use super::evaluate::locations_on;
 use super::loader::DetectBatch;
+#[cfg(doc)]
+use super::targets::locations_on;
 use super::targets::{assign, Assignment};
 use crate::engine::Losses;
 use crate::precision::Precision;

@@ -11,6 +11,7 @@ pub mod synthetic;
 pub mod targets;
 
 pub mod settings;
+pub mod setup;
 pub use settings::DetectSettings;
 pub mod evaluate;
 pub mod export;

@@ -11,7 +11,7 @@ use super::annotations::{DetectionDataset, Split};
 use super::evaluate::{draw_first_images, evaluate, DetectionMetrics};
 use super::loader::DetectTransform;
 use super::settings::DetectSettings;
-use super::task::make_loader;
+use super::setup::make_loader;
 use crate::data::SkipLog;
 use crate::engine::{check_classes, LoadedRun};
 use crate::fsutil::write_atomic;

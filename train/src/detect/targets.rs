@@ -10,6 +10,16 @@
 
 use tch::{Device, Kind, Tensor};
 
+use kiln_models::{Locations, ObjectDetector};
+
+/// The locations of a square `size` input, on `device`.
+pub fn locations_on(model: &ObjectDetector, size: i64, device: Device) -> (Locations, Tensor, Tensor) {
+    let locations = model.locations(size, size);
+    let points = locations.points.to_device(device);
+    let strides = locations.strides.to_device(device);
+    (locations, points, strides)
+}
+
 /// Half-side of the centre region in strides (FCOS's `center_sampling_radius`).
 pub const CENTER_RADIUS: f64 = 1.5;
 /// The upper size bound of the first level; each next level doubles it.

@@ -5,21 +5,21 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use tch::nn;
 
 use kiln_models::weights::{load_into, read_safetensors, HeadPolicy};
-use kiln_models::{DetectorConfig, ObjectDetector};
+use kiln_models::ObjectDetector;
 
 use super::annotations::{self, DetectionDataset, Split};
 use super::augment::TargetBox;
-use super::evaluate::{draw_first_images, evaluate, locations_on, DetectionEvaluation, DetectionMetrics};
+use super::evaluate::{draw_first_images, evaluate, DetectionEvaluation, DetectionMetrics};
 use super::export::{detector_onnx, DetectorGraphSpec};
-use super::loader::{with_balanced_sampling, DetectBatch, DetectItems, DetectLoader, DetectTransform, ImageTargets};
+use super::loader::{with_balanced_sampling, DetectBatch, DetectLoader, DetectTransform, ImageTargets};
 use super::loss::batch_losses;
 use super::report::{report_split, DetectionReport};
 use super::settings::DetectSettings;
+pub use super::setup::{detector_config, make_loader, open_dataset};
+use super::targets::locations_on;
 use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
 use crate::config::{TaskKind, TrainConfig};
 use crate::data::SkipLog;
@@ -47,54 +47,6 @@ pub fn train_observed(config: &TrainConfig, on_epoch: EpochCallback) -> Result<T
 /// Continues a detection run from its `last` checkpoint.
 pub fn resume(run: RunDir) -> Result<TrainOutcome> {
     engine::resume::<Detection>(run, &mut |_| ControlFlow::Continue(()))
-}
-
-/// The detector's config from the training config.
-pub fn detector_config(config: &TrainConfig, num_classes: usize) -> Result<DetectorConfig> {
-    let settings: DetectSettings = config.task_settings()?;
-    Ok(DetectorConfig::new(&config.model, num_classes as i64)
-        .with_fpn_channels(settings.fpn_channels)
-        .with_head_convs(settings.head_convs)
-        .with_num_levels(settings.num_levels)
-        .with_drop_path_rate(config.drop_path_rate)
-        .with_location_offset(settings.location_offset)
-        .with_box_activation(settings.box_activation))
-}
-
-/// Opens the config's detection dataset; without a val split, `val_split` of train (seeded) becomes val.
-pub fn open_dataset(config: &TrainConfig) -> Result<DetectionDataset> {
-    let mut dataset = annotations::open(&config.data, config.task_settings::<DetectSettings>()?.layout)?;
-    if dataset.val.is_empty() && config.val_split > 0.0 && dataset.train.len() > 1 {
-        let mut train = std::mem::take(&mut dataset.train);
-        train.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed));
-        let n = ((train.len() as f64 * config.val_split).round() as usize).clamp(1, train.len() - 1);
-        dataset.val = train.split_off(train.len() - n);
-        train.sort_by(|a, b| a.path.cmp(&b.path));
-        dataset.val.sort_by(|a, b| a.path.cmp(&b.path));
-        dataset.train = train;
-    }
-    if !dataset.report.is_clean() {
-        eprintln!("annotations: {}", dataset.report.summary());
-    }
-    Ok(dataset)
-}
-
-/// A loader over one split's samples.
-pub fn make_loader(
-    config: &TrainConfig,
-    dataset: &DetectionDataset,
-    split: Split,
-    transform: DetectTransform,
-    skips: &Arc<SkipLog>,
-) -> Result<DetectLoader> {
-    let items = DetectItems::new(
-        dataset.split(split).to_vec(),
-        transform,
-        config.normalize,
-        config.img_size,
-        Arc::clone(skips),
-    );
-    DetectLoader::new(items, config.loader_settings())
 }
 
 /// The detection task over one dataset.

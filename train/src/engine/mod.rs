@@ -6,6 +6,7 @@
 pub mod curves;
 pub mod export_run;
 pub mod fast_dev_run;
+pub mod fast_dev_run_report;
 pub mod freeze;
 pub mod predict;
 pub mod records;

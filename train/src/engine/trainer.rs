@@ -12,7 +12,7 @@ use tch::{Device, Tensor};
 use kiln_models::weights::{load_into, HeadPolicy};
 
 use super::curves::plot_curves;
-use super::fast_dev_run::{EvalPass, FastDevRunReport, TrainPass, REPORT_FILE};
+use super::fast_dev_run_report::{EvalPass, FastDevRunReport, TrainPass, REPORT_FILE};
 use super::records::{read_results, write_results, EpochRecord};
 use super::task::{Batches, Direction, Evaluation, Task};
 use super::update::Update;

@@ -15,7 +15,7 @@ pub fn deployed_cer(config: &TrainConfig, path: &Path) -> Result<Option<f64>> {
     let err = |e: kiln_infer::Error| Error::Int8 { path: path.to_path_buf(), reason: e.to_string() };
     let recognizer = TextRecognizer::new(Model::builder().open(path).map_err(err)?).map_err(err)?;
     let charset = recognizer.charset().to_vec();
-    let dataset = super::task::open_dataset(config, Some(&charset))?;
+    let dataset = super::setup::open_dataset(config, Some(&charset))?;
     let lines = dataset.split(Split::Val.name());
     if lines.is_empty() {
         return Ok(None);

@@ -16,5 +16,6 @@ pub mod synthetic;
 pub mod task;
 
 pub mod settings;
+pub mod setup;
 pub use settings::OcrSettings;
 pub use task::{resume, train, train_observed, TextRecognition, TrainOutcome};

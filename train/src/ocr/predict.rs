@@ -12,7 +12,7 @@ use super::charset::Charset;
 use super::dataset::TextSample;
 use super::evaluate::evaluate;
 use super::loader::{TextItems, TextLoader, TextTransform};
-use super::task::line_input;
+use super::setup::line_input;
 use crate::data::SkipLog;
 use crate::engine::{LoadedRun, Predicted};
 use crate::Result;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::dataset::TextDataset;
 use super::evaluate::{evaluate, TextMetrics};
 use super::loader::TextTransform;
-use super::task::make_loader;
+use super::setup::make_loader;
 use crate::data::{SkipLog, Split};
 use crate::engine::LoadedRun;
 use crate::fsutil::write_atomic;
