@@ -455,8 +455,10 @@ fn a_task_defined_outside_kiln_trains_evaluates_exports_and_benches_on_the_gener
     };
     // The task's section is read by the task: a bad value is refused naming its key, before any run exists.
     config.sections.insert("brightness".into(), serde_json::json!({"channels": 0}));
-    let refused = engine::train::<Brightness>(&config, &mut |_| std::ops::ControlFlow::Continue(()));
-    let refused = refused.err().expect("channels 0 is refused").to_string();
+    let Err(refused) = engine::train::<Brightness>(&config, &mut |_| std::ops::ControlFlow::Continue(())) else {
+        panic!("channels 0 is refused");
+    };
+    let refused = refused.to_string();
     assert!(refused.contains("brightness.channels"), "{refused}");
     assert!(!dir.path().join("runs").exists(), "nothing written");
     config.sections.insert("brightness".into(), serde_json::json!({"channels": 6}));

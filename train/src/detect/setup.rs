@@ -2,15 +2,13 @@
 
 use std::sync::Arc;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-
 use kiln_models::DetectorConfig;
 
 use super::annotations::{self, DetectionDataset, Split};
 use super::loader::{DetectItems, DetectLoader, DetectTransform};
 use super::settings::DetectSettings;
 use crate::config::TrainConfig;
+use crate::data::split::hold_out;
 use crate::data::SkipLog;
 use crate::Result;
 
@@ -29,14 +27,9 @@ pub fn detector_config(config: &TrainConfig, num_classes: usize) -> Result<Detec
 /// Opens the config's detection dataset; without a val split, `val_split` of train (seeded) becomes val.
 pub fn open_dataset(config: &TrainConfig) -> Result<DetectionDataset> {
     let mut dataset = annotations::open(&config.data, config.task_settings::<DetectSettings>()?.layout)?;
-    if dataset.val.is_empty() && config.val_split > 0.0 && dataset.train.len() > 1 {
-        let mut train = std::mem::take(&mut dataset.train);
-        train.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed));
-        let n = ((train.len() as f64 * config.val_split).round() as usize).clamp(1, train.len() - 1);
-        dataset.val = train.split_off(train.len() - n);
-        train.sort_by(|a, b| a.path.cmp(&b.path));
-        dataset.val.sort_by(|a, b| a.path.cmp(&b.path));
-        dataset.train = train;
+    if dataset.val.is_empty() {
+        let train = std::mem::take(&mut dataset.train);
+        (dataset.train, dataset.val) = hold_out(train, config.val_split, config.seed, |s| s.path.as_path());
     }
     if !dataset.report.is_clean() {
         eprintln!("annotations: {}", dataset.report.summary());

@@ -3,9 +3,6 @@
 
 use std::sync::Arc;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-
 use kiln_models::RecognizerConfig;
 
 use super::charset::Charset;
@@ -13,6 +10,7 @@ use super::dataset::{self, CharsetChoice, TextDataset};
 use super::loader::{LineInput, TextItems, TextLoader, TextTransform};
 use super::settings::OcrSettings;
 use crate::config::TrainConfig;
+use crate::data::split::hold_out;
 use crate::data::{SkipLog, Split};
 use crate::Result;
 
@@ -47,14 +45,9 @@ pub fn open_dataset(config: &TrainConfig, charset: Option<&[String]>) -> Result<
         None => CharsetChoice::Setting(&ocr.charset),
     };
     let mut dataset = dataset::open(&config.data, choice, ocr.frames())?;
-    if dataset.val.is_empty() && config.val_split > 0.0 && dataset.train.len() > 1 {
-        let mut train = std::mem::take(&mut dataset.train);
-        train.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed));
-        let n = ((train.len() as f64 * config.val_split).round() as usize).clamp(1, train.len() - 1);
-        dataset.val = train.split_off(train.len() - n);
-        train.sort_by(|a, b| a.path.cmp(&b.path));
-        dataset.val.sort_by(|a, b| a.path.cmp(&b.path));
-        dataset.train = train;
+    if dataset.val.is_empty() {
+        let train = std::mem::take(&mut dataset.train);
+        (dataset.train, dataset.val) = hold_out(train, config.val_split, config.seed, |s| s.path.as_path());
     }
     if !dataset.skipped.is_empty() {
         eprintln!("labels: {} line(s) skipped", dataset.skipped.len());
