@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use kiln_infer::preprocess::{decode_rgb, Preprocess};
-use kiln_infer::{Backend, Classifier, Ep, Model};
+use kiln_infer::preprocess::Preprocess;
+use kiln_infer::{file_batches, Backend, Classifier, Ep, Model};
 
 use super::output::Format;
 use kiln_infer::listing::{write_error, write_header};
@@ -184,25 +184,15 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     write_header::<Classification>(&mut out, listing)?;
     let mut failed = 0;
-    for chunk in files.chunks(args.batch.max(1)) {
-        let mut images = Vec::with_capacity(chunk.len());
-        let mut paths = Vec::with_capacity(chunk.len());
-        for path in chunk {
-            match decode_rgb(path) {
-                Ok(image) => {
-                    images.push(image);
-                    paths.push(path);
-                }
-                Err(reason) => {
-                    failed += 1;
-                    write_error::<Classification>(&mut out, listing, path, &reason)?;
-                }
-            }
+    for batch in file_batches(&files, args.batch) {
+        for (path, reason) in &batch.unreadable {
+            failed += 1;
+            write_error::<Classification>(&mut out, listing, path, reason)?;
         }
-        if images.is_empty() {
+        if batch.images.is_empty() {
             continue;
         }
-        for (path, result) in paths.iter().zip(classifier.classify_batch(&images, args.top_k)?) {
+        for (path, result) in batch.paths.iter().zip(classifier.classify_batch(&batch.images, args.top_k)?) {
             result.write(&mut out, listing, path, &[])?;
         }
         out.flush()?;

@@ -7,8 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use kiln_infer::nms::{Detection, NmsOverrides};
-use kiln_infer::preprocess::decode_rgb;
-use kiln_infer::{weighted_boxes_fusion, Detector, Model, WbfConfig};
+use kiln_infer::{file_batches, weighted_boxes_fusion, Detector, FileBatch, Model, WbfConfig};
 
 use super::output::Format;
 use kiln_infer::coco_results::{CocoGroundTruth, CocoResults};
@@ -109,21 +108,12 @@ pub fn run(
     }
     let mut failed = 0;
     let mut coco = CocoResults::new(&names, coco_gt)?;
-    for chunk in files.chunks(batch.max(1)) {
-        let (mut images, mut paths) = (Vec::new(), Vec::new());
-        for path in chunk {
-            match decode_rgb(path) {
-                Ok(image) => {
-                    images.push(image);
-                    paths.push(path);
-                }
-                Err(reason) => {
-                    failed += 1;
-                    match listing {
-                        Some(listing) => write_error::<Vec<Detection>>(&mut out, listing, path, &reason)?,
-                        None => eprintln!("{}: {reason}", path.display()),
-                    }
-                }
+    for FileBatch { images, paths, unreadable } in file_batches(files, batch) {
+        for (path, reason) in &unreadable {
+            failed += 1;
+            match listing {
+                Some(listing) => write_error::<Vec<Detection>>(&mut out, listing, path, reason)?,
+                None => eprintln!("{}: {reason}", path.display()),
             }
         }
         if images.is_empty() {

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use kiln_infer::preprocess::decode_rgb;
-use kiln_infer::{Model, Reading, TextRecognizer};
+use kiln_infer::{file_batches, Model, Reading, TextRecognizer};
 
 use super::output::Format;
 use kiln_infer::listing::{write_error, write_header, Listed};
@@ -69,25 +68,15 @@ pub fn run(model: Model, files: &[PathBuf], batch: usize, format: Format, decode
     let mut out = std::io::BufWriter::new(stdout.lock());
     write_header::<Reading>(&mut out, listing)?;
     let mut failed = 0;
-    for chunk in files.chunks(batch.max(1)) {
-        let mut images = Vec::with_capacity(chunk.len());
-        let mut paths = Vec::with_capacity(chunk.len());
-        for path in chunk {
-            match decode_rgb(path) {
-                Ok(image) => {
-                    images.push(image);
-                    paths.push(path);
-                }
-                Err(reason) => {
-                    failed += 1;
-                    write_error::<Reading>(&mut out, listing, path, &reason)?;
-                }
-            }
+    for batch in file_batches(files, batch) {
+        for (path, reason) in &batch.unreadable {
+            failed += 1;
+            write_error::<Reading>(&mut out, listing, path, reason)?;
         }
-        if images.is_empty() {
+        if batch.images.is_empty() {
             continue;
         }
-        for (path, reading) in paths.iter().zip(recognizer.predict_batch(&images)?) {
+        for (path, reading) in batch.paths.iter().zip(recognizer.predict_batch(&batch.images)?) {
             reading.write(&mut out, listing, path, &[])?;
         }
         out.flush()?;
