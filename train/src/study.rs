@@ -36,7 +36,7 @@ pub fn apply_params(base: &TrainConfig, params: &Params) -> Result<TrainConfig> 
         .map_err(|e| Error::InvalidSetting { key: "search space".into(), reason: e.to_string() })?;
     let config = config.with_img_size_rounded();
     config.validate()?;
-    tasks::check_settings(&config)?;
+    tasks::with_settings_spelt_out(&config)?;
     Ok(config)
 }
 
@@ -81,6 +81,8 @@ impl Trainer for RunTrainer<'_> {
 /// Runs the study's missing trials on the base config's task (see the module documentation).
 pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutcome> {
     base.validate()?;
+    // The task's section spelt out, so that the search space's keys into it are config keys.
+    let base = &tasks::with_settings_spelt_out(base)?;
     if base.fast_dev_run > 0 {
         return Err(Error::InvalidSetting {
             key: "fast_dev_run".into(),

@@ -138,7 +138,20 @@ pub fn evaluate_run(
 /// Checks the config's task section as its task reads it (`Task::Settings`): a bad or unknown key is refused,
 /// named, before anything runs.
 pub fn check_settings(config: &TrainConfig) -> Result<()> {
-    with_task!(config.task, T => config.task_settings::<<T as Task>::Settings>().map(|_| ()))
+    with_settings_spelt_out(config).map(|_| ())
+}
+
+/// The config with its task's section checked and spelt out in full (every key, defaults included), as a run
+/// saves it.
+// A task whose settings are `()` makes the binding below a unit in its arm of `with_task!`.
+#[allow(clippy::let_unit_value)]
+pub fn with_settings_spelt_out(config: &TrainConfig) -> Result<TrainConfig> {
+    with_task!(config.task, T => {
+        let settings = config.task_settings::<<T as Task>::Settings>()?;
+        let mut config = config.clone();
+        config.set_task_settings(&settings);
+        Ok(config)
+    })
 }
 
 /// The images of a split of the config's dataset, with their class index where the task labels whole images.
