@@ -29,26 +29,6 @@ pub struct LoadedRun<M> {
     pub vs: nn::VarStore,
 }
 
-/// The config `run` saved, refused unless it is a run of task `T` (`command` names what refuses it), with the
-/// task's section as that run trained ([`TrainConfig::fill_added_later`]) and checked.
-pub fn load_run_config<T: Task>(run: &RunDir, command: &str) -> Result<TrainConfig> {
-    let mut config = TrainConfig::load(&run.config())?;
-    if config.task != T::KIND {
-        return Err(Error::InvalidSetting {
-            key: "run".into(),
-            reason: format!(
-                "{} is a {} run; {command} works here on {} runs",
-                run.path.display(),
-                config.task.name(),
-                T::KIND.name()
-            ),
-        });
-    }
-    config.fill_added_later::<T::Settings>();
-    config.task_settings::<T::Settings>()?;
-    Ok(config)
-}
-
 /// Loads checkpoint `which` of `run`, a run of task `T`, on `device` (default: the run's), after `edit` has
 /// changed the run's config (another data root, batch size); `command` names what refuses other tasks' runs.
 pub fn load_run<T: Task>(
@@ -58,7 +38,7 @@ pub fn load_run<T: Task>(
     command: &str,
     edit: impl FnOnce(&mut TrainConfig),
 ) -> Result<LoadedRun<T::Model>> {
-    let mut config = load_run_config::<T>(run, command)?;
+    let mut config = super::run_config::load_run_config::<T>(run, command)?;
     edit(&mut config);
     config.weights = None;
     let device = prepare_runtime(&config, device)?;

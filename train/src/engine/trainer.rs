@@ -129,7 +129,7 @@ pub fn train<T: Task>(config: &TrainConfig, on_epoch: EpochCallback) -> Result<O
 
 /// Continues a run from its `last` checkpoint: weights, optimiser state, EMA, schedule position and epoch.
 pub fn resume<T: Task>(run: RunDir, on_epoch: EpochCallback) -> Result<Outcome<T>> {
-    let config = super::run_model::load_run_config::<T>(&run, "resume")?;
+    let config = super::run_config::load_run_config::<T>(&run, "resume")?;
     let ckpt = checkpoint::load(&run.checkpoint(Which::Last))?;
     let device = prepare_runtime(&config, None)?;
     let task = T::open(&config)?;
