@@ -27,8 +27,11 @@ lint: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# Tests that cannot start PostgreSQL or build a Python environment skip; the last line says which groups did.
+SKIP_LOG := $(abspath $(or $(CARGO_TARGET_DIR),target))/kiln-skipped.tsv
 unit: deps
-	$(CARGO) test --workspace --locked
+	@mkdir -p $(dir $(SKIP_LOG)) && rm -f $(SKIP_LOG)
+	@KILN_SKIP_LOG=$(SKIP_LOG) $(CARGO) test --workspace --locked; status=$$?; scripts/skip_summary.sh $(SKIP_LOG); exit $$status
 
 test: lint unit
 

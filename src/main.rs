@@ -5,6 +5,9 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Every model this process opens finds ONNX Runtime in the deps directory kiln was built with (after
+    // ORT_DYLIB_PATH and KILN_DEPS), whichever command or library call opens it.
+    kiln_infer::runtime::set_default_deps(env!("KILN_DEFAULT_DEPS"));
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

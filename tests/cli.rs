@@ -38,10 +38,14 @@ fn config_errors_name_the_file_and_the_key() {
     let out = kiln(&["train", "--data", "/nonexistent/data", "--epochs", "1"], dir.path());
     assert!(text(&out).1.contains("/nonexistent/data: no such directory"), "{}", text(&out).1);
 
-    let out = kiln(&["train", "--data", data.to_str().unwrap(), "--device", "cuda:0"], dir.path());
-    if !tch::Cuda::is_available() {
-        assert!(text(&out).1.contains("CUDA is not available"), "{}", text(&out).1);
-    }
+    // A device no machine has, so that the refusal is tested with or without a GPU (with one, `cuda:0` trained a
+    // whole run and asserted nothing).
+    let out = kiln(&["train", "--data", data.to_str().unwrap(), "--device", "cuda:99"], dir.path());
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("cuda:99"), "{stderr}");
+    let why = if tch::Cuda::is_available() { "numbered from 0" } else { "CUDA is not available" };
+    assert!(stderr.contains(why), "{stderr}");
+    assert!(!dir.path().join("runs").exists(), "no run directory for a device that does not exist");
 
     let bad = dir.path().join("bad.safetensors");
     tch::Tensor::write_safetensors(&[("stem.0.weight", tch::Tensor::zeros([2, 2], tch::kind::FLOAT_CPU))], &bad)
@@ -158,13 +162,20 @@ fn train_then_val_test_and_predict_from_the_run() {
 }
 
 #[test]
-fn bench_refuses_a_duration_that_is_not_a_positive_number() {
+fn duration_flags_refuse_what_is_not_a_bounded_positive_number() {
     let dir = tempfile::tempdir().unwrap();
-    for bad in ["--duration=-1", "--duration=nan", "--duration=0"] {
+    for bad in ["--duration=-1", "--duration=nan", "--duration=0", "--duration=1e20"] {
         let out = kiln(&["bench", "--model", "none.onnx", bad], dir.path());
         let (_, stderr) = text(&out);
         assert!(!out.status.success(), "{bad} was accepted");
         assert!(stderr.contains("--duration") && !stderr.contains("panicked"), "{bad}: {stderr}");
+    }
+    // 1e20 seconds panicked in Duration::from_secs_f64 before it was bounded.
+    for bad in ["--heartbeat-timeout=1e20", "--heartbeat-timeout=inf", "--heartbeat-timeout=-5"] {
+        let out = kiln(&["train", "--data", "none", "--trials", "2", bad], dir.path());
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{bad} was accepted");
+        assert!(stderr.contains("--heartbeat-timeout") && !stderr.contains("panicked"), "{bad}: {stderr}");
     }
 }
 

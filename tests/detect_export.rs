@@ -2,6 +2,8 @@
 //! NMS settings validation used, and ONNX Runtime and tract give the boxes and scores libtorch gives on the same
 //! letterboxed image (fixed and dynamic batch); after NMS they detect the same objects.
 
+mod common;
+
 use kiln_infer::nms::{nms_per_image, NmsConfig};
 use kiln_infer::preprocess::decode_rgb;
 use kiln_infer::{Backend, Ep, Model};
@@ -70,9 +72,8 @@ fn exported_detector_matches_libtorch_on_ort_and_tract() {
             let flat = |t: &Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap();
             let (ref_boxes, ref_scores) = (flat(&reference.0), flat(&reference.1));
             assert_eq!((boxes.data.len(), scores.data.len()), (ref_boxes.len(), ref_scores.len()));
-            let box_diff =
-                boxes.data.iter().zip(&ref_boxes).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
-            let score_diff = scores.data.iter().zip(&ref_scores).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let box_diff = common::max_rel_diff(&ref_boxes, &boxes.data);
+            let score_diff = common::max_abs_diff(&ref_scores, &scores.data);
             assert!(
                 box_diff <= 1e-4 && score_diff <= 1e-4,
                 "{backend} batch {batch}: boxes {box_diff}, scores {score_diff}"

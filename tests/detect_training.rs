@@ -126,6 +126,10 @@ fn the_cli_trains_and_tests_a_detector() {
         "cpu",
         "--name",
         "cli",
+        // After one epoch few scores reach the default 0.3: a low threshold, recorded in the export's metadata, so
+        // that predict and infer below compare detections rather than two empty lists.
+        "--set",
+        "detect.nms.score_threshold=0.02",
     ];
     let out = common::kiln(&args, dir.path());
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -183,11 +187,14 @@ fn the_cli_trains_and_tests_a_detector() {
     let mut infer_args = vec!["infer", "--model", onnx_path.as_str(), "--format", "json"];
     infer_args.extend(image_args.iter().map(String::as_str));
     let (predicted, inferred) = (json_lines(&predict_args), json_lines(&infer_args));
-    assert_eq!(predicted.len(), 3);
+    assert_eq!((predicted.len(), inferred.len()), (3, 3));
     assert!(predicted[1]["error"].is_string(), "the broken image is reported: {}", predicted[1]);
+    assert!(inferred[1]["error"].is_string(), "the broken image is reported: {}", inferred[1]);
+    let mut compared = 0;
     for (p, i) in predicted.iter().zip(&inferred).filter(|(p, _)| p["error"].is_null()) {
         let (p, i) = (p["detections"].as_array().unwrap(), i["detections"].as_array().unwrap());
         assert_eq!(p.len(), i.len(), "{p:?} vs {i:?}");
+        compared += p.len();
         for (a, b) in p.iter().zip(i) {
             assert_eq!(a["class"], b["class"]);
             assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-3);
@@ -196,6 +203,7 @@ fn the_cli_trains_and_tests_a_detector() {
             }
         }
     }
+    assert!(compared > 0, "neither side detected anything: the comparison compared nothing");
 
     // The same model exported with NMS in its graph (and a lower score threshold baked in) detects the same
     // objects as the plain export given that threshold on the command line; a looser IoU is refused.

@@ -7,6 +7,8 @@
 //! Tolerances: scores within 1e-4 absolute; boxes, in pixels up to 128, within 1e-4 · max(1, |value|) (fp32
 //! carries about 7 digits, so 1e-4 absolute on values near 100 would test rounding, not the graph).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::{Mutex, OnceLock};
 
@@ -159,13 +161,9 @@ fn libtorch(model: &ObjectDetector, input: &[f32], batch: usize) -> Decoded {
     Decoded { boxes: flat(boxes), scores: flat(scores) }
 }
 
-/// (max |a − b|, max |a − b| / max(1, |a|)).
+/// (max |a − b|, max |a − b| / max(1, |a|)), failing on NaN and on a length mismatch.
 fn diffs(expected: &[f32], got: &[f32]) -> (f32, f32) {
-    assert_eq!(expected.len(), got.len());
-    expected.iter().zip(got).fold((0.0, 0.0), |(abs, rel), (a, b)| {
-        let d = (a - b).abs();
-        (f32::max(abs, d), f32::max(rel, d / a.abs().max(1.0)))
-    })
+    (common::max_abs_diff(expected, got), common::max_rel_diff(expected, got))
 }
 
 fn random_input(batch: usize, seed: i64) -> Vec<f32> {

@@ -71,11 +71,6 @@ fn libtorch_logits(model: &ImageClassifier, input: &[f32], shape: [usize; 4]) ->
     Vec::try_from(logits.flatten(0, -1)).unwrap()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 fn argmax(rows: &[f32], classes: usize) -> Vec<usize> {
     rows.chunks(classes).map(|r| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0).collect()
 }
@@ -85,7 +80,7 @@ fn check(label: &str, model: &ImageClassifier, bytes: &[u8], input: &[f32], shap
     let expected = libtorch_logits(model, input, shape);
     let classes = expected.len() / shape[0];
     for (runtime, out) in [("ort", run_ort(bytes, input, shape)), ("tract", run_tract(bytes, input, shape))] {
-        let diff = max_diff(&expected, &out.logits);
+        let diff = common::max_abs_diff(&expected, &out.logits);
         eprintln!("{label} on {runtime}: max |logits diff| {diff:.2e}");
         assert!(diff <= tolerance, "{label} on {runtime}: logits differ by {diff:e} (tolerance {tolerance:e})");
         assert_eq!(argmax(&expected, classes), argmax(&out.logits, classes), "{label} on {runtime}: argmax");
@@ -314,8 +309,16 @@ fn a_calibrated_export_divides_the_logits_by_the_temperature_fitted_on_val() {
         Vec::try_from(scaled.softmax(-1, Kind::Float).flatten(0, -1)).unwrap()
     };
     for (name, out) in [("ort", run_ort(&bytes, &input, shape)), ("tract", run_tract(&bytes, &input, shape))] {
-        assert!(max_diff(&out.probs, &probs) < 1e-5, "{name}: probs differ by {}", max_diff(&out.probs, &probs));
-        assert!(max_diff(&out.logits, &logits) < 1e-4, "{name}: logits differ by {}", max_diff(&out.logits, &logits));
+        assert!(
+            common::max_abs_diff(&out.probs, &probs) < 1e-5,
+            "{name}: probs differ by {}",
+            common::max_abs_diff(&out.probs, &probs)
+        );
+        assert!(
+            common::max_abs_diff(&out.logits, &logits) < 1e-4,
+            "{name}: logits differ by {}",
+            common::max_abs_diff(&out.logits, &logits)
+        );
     }
 
     // A saved calibration for this checkpoint is reused, not refitted.

@@ -53,10 +53,6 @@ fn val_batch(run: &RunDir, model: &Path, n: usize) -> Vec<f32> {
     out
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 #[test]
 fn static_int8_agrees_with_fp32_is_small_and_runs_on_both_runtimes() {
     let (dir, run) = classifier_run();
@@ -101,9 +97,13 @@ fn static_int8_agrees_with_fp32_is_small_and_runs_on_both_runtimes() {
     let ort = run_on(&out, Backend::default(), &input, 8);
     let tract = run_on(&out, Backend::Tract, &input, 8);
     let probs = 1;
-    assert!(max_diff(&ort[probs], &tract[probs]) < 0.02, "probs differ by {}", max_diff(&ort[probs], &tract[probs]));
+    assert!(
+        common::max_abs_diff(&ort[probs], &tract[probs]) < 0.02,
+        "probs differ by {}",
+        common::max_abs_diff(&ort[probs], &tract[probs])
+    );
     let fp32_probs = run_on(&dir.path().join("static/best.onnx"), Backend::default(), &input, 8);
-    assert!(max_diff(&ort[probs], &fp32_probs[probs]) < 0.1);
+    assert!(common::max_abs_diff(&ort[probs], &fp32_probs[probs]) < 0.1);
 }
 
 #[test]
@@ -143,7 +143,12 @@ fn named_families_and_dynamic_int8() {
     let reference = run_on(&fp32, Backend::default(), &input, 1);
     for model in [&out, &dynamic] {
         let got = run_on(model, Backend::default(), &input, 1);
-        assert!(max_diff(&got[1], &reference[1]) < 0.1, "{}: {}", model.display(), max_diff(&got[1], &reference[1]));
+        assert!(
+            common::max_abs_diff(&got[1], &reference[1]) < 0.1,
+            "{}: {}",
+            model.display(),
+            common::max_abs_diff(&got[1], &reference[1])
+        );
     }
 }
 
@@ -209,13 +214,13 @@ fn other_task_int8(config: kiln_train::TrainConfig, dir: &Path, scale_of: &str, 
     let k = names.iter().position(|n| n == scale_of).unwrap();
     for model in [&out, &dynamic] {
         let got = run_on(model, Backend::default(), &input, 1);
-        let diff = max_diff(&got[k], &reference[k]);
+        let diff = common::max_abs_diff(&got[k], &reference[k]);
         assert!(diff < tolerance, "{} {scale_of}: {diff}", model.display());
     }
     // tract runs the QDQ graph as written and agrees with ONNX Runtime's int8 kernels.
     let ort = run_on(&out, Backend::default(), &input, 1);
     let tract = run_on(&out, Backend::Tract, &input, 1);
-    assert!(max_diff(&ort[k], &tract[k]) < tolerance / 2.0);
+    assert!(common::max_abs_diff(&ort[k], &tract[k]) < tolerance / 2.0);
 }
 
 #[test]

@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("data", &["data"]),
     ("config", &["config"]),
-    ("run plumbing", &["checkpoint", "run_dir", "optim", "step_timer", "export"]),
+    ("run plumbing", &["checkpoint", "run_dir", "run_lock", "optim", "step_timer", "export"]),
     ("engine", &["engine"]),
     ("task folders", &["classify", "detect", "ocr"]),
     ("registry", &["tasks", "study", "tune", "lib"]),

@@ -5,6 +5,8 @@
 //! tract (`into_optimized`), gives the per-frame probabilities `TextLineRecognizer::probabilities` gives within
 //! 1e-4, at batch 1 and 2 and at several widths (the width is chosen at run time), at opsets 13, 17 and 21.
 
+mod common;
+
 use std::sync::{Mutex, OnceLock};
 
 use kiln_export::{Dim, ElemType, Graph};
@@ -101,11 +103,6 @@ fn export(model: &TextLineRecognizer, opset: i64) -> Vec<u8> {
     kiln_export::to_bytes(&g.into_model("recognizer", &[])).unwrap()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 #[test]
 fn the_exported_recognizer_gives_libtorchs_frame_probabilities_on_both_runtimes() {
     exported_probabilities_match(TextBackbone::Convnext);
@@ -134,7 +131,7 @@ fn exported_probabilities_match(backbone: TextBackbone) {
             let input: Vec<f32> = Vec::try_from(xs.flatten(0, -1)).unwrap();
             let ort = run_ort(&bytes, &input, shape);
             let tract = run_tract(&bytes, &input, shape);
-            let (d_ort, d_tract) = (max_diff(&ort, &expected), max_diff(&tract, &expected));
+            let (d_ort, d_tract) = (common::max_abs_diff(&ort, &expected), common::max_abs_diff(&tract, &expected));
             assert!(d_ort <= 1e-4, "opset {opset}, batch {batch}, width {width}: ONNX Runtime differs by {d_ort}");
             assert!(d_tract <= 1e-4, "opset {opset}, batch {batch}, width {width}: tract differs by {d_tract}");
         }
@@ -163,5 +160,5 @@ fn the_lstm_gates_are_reordered_for_onnx() {
     let tensor = ort::value::Tensor::from_array(([6usize, 2, 5], input)).unwrap();
     let outputs = session.run(ort::inputs!["images" => tensor]).unwrap();
     let got = outputs["probs"].try_extract_tensor::<f32>().unwrap().1.to_vec();
-    assert!(max_diff(&got, &expected) <= 1e-5, "{}", max_diff(&got, &expected));
+    assert!(common::max_abs_diff(&got, &expected) <= 1e-5, "{}", common::max_abs_diff(&got, &expected));
 }

@@ -25,4 +25,4 @@ pub use nms::{emit_nms, NmsValues, NMS_OUTPUTS};
 /// The ONNX protobuf types kiln-export reads and writes.
 pub use onnx_protobuf as proto;
 pub use skeleton::skeleton;
-pub use write::write_atomic;
+pub use write::{sweep_stale_temps, write_atomic, TEMP_SUFFIX};

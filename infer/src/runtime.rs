@@ -18,9 +18,21 @@ pub struct OrtRuntime {
     pub build_info: String,
 }
 
+/// The process's own deps directory ([`set_default_deps`]).
+static DEFAULT_DEPS: OnceLock<PathBuf> = OnceLock::new();
+
+/// Names the deps directory every model of this process looks in last, for ONNX Runtime (the `kiln` binary names
+/// the one it was built with, at start-up): so that whatever opens a model (`kiln infer`, `kiln bench`, int8
+/// calibration and comparison inside `kiln export`) finds the same library without `ORT_DYLIB_PATH`. The first call
+/// wins; a builder's own [`crate::ModelBuilder::ort_deps`] comes before it.
+pub fn set_default_deps(dir: impl Into<PathBuf>) {
+    let _ = DEFAULT_DEPS.set(dir.into());
+}
+
 /// Where the library is looked for, in order: `$ORT_DYLIB_PATH`, `$KILN_DEPS/onnxruntime/`, then
-/// `default_deps/onnxruntime/` (the deps directory the binary was built with).
+/// `default_deps/onnxruntime/` (a builder's deps directory), else the process's ([`set_default_deps`]).
 pub fn candidates(default_deps: Option<&Path>) -> Vec<PathBuf> {
+    let default_deps = default_deps.or(DEFAULT_DEPS.get().map(PathBuf::as_path));
     candidates_from(std::env::var_os("ORT_DYLIB_PATH"), std::env::var_os("KILN_DEPS"), default_deps)
 }
 

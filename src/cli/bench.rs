@@ -28,8 +28,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 50, conflicts_with = "duration")]
     pub iters: usize,
     /// Seconds of timed runs per row, instead of --iters.
-    #[arg(long)]
-    pub duration: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = super::seconds::parse_seconds)]
+    pub duration: Option<Duration>,
     /// ONNX Runtime intra-op threads.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -70,7 +70,7 @@ fn bench_one(args: &BenchArgs, backend: &Backend) -> Vec<LatencyRow> {
         batches: args.batch.clone(),
         warmup: args.warmup,
         runs: match args.duration {
-            Some(seconds) => TimedRuns::For(Duration::from_secs_f64(seconds)),
+            Some(duration) => TimedRuns::For(duration),
             None => TimedRuns::Count(args.iters),
         },
     };
@@ -106,9 +106,6 @@ pub fn print_table(rows: &[LatencyRow]) {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(BenchCommand::Train(train)) = args.command {
         return super::bench_train::run(train);
-    }
-    if let Some(d) = args.duration {
-        anyhow::ensure!(d.is_finite() && d > 0.0, "--duration {d}: expected a positive number of seconds");
     }
     let mut rows = Vec::new();
     for backend in &args.backends {

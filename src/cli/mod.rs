@@ -12,6 +12,7 @@ mod infer_ocr;
 mod output;
 mod predict;
 mod raw;
+mod seconds;
 mod study;
 mod train;
 

@@ -32,8 +32,9 @@ fn storage_url(text: &str) -> anyhow::Result<StorageUrl> {
 
 #[derive(Args, Debug)]
 pub struct ShowArgs {
-    /// sqlite:///FILE or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
-    #[arg(long, value_name = "URL")]
+    /// sqlite:///FILE or postgres://USER@HOST[:PORT]/DATABASE (default: $KILN_STORAGE; the password from
+    /// PGPASSWORD or ~/.pgpass)
+    #[arg(long, value_name = "URL", env = "KILN_STORAGE")]
     pub storage: String,
     #[arg(long, default_value = "study")]
     pub study: String,

@@ -134,8 +134,9 @@ pub struct TrainArgs {
     /// Run a study of this many trials in total (rerunning resumes it; a larger number adds trials).
     #[arg(long)]
     pub trials: Option<usize>,
-    /// Study storage: sqlite:///FILE (one machine; default: a study.db in the study's directory) or
-    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (workers on several machines).
+    /// Study storage: sqlite:///FILE (one machine; default: $KILN_STORAGE, else a study.db in the study's
+    /// directory) or postgres://USER@HOST[:PORT]/DATABASE (workers on several machines; the password from
+    /// PGPASSWORD or ~/.pgpass rather than the URL, which `ps` shows).
     #[arg(long, value_name = "URL", requires = "trials")]
     pub storage: Option<String>,
     /// Study name (default: study).
@@ -149,8 +150,8 @@ pub struct TrainArgs {
     pub pruner: PrunerArg,
     /// A RUNNING trial whose worker has not beaten for this many seconds is marked FAIL (its worker died); workers
     /// beat every timeout/4 (at most every 30 s). Give every worker of a study the same value.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300.0, requires = "trials")]
-    pub heartbeat_timeout: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = super::seconds::parse_seconds, requires = "trials")]
+    pub heartbeat_timeout: std::time::Duration,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
@@ -348,15 +349,10 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
         default_storage, fail_trial_on_interrupt, worker_id, PrunerKind, SamplerKind, StorageUrl, StudyOptions,
     };
     let name = args.study.clone().unwrap_or_else(|| "study".into());
-    let storage = match &args.storage {
-        Some(url) => StorageUrl::parse(url)?,
+    let storage = match args.storage.clone().or_else(|| std::env::var("KILN_STORAGE").ok().filter(|s| !s.is_empty())) {
+        Some(url) => StorageUrl::parse(&url)?,
         None => default_storage(&kiln_train::tune::study_dir(config, &name))?,
     };
-    anyhow::ensure!(
-        args.heartbeat_timeout.is_finite() && args.heartbeat_timeout > 0.0,
-        "--heartbeat-timeout {}: expected a positive number of seconds",
-        args.heartbeat_timeout
-    );
     let options = StudyOptions {
         trials: args.trials.unwrap_or(1),
         storage,
@@ -372,7 +368,7 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
             PrunerArg::None => PrunerKind::None,
         },
         space: None,
-        heartbeat_timeout: std::time::Duration::from_secs_f64(args.heartbeat_timeout),
+        heartbeat_timeout: args.heartbeat_timeout,
         worker: worker_id(),
         running: Some(Default::default()),
     };

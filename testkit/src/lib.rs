@@ -3,6 +3,8 @@
 
 mod postgres_server;
 mod python_env;
+mod skips;
 
 pub use postgres_server::PostgresServer;
 pub use python_env::PythonEnv;
+pub use skips::record_skip;

@@ -75,6 +75,7 @@ impl PostgresServer {
             }
             Err(reason) => {
                 eprintln!("SKIPPED {test}: no PostgreSQL server could be started: {reason}");
+                crate::record_skip("postgres", test, &reason);
                 None
             }
         }

@@ -63,6 +63,7 @@ impl PythonEnv {
             }
             Err(reason) => {
                 eprintln!("SKIPPED {test}: no Python environment with {requirements:?}: {reason}");
+                crate::record_skip("python", test, &reason);
                 None
             }
         }

@@ -83,6 +83,28 @@ pub fn read_fixture(dir: &Path, file: &str) -> HashMap<String, tch::Tensor> {
     kiln_models::weights::read_safetensors(&dir.join(file)).unwrap().into_iter().collect()
 }
 
+/// max |a − b| over two slices of one length, for the parity tests. Fails on a length mismatch (a `zip` would
+/// compare the shorter prefix) and on an empty comparison; any NaN, on either side, makes the result NaN, which
+/// fails every `<` and `<=` bound (`fold(0.0, f32::max)` skipped NaN, so an all-NaN output "matched").
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    max_diff_by(a, b, |x, y| (x - y).abs())
+}
+
+/// max |a − b| / max(1, |a|) (relative where values are large: box coordinates), with [`max_abs_diff`]'s rules;
+/// `a` is the reference.
+pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    max_diff_by(a, b, |x, y| (x - y).abs() / x.abs().max(1.0))
+}
+
+fn max_diff_by(a: &[f32], b: &[f32], diff: impl Fn(f32, f32) -> f32) -> f32 {
+    assert_eq!(a.len(), b.len(), "the compared outputs differ in length");
+    assert!(!a.is_empty(), "nothing to compare");
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| diff(x, y))
+        .fold(0.0, |max, d| if d.is_nan() || max.is_nan() { f32::NAN } else { max.max(d) })
+}
+
 /// Fails unless `ours` and `theirs` have one shape and differ by at most `tolerance` · max(1, max |theirs|)
 /// everywhere (NaN fails): the parity tests' comparison of a kiln record with a reference's.
 pub fn assert_close(what: &str, ours: &tch::Tensor, theirs: &tch::Tensor, tolerance: f64) {

@@ -26,6 +26,9 @@ pub enum Error {
     #[error("device '{requested}': {reason}")]
     Device { requested: String, reason: String },
 
+    #[error("run {path} is being written by {holder}; wait for it to finish or stop it (one writer per run)")]
+    RunLocked { path: PathBuf, holder: String },
+
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
 

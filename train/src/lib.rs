@@ -26,6 +26,7 @@ pub mod plots;
 pub mod precision;
 pub mod progress;
 pub mod run_dir;
+pub mod run_lock;
 pub mod step_timer;
 pub mod study;
 pub mod synthetic;
@@ -37,6 +38,7 @@ pub use error::{Error, Result};
 /// int8 exports, also at the crate root as before ([`export::int8`]).
 pub use export::int8;
 pub use run_dir::{RunDir, Which};
+pub use run_lock::RunLock;
 
 /// The README's Rust examples, compiled as doctests.
 #[doc = include_str!("../../README.md")]

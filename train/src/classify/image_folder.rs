@@ -126,14 +126,26 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
-/// The class folder names of a split directory, sorted (hidden folders ignored).
+/// The class folder names of a split directory, sorted (hidden folders ignored). A folder whose name is not text
+/// (not UTF-8) is refused, named lossily: dropping it would leave its class untrained without a word.
 fn class_folders(dir: &Path) -> Result<Vec<String>> {
-    Ok(read_dir_sorted(dir)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
-        .filter(|n| !n.starts_with('.'))
-        .collect())
+    let mut names = Vec::new();
+    for path in read_dir_sorted(dir)?.into_iter().filter(|p| p.is_dir()) {
+        let Some(name) = path.file_name() else { continue };
+        let Some(name) = name.to_str() else {
+            return Err(Error::Dataset {
+                root: dir.to_path_buf(),
+                reason: format!(
+                    "class folder '{}' has a name that is not UTF-8 text; rename it (class names are text)",
+                    name.to_string_lossy()
+                ),
+            });
+        };
+        if !name.starts_with('.') {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
 }
 
 fn scan_split(root: &Path, dir: &Path, class_names: &[String]) -> Result<Vec<Sample>> {
@@ -209,6 +221,19 @@ mod tests {
     }
 
     const RATIOS: SplitRatios = SplitRatios { val: 0.2, test: 0.1, seed: 3 };
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_class_folder_whose_name_is_not_text_is_refused_by_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "train/cat/0.png");
+        let latin1 = dir.path().join("train").join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+        std::fs::create_dir(&latin1).unwrap();
+        std::fs::write(latin1.join("0.png"), b"").unwrap();
+        let err = ImageFolder::open(dir.path(), RATIOS).unwrap_err().to_string();
+        assert!(err.contains("caf\u{fffd}") && err.contains("UTF-8"), "{err}");
+    }
 
     #[test]
     fn a_small_class_keeps_a_training_image() {

@@ -61,6 +61,7 @@ pub fn predict(run: &RunDir, inputs: &[PathBuf], options: &PredictOptions) -> Re
 /// Fits the temperature of the run's checkpoint on its validation split (`kiln val --calibrate`; see
 /// [`super::calibration`]) and writes `calibration.json`.
 pub fn calibrate_run(run: &RunDir, options: &engine::EvalOptions) -> Result<super::calibration::Calibration> {
+    let _lock = crate::run_lock::RunLock::acquire(run, "kiln val --calibrate")?;
     super::calibration::calibrate_run::<Classification>(run, options)
 }
 

@@ -11,12 +11,25 @@ use crate::checkpoint;
 use crate::export::int8::RunData;
 use crate::export::{finish, plan_export, ExportOptions, ExportReport};
 use crate::run_dir::RunDir;
+use crate::run_lock::RunLock;
 use crate::{Error, Result};
+
+/// Whether `out` lies inside the run's directory.
+fn writes_into(run: &RunDir, out: &std::path::Path) -> bool {
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    match (dir.canonicalize(), run.path.canonicalize()) {
+        (Ok(dir), Ok(run)) => dir.starts_with(run),
+        _ => true,
+    }
+}
 
 /// Exports the run's checkpoint `options.which`, a run of task `T`. Everything is checked before anything is
 /// written; the file appears whole or not at all.
 pub fn export_run<T: Task>(run: &RunDir, options: &ExportOptions) -> Result<ExportReport> {
     let (ckpt_path, out) = plan_export(run, options)?;
+    // An export into the run, or one that fits and saves the run's calibration, writes into it: one writer.
+    let _lock =
+        if options.calibrated || writes_into(run, &out) { Some(RunLock::acquire(run, "kiln export")?) } else { None };
     let mut ckpt = checkpoint::load(&ckpt_path)?;
     ckpt.state.config.fill_added_later::<T::Settings>();
     let config = &ckpt.state.config;

@@ -25,6 +25,7 @@ use crate::optim::{CosineSchedule, Ema, GradScaler, Optimizer, OptimizerConfig};
 use crate::precision::Precision;
 use crate::progress::{EpochProgress, StepStats};
 use crate::run_dir::{RunDir, Which};
+use crate::run_lock::RunLock;
 use crate::{Error, Result};
 
 use crate::native::{rng_state, set_rng_state, TORCH_RNG};
@@ -121,6 +122,8 @@ pub fn train<T: Task>(config: &TrainConfig, on_epoch: EpochCallback) -> Result<O
     let device = prepare_runtime(config, None)?;
     let task = T::open(config)?;
     let run = RunDir::create(&config.project, config.task, config.name.as_deref())?;
+    // Held until the run ends (or the process dies): a second writer of this run is refused.
+    let _lock = RunLock::acquire(&run, "kiln train")?;
     write_atomic(&run.config(), config.to_yaml().as_bytes())?;
     let summary = serde_json::to_vec_pretty(&task.dataset_summary()).expect("serialises");
     write_atomic(&run.dataset(), &summary)?;
@@ -129,6 +132,7 @@ pub fn train<T: Task>(config: &TrainConfig, on_epoch: EpochCallback) -> Result<O
 
 /// Continues a run from its `last` checkpoint: weights, optimiser state, EMA, schedule position and epoch.
 pub fn resume<T: Task>(run: RunDir, on_epoch: EpochCallback) -> Result<Outcome<T>> {
+    let _lock = RunLock::acquire(&run, "kiln train --resume")?;
     let config = super::run_config::load_run_config::<T>(&run, "resume")?;
     let ckpt = checkpoint::load(&run.checkpoint(Which::Last))?;
     let device = prepare_runtime(&config, None)?;

@@ -7,6 +7,7 @@
 
 mod legacy;
 mod optuna;
+pub mod password;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -228,10 +229,15 @@ impl fmt::Debug for StorageUrl {
 /// `scheme://user:secret@host/db?password=secret` → `scheme://user:***@host/db?password=***`: the password in
 /// the user information and in the query parameters the driver reads secrets from (`password`, libpq's
 /// `sslpassword`).
+///
+/// The user information ends at an `@` anywhere before the query, `/` included: the PostgreSQL client takes the
+/// credentials up to the first `@` of the whole remainder (`postgres://kiln:ab/cd@host/db` has the password
+/// `ab/cd`). Everything up to the last `@` before the query is hidden, so an unencoded `@` in a password hides the
+/// whole password too.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let rest = match rest[..authority_end].rfind('@') {
+    let query_start = rest.find('?').unwrap_or(rest.len());
+    let rest = match rest[..query_start].rfind('@') {
         Some(at) => match rest[..at].split_once(':') {
             Some((user, _)) => format!("{user}:***{}", &rest[at..]),
             None => rest.to_string(),
@@ -279,6 +285,18 @@ mod tests {
         let pg = StorageUrl::parse("postgresql://kiln:hunter2@db.lan:5433/studies").unwrap();
         assert_eq!(pg.to_string(), "postgresql://kiln:***@db.lan:5433/studies");
         assert_eq!(StorageUrl::parse("postgres://kiln@h/db").unwrap().to_string(), "postgres://kiln@h/db");
+        // The client reads `ab/cd` as the password here (its user information ends at the `@`, past the `/`).
+        let client: ::postgres::Config = "postgres://kiln:ab/cd@host/db".parse().unwrap();
+        assert_eq!(client.get_password(), Some(b"ab/cd".as_slice()));
+        assert_eq!(
+            StorageUrl::parse("postgres://kiln:ab/cd@host/db").unwrap().to_string(),
+            "postgres://kiln:***@host/db"
+        );
+        assert_eq!(
+            StorageUrl::parse("postgres://kiln:p@ss@host/db").unwrap().to_string(),
+            "postgres://kiln:***@host/db"
+        );
+        assert_eq!(StorageUrl::parse("postgres://kiln@h/db?x=1").unwrap().to_string(), "postgres://kiln@h/db?x=1");
         let err = StorageUrl::parse("mysql://u:pw@h/db").unwrap_err().to_string();
         assert!(err.contains("mysql://u:***@h/db") && err.contains("expected sqlite"), "{err}");
         assert!(StorageUrl::parse("study.db").is_err() && StorageUrl::parse("sqlite:///").is_err());

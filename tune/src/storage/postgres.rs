@@ -174,10 +174,17 @@ pub(crate) fn reason(e: &postgres::Error) -> String {
     }
 }
 
-/// Connects (10 s connect timeout unless the URL sets `connect_timeout`).
+/// Connects (10 s connect timeout unless the URL sets `connect_timeout`); without a password in the URL, with
+/// `PGPASSWORD`'s or the password file's ([`super::password`]).
 pub(crate) fn connect(url: &str) -> Result<Client> {
     let err = |reason: String| Error::Storage { url: redact(url), reason };
     let mut config = postgres::Config::from_str(url).map_err(|e| err(reason(&e)))?;
+    if config.get_password().is_none() {
+        if let Some(password) = super::password::Target::of(&config).and_then(|t| super::password::from_environment(&t))
+        {
+            config.password(password);
+        }
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
