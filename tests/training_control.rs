@@ -114,3 +114,52 @@ fn the_recipe_augmentations_train_a_classifier() {
     let saved = kiln_train::TrainConfig::load(&outcome.run.config()).unwrap();
     assert_eq!((saved.augment.auto_augment, saved.mixup), (config.augment.auto_augment, config.mixup));
 }
+
+/// A kill between an epoch's checkpoint writes (`last` written, `best` not yet), and a top-k file `last` never
+/// listed (written by an epoch the kill cut short): the resume makes the files agree with `last` (so `best` is the
+/// epoch `results.csv` and `last` name, and no orphan stays), then trains on consistently.
+#[test]
+fn a_resume_after_a_kill_between_checkpoint_writes_reconciles_best_and_top_k() {
+    use kiln_train::engine::reconcile::reconcile_checkpoints;
+    let _serial = common::one_training_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (8, 4, 0), 2);
+    let config = kiln_train::TrainConfig {
+        save_top_k: 2,
+        limit_train_batches: Some(BatchLimit::Count(1)),
+        ..common::quick_config(&data, &dir.path().join("runs"), 3)
+    };
+    // Stopped after epoch 2 of 3, as a kill would.
+    let mut stop = |r: &kiln_train::engine::EpochRecord| {
+        if r.epoch == 2 {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    };
+    let run = kiln_train::classify::train_observed(&config, &mut stop).unwrap().run;
+    let last = checkpoint::read_state(&run.checkpoint(Which::Last)).unwrap();
+    assert_eq!((last.epoch, kept_epochs(&run)), (2, vec![1, 2]));
+    // The files a kill leaves: `best` still the other epoch's checkpoint, and a top-k file of an epoch `last` does
+    // not know.
+    let other = 3 - last.best_epoch;
+    std::fs::copy(run.top_k_checkpoint(other), run.checkpoint(Which::Best)).unwrap();
+    std::fs::copy(run.checkpoint(Which::Last), run.top_k_checkpoint(3)).unwrap();
+    let repaired = reconcile_checkpoints(&run, &last).unwrap();
+    assert_eq!(repaired.len(), 2, "{repaired:?}");
+    assert_eq!(checkpoint::read_state(&run.checkpoint(Which::Best)).unwrap().epoch, last.best_epoch);
+    assert_eq!(kept_epochs(&run), vec![1, 2], "the orphan epoch_3 is removed");
+    assert!(reconcile_checkpoints(&run, &last).unwrap().is_empty(), "nothing left to repair");
+
+    // The same state again, through a resume, which then trains epoch 3 on a consistent run.
+    std::fs::copy(run.top_k_checkpoint(other), run.checkpoint(Which::Best)).unwrap();
+    let resumed = kiln_train::tasks::resume(kiln_train::RunDir::open(&run.path).unwrap());
+    assert!(resumed.is_ok(), "{:?}", resumed.err());
+    let last = checkpoint::read_state(&run.checkpoint(Which::Last)).unwrap();
+    let best = checkpoint::read_state(&run.checkpoint(Which::Best)).unwrap();
+    assert_eq!((last.epoch, best.epoch), (3, last.best_epoch), "best is the epoch last names");
+    let mut listed: Vec<usize> = last.top_k.iter().map(|(e, _)| *e).collect();
+    listed.sort();
+    assert_eq!(kept_epochs(&run), listed, "the top-k files are the ones last lists");
+    assert_eq!(read_results(&run.results()).unwrap().len(), 3);
+}

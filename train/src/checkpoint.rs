@@ -137,6 +137,23 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], state: &CheckpointState) 
     write_atomic(path, &bytes)
 }
 
+/// The record of a checkpoint written by [`save`], without making its tensors.
+pub fn read_state(path: &Path) -> Result<CheckpointState> {
+    let err = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    state_of(&bytes, &err)
+}
+
+fn state_of(bytes: &[u8], err: &dyn Fn(String) -> Error) -> Result<CheckpointState> {
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let json = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY))
+        .ok_or_else(|| err("a safetensors file without kiln's checkpoint record".into()))?;
+    serde_json::from_str(json).map_err(|e| err(format!("bad checkpoint record: {e}")))
+}
+
 /// Reads a checkpoint written by [`save`].
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let err = |reason: String| Error::Checkpoint { path: path.to_path_buf(), reason };
@@ -144,13 +161,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         return Err(err("no such checkpoint (has the run finished an epoch?)".into()));
     }
     let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
-    let json = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(METADATA_KEY))
-        .ok_or_else(|| err("a safetensors file without kiln's checkpoint record".into()))?;
-    let state: CheckpointState = serde_json::from_str(json).map_err(|e| err(format!("bad checkpoint record: {e}")))?;
+    let state = state_of(&bytes, &err)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {

@@ -9,6 +9,7 @@ pub mod fast_dev_run;
 pub mod fast_dev_run_report;
 pub mod freeze;
 pub mod predict;
+pub mod reconcile;
 pub mod records;
 pub mod run_config;
 pub mod run_model;

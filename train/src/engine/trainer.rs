@@ -135,6 +135,9 @@ pub fn resume<T: Task>(run: RunDir, on_epoch: EpochCallback) -> Result<Outcome<T
     let _lock = RunLock::acquire(&run, "kiln train --resume")?;
     let config = super::run_config::load_run_config::<T>(&run, "resume")?;
     let ckpt = checkpoint::load(&run.checkpoint(Which::Last))?;
+    for repaired in super::reconcile::reconcile_checkpoints(&run, &ckpt.state)? {
+        eprintln!("resume: {repaired}");
+    }
     let device = prepare_runtime(&config, None)?;
     let task = T::open(&config)?;
     task.check_resume(&config, &ckpt)?;
@@ -670,14 +673,15 @@ impl<T: Task> Trainer<T> {
             config: self.config.clone(),
         };
         let bytes = checkpoint::to_bytes(&tensors, &state)?;
-        // `best` first: a kill between the two writes must not leave a `last` that names a best never written.
+        // `last` first, the record a resume continues from; a kill before `best` or the top-k copy is written is
+        // repaired from it on resume (`reconcile_checkpoints`), as both are these very bytes.
+        write_atomic(&self.run.checkpoint(Which::Last), &bytes)?;
         if improved {
             write_atomic(&self.run.checkpoint(Which::Best), &bytes)?;
         }
         if enters {
             write_atomic(&self.run.top_k_checkpoint(epoch), &bytes)?;
         }
-        write_atomic(&self.run.checkpoint(Which::Last), &bytes)?;
         // Only once `last` records the new list are the checkpoints that left it removed.
         for old in dropped {
             let path = self.run.top_k_checkpoint(old);
