@@ -31,6 +31,6 @@ pub use storage::{
     LIBRARY_VERSION, RUN_DIR_ATTR, SCHEMA_VERSION,
 };
 pub use study::{
-    best_trial, fail_running, importances, run_study, trials_csv, Objective, PrunerKind, RunningTrial, SamplerKind,
-    StudyOptions, StudyOutcome, Trainer, TrialError, TrialRun,
+    best_trial, importances, record_interrupted, run_study, trials_csv, Objective, PrunerKind, RunningEntry,
+    RunningTrial, SamplerKind, StudyOptions, StudyOutcome, Trainer, TrialError, TrialOutcome, TrialRun,
 };

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::storage::StorageUrl;
-use crate::study::{fail_running, RunningTrial};
+use crate::study::{record_interrupted, RunningTrial};
 use crate::{Error, Result};
 
 /// This machine's name and the process id (`host-1234`): what tells a study's workers apart.
@@ -28,10 +28,11 @@ pub fn default_storage(dir: &Path) -> Result<StorageUrl> {
 /// the study runs the missing trials.
 pub fn fail_trial_on_interrupt(running: RunningTrial) -> Result<()> {
     ctrlc::set_handler(move || {
+        // The study thread holds this lock only to tell what it runs, never across a storage call.
         if let Some(trial) = running.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            match fail_running(&trial, "interrupted (Ctrl-C)") {
-                Ok(()) => eprintln!("\ninterrupted: trial {} marked FAIL", trial.2),
-                Err(e) => eprintln!("\ninterrupted: could not mark trial {} FAIL: {e}", trial.2),
+            match record_interrupted(&trial, "interrupted (Ctrl-C)") {
+                Ok(what) => eprintln!("\ninterrupted: {what}"),
+                Err(e) => eprintln!("\ninterrupted: could not record trial {}: {e}", trial.number),
             }
         }
         // Leave at once: running exit handlers while a trainer's threads are mid-computation can crash.

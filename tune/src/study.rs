@@ -58,14 +58,43 @@ pub struct StudyOptions {
     pub running: Option<RunningTrial>,
 }
 
-/// The trial a study process is running, shared with an interrupt handler: (storage, study id, number).
-pub type RunningTrial = std::sync::Arc<std::sync::Mutex<Option<(StorageUrl, i64, u32)>>>;
+/// How a trial ended: what the study records for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrialOutcome {
+    pub state: TrialState,
+    pub value: Option<f64>,
+    pub reason: Option<String>,
+}
 
-/// Marks a running trial FAIL with `reason` through its own connection (for interrupt handlers).
-pub fn fail_running(trial: &(StorageUrl, i64, u32), reason: &str) -> Result<()> {
-    let (url, study, number) = trial;
-    url.open()?.finish(*study, *number, TrialState::Fail, None, Some(reason))?;
-    Ok(())
+/// The trial a study process is running, as an interrupt handler must know it: where it is stored, and how it
+/// ended once training has ended (until the study has recorded that itself).
+#[derive(Clone, Debug)]
+pub struct RunningEntry {
+    pub storage: StorageUrl,
+    pub study: i64,
+    pub number: u32,
+    pub outcome: Option<TrialOutcome>,
+}
+
+/// The trial a study process is running, shared with an interrupt handler.
+pub type RunningTrial = std::sync::Arc<std::sync::Mutex<Option<RunningEntry>>>;
+
+/// Records the running trial when the process is interrupted, through a connection of its own: the outcome it
+/// ended with when training had ended (a finished trial is never lost to the interrupt), else FAIL with `reason`.
+/// Returns what really happened, for the handler to print.
+pub fn record_interrupted(entry: &RunningEntry, reason: &str) -> Result<String> {
+    let mut storage = entry.storage.open()?;
+    let number = entry.number;
+    Ok(match &entry.outcome {
+        Some(o) => match storage.finish(entry.study, number, o.state, o.value, o.reason.as_deref())? {
+            true => format!("trial {number} had ended {} before the interrupt; recorded as such", o.state.name()),
+            false => format!("trial {number}'s result ({}) was already recorded", o.state.name()),
+        },
+        None => match storage.finish(entry.study, number, TrialState::Fail, None, Some(reason))? {
+            true => format!("trial {number} marked FAIL ({reason})"),
+            false => format!("trial {number} had already ended; left as it was"),
+        },
+    })
 }
 
 /// The metric a study optimises and its direction.
@@ -237,9 +266,12 @@ pub fn run_study(
         }
         let Some(number) = storage.claim_trial(study, options.trials, &options.worker)? else { break };
         // Told the interrupt handler at once, so that a Ctrl-C while the parameters are sampled still fails it.
-        if let Some(running) = &options.running {
-            *running.lock().unwrap_or_else(|e| e.into_inner()) = Some((options.storage.clone(), study, number));
-        }
+        let tell = |entry: Option<RunningEntry>| {
+            if let Some(running) = &options.running {
+                *running.lock().unwrap_or_else(|e| e.into_inner()) = entry;
+            }
+        };
+        tell(Some(RunningEntry { storage: options.storage.clone(), study, number, outcome: None }));
         ran += 1;
         let history = storage.trials(study).map_err(|e| abandon(&mut *storage, study, number, e))?;
         let mut params =
@@ -308,10 +340,8 @@ pub fn run_study(
         }))
         .unwrap_or_else(|payload| Err(Box::new(Error::TrialPanicked(panic_message(payload.as_ref())))));
         drop(heartbeat);
-        if let Some(running) = &options.running {
-            *running.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        }
         if let Some(e) = report_error {
+            tell(None);
             return Err(abandon(&mut *storage, study, number, e));
         }
         if ended_elsewhere {
@@ -319,6 +349,7 @@ pub fn run_study(
                 "warning: study {}: trial {number} was ended by another worker (heartbeat timeout?); stopped training it",
                 options.name
             );
+            tell(None);
             continue;
         }
         if let Ok(TrialRun { run_dir: Some(run_dir), .. }) = &result {
@@ -353,7 +384,12 @@ pub fn run_study(
                 (TrialState::Fail, None, Some(e.to_string()))
             }
         };
-        if !storage.finish(study, number, state, value, reason.as_deref())? {
+        // The interrupt handler records this outcome, not FAIL, if Ctrl-C comes before the study has.
+        let outcome = TrialOutcome { state, value, reason: reason.clone() };
+        tell(Some(RunningEntry { storage: options.storage.clone(), study, number, outcome: Some(outcome) }));
+        let recorded = storage.finish(study, number, state, value, reason.as_deref());
+        tell(None);
+        if !recorded? {
             eprintln!(
                 "warning: study {}: trial {number} had already been ended by another worker (heartbeat timeout?); \
                  its result is not recorded",
@@ -476,6 +512,35 @@ mod tests {
             self.trials += 1;
             (self.train)(self.trials - 1, report)
         }
+    }
+
+    #[test]
+    fn an_interrupt_records_a_finished_trial_as_it_ended_and_says_what_happened() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = StorageUrl::Sqlite(dir.path().join("s.db"));
+        let mut storage = url.open().unwrap();
+        let study = storage.study("s", Direction::Maximize).unwrap();
+        let entry = |number, outcome| RunningEntry { storage: url.clone(), study, number, outcome };
+        // Training had ended and the study had not recorded it yet: the outcome is recorded, not FAIL (the handler
+        // used to mark every running trial FAIL, losing a finished one).
+        let finished = storage.claim_trial(study, 10, "test").unwrap().unwrap();
+        let complete = TrialOutcome { state: TrialState::Complete, value: Some(0.9), reason: None };
+        let said = record_interrupted(&entry(finished, Some(complete.clone())), "interrupted").unwrap();
+        assert!(said.contains("had ended COMPLETE"), "{said}");
+        let said = record_interrupted(&entry(finished, Some(complete)), "interrupted").unwrap();
+        assert!(said.contains("already recorded"), "{said}");
+        // Mid-training: FAIL with the reason.
+        let mid = storage.claim_trial(study, 10, "test").unwrap().unwrap();
+        let said = record_interrupted(&entry(mid, None), "interrupted (Ctrl-C)").unwrap();
+        assert!(said.contains("marked FAIL"), "{said}");
+        // Ended before the handler ran: left as it was, and not called a FAIL.
+        let said = record_interrupted(&entry(finished, None), "interrupted").unwrap();
+        assert!(said.contains("already ended") && !said.contains("FAIL"), "{said}");
+        let trials = storage.trials(study).unwrap();
+        let of = |n: u32| trials.iter().find(|t| t.number == n).unwrap();
+        assert_eq!((of(finished).state, of(finished).value), (TrialState::Complete, Some(0.9)));
+        assert_eq!(of(mid).state, TrialState::Fail);
+        assert_eq!(of(mid).reason.as_deref(), Some("interrupted (Ctrl-C)"));
     }
 
     fn lr_space() -> SearchSpace {
