@@ -4,7 +4,11 @@
   optuna_client.py create URL                    creates Optuna's schema in an empty database
   optuna_client.py read URL STUDY                prints the study as Optuna sees it (JSON)
   optuna_client.py add URL STUDY N SEED SPACE    runs N trials of Optuna's TPE on kiln's search space (JSON)
-  optuna_client.py enqueue URL STUDY PARAMS      enqueues a trial with fixed parameters (JSON)
+  optuna_client.py enqueue URL STUDY PARAMS [N]  enqueues a trial (N trials) with fixed parameters (JSON)
+  optuna_client.py pop-waiting URL STUDY N READY runs enqueued trials as an Optuna worker does (`study.ask()` pops
+                                                 the oldest WAITING trial) until ask() makes a new one (number
+                                                 >= N, told FAIL); touches the file READY once the study is loaded;
+                                                 prints the numbers it ran (JSON)
   optuna_client.py fail-stale URL STUDY GRACE    Optuna's stale-trial check (heartbeats older than GRACE s); prints
                                                  the numbers of the study's FAIL trials
 
@@ -85,6 +89,24 @@ def add(url, name, n, seed, space):
     study.optimize(objective, n_trials=n)
 
 
+def pop_waiting(url, name, n, ready):
+    study = optuna.load_study(study_name=name, storage=storage(url))
+    study.get_trials(deepcopy=False)  # connected and warm before the kiln workers start
+    open(ready, "w").close()
+    ran = []
+    while True:
+        trial = study.ask()
+        if trial.number >= n:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            break
+        ran.append(trial.number)
+        try:
+            study.tell(trial, 0.0)
+        except Exception:  # another worker ran it too and finished it first: the test counts it twice
+            pass
+    print(json.dumps(ran))
+
+
 def main(argv):
     command, url = argv[1], argv[2]
     if command == "create":
@@ -94,7 +116,11 @@ def main(argv):
     elif command == "add":
         add(url, argv[3], int(argv[4]), int(argv[5]), json.loads(argv[6]))
     elif command == "enqueue":
-        optuna.load_study(study_name=argv[3], storage=storage(url)).enqueue_trial(json.loads(argv[4]))
+        study = optuna.load_study(study_name=argv[3], storage=storage(url))
+        for _ in range(int(argv[5]) if len(argv) > 5 else 1):
+            study.enqueue_trial(json.loads(argv[4]), skip_if_exists=False)
+    elif command == "pop-waiting":
+        pop_waiting(url, argv[3], int(argv[4]), argv[5])
     elif command == "fail-stale":
         beating = storage(url, heartbeat_interval=1, grace_period=int(argv[4]))
         study = optuna.load_study(study_name=argv[3], storage=beating)

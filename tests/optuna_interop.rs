@@ -312,3 +312,65 @@ const PG_CATALOG: &[&str] = &[
     "SELECT schema_version::text, library_version::text FROM version_info",
     "SELECT version_num::text FROM alembic_version",
 ];
+
+/// An Optuna worker (`study.ask()` pops the oldest WAITING trial, locking only its row) and three kiln workers claim
+/// the same queue of enqueued trials at once, 200 times over: every trial is run exactly once. (Before kiln's claim
+/// re-checked the state, this run gave several trials to two workers.)
+#[test]
+fn python_and_kiln_workers_run_each_enqueued_trial_once_on_postgres() {
+    let test = "python_and_kiln_workers_run_each_enqueued_trial_once_on_postgres";
+    let Some(python) = PythonEnv::create_or_skip(test, "optuna", &OPTUNA) else { return };
+    let Some(server) = PostgresServer::start_or_skip(test) else { return };
+    const TRIALS: usize = 200;
+    let url = server.url();
+    let storage_url = StorageUrl::parse(&url).unwrap();
+    let study = storage_url.open().unwrap().study("queue", Direction::Minimize).unwrap();
+    client(&python, &["enqueue", &url, "queue", "{}", &TRIALS.to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("python-ready");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/optuna_client.py");
+    let python_worker = Command::new(python.python())
+        .arg(&script)
+        .args(["pop-waiting", &url, "queue", &TRIALS.to_string(), ready.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let kiln_workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (storage_url, ready) = (storage_url.clone(), ready.clone());
+            std::thread::spawn(move || {
+                let mut storage = storage_url.open().unwrap();
+                let start = Instant::now();
+                while !ready.exists() {
+                    assert!(start.elapsed() < Duration::from_secs(120), "the Optuna worker never started");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let mut ran = Vec::new();
+                while let Some(number) = storage.claim_trial(study, TRIALS, &format!("kiln-{w}")).unwrap() {
+                    ran.push(number);
+                    // A trial takes a moment, so that the slower Optuna worker gets its share of the queue.
+                    std::thread::sleep(Duration::from_millis(50));
+                    storage.finish(study, number, TrialState::Complete, Some(1.0), None).unwrap();
+                }
+                ran
+            })
+        })
+        .collect();
+    let mut ran: Vec<u32> = kiln_workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let kilns = ran.len();
+    let output = python_worker.wait_with_output().unwrap();
+    assert!(output.status.success(), "Optuna worker: {}", String::from_utf8_lossy(&output.stderr));
+    let pythons: Vec<u32> = serde_json::from_slice(&output.stdout).unwrap();
+    eprintln!("kiln ran {kilns} trials, Optuna {}", pythons.len());
+    ran.extend(&pythons);
+    ran.sort_unstable();
+    let twice: Vec<u32> = ran.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    assert!(twice.is_empty(), "trials run by two workers: {twice:?} (kiln ran {kilns}, Optuna {})", pythons.len());
+    assert_eq!(ran, (0..TRIALS as u32).collect::<Vec<_>>(), "every enqueued trial ran");
+    assert!(
+        kilns > 0 && !pythons.is_empty(),
+        "both kinds of worker claimed trials (kiln {kilns}, Optuna {})",
+        pythons.len()
+    );
+}

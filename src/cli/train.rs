@@ -136,7 +136,8 @@ pub struct TrainArgs {
     pub trials: Option<usize>,
     /// Study storage: sqlite:///FILE (one machine; default: $KILN_STORAGE, else a study.db in the study's
     /// directory) or postgres://USER@HOST[:PORT]/DATABASE (workers on several machines; the password from
-    /// PGPASSWORD or ~/.pgpass rather than the URL, which `ps` shows).
+    /// PGPASSWORD or ~/.pgpass rather than the URL, which `ps` shows; TLS by ?sslmode=, as libpq; a lost connection
+    /// is retried for $KILN_STORAGE_PATIENCE seconds, default 120).
     #[arg(long, value_name = "URL", requires = "trials")]
     pub storage: Option<String>,
     /// Study name (default: study).

@@ -5,6 +5,6 @@ mod postgres_server;
 mod python_env;
 mod skips;
 
-pub use postgres_server::PostgresServer;
+pub use postgres_server::{PostgresServer, ServerOptions, TlsFiles};
 pub use python_env::PythonEnv;
 pub use skips::record_skip;

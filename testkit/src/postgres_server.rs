@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL server for tests: `initdb` into a temporary directory, `pg_ctl start` on a free loopback
-//! port with trust authentication, `pg_ctl stop` when dropped. The server binaries come from Debian's `postgresql`
+//! port with trust authentication (or, with [`ServerOptions`], a password and TLS only, with a certificate made by
+//! `openssl` for the test), `pg_ctl restart` on demand, `pg_ctl stop` when dropped. The server binaries come from Debian's `postgresql`
 //! package: `$KILN_POSTGRES_BIN`, else the newest `/usr/lib/postgresql/*/bin`, else `pg_config --bindir`, else
 //! `PATH`. PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user that the package
 //! creates.
@@ -18,14 +19,40 @@ pub struct PostgresServer {
     bin: PathBuf,
     run_as: Option<String>,
     port: u16,
+    /// The options the server was started with (for a restart).
+    options: String,
+    password: Option<String>,
+    tls: Option<TlsFiles>,
+}
+
+/// How the server authenticates and encrypts.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// The superuser's password, checked with SCRAM-SHA-256 on TCP; none: trust.
+    pub password: Option<String>,
+    /// TLS with a certificate for 127.0.0.1 and localhost, signed by a CA made for the test; TCP connections
+    /// without TLS are refused.
+    pub tls: bool,
+}
+
+/// The certificates of a TLS server: the CA that signed the server's, and another CA that did not.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
 }
 
 /// The database superuser `initdb` creates.
 const USER: &str = "kiln";
 
 impl PostgresServer {
-    /// Starts a server, or says why it could not.
+    /// Starts a server with trust authentication and no TLS, or says why it could not.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(&ServerOptions::default())
+    }
+
+    /// Starts a server as `options` say, or says why it could not.
+    pub fn start_with(options: &ServerOptions) -> Result<Self, String> {
         let bin = find_bin()?;
         let run_as = if unsafe { libc::geteuid() } == 0 { Some("postgres".to_string()) } else { None };
         let dir = tempfile::Builder::new().prefix("kiln-pg").tempdir().map_err(|e| format!("temp dir: {e}"))?;
@@ -35,24 +62,43 @@ impl PostgresServer {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| format!("chown: {e}"))?;
         }
         let data = dir.path().join("data");
-        let mut server = Self { dir, bin, run_as, port: 0 };
-        server.run(
-            "initdb",
-            &["-D", path_str(&data), "-A", "trust", "-U", USER, "-E", "UTF8", "--no-sync", "--no-instructions"],
-        )?;
+        let mut server =
+            Self { dir, bin, run_as, port: 0, options: String::new(), password: options.password.clone(), tls: None };
+        let mut initdb = vec!["-D", path_str(&data), "-A", "trust", "-U", USER, "-E", "UTF8", "--no-sync"];
+        initdb.push("--no-instructions");
+        let pwfile = server.dir.path().join("pwfile");
+        if let Some(password) = &options.password {
+            std::fs::write(&pwfile, password).map_err(|e| format!("password file: {e}"))?;
+            server.give_to_server(&pwfile)?;
+            initdb.extend(["--pwfile", path_str(&pwfile), "--auth-host", "scram-sha-256"]);
+        }
+        server.run("initdb", &initdb)?;
+        let mut extra = String::new();
+        if options.tls {
+            let files = server.make_certificates()?;
+            let method = if options.password.is_some() { "scram-sha-256" } else { "trust" };
+            let hba = format!("local all all trust\nhostssl all all 127.0.0.1/32 {method}\n");
+            std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
+            extra = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                path_str(&server.dir.path().join("server.crt")),
+                path_str(&server.dir.path().join("server.key"))
+            );
+            server.tls = Some(files);
+        }
         let mut last_error = String::new();
         // A free port can be taken between probing and binding; try a few.
         for _ in 0..3 {
             server.port = free_port()?;
-            let options = format!(
-                "-p {} -h 127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            server.options = format!(
+                "-p {} -h 127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off{extra}",
                 server.port,
                 path_str(server.dir.path())
             );
             let log = server.dir.path().join("server.log");
             match server.run(
                 "pg_ctl",
-                &["-D", path_str(&data), "-l", path_str(&log), "-o", &options, "-w", "-t", "30", "start"],
+                &["-D", path_str(&data), "-l", path_str(&log), "-o", &server.options, "-w", "-t", "30", "start"],
             ) {
                 Ok(()) => return Ok(server),
                 Err(e) => {
@@ -68,7 +114,13 @@ impl PostgresServer {
     /// [`start`](Self::start), or `None` after printing `SKIPPED <test>: <reason>`; panics instead when
     /// `KILN_REQUIRE_POSTGRES=1`.
     pub fn start_or_skip(test: &str) -> Option<Self> {
-        match Self::start() {
+        Self::start_with_or_skip(test, &ServerOptions::default())
+    }
+
+    /// [`start_with`](Self::start_with), or `None` after printing `SKIPPED <test>: <reason>` (a failure when
+    /// `KILN_REQUIRE_POSTGRES=1`).
+    pub fn start_with_or_skip(test: &str, options: &ServerOptions) -> Option<Self> {
+        match Self::start_with(options) {
             Ok(server) => Some(server),
             Err(reason) if std::env::var("KILN_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
                 panic!("{test}: KILN_REQUIRE_POSTGRES=1 but no PostgreSQL server could be started: {reason}")
@@ -81,9 +133,121 @@ impl PostgresServer {
         }
     }
 
-    /// The connection URL of the server's `postgres` database.
+    /// The connection URL of the server's `postgres` database (without the password).
     pub fn url(&self) -> String {
         format!("postgres://{USER}@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The superuser's password, if the server has one.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The CA files of a TLS server.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// Restarts the server on the same port (`pg_ctl restart -m fast`): every open connection is terminated, and
+    /// new ones are accepted once it is up again.
+    pub fn restart(&self) -> Result<(), String> {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data),
+                "-l",
+                path_str(&log),
+                "-o",
+                &self.options,
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "30",
+                "restart",
+            ],
+        )
+    }
+
+    /// A CA, a server certificate it signs (for 127.0.0.1 and localhost) with its key, and an unrelated CA, made
+    /// with the `openssl` command.
+    fn make_certificates(&self) -> Result<TlsFiles, String> {
+        let dir = self.dir.path();
+        let openssl = |args: &[&str]| -> Result<(), String> {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("openssl (needed for a TLS test server): {e}"))?;
+            check("openssl", &output)
+        };
+        for ca in ["ca", "other_ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=kiln test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
+            ])?;
+        }
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ])?;
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+            .map_err(|e| format!("san.ext: {e}"))?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ])?;
+        for file in ["server.crt", "server.key"] {
+            self.give_to_server(&dir.join(file))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("server.key: {e}"))?;
+        Ok(TlsFiles { ca: dir.join("ca.crt"), other_ca: dir.join("other_ca.crt") })
+    }
+
+    /// Makes `path` the server user's when the server runs as another user.
+    fn give_to_server(&self, path: &Path) -> Result<(), String> {
+        if let Some(user) = &self.run_as {
+            let (uid, gid) = user_ids(user).ok_or_else(|| format!("no '{user}' user"))?;
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| format!("chown: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The TCP port on 127.0.0.1.

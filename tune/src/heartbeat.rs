@@ -1,6 +1,8 @@
 //! A running trial's heartbeat: a thread with its own storage connection refreshes the trial's heartbeat at a fixed
 //! interval for as long as the trial trains, so a long epoch never looks like a dead worker; a worker that dies
-//! (`kill -9`, power loss) stops beating and the next worker's heartbeat timeout marks its trial FAIL.
+//! (`kill -9`, power loss) stops beating and the next worker's heartbeat timeout marks its trial FAIL. A beat that
+//! cannot reach the database (a server restarting) is retried for one interval, then at the next beat; the
+//! warning says when beats fail and when they go through again.
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
@@ -24,19 +26,25 @@ pub struct Heartbeat {
 impl Heartbeat {
     /// Opens a connection and starts beating for trial `number` of `study` every `interval`.
     pub fn start(url: &StorageUrl, study: i64, number: u32, interval: Duration) -> Result<Self> {
-        let mut storage = url.open()?;
+        let mut storage = url.open_with_patience(interval)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("heartbeat-{number}"))
             .spawn(move || {
-                let mut warned = false;
+                let mut failing = false;
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    if let Err(e) = storage.heartbeat(study, number) {
+                    match storage.heartbeat(study, number) {
                         // Training goes on; a database that stays unreachable lets the trial time out elsewhere.
-                        if !warned {
-                            eprintln!("warning: trial {number}: heartbeat failed: {e}");
-                            warned = true;
+                        Err(e) if !failing => {
+                            eprintln!("warning: trial {number}: heartbeat failed, retrying at each beat: {e}");
+                            failing = true;
                         }
+                        Err(_) => {}
+                        Ok(()) if failing => {
+                            eprintln!("trial {number}: heartbeat restored");
+                            failing = false;
+                        }
+                        Ok(()) => {}
                     }
                 }
             })

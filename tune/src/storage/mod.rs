@@ -26,7 +26,7 @@ use crate::{Error, Result};
 
 pub use legacy::{migrate, Migration};
 pub use optuna::{ALEMBIC_VERSION, LIBRARY_VERSION, RUN_DIR_ATTR, SCHEMA_VERSION};
-pub use postgres::PostgresStorage;
+pub use postgres::{patience_from_environment, PostgresStorage, DEFAULT_PATIENCE};
 pub(crate) use rows::TrialRows;
 pub use sqlite::SqliteStorage;
 
@@ -206,6 +206,15 @@ impl StorageUrl {
         Ok(match self {
             StorageUrl::Sqlite(path) => Box::new(SqliteStorage::open(path)?),
             StorageUrl::Postgres(url) => Box::new(PostgresStorage::connect(url)?),
+        })
+    }
+
+    /// [`open`](Self::open), with a server's lost connection retried for `patience` only (a heartbeat retries at
+    /// its next beat instead of holding up the trial's end).
+    pub fn open_with_patience(&self, patience: Duration) -> Result<Box<dyn Storage>> {
+        Ok(match self {
+            StorageUrl::Sqlite(path) => Box::new(SqliteStorage::open(path)?),
+            StorageUrl::Postgres(url) => Box::new(PostgresStorage::connect_with_patience(url, patience)?),
         })
     }
 }
