@@ -51,6 +51,10 @@ impl Classifier {
             });
         }
         let class_names = meta.class_names.clone();
+        for output in ["probs", "logits"] {
+            let graph = crate::metadata_check::fixed_last_dim(model.outputs(), output);
+            crate::metadata_check::check_class_count(model.path(), "class_names", class_names.len(), graph, "classes")?;
+        }
         Self::with_classes(model, class_names)
     }
 
@@ -110,8 +114,9 @@ impl Classifier {
             }
             let outputs = self.model.run(&input, batch)?;
             let scores = &outputs[self.output];
+            crate::metadata_check::check_batch_rows(self.model.path(), scores, batch)?;
             let classes = scores.data.len() / batch;
-            if classes != self.class_names.len() {
+            if classes == 0 || classes * batch != scores.data.len() || classes != self.class_names.len() {
                 return Err(Error::InvalidInput(format!(
                     "the model gives {classes} scores per image for {} class names",
                     self.class_names.len()

@@ -12,7 +12,7 @@ use kiln_export::NMS_OUTPUTS;
 use crate::model::{Model, Output};
 use crate::nms::{nms_per_image, Detection, NmsConfig};
 use crate::preprocess::{decode_rgb, Placement, Preprocess, Resize};
-use crate::{Error, Result};
+use crate::{metadata_check, Error, Result};
 
 /// A box on the letterboxed input mapped back to the pixels of the `width`×`height` image it came from,
 /// clamped to that image.
@@ -74,8 +74,29 @@ impl Detector {
                 reason: format!("a detect model without a '{name}' output"),
             })
         };
+        let lie =
+            |field: &str, reason: String| Error::MetadataField { path: path.clone(), field: field.into(), reason };
+        let unit = 0.0..=1.0;
+        if !unit.contains(&nms.iou_threshold) {
+            return Err(lie("nms.iou_threshold", format!("{} is not in [0, 1]", nms.iou_threshold)));
+        }
+        if !unit.contains(&nms.score_threshold) {
+            return Err(lie("nms.score_threshold", format!("{} is not in [0, 1]", nms.score_threshold)));
+        }
+        if nms.max_detections == 0 {
+            return Err(lie("nms.max_detections", "0: the model could never detect anything".into()));
+        }
         let outputs = if in_graph {
             let [num, boxes, scores, classes] = NMS_OUTPUTS;
+            // The graph's slots per image (det_scores' last dimension) are what NMS keeps at most.
+            if let Some(slots) = metadata_check::fixed_last_dim(model.outputs(), scores) {
+                if slots != nms.max_detections {
+                    return Err(lie(
+                        "nms.max_detections",
+                        format!("{}, but the graph's {scores} has {slots} slots per image", nms.max_detections),
+                    ));
+                }
+            }
             Outputs::InGraph {
                 num: find(num)?,
                 boxes: find(boxes)?,
@@ -84,6 +105,8 @@ impl Detector {
                 graph: nms,
             }
         } else {
+            let graph_classes = metadata_check::fixed_last_dim(model.outputs(), "scores");
+            metadata_check::check_class_count(&path, "class_names", class_names.len(), graph_classes, "classes")?;
             Outputs::Candidates { boxes: find("boxes")?, scores: find("scores")? }
         };
         Ok(Self { model, class_names, preprocess, nms, outputs })
@@ -178,9 +201,12 @@ impl Detector {
         let num_classes = self.class_names.len();
         match self.outputs {
             Outputs::Candidates { boxes, scores } => {
+                let path = self.model.path();
+                metadata_check::check_batch_rows(path, &outputs[boxes], batch)?;
+                metadata_check::check_batch_rows(path, &outputs[scores], batch)?;
                 let (boxes, scores) = (&outputs[boxes].data, &outputs[scores].data);
                 let locations = boxes.len() / 4 / batch;
-                if scores.len() != locations * num_classes * batch {
+                if boxes.len() != locations * 4 * batch || scores.len() != locations * num_classes * batch {
                     return Err(Error::InvalidInput(format!(
                         "{}: the model gives {} scores for {locations} boxes and {num_classes} class names",
                         self.model.path().display(),
@@ -195,9 +221,36 @@ impl Detector {
                 Ok(nms_per_image(image_scores, &image_boxes, num_classes, &self.nms))
             }
             Outputs::InGraph { num, boxes, scores, classes, .. } => {
+                let path = self.model.path();
+                for output in [num, boxes, scores, classes] {
+                    metadata_check::check_batch_rows(path, &outputs[output], batch)?;
+                }
                 let slots = outputs[scores].data.len() / batch;
-                let count = (outputs[num].data[i] as usize).min(slots);
-                let (boxes, scores, classes) = (&outputs[boxes].data, &outputs[scores].data, &outputs[classes].data);
+                let (num, boxes, scores, classes) =
+                    (&outputs[num], &outputs[boxes].data, &outputs[scores].data, &outputs[classes].data);
+                if num.data.len() != batch || boxes.len() != 4 * slots * batch || classes.len() != slots * batch {
+                    return Err(Error::ModelOutput {
+                        path: path.to_path_buf(),
+                        output: NMS_OUTPUTS[0].into(),
+                        reason: format!(
+                            "NMS outputs of unequal lengths for a batch of {batch}: {} counts, {} box values, {} \
+                             scores, {} classes",
+                            num.data.len(),
+                            boxes.len(),
+                            scores.len(),
+                            classes.len()
+                        ),
+                    });
+                }
+                let count = num.data[i];
+                if !(count >= 0.0 && count as usize <= slots) {
+                    return Err(Error::ModelOutput {
+                        path: path.to_path_buf(),
+                        output: NMS_OUTPUTS[0].into(),
+                        reason: format!("{count} detections for image {i}, which has {slots} slots"),
+                    });
+                }
+                let count = count as usize;
                 let mut kept = Vec::with_capacity(count);
                 for j in i * slots..i * slots + count {
                     let class = classes[j];

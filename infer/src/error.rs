@@ -17,6 +17,12 @@ pub enum Error {
     #[error("model {path}: {source}")]
     Metadata { path: PathBuf, source: kiln_export::Error },
 
+    #[error("model {path}: metadata {field}: {reason}")]
+    MetadataField { path: PathBuf, field: String, reason: String },
+
+    #[error("model {path}: output '{output}': {reason}")]
+    ModelOutput { path: PathBuf, output: String, reason: String },
+
     #[error("model {path} has no kiln metadata: open it in raw mode with the input size, mean and std")]
     NoMetadata { path: PathBuf },
 

@@ -31,6 +31,7 @@ pub mod error;
 pub mod file_batches;
 pub mod latency;
 pub mod listing;
+pub mod metadata_check;
 pub mod model;
 pub mod nms;
 pub mod preprocess;

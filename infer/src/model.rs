@@ -15,7 +15,7 @@ use tract_onnx::prelude::{
 
 use crate::backend::{Backend, Ep};
 use crate::preprocess::Preprocess;
-use crate::{runtime, Error, Result};
+use crate::{metadata_check, runtime, Error, Result};
 
 /// The element type of a graph input or output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,6 +186,9 @@ impl ModelBuilder {
             ModelMetadata::from_model(&proto).map_err(|source| Error::Metadata { path: path.to_path_buf(), source })?;
         let input = tensor_spec(&proto.graph.input[0]);
         let outputs: Vec<TensorSpec> = proto.graph.output.iter().map(tensor_spec).collect();
+        if outputs.is_empty() {
+            return Err(file_err("the graph has no outputs".into()));
+        }
         if let Some(output) = outputs.iter().find(|o| matches!(o.dtype, TensorType::Other(_))) {
             return Err(file_err(format!(
                 "output '{}' has ONNX element type {:?}; kiln reads float32, float16 and int64 outputs",
@@ -199,11 +202,20 @@ impl ModelBuilder {
                 input.shape.len()
             )));
         }
+        let raw_mode = self.raw.is_some();
         let preprocess = match (self.raw, &metadata) {
-            (Some(raw), _) => Some(raw),
+            (Some(raw), _) => {
+                metadata_check::check_preprocess(&raw)
+                    .map_err(|(field, reason)| Error::InvalidInput(format!("preprocessing {field}: {reason}")))?;
+                Some(raw)
+            }
             (None, Some(m)) => Some(Preprocess::from_metadata(m)?),
             (None, None) => None,
         };
+        if let Some(m) = &metadata {
+            let from_metadata = preprocess.as_ref().filter(|_| !raw_mode);
+            metadata_check::check_against_graph(path, m, from_metadata, &input, &outputs)?;
+        }
         if let Some(p) = &preprocess {
             let fixed = [input.shape[2], input.shape[3]];
             if fixed != [Some(p.size[0] as usize), Some(p.size[1] as usize)] && fixed.iter().all(Option::is_some) {
@@ -381,10 +393,12 @@ impl Model {
             )));
         }
         let shape = [batch, c, h, w];
-        match &self.engine {
+        let outputs = match &self.engine {
             Engine::Ort(session) => self.run_ort(session, input, shape),
             Engine::Tract(plans) => self.run_tract(&plans.plan(self.input.is_half(), [c, h, w], batch)?, input, shape),
-        }
+        }?;
+        metadata_check::check_outputs(&self.path, &self.outputs, &outputs)?;
+        Ok(outputs)
     }
 
     fn run_ort(&self, session: &Mutex<Session>, input: &[f32], shape: [usize; 4]) -> Result<Vec<Output>> {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::ctc::{self, BeamSearch, Constraint, Decoded};
 use crate::model::Model;
 use crate::preprocess::{decode_rgb, fit_height_width, Preprocess, Resize};
-use crate::{Error, Result};
+use crate::{metadata_check, Error, Result};
 
 /// One line's reading.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -59,7 +59,31 @@ impl TextRecognizer {
             });
         }
         let charset = meta.class_names.clone();
+        // Output class `blank` is the blank; the charset's entries fill the others, so it is one of 0..=len.
+        if ctc.blank > charset.len() {
+            return Err(Error::MetadataField {
+                path,
+                field: "ctc.blank".into(),
+                reason: format!(
+                    "{} is not a class of a model with {} characters and the blank",
+                    ctc.blank,
+                    charset.len()
+                ),
+            });
+        }
+        if ctc.width_stride == 0 {
+            return Err(Error::MetadataField { path, field: "ctc.width_stride".into(), reason: "0 pixels".into() });
+        }
         let output = model.outputs().iter().position(|o| o.name == "probs").unwrap_or(0);
+        let name = &model.outputs()[output].name;
+        let graph_classes = metadata_check::fixed_last_dim(model.outputs(), name);
+        metadata_check::check_class_count(
+            &path,
+            "class_names",
+            charset.len() + 1,
+            graph_classes,
+            "classes (charset and blank)",
+        )?;
         Ok(Self { model, charset, preprocess, ctc, decoding: Decoding::Greedy, output })
     }
 
@@ -185,9 +209,21 @@ impl TextRecognizer {
             }
             let outputs = self.model.run(&input, batch)?;
             let probs = &outputs[self.output];
-            let [_, frames, classes] = probs.shape[..] else {
-                return Err(Error::InvalidInput(format!("expected probs [N, T, K], got {:?}", probs.shape)));
+            metadata_check::check_batch_rows(self.model.path(), probs, batch)?;
+            let &[_, frames, classes] = &probs.shape[..] else {
+                return Err(Error::ModelOutput {
+                    path: self.model.path().to_path_buf(),
+                    output: probs.name.clone(),
+                    reason: format!("expected [N, T, K] frame probabilities, got {:?}", probs.shape),
+                });
             };
+            if frames == 0 {
+                return Err(Error::ModelOutput {
+                    path: self.model.path().to_path_buf(),
+                    output: probs.name.clone(),
+                    reason: "0 frames per line".into(),
+                });
+            }
             if classes != self.charset.len() + 1 {
                 return Err(Error::InvalidInput(format!(
                     "the model scores {classes} classes per frame for {} characters and the blank",
