@@ -54,6 +54,7 @@ fn setup() -> Setup {
         variant: "convnext_atto".into(),
         nms: NmsConfig::default(),
         training: Default::default(),
+        exif: kiln_infer::Exif::Apply,
     };
     let write = |name: &str, nms_in_graph: bool| {
         let options = ExportOptions { nms_in_graph, ..Default::default() };

@@ -128,6 +128,10 @@ pub struct InputSpec {
     pub crop_pct: Option<f32>,
     /// `[height, width]`.
     pub size: [u32; 2],
+    /// The EXIF convention the model was trained with: `ignore` (images read as stored); absent means `apply`
+    /// (images read as displayed, their EXIF orientation applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exif: Option<String>,
     /// Pixel values are divided by 255, then normalised per channel: `(x / 255 - mean) / std`.
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -209,6 +213,7 @@ pub(crate) fn example() -> ModelMetadata {
             resize: "stretch".into(),
             crop_pct: None,
             size: [224, 224],
+            exif: None,
             mean: [0.485, 0.456, 0.406],
             std: [0.229, 0.224, 0.225],
         },

@@ -9,9 +9,10 @@ use image::RgbImage;
 
 use kiln_export::NMS_OUTPUTS;
 
+use crate::exif::Exif;
 use crate::model::{Model, Output};
 use crate::nms::{nms_per_image, Detection, NmsConfig};
-use crate::preprocess::{decode_rgb, Placement, Preprocess, Resize};
+use crate::preprocess::{decode_rgb_with, Placement, Preprocess, Resize};
 use crate::{metadata_check, Error, Result};
 
 /// A box on the letterboxed input mapped back to the pixels of the `width`×`height` image it came from,
@@ -40,6 +41,7 @@ pub struct Detector {
     preprocess: Preprocess,
     nms: NmsConfig,
     outputs: Outputs,
+    exif: Exif,
 }
 
 impl Detector {
@@ -109,7 +111,14 @@ impl Detector {
             metadata_check::check_class_count(&path, "class_names", class_names.len(), graph_classes, "classes")?;
             Outputs::Candidates { boxes: find("boxes")?, scores: find("scores")? }
         };
-        Ok(Self { model, class_names, preprocess, nms, outputs })
+        // Checked when the model was opened ([`crate::metadata_check`]).
+        let exif = meta
+            .input
+            .exif
+            .as_deref()
+            .map_or(Ok(Exif::Apply), str::parse)
+            .map_err(|reason| lie("input.exif", reason))?;
+        Ok(Self { model, class_names, preprocess, nms, outputs, exif })
     }
 
     /// Replaces the NMS settings (IoU, score threshold, max detections, class-agnostic, pre-NMS top-k). A model
@@ -148,6 +157,13 @@ impl Detector {
         &self.nms
     }
 
+    /// The EXIF convention the model was trained with (`input.exif` in its metadata; apply when absent):
+    /// [`Detector::predict_path`] reads images this way, and so should an application that decodes them itself
+    /// ([`crate::preprocess::decode_rgb_with`], [`crate::file_batches_with`]).
+    pub fn exif(&self) -> Exif {
+        self.exif
+    }
+
     /// Whether the model's graph runs NMS itself.
     pub fn nms_in_graph(&self) -> bool {
         matches!(self.outputs, Outputs::InGraph { .. })
@@ -166,9 +182,10 @@ impl Detector {
         Ok(self.predict_batch(std::slice::from_ref(image))?.remove(0))
     }
 
-    /// Decodes an image file and detects on it.
+    /// Decodes an image file (under the model's EXIF convention, [`Detector::exif`]) and detects on it.
     pub fn predict_path(&self, path: &Path) -> Result<Vec<Detection>> {
-        let image = decode_rgb(path).map_err(|reason| Error::Image { path: path.to_path_buf(), reason })?;
+        let image =
+            decode_rgb_with(path, self.exif).map_err(|reason| Error::Image { path: path.to_path_buf(), reason })?;
         self.predict(&image)
     }
 

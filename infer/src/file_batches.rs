@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use image::RgbImage;
 
-use crate::preprocess::decode_rgb;
+use crate::exif::Exif;
+use crate::preprocess::decode_rgb_with;
 
 /// One batch of files: the decoded images with their files, in input order, and the files that could not be read.
 #[derive(Debug, Default)]
@@ -16,13 +17,18 @@ pub struct FileBatch {
     pub unreadable: Vec<(PathBuf, String)>,
 }
 
-/// `files` in batches of `batch` (at least 1), each decoded when it is reached (any format, EXIF orientation,
-/// RGB8: [`decode_rgb`]).
+/// `files` in batches of `batch` (at least 1), each decoded when it is reached (any format, EXIF orientation
+/// applied, RGB8: [`crate::preprocess::decode_rgb`]).
 pub fn file_batches(files: &[PathBuf], batch: usize) -> impl Iterator<Item = FileBatch> + '_ {
-    files.chunks(batch.max(1)).map(|chunk| {
+    file_batches_with(files, batch, Exif::Apply)
+}
+
+/// [`file_batches`] under an EXIF convention (a detector's own: [`crate::Detector::exif`]).
+pub fn file_batches_with(files: &[PathBuf], batch: usize, exif: Exif) -> impl Iterator<Item = FileBatch> + '_ {
+    files.chunks(batch.max(1)).map(move |chunk| {
         let mut read = FileBatch::default();
         for path in chunk {
-            match decode_rgb(path) {
+            match decode_rgb_with(path, exif) {
                 Ok(image) => {
                     read.images.push(image);
                     read.paths.push(path.clone());

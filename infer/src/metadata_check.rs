@@ -95,6 +95,9 @@ pub(crate) fn check_against_graph(
     if let Some(p) = preprocess {
         check_preprocess(p).map_err(|(field, reason)| lie(path, field, reason))?;
     }
+    if let Some(exif) = &meta_input.exif {
+        exif.parse::<crate::Exif>().map_err(|reason| lie(path, "input.exif", reason))?;
+    }
     for (i, said) in metadata.outputs.iter().enumerate() {
         if !outputs.iter().any(|o| o.name == said.name) {
             let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();

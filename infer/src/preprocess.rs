@@ -8,11 +8,17 @@ use fast_image_resize as fir;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 use kiln_export::ModelMetadata;
 
+use crate::exif::Exif;
 use crate::{Error, Result};
 
 /// Decodes `path` to RGB8: grayscale, palette, 16-bit and RGBA images are converted (alpha is dropped), and the
 /// EXIF orientation is applied. The error is a human-readable reason (the caller knows the path).
 pub fn decode_rgb(path: &Path) -> std::result::Result<RgbImage, String> {
+    decode_rgb_with(path, Exif::Apply)
+}
+
+/// [`decode_rgb`], applying the EXIF orientation or not as `exif` says.
+pub fn decode_rgb_with(path: &Path, exif: Exif) -> std::result::Result<RgbImage, String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if meta.len() == 0 {
         return Err("empty file".into());
@@ -22,7 +28,9 @@ pub fn decode_rgb(path: &Path) -> std::result::Result<RgbImage, String> {
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
     let orientation = decoder.orientation().map_err(|e| e.to_string())?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
-    image.apply_orientation(orientation);
+    if exif == Exif::Apply {
+        image.apply_orientation(orientation);
+    }
     Ok(match image {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
@@ -277,6 +285,7 @@ pub fn normalize_chw(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exif::jpeg_with_orientation;
     use image::{GrayImage, Luma, Rgba, RgbaImage};
 
     const IMAGENET: ([f32; 3], [f32; 3]) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
@@ -298,20 +307,6 @@ mod tests {
         assert!(decode_rgb(&text).is_err());
     }
 
-    /// A JPEG of `image` carrying an EXIF orientation tag (an APP1 segment right after SOI, big-endian TIFF with
-    /// one IFD entry: tag 0x0112, SHORT, `orientation`).
-    fn jpeg_with_orientation(image: &RgbImage, orientation: u16) -> Vec<u8> {
-        let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95).encode_image(image).unwrap();
-        let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01".to_vec();
-        exif.extend(orientation.to_be_bytes());
-        exif.extend([0, 0, 0, 0, 0, 0]);
-        let mut segment = vec![0xFF, 0xE1];
-        segment.extend(((exif.len() + 2) as u16).to_be_bytes());
-        segment.extend(exif);
-        [&jpeg[..2], &segment[..], &jpeg[2..]].concat()
-    }
-
     #[test]
     fn exif_orientation_is_applied() {
         // 32x16, left half red, right half blue; orientation 6 means "rotate 90 degrees clockwise to display".
@@ -327,6 +322,7 @@ mod tests {
         let bottom = decoded.get_pixel(8, 28).0;
         assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
         assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+        assert_eq!(decode_rgb_with(&path, Exif::Ignore).unwrap().dimensions(), (32, 16), "as stored");
         // Orientation 1 (or none) leaves it as stored.
         std::fs::write(&path, jpeg_with_orientation(&image, 1)).unwrap();
         assert_eq!(decode_rgb(&path).unwrap().dimensions(), (32, 16));

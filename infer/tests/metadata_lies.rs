@@ -205,7 +205,12 @@ fn a_detectors_nms_settings_are_held_against_its_graph() {
     assert_eq!(found.len(), 2);
     assert!(found.iter().all(|d| d.len() <= 5));
 
-    let cases: [Lie; 4] = [
+    assert_eq!(detector.exif(), kiln_infer::Exif::Apply, "no input.exif: images as displayed");
+    let stored = nms_detector(dir.path(), "stored", |m| m["input"]["exif"] = json!("ignore"));
+    assert_eq!(Detector::new(open(&stored).unwrap()).unwrap().exif(), kiln_infer::Exif::Ignore);
+
+    let cases: [Lie; 5] = [
+        ("exif", "input.exif", |m| m["input"]["exif"] = json!("rotate")),
         ("slots", "nms.max_detections", |m| m["nms"]["max_detections"] = json!(9)),
         ("none", "nms.max_detections", |m| m["nms"]["max_detections"] = json!(0)),
         ("iou", "nms.iou_threshold", |m| m["nms"]["iou_threshold"] = json!(1.5)),

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use kiln_infer::nms::{Detection, NmsOverrides};
-use kiln_infer::{file_batches, weighted_boxes_fusion, Detector, FileBatch, Model, WbfConfig};
+use kiln_infer::{file_batches_with, weighted_boxes_fusion, Detector, FileBatch, Model, WbfConfig};
 
 use super::output::Format;
 use kiln_infer::coco_results::{CocoGroundTruth, CocoResults};
@@ -95,6 +95,14 @@ pub fn run(
                 path.display(),
                 detector.class_names()
             );
+            anyhow::ensure!(
+                first.exif() == detector.exif(),
+                "{} reads images with EXIF orientation {}, {} with it {}: fused models must read them alike",
+                first.model().path().display(),
+                first.exif(),
+                path.display(),
+                detector.exif()
+            );
         }
         detectors.push(detector.with_nms(settings)?);
     }
@@ -108,7 +116,8 @@ pub fn run(
     }
     let mut failed = 0;
     let mut coco = CocoResults::new(&names, coco_gt)?;
-    for FileBatch { images, paths, unreadable } in file_batches(files, batch) {
+    // Images (and so boxes, drawings and COCO results) in the frame the models were trained in.
+    for FileBatch { images, paths, unreadable } in file_batches_with(files, batch, detectors[0].exif()) {
         for (path, reason) in &unreadable {
             failed += 1;
             match listing {

@@ -70,6 +70,7 @@ pub struct DetectionEvaluation {
 pub fn draw_first_images(
     path: &std::path::Path,
     samples: &[super::annotations::DetectionSample],
+    exif: kiln_infer::Exif,
     evaluation: &DetectionEvaluation,
     class_names: &[String],
     score_threshold: f64,
@@ -79,7 +80,7 @@ pub fn draw_first_images(
         .iter()
         .filter_map(|(index, detections)| {
             let sample = samples.get(*index)?;
-            let image = kiln_infer::preprocess::decode_rgb(&sample.path).ok()?;
+            let image = kiln_infer::preprocess::decode_rgb_with(&sample.path, exif).ok()?;
             let truths =
                 sample.boxes.iter().map(|b| TruthBox { bbox: b.bbox, class: b.class, crowd: b.crowd }).collect();
             Some(super::drawing::DrawnImage { image, truths, detections: detections.clone() })

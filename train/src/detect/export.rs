@@ -3,8 +3,11 @@
 //! `[N, A, C]` — and metadata naming the task, the classes, the letterbox preprocessing, what each output means
 //! and the NMS settings validation used, so that an application reproduces what training measured.
 
-use kiln_export::{emit_nms, Attr, Dim, ElemType, Graph, ModelMetadata, NmsSettings, TrainingInfo, Value, NMS_OUTPUTS};
+use kiln_export::{
+    emit_nms, Attr, Dim, ElemType, Graph, InputSpec, ModelMetadata, NmsSettings, TrainingInfo, Value, NMS_OUTPUTS,
+};
 use kiln_infer::nms::NmsConfig;
+use kiln_infer::Exif;
 use kiln_models::ObjectDetector;
 
 use super::settings::DetectSettings;
@@ -25,6 +28,8 @@ pub struct DetectorGraphSpec {
     pub variant: String,
     pub nms: NmsConfig,
     pub training: TrainingInfo,
+    /// The EXIF convention training read the images with; the deployed `Detector` reads them the same way.
+    pub exif: Exif,
 }
 
 /// The metadata form of NMS settings.
@@ -141,14 +146,18 @@ pub fn detector_onnx(
         architecture: "convnext-fpn-fcos".into(),
         variant: spec.variant.clone(),
         class_names: spec.class_names.clone(),
-        input: rgb_input(
-            vec![batch_meta, Some(3), Some(s), Some(s)],
-            io,
-            "letterbox",
-            None,
-            [spec.img_size, spec.img_size],
-            spec.normalize,
-        ),
+        input: InputSpec {
+            // Absent means apply, as in every model exported before the setting existed.
+            exif: (spec.exif == Exif::Ignore).then(|| Exif::Ignore.name().to_string()),
+            ..rgb_input(
+                vec![batch_meta, Some(3), Some(s), Some(s)],
+                io,
+                "letterbox",
+                None,
+                [spec.img_size, spec.img_size],
+                spec.normalize,
+            )
+        },
         outputs,
         training: spec.training.clone(),
         nms: Some(nms),
@@ -171,5 +180,6 @@ pub fn graph_spec(ckpt: &checkpoint::Checkpoint, options: &ExportOptions) -> Res
         variant: config.model.clone(),
         nms: options.nms.apply(settings.nms),
         training: TrainingInfo { epoch: ckpt.state.epoch, metrics: ckpt.state.val_metrics.clone() },
+        exif: settings.exif,
     })
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use tch::{Kind, Tensor};
 
-use kiln_infer::preprocess::{decode_rgb, resize_region, ChannelOrder, Placement, Preprocess, Resize};
+use kiln_infer::preprocess::{decode_rgb_with, resize_region, ChannelOrder, Placement, Preprocess, Resize};
+use kiln_infer::Exif;
 
 use super::annotations::DetectionSample;
 use super::augment::{augment, needs_mosaic, AugmentConfig, TargetBox};
@@ -58,6 +59,7 @@ pub struct DetectItems {
     norm: Normalize,
     size: u32,
     skips: Arc<SkipLog>,
+    exif: Exif,
 }
 
 impl DetectItems {
@@ -68,7 +70,13 @@ impl DetectItems {
         size: u32,
         skips: Arc<SkipLog>,
     ) -> Self {
-        Self { samples, transform, norm, size, skips }
+        Self { samples, transform, norm, size, skips, exif: Exif::Apply }
+    }
+
+    /// Reads the images under the EXIF convention `exif` (the one their boxes were read with; default apply).
+    pub fn with_exif(mut self, exif: Exif) -> Self {
+        self.exif = exif;
+        self
     }
 
     pub fn samples(&self) -> &[DetectionSample] {
@@ -77,7 +85,7 @@ impl DetectItems {
 
     fn decode(&self, index: usize) -> std::result::Result<image::RgbImage, String> {
         let path = &self.samples[index].path;
-        decode_rgb(path).inspect_err(|reason| {
+        decode_rgb_with(path, self.exif).inspect_err(|reason| {
             self.skips.record(path, reason.clone());
         })
     }

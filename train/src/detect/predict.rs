@@ -29,19 +29,21 @@ pub(crate) fn predict_loaded(
     let mut results = DetectionPrediction::unread(files);
     let mut samples = Vec::new();
     let mut sample_input = Vec::new();
+    let settings: DetectSettings = config.task_settings()?;
     for (i, path) in files.iter().enumerate() {
-        match image::image_dimensions(path) {
-            Ok((width, height)) => {
+        match kiln_infer::read_header(path) {
+            Ok(header) => {
+                let (width, height) = header.size(settings.exif);
                 samples.push(DetectionSample { path: path.clone(), width, height, boxes: Vec::new() });
                 sample_input.push(i);
             }
-            Err(e) => results[i].error = Some(e.to_string()),
+            Err(reason) => results[i].error = Some(reason),
         }
     }
     let skips = Arc::new(SkipLog::default());
-    let items = DetectItems::new(samples, DetectTransform::Eval, config.normalize, config.img_size, Arc::clone(&skips));
+    let items = DetectItems::new(samples, DetectTransform::Eval, config.normalize, config.img_size, Arc::clone(&skips))
+        .with_exif(settings.exif);
     let loader = DetectLoader::new(items, config.loader_settings())?;
-    let settings: DetectSettings = config.task_settings()?;
     let eval = evaluate(model, &loader, precision, &settings, class_names.len(), config.img_size)?;
     for (index, detections) in eval.detections {
         results[sample_input[index]].value = Some(detections);

@@ -82,7 +82,8 @@ pub(crate) fn report_split(
     };
     plot_panels(&[panel], &run.path.join(format!("{}_pr_curves.png", split.name())))?;
     let drawn = run.path.join(format!("{}_predictions.png", split.name()));
-    draw_first_images(&drawn, dataset.split(split), &eval, &dataset.class_names, settings.score_threshold)?;
+    let samples = dataset.split(split);
+    draw_first_images(&drawn, samples, dataset.exif, &eval, &dataset.class_names, settings.score_threshold)?;
     Ok(report)
 }
 

@@ -6,18 +6,29 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use kiln_infer::nms::NmsConfig;
+use kiln_infer::Exif;
 use kiln_models::BoxActivation;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::config::TaskSettings;
+use crate::data::Split;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectSettings {
     /// `csv`, `coco` or `yolo`; unset: recognised from the folder.
     pub layout: Option<Layout>,
+    /// COCO files and image folders named split by split, for any COCO arrangement (as torchvision's
+    /// `CocoDetection` and Ultralytics' data YAML take them); relative paths are relative to the data root.
+    /// Implies the COCO layout.
+    pub coco: Option<CocoPaths>,
+    /// The frame the boxes are in: `apply` (the default; images as displayed, their EXIF orientation applied, as
+    /// Ultralytics reads them) or `ignore` (the pixels as stored, as torchvision's `CocoDetection` reads them).
+    /// Training, validation, the exported `Detector`, drawn boxes and COCO results all read images this way.
+    pub exif: Exif,
     /// FPN width.
     pub fpn_channels: i64,
     /// Convolutions in each head tower (4, torchvision's FCOS).
@@ -46,6 +57,8 @@ impl Default for DetectSettings {
     fn default() -> Self {
         Self {
             layout: None,
+            coco: None,
+            exif: Exif::Apply,
             fpn_channels: 96,
             head_convs: 4,
             num_levels: 3,
@@ -92,7 +105,44 @@ impl TaskSettings for DetectSettings {
         if nms.max_detections == 0 {
             return bad("nms.max_detections", "must be at least 1".into());
         }
+        if let Some(coco) = &self.coco {
+            if let Some(layout) = self.layout.filter(|l| *l != Layout::Coco) {
+                return bad("coco", format!("names COCO files, but detect.layout is {layout}"));
+            }
+            if coco.splits().next().is_none() {
+                return bad(
+                    "coco",
+                    "names no split: give train, val or test, each {images: DIR, annotations: FILE}".into(),
+                );
+            }
+        }
         self.augment.validate().or_else(|reason| bad("augment", reason))
+    }
+}
+
+/// One split's COCO annotation file and the folder its `file_name`s are relative to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CocoSplitPaths {
+    pub images: PathBuf,
+    pub annotations: PathBuf,
+}
+
+/// `detect.coco`: the splits' COCO files and image folders.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CocoPaths {
+    pub train: Option<CocoSplitPaths>,
+    pub val: Option<CocoSplitPaths>,
+    pub test: Option<CocoSplitPaths>,
+}
+
+impl CocoPaths {
+    /// The splits named, in train, val, test order.
+    pub fn splits(&self) -> impl Iterator<Item = (Split, &CocoSplitPaths)> {
+        [(Split::Train, &self.train), (Split::Val, &self.val), (Split::Test, &self.test)]
+            .into_iter()
+            .filter_map(|(split, paths)| Some((split, paths.as_ref()?)))
     }
 }
 
@@ -261,5 +311,30 @@ mod tests {
             TrainConfig { task: TaskKind::Detect, ..TrainConfig::default() }.task_settings::<DetectSettings>().unwrap(),
             DetectSettings::default()
         );
+    }
+
+    #[test]
+    fn exif_and_named_coco_files_read_from_the_config_and_are_checked() {
+        let settings = |detect: serde_json::Value| {
+            TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect", "detect": detect}))
+                .unwrap()
+                .task_settings::<DetectSettings>()
+        };
+        let read = settings(json!({
+            "exif": "ignore",
+            "coco": {"train": {"images": "train/images", "annotations": "train/instances_train.json"}}
+        }))
+        .unwrap();
+        assert_eq!(read.exif, Exif::Ignore);
+        let train = read.coco.unwrap().train.unwrap();
+        assert_eq!(train.annotations, PathBuf::from("train/instances_train.json"));
+        assert_eq!(settings(json!({})).unwrap().exif, Exif::Apply, "apply by default");
+        let refused = |detect: serde_json::Value| settings(detect).unwrap_err().to_string();
+        let err = refused(json!({"exif": "rotate"}));
+        assert!(err.contains("rotate"), "{err}");
+        let split = json!({"images": "i", "annotations": "a.json"});
+        assert!(refused(json!({"layout": "yolo", "coco": {"val": split}})).contains("detect.layout is yolo"));
+        assert!(refused(json!({"coco": {}})).contains("names no split"));
+        assert!(refused(json!({"coco": {"val": {"images": "i"}}})).contains("annotations"));
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use kiln_models::DetectorConfig;
 
-use super::annotations::{self, DetectionDataset, Split};
+use super::annotations::{self, AnnotationReport, DetectionDataset, OpenOptions, Split};
 use super::loader::{DetectItems, DetectLoader, DetectTransform};
 use super::settings::DetectSettings;
 use crate::config::TrainConfig;
@@ -26,13 +26,28 @@ pub fn detector_config(config: &TrainConfig, num_classes: usize) -> Result<Detec
 
 /// Opens the config's detection dataset; without a val split, `val_split` of train (seeded) becomes val.
 pub fn open_dataset(config: &TrainConfig) -> Result<DetectionDataset> {
-    let mut dataset = annotations::open(&config.data, config.task_settings::<DetectSettings>()?.layout)?;
+    let settings = config.task_settings::<DetectSettings>()?;
+    let options = OpenOptions { layout: settings.layout, exif: settings.exif, coco: settings.coco };
+    let mut dataset = annotations::open_with(&config.data, &options)?;
     if dataset.val.is_empty() {
         let train = std::mem::take(&mut dataset.train);
         (dataset.train, dataset.val) = hold_out(train, config.val_split, config.seed, |s| s.path.as_path());
     }
     if !dataset.report.is_clean() {
         eprintln!("annotations: {}", dataset.report.summary());
+    }
+    // A size unlike its record usually means the wrong EXIF convention: each is worth a line (up to 5).
+    let mismatches = &dataset.report.size_mismatches;
+    if !mismatches.is_empty() {
+        let only =
+            AnnotationReport { size_mismatches: mismatches.iter().take(5).cloned().collect(), ..Default::default() };
+        let lines = only.to_string();
+        for line in lines.lines().skip(1) {
+            eprintln!("warning: {}", line.trim_start());
+        }
+        if mismatches.len() > 5 {
+            eprintln!("warning: ... and {} more images sized unlike their records", mismatches.len() - 5);
+        }
     }
     Ok(dataset)
 }
@@ -51,6 +66,7 @@ pub fn make_loader(
         config.normalize,
         config.img_size,
         Arc::clone(skips),
-    );
+    )
+    .with_exif(dataset.exif);
     DetectLoader::new(items, config.loader_settings())
 }

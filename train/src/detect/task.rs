@@ -137,6 +137,7 @@ impl Task for Detection {
         let dataset = DetectionDataset {
             root: PathBuf::new(),
             layout: annotations::Layout::Csv,
+            exif: Default::default(),
             class_names,
             train: Vec::new(),
             val: Vec::new(),
@@ -288,7 +289,7 @@ impl Task for Detection {
     fn plot_validation(&self, run: &RunDir, evaluation: &DetectionEvaluation) -> Result<()> {
         let path = run.path.join("val_predictions.png");
         let d = &self.dataset;
-        draw_first_images(&path, &d.val, evaluation, &d.class_names, self.settings.score_threshold)
+        draw_first_images(&path, &d.val, d.exif, evaluation, &d.class_names, self.settings.score_threshold)
     }
 
     fn default_space() -> SearchSpace {

@@ -114,6 +114,7 @@ pub fn rgb_input(
         resize: resize.into(),
         crop_pct,
         size,
+        exif: None,
         mean: normalize.mean,
         std: normalize.std,
     }

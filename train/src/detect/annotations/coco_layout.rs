@@ -1,27 +1,32 @@
-//! The COCO JSON layout, in two arrangements:
+//! The COCO JSON layout, in two arrangements recognised from the folder, or any other named:
 //!
 //! - Roboflow: `ROOT/{train,valid,test}/_annotations.coco.json` with the images beside it (`val/` is accepted
 //!   for `valid/`, not both).
 //! - Classic: `ROOT/annotations/instances_{train,val,test}[YEAR].json` (`instances_val2017.json`), with the images
 //!   in the first folder that exists of `ROOT/<tag>/`, `ROOT/images/<tag>/`, `ROOT/<split>/`,
 //!   `ROOT/images/<split>/`, where `<tag>` is the part after `instances_` (`val2017`).
+//! - Any other, named split by split in `detect.coco: {train: {images: DIR, annotations: FILE}, ...}`.
 //!
-//! `file_name` is relative to the image folder. `bbox` is `[x, y, width, height]` in pixels; the image's
-//! `width`/`height` from the json are trusted (the image is not opened), but an image whose file is missing is
-//! skipped and reported. `iscrowd` (0/1 or a bool) becomes [`BoxAnnotation::crowd`](super::BoxAnnotation).
+//! `file_name` is relative to the image folder. `bbox` is `[x, y, width, height]` in pixels. The image's recorded
+//! `width`/`height` are held against its header read under `detect.exif` (in both orientations, so that a set
+//! annotated on the stored pixels is named as such); a mismatch is reported and the image's own size used. An image
+//! whose file is missing is skipped and reported. `iscrowd` (0/1 or a bool) becomes [`BoxAnnotation::crowd`](super::BoxAnnotation).
 //! Categories: see [`DetectionDataset::class_names`](super::DetectionDataset::class_names).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use kiln_infer::Exif;
 use serde::{Deserialize, Deserializer};
 
 use super::boxes::{self, Origin};
 use super::paths::{checked_relative, shown};
-use super::{AnnotationError, AnnotationReport, DetectionSample, Loaded, Location, MissingImage, Split};
+use super::{
+    AnnotationError, AnnotationReport, CocoPaths, DetectionSample, Loaded, Location, MissingImage, SizeMismatch, Split,
+};
 
-pub(super) const LOOKED_FOR: &str =
-    "{train,valid,val,test}/_annotations.coco.json or annotations/instances_{train,val,test}[YEAR].json";
+pub(super) const LOOKED_FOR: &str = "{train,valid,val,test}/_annotations.coco.json or \
+     annotations/instances_{train,val,test}[YEAR].json (any other arrangement: name the files in detect.coco)";
 
 const ROBOFLOW_FILE: &str = "_annotations.coco.json";
 const ROBOFLOW_DIRS: [(Split, &str); 4] =
@@ -147,6 +152,32 @@ fn sources(root: &Path) -> Result<Vec<Source>, AnnotationError> {
     Ok(out)
 }
 
+/// The sources `detect.coco` names, relative to `root` unless absolute; each file and folder must exist.
+fn named_sources(root: &Path, paths: &CocoPaths) -> Result<Vec<Source>, AnnotationError> {
+    let mut out = Vec::new();
+    for (split, named) in paths.splits() {
+        let json = root.join(&named.annotations);
+        let images = root.join(&named.images);
+        let missing = |key: &str, path: &Path, kind: &str| {
+            AnnotationError::layout(
+                root,
+                format!("detect.coco.{}.{key}: {} is not {kind}", split.name(), path.display()),
+            )
+        };
+        if !json.is_file() {
+            return Err(missing("annotations", &json, "a file"));
+        }
+        if !images.is_dir() {
+            return Err(missing("images", &images, "a folder"));
+        }
+        out.push(Source { split, json, images });
+    }
+    if out.is_empty() {
+        return Err(AnnotationError::layout(root, "detect.coco names no split (train, val or test)"));
+    }
+    Ok(out)
+}
+
 #[derive(Deserialize)]
 struct CocoFile {
     images: Vec<CocoImage>,
@@ -210,9 +241,18 @@ struct Checked {
     categories: Vec<CocoCategory>,
 }
 
-pub(super) fn read(root: &Path, report: &mut AnnotationReport) -> Result<Loaded, AnnotationError> {
+pub(super) fn read(
+    root: &Path,
+    named: Option<&CocoPaths>,
+    exif: Exif,
+    report: &mut AnnotationReport,
+) -> Result<Loaded, AnnotationError> {
     let mut checked = Vec::new();
-    for source in sources(root)? {
+    let sources = match named {
+        Some(paths) => named_sources(root, paths)?,
+        None => sources(root)?,
+    };
+    for source in sources {
         let text = std::fs::read_to_string(&source.json).map_err(|e| AnnotationError::io(&source.json, e))?;
         let file: CocoFile = serde_json::from_str(&text)
             .map_err(|e| AnnotationError::malformed(&source.json, Location::File, format!("invalid COCO JSON: {e}")))?;
@@ -234,21 +274,46 @@ pub(super) fn read(root: &Path, report: &mut AnnotationReport) -> Result<Loaded,
                 });
                 continue;
             }
-            let mut sample = DetectionSample {
-                path,
-                width: image.width,
-                height: image.height,
-                boxes: Vec::with_capacity(image.boxes.len()),
-            };
+            let size = checked_size(image, &path, json, *split, exif, report);
+            let mut sample =
+                DetectionSample { path, width: size.0, height: size.1, boxes: Vec::with_capacity(image.boxes.len()) };
             for (id, xyxy, category, crowd) in &image.boxes {
                 let origin = Origin { split: *split, file: json, at: Location::Annotation(*id), image: &sample.path };
-                let size = (image.width, image.height);
                 boxes::place(*xyxy, class_of[category], *crowd, size, origin, &mut sample.boxes, report);
             }
             splits[*split as usize].push(sample);
         }
     }
     Ok(Loaded { class_names, splits })
+}
+
+/// The image's size as read under `exif`, held against the size the file records: a disagreement is reported
+/// (naming the other convention when the record is the image's size under it) and the image's own size is used.
+/// An image whose header cannot be read keeps the recorded size (the loader skips and counts it).
+fn checked_size(
+    image: &Image,
+    path: &Path,
+    json: &Path,
+    split: Split,
+    exif: Exif,
+    report: &mut AnnotationReport,
+) -> (u32, u32) {
+    let recorded = (image.width, image.height);
+    let Ok(header) = kiln_infer::read_header(path) else { return recorded };
+    let read = header.size(exif);
+    if read != recorded {
+        let other = header.size(if exif == Exif::Apply { Exif::Ignore } else { Exif::Apply });
+        report.size_mismatches.push(SizeMismatch {
+            split,
+            image: path.to_path_buf(),
+            file: json.to_path_buf(),
+            recorded,
+            read,
+            exif,
+            other_convention: other == recorded,
+        });
+    }
+    read
 }
 
 /// Checks one file's ids, paths and boxes; keeps what the dataset needs.

@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use kiln_infer::Exif;
+
 use super::boxes::{self, Origin};
 use super::paths::{checked_relative, probe_image, Probe};
 use super::{
@@ -36,7 +38,7 @@ struct Row {
     object: Option<([f64; 4], String)>,
 }
 
-pub(super) fn read(root: &Path, report: &mut AnnotationReport) -> Result<Loaded, AnnotationError> {
+pub(super) fn read(root: &Path, exif: Exif, report: &mut AnnotationReport) -> Result<Loaded, AnnotationError> {
     let images = root.join("images");
     let mut parsed: Vec<(Split, PathBuf, Vec<Row>)> = Vec::new();
     for split in Split::ALL {
@@ -70,7 +72,7 @@ pub(super) fn read(root: &Path, report: &mut AnnotationReport) -> Result<Loaded,
         for (relative, rows) in by_image {
             let path = images.join(relative);
             let n_boxes = rows.iter().filter(|r| r.object.is_some()).count();
-            let (width, height) = match probe_image(&path) {
+            let (width, height) = match probe_image(&path, exif) {
                 Probe::Size(w, h) => (w, h),
                 Probe::Missing => {
                     report.missing_images.push(MissingImage {

@@ -31,19 +31,23 @@ mod report;
 mod yolo_layout;
 
 #[cfg(test)]
+mod exif_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
 
+use kiln_infer::Exif;
+
 pub use error::{AnnotationError, Location, ParseLayoutError};
 use paths::shown;
 pub use paths::IMAGE_EXTENSIONS;
-pub use report::{AnnotationReport, BoxIssue, MissingImage, UnreadableImage, CLIP_TOLERANCE_PX};
+pub use report::{AnnotationReport, BoxIssue, MissingImage, SizeMismatch, UnreadableImage, CLIP_TOLERANCE_PX};
 
 /// A dataset split: the same `train` / `val` / `test` as classification's.
 pub use crate::data::Split;
 
-pub use crate::detect::settings::Layout;
+pub use crate::detect::settings::{CocoPaths, CocoSplitPaths, Layout};
 
 /// One object box.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -82,6 +86,8 @@ impl DetectionSample {
 pub struct DetectionDataset {
     pub root: PathBuf,
     pub layout: Layout,
+    /// The EXIF convention the image sizes (and so the boxes' frame) were read with; images are decoded the same way.
+    pub exif: Exif,
     /// The class names; a box's `class` indexes this list.
     ///
     /// - CSV: the sorted (byte-wise, case-sensitive) set of labels over all splits' CSVs, including labels whose
@@ -167,24 +173,43 @@ pub fn detect_layout(root: &Path) -> Result<Layout, AnnotationError> {
     }
 }
 
-/// Reads the annotation set at `root`, in `layout` or, when `None`, the layout [`detect_layout`] recognises.
+/// How an annotation set is read: its layout (`None`: recognised), the EXIF convention of its boxes, and COCO files
+/// named explicitly.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    pub layout: Option<Layout>,
+    pub exif: Exif,
+    /// `detect.coco`: implies the COCO layout; relative paths are relative to the root.
+    pub coco: Option<CocoPaths>,
+}
+
+/// Reads the annotation set at `root`, in `layout` or, when `None`, the layout [`detect_layout`] recognises, with
+/// images read as displayed (EXIF orientation applied).
 pub fn open(root: &Path, layout: Option<Layout>) -> Result<DetectionDataset, AnnotationError> {
+    open_with(root, &OpenOptions { layout, ..Default::default() })
+}
+
+/// [`open`] as `options` say: image sizes read under their EXIF convention (the boxes' frame), COCO files named.
+pub fn open_with(root: &Path, options: &OpenOptions) -> Result<DetectionDataset, AnnotationError> {
     ensure_dir(root)?;
-    let layout = match layout {
-        Some(layout) => layout,
-        None => detect_layout(root)?,
+    let exif = options.exif;
+    let layout = match (options.layout, &options.coco) {
+        (_, Some(_)) => Layout::Coco,
+        (Some(layout), None) => layout,
+        (None, None) => detect_layout(root)?,
     };
     let mut report = AnnotationReport::default();
     let loaded = match layout {
-        Layout::Csv => csv_layout::read(root, &mut report)?,
-        Layout::Coco => coco_layout::read(root, &mut report)?,
-        Layout::Yolo => yolo_layout::read(root, &mut report)?,
+        Layout::Csv => csv_layout::read(root, exif, &mut report)?,
+        Layout::Coco => coco_layout::read(root, options.coco.as_ref(), exif, &mut report)?,
+        Layout::Yolo => yolo_layout::read(root, exif, &mut report)?,
     };
     let [mut train, mut val, mut test] = loaded.splits;
     for split in [&mut train, &mut val, &mut test] {
         split.sort_by(|a, b| a.path.cmp(&b.path));
     }
-    Ok(DetectionDataset { root: root.to_path_buf(), layout, class_names: loaded.class_names, train, val, test, report })
+    let class_names = loaded.class_names;
+    Ok(DetectionDataset { root: root.to_path_buf(), layout, exif, class_names, train, val, test, report })
 }
 
 fn ensure_dir(root: &Path) -> Result<(), AnnotationError> {

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use kiln_infer::Exif;
+
 use super::{AnnotationError, Location};
 
 pub(super) use crate::data::is_image as is_image_file;
@@ -32,18 +34,19 @@ pub(super) enum Probe {
     Unreadable(String),
 }
 
-/// Reads an image's width and height from its header, without decoding the pixels.
-pub(super) fn probe_image(path: &Path) -> Probe {
+/// Reads an image's width and height from its header, without decoding the pixels, as displayed (EXIF
+/// orientation applied) or as stored, as `exif` says.
+pub(super) fn probe_image(path: &Path, exif: Exif) -> Probe {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Probe::Missing,
         Err(e) => return Probe::Unreadable(e.to_string()),
         Ok(meta) if !meta.is_file() => return Probe::Unreadable("not a regular file".to_string()),
         Ok(_) => {}
     }
-    match image::image_dimensions(path) {
+    match kiln_infer::read_header(path).map(|header| header.size(exif)) {
         Ok((w, h)) if w > 0 && h > 0 => Probe::Size(w, h),
         Ok((w, h)) => Probe::Unreadable(format!("the image is {w}x{h} pixels")),
-        Err(e) => Probe::Unreadable(e.to_string()),
+        Err(reason) => Probe::Unreadable(reason),
     }
 }
 

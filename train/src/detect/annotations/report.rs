@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use kiln_infer::Exif;
+
 use super::{Location, Split};
 
 /// Everything the readers skipped or changed instead of failing. Entries are in reading order: split by split
@@ -23,6 +25,27 @@ pub struct AnnotationReport {
     pub clipped_boxes: Vec<BoxIssue>,
     /// YOLO label files with no image of the same stem (such as a stray `classes.txt`); ignored.
     pub orphan_labels: Vec<PathBuf>,
+    /// COCO images whose recorded `width`/`height` is not their size as read under `detect.exif`; the image's
+    /// real size is used.
+    pub size_mismatches: Vec<SizeMismatch>,
+}
+
+/// A COCO image whose recorded size disagrees with the image.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SizeMismatch {
+    pub split: Split,
+    pub image: PathBuf,
+    /// The annotation file that records the size.
+    pub file: PathBuf,
+    /// `(width, height)` as the file records it.
+    pub recorded: (u32, u32),
+    /// `(width, height)` as the image is read under the EXIF convention in use.
+    pub read: (u32, u32),
+    /// The convention in use (`apply` or `ignore`).
+    pub exif: Exif,
+    /// The recorded size is the image's size under the other convention: its boxes were most likely drawn on
+    /// the image read that other way.
+    pub other_convention: bool,
 }
 
 /// How far (in pixels) a box may reach outside its image before the clipping is reported. Such boxes are still
@@ -71,6 +94,7 @@ impl AnnotationReport {
             && self.dropped_boxes.is_empty()
             && self.clipped_boxes.is_empty()
             && self.orphan_labels.is_empty()
+            && self.size_mismatches.is_empty()
     }
 
     /// One line of counts, such as `2 missing images, 1 dropped box, 3 clipped boxes`; `no issues` when clean.
@@ -81,6 +105,7 @@ impl AnnotationReport {
             (self.dropped_boxes.len(), "dropped box", "dropped boxes"),
             (self.clipped_boxes.len(), "clipped box", "clipped boxes"),
             (self.orphan_labels.len(), "label file without image", "label files without image"),
+            (self.size_mismatches.len(), "image size unlike its record", "image sizes unlike their records"),
         ];
         let parts: Vec<String> = counts
             .iter()
@@ -127,6 +152,29 @@ impl fmt::Display for AnnotationReport {
         }
         for o in &self.orphan_labels {
             writeln!(f, "  label file without image {}", o.display())?;
+        }
+        for m in &self.size_mismatches {
+            let (rw, rh) = m.recorded;
+            let (w, h) = m.read;
+            let hint = match (m.other_convention, m.exif) {
+                (false, _) => "",
+                (true, Exif::Apply) => {
+                    "; that is its size as stored, EXIF orientation ignored: if its boxes were drawn on the stored \
+                     pixels (as torchvision reads COCO), set detect.exif: ignore"
+                }
+                (true, Exif::Ignore) => {
+                    "; that is its size as displayed, EXIF orientation applied: if its boxes were drawn on the \
+                     displayed image, set detect.exif: apply"
+                }
+            };
+            writeln!(
+                f,
+                "  [{}] {} records {} as {rw}x{rh}, but read with detect.exif: {} it is {w}x{h}{hint}",
+                m.split,
+                m.file.display(),
+                m.image.display(),
+                m.exif
+            )?;
         }
         Ok(())
     }

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
+use kiln_infer::Exif;
 use serde_yaml::Value;
 
 use super::boxes::{self, Origin};
@@ -39,7 +40,7 @@ pub(super) fn evidence(root: &Path) -> Vec<PathBuf> {
     YAML_FILES.iter().map(|f| root.join(f)).filter(|p| p.is_file()).collect()
 }
 
-pub(super) fn read(root: &Path, report: &mut AnnotationReport) -> Result<Loaded, AnnotationError> {
+pub(super) fn read(root: &Path, exif: Exif, report: &mut AnnotationReport) -> Result<Loaded, AnnotationError> {
     // data.yaml wins when both are present.
     let Some(yaml) = evidence(root).into_iter().next() else {
         return Err(AnnotationError::layout(root, format!("yolo layout: found none of {LOOKED_FOR}")));
@@ -89,7 +90,7 @@ pub(super) fn read(root: &Path, report: &mut AnnotationReport) -> Result<Loaded,
                 let inner = image.strip_prefix(&dir).unwrap_or(&image);
                 let label = label_root.join(inner).with_extension("txt");
                 used_labels.insert(label.clone());
-                let (width, height) = match probe_image(&image) {
+                let (width, height) = match probe_image(&image, exif) {
                     Probe::Size(w, h) => (w, h),
                     Probe::Missing => {
                         // Listed a moment ago: removed while reading.
