@@ -50,6 +50,7 @@ impl Classifier {
                 found: meta.task.clone(),
             });
         }
+        crate::metadata_check::check_has_classes(model.path(), meta)?;
         let class_names = meta.class_names.clone();
         for output in ["probs", "logits"] {
             let graph = crate::metadata_check::fixed_last_dim(model.outputs(), output);

@@ -53,6 +53,7 @@ impl Detector {
         if meta.task != "detect" {
             return Err(Error::WrongTask { path, expected: "detect".into(), found: meta.task.clone() });
         }
+        metadata_check::check_has_classes(&path, meta)?;
         let nms = meta.nms.map_or_else(NmsConfig::default, |n| NmsConfig {
             iou_threshold: n.iou_threshold,
             score_threshold: n.score_threshold,

@@ -108,8 +108,13 @@ pub(crate) fn check_against_graph(
             ));
         }
     }
+    Ok(())
+}
+
+/// A task that scores classes (classify, detect, ocr) needs at least one; a regression or embedding model has none.
+pub(crate) fn check_has_classes(path: &Path, metadata: &ModelMetadata) -> Result<()> {
     if metadata.class_names.is_empty() {
-        return Err(lie(path, "class_names", "empty: a model scores at least one class".into()));
+        return Err(lie(path, "class_names", format!("empty: a '{}' model scores at least one class", metadata.task)));
     }
     Ok(())
 }

@@ -50,6 +50,7 @@ impl TextRecognizer {
         if meta.task != "ocr" {
             return Err(Error::WrongTask { path, expected: "ocr".into(), found: meta.task.clone() });
         }
+        metadata_check::check_has_classes(&path, meta)?;
         let ctc = meta.ctc.ok_or_else(|| Error::ModelFile { path: path.clone(), reason: "no ctc settings".into() })?;
         let preprocess = model.preprocess().cloned().ok_or_else(|| Error::NoMetadata { path: path.clone() })?;
         if preprocess.resize != Resize::FitHeight {

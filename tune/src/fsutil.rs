@@ -1,4 +1,5 @@
-//! Atomic file writes: a temporary file beside the target, flushed to disk, renamed over it.
+//! Atomic file writes: a temporary file created exclusively beside the target (tempfile's random name), flushed to
+//! disk, renamed over it, and the directory flushed so that the rename survives a power loss.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,5 +14,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes).map_err(io)?;
     file.as_file().sync_all().map_err(io)?;
     file.persist(path).map_err(|e| io(e.error))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     Ok(())
 }
