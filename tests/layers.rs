@@ -10,7 +10,19 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "foundation",
-        &["error", "fsutil", "native", "allocator", "device", "precision", "progress", "metrics", "plots", "synthetic"],
+        &[
+            "error",
+            "fsutil",
+            "native",
+            "distributed",
+            "allocator",
+            "device",
+            "precision",
+            "progress",
+            "metrics",
+            "plots",
+            "synthetic",
+        ],
     ),
     ("data", &["data"]),
     ("config", &["config"]),

@@ -1,10 +1,12 @@
-//! Compiles `native/torch_shim.cpp` (the libtorch calls tch does not bind: channels-last, autocast dtype) against
-//! the libtorch headers torch-sys builds with (`DEP_TCH_LIBTORCH_LIB` from torch-sys, else `$LIBTORCH`).
+//! Compiles `native/torch_shim.cpp` (the libtorch calls tch does not bind: channels-last, autocast dtype) and
+//! `native/c10d_shim.cpp` (libtorch's distributed engine, c10d: store, Gloo process group, collectives, Reducer)
+//! against the libtorch headers torch-sys builds with (`DEP_TCH_LIBTORCH_LIB` from torch-sys, else `$LIBTORCH`).
 
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=native/torch_shim.cpp");
+    println!("cargo:rerun-if-changed=native/c10d_shim.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let root = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
         Ok(lib) => PathBuf::from(lib).parent().expect("libtorch's lib dir has a parent").to_path_buf(),
@@ -14,6 +16,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("native/torch_shim.cpp")
+        .file("native/c10d_shim.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .flag("-std=c++17")

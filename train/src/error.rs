@@ -68,6 +68,10 @@ pub enum Error {
 
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+
+    /// A c10d call of data-parallel training failed (a peer gone, a timeout, a store that cannot be reached).
+    #[error("distributed {call}: {reason}")]
+    Distributed { call: String, reason: String },
 }
 
 /// kiln-train's result type.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod detect;
 pub mod device;
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod export;
