@@ -52,6 +52,8 @@ pub struct ItemLoader<S> {
     weights: Option<Vec<f64>>,
     settings: LoaderSettings,
     pool: Arc<rayon::ThreadPool>,
+    /// Data-parallel training: `(world, rank)`; each pass deals this rank its share of the shared order.
+    shard: Option<(usize, usize)>,
 }
 
 impl<S: Items> ItemLoader<S> {
@@ -64,7 +66,7 @@ impl<S: Items> ItemLoader<S> {
             .map_err(|e| Error::InvalidSetting { key: "workers".into(), reason: e.to_string() })?;
         let indices = (0..items.len()).collect();
         let settings = LoaderSettings { batch_size: settings.batch_size.max(1), ..settings };
-        Ok(Self { items: Arc::new(items), indices, weights: None, settings, pool: Arc::new(pool) })
+        Ok(Self { items: Arc::new(items), indices, weights: None, settings, pool: Arc::new(pool), shard: None })
     }
 
     /// Training passes draw as many items as there are, with replacement, item `i` with weight `weights[i]`
@@ -72,6 +74,15 @@ impl<S: Items> ItemLoader<S> {
     pub fn with_weights(mut self, weights: Vec<f64>) -> Self {
         assert_eq!(weights.len(), self.indices.len(), "one weight per item");
         self.weights = Some(weights);
+        self
+    }
+
+    /// Data-parallel training: every pass is this rank's share of the order all `world` ranks compute alike (the
+    /// same seed), as torch's `DistributedSampler` deals it ([`crate::distributed::deal`]): disjoint but for the
+    /// padding that gives every rank the same number of items, and dealt anew each epoch.
+    pub fn with_shard(mut self, world: usize, rank: usize) -> Self {
+        assert!(rank < world, "rank {rank} of {world}");
+        self.shard = (world > 1).then_some((world, rank));
         self
     }
 
@@ -107,6 +118,9 @@ impl<S: Items> ItemLoader<S> {
             _ if shuffle => order.shuffle(&mut rng),
             _ => {}
         }
+        if let Some((world, rank)) = self.shard {
+            order = crate::distributed::deal(&order, world, rank);
+        }
         (order, epoch_seed)
     }
 }
@@ -115,11 +129,14 @@ impl<S: Items> Batches for ItemLoader<S> {
     type Batch = S::Batch;
 
     fn len(&self) -> usize {
-        self.indices.len()
+        match self.shard {
+            Some((world, _)) => self.indices.len().div_ceil(world),
+            None => self.indices.len(),
+        }
     }
 
     fn num_batches(&self) -> usize {
-        self.indices.len().div_ceil(self.settings.batch_size)
+        self.len().div_ceil(self.settings.batch_size)
     }
 
     fn epoch(&self, epoch: usize, shuffle: bool) -> Box<dyn Iterator<Item = Result<S::Batch>> + '_> {
@@ -151,6 +168,7 @@ impl<S: Items> Batches for ItemLoader<S> {
             weights: self.weights.as_ref().map(|w| spread(w, count)),
             settings: self.settings,
             pool: Arc::clone(&self.pool),
+            shard: self.shard,
         }
     }
 }
@@ -236,6 +254,29 @@ mod tests {
         // Item 6's pixels follow item 4's once item 5 is left out.
         assert_eq!(batches[1].0.get(1).mean(tch::Kind::Float).double_value(&[]), 6.0);
         assert_eq!(ItemLoader::<Numbers>::batch_len(&batches[2]), 2);
+    }
+
+    #[test]
+    fn two_ranks_shards_of_a_pass_are_disjoint_complete_equal_and_reshuffled() {
+        let l = loader(11, vec![]);
+        let shard = |rank| loader(11, vec![]).with_shard(2, rank);
+        let (a, b) = (shard(0), shard(1));
+        assert_eq!((a.len(), a.num_batches(), b.len()), (6, 2, 6), "ceil(11 / 2) items each, equal steps");
+        let order =
+            |l: &ItemLoader<Numbers>, epoch| pass(l, epoch, true).into_iter().flat_map(|b| b.1).collect::<Vec<_>>();
+        for epoch in 0..2 {
+            let (mine, theirs) = (order(&a, epoch), order(&b, epoch));
+            let mut both: Vec<usize> = mine.iter().chain(&theirs).copied().collect();
+            both.sort_unstable();
+            both.dedup();
+            assert_eq!(both, (0..11).collect::<Vec<_>>(), "epoch {epoch}: together, every item");
+            let whole = order(&l, epoch);
+            assert_eq!(mine, whole.iter().step_by(2).copied().collect::<Vec<_>>(), "dealt from the shared order");
+            assert_eq!(theirs[..5], whole.iter().skip(1).step_by(2).copied().collect::<Vec<_>>()[..]);
+            assert_eq!(theirs[5], whole[0], "the padding repeats the order's start");
+        }
+        assert_ne!(order(&a, 0), order(&a, 1), "dealt anew each epoch");
+        assert_eq!(loader(11, vec![]).with_shard(1, 0).len(), 11, "one rank: the whole split");
     }
 
     #[test]

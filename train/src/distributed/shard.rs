@@ -8,18 +8,23 @@ use rand::SeedableRng;
 
 /// Rank `rank`'s indices into a split of `len` items for `epoch` (shuffled unless `shuffle` is false).
 pub fn shard_indices(len: usize, world: usize, rank: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
-    assert!(rank < world, "rank {rank} of {world}");
     let mut order: Vec<usize> = (0..len).collect();
     if shuffle {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(epoch as u64));
         order.shuffle(&mut rng);
     }
-    let total = len.div_ceil(world) * world;
-    let padded = (0..total).map(|i| order[i % len.max(1)]);
-    if len == 0 {
+    deal(&order, world, rank)
+}
+
+/// Rank `rank`'s share of a pass's `order` (the same on every rank): padded by repeating from its start to a
+/// multiple of `world`, then dealt round-robin, so every rank gets `ceil(len / world)` entries.
+pub fn deal(order: &[usize], world: usize, rank: usize) -> Vec<usize> {
+    assert!(rank < world, "rank {rank} of {world}");
+    if order.is_empty() {
         return Vec::new();
     }
-    padded.skip(rank).step_by(world).collect()
+    let total = order.len().div_ceil(world) * world;
+    (rank..total).step_by(world).map(|i| order[i % order.len()]).collect()
 }
 
 #[cfg(test)]
