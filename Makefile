@@ -36,7 +36,7 @@ unit: deps
 test: lint unit
 
 bench: deps
-	$(CARGO) bench --locked --bench data_pipeline --bench infer --bench nms --bench detector --bench ctc --bench recognizer
+	$(CARGO) bench --locked --bench data_pipeline --bench infer --bench nms --bench detector --bench ctc --bench recognizer --bench ddp_reducer
 	$(CARGO) bench --locked -p kiln-tune --bench tpe --bench study_storage
 
 clean-runs:
