@@ -14,7 +14,13 @@ use tch::{nn, Device, Kind, Tensor};
 use kiln_models::{ClassifierConfig, ImageClassifier};
 use kiln_train::distributed::{DistEnv, GradientReducer, ProcessGroup};
 
-fn step(model: &ImageClassifier, vs: &nn::VarStore, images: &Tensor, labels: &Tensor, reducer: Option<&GradientReducer>) {
+fn step(
+    model: &ImageClassifier,
+    vs: &nn::VarStore,
+    images: &Tensor,
+    labels: &Tensor,
+    reducer: Option<&GradientReducer>,
+) {
     for mut p in vs.trainable_variables() {
         p.zero_grad();
     }
