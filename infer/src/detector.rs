@@ -201,6 +201,7 @@ impl Detector {
             let placements: Vec<Placement> =
                 group.iter().zip(input.chunks_mut(per)).map(|(image, out)| self.preprocess.apply(image, out)).collect();
             let outputs = self.model.run(&input, batch)?;
+            self.check_batch(&outputs, batch)?;
             for (i, (image, placement)) in group.iter().zip(&placements).enumerate() {
                 let (w, h) = image.dimensions();
                 let kept = self
@@ -214,12 +215,12 @@ impl Detector {
         Ok(results)
     }
 
-    /// Image `i`'s detections on the letterboxed input, highest score first.
-    fn detections(&self, outputs: &[Output], i: usize, batch: usize) -> Result<Vec<Detection>> {
+    /// Once per run: the outputs hold one row per image and agree in length with each other.
+    fn check_batch(&self, outputs: &[Output], batch: usize) -> Result<()> {
+        let path = self.model.path();
         let num_classes = self.class_names.len();
         match self.outputs {
             Outputs::Candidates { boxes, scores } => {
-                let path = self.model.path();
                 metadata_check::check_batch_rows(path, &outputs[boxes], batch)?;
                 metadata_check::check_batch_rows(path, &outputs[scores], batch)?;
                 let (boxes, scores) = (&outputs[boxes].data, &outputs[scores].data);
@@ -227,10 +228,41 @@ impl Detector {
                 if boxes.len() != locations * 4 * batch || scores.len() != locations * num_classes * batch {
                     return Err(Error::InvalidInput(format!(
                         "{}: the model gives {} scores for {locations} boxes and {num_classes} class names",
-                        self.model.path().display(),
+                        path.display(),
                         scores.len() / batch
                     )));
                 }
+            }
+            Outputs::InGraph { num, boxes, scores, classes, .. } => {
+                for output in [num, boxes, scores, classes] {
+                    metadata_check::check_batch_rows(path, &outputs[output], batch)?;
+                }
+                let slots = outputs[scores].data.len() / batch;
+                let lengths = [num, boxes, scores, classes].map(|o| outputs[o].data.len());
+                if lengths != [batch, 4 * slots * batch, slots * batch, slots * batch] {
+                    let [counts, box_values, scores, classes] = lengths;
+                    return Err(Error::ModelOutput {
+                        path: path.to_path_buf(),
+                        output: NMS_OUTPUTS[0].into(),
+                        reason: format!(
+                            "NMS outputs of unequal lengths for a batch of {batch}: {counts} counts, {box_values} box \
+                             values, {scores} scores, {classes} classes"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Image `i`'s detections on the letterboxed input, highest score first (the batch checked by
+    /// [`Self::check_batch`]).
+    fn detections(&self, outputs: &[Output], i: usize, batch: usize) -> Result<Vec<Detection>> {
+        let num_classes = self.class_names.len();
+        match self.outputs {
+            Outputs::Candidates { boxes, scores } => {
+                let (boxes, scores) = (&outputs[boxes].data, &outputs[scores].data);
+                let locations = boxes.len() / 4 / batch;
                 let image_boxes: Vec<[f32; 4]> = boxes[i * locations * 4..(i + 1) * locations * 4]
                     .chunks_exact(4)
                     .map(|c| [c[0], c[1], c[2], c[3]])
@@ -240,26 +272,9 @@ impl Detector {
             }
             Outputs::InGraph { num, boxes, scores, classes, .. } => {
                 let path = self.model.path();
-                for output in [num, boxes, scores, classes] {
-                    metadata_check::check_batch_rows(path, &outputs[output], batch)?;
-                }
                 let slots = outputs[scores].data.len() / batch;
                 let (num, boxes, scores, classes) =
                     (&outputs[num], &outputs[boxes].data, &outputs[scores].data, &outputs[classes].data);
-                if num.data.len() != batch || boxes.len() != 4 * slots * batch || classes.len() != slots * batch {
-                    return Err(Error::ModelOutput {
-                        path: path.to_path_buf(),
-                        output: NMS_OUTPUTS[0].into(),
-                        reason: format!(
-                            "NMS outputs of unequal lengths for a batch of {batch}: {} counts, {} box values, {} \
-                             scores, {} classes",
-                            num.data.len(),
-                            boxes.len(),
-                            scores.len(),
-                            classes.len()
-                        ),
-                    });
-                }
                 let count = num.data[i];
                 if !(count >= 0.0 && count as usize <= slots) {
                     return Err(Error::ModelOutput {

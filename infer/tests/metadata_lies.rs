@@ -144,20 +144,22 @@ fn a_recognizer_that_gives_fewer_rows_than_lines_is_an_output_error() {
     }
 }
 
+/// `value[start..end]` along `axis`.
+fn slice(g: &mut Graph, value: &Value, axis: i64, start: i64, end: i64) -> Value {
+    let (s, e, a) = (
+        g.constant_i64("s", &[start]).unwrap(),
+        g.constant_i64("e", &[end]).unwrap(),
+        g.constant_i64("axis", &[axis]).unwrap(),
+    );
+    g.op("Slice", &[value, &s, &e, &a], vec![]).unwrap()
+}
+
 /// Boxes and scores of 2 classes from the input: `[N, A, 6]` rows of its values.
 fn candidates(g: &mut Graph, input: &Value) -> (Value, Value) {
     let shape = g.constant_i64("shape", &[0, -1, 6]).unwrap();
     let rows = g.op("Reshape", &[input, &shape], vec![]).unwrap();
-    let mut part = |start: i64, end: i64| {
-        let (s, e, axis) = (
-            g.constant_i64("s", &[start]).unwrap(),
-            g.constant_i64("e", &[end]).unwrap(),
-            g.constant_i64("axis", &[2]).unwrap(),
-        );
-        g.op("Slice", &[&rows, &s, &e, &axis], vec![]).unwrap()
-    };
-    let boxes = part(0, 4);
-    let logits = part(4, 6);
+    let boxes = slice(g, &rows, 2, 0, 4);
+    let logits = slice(g, &rows, 2, 4, 6);
     let scores = g.op("Sigmoid", &[&logits], vec![]).unwrap();
     (boxes, scores)
 }
@@ -229,15 +231,7 @@ fn nms_outputs_of_unequal_lengths_are_an_output_error() {
     let g = graph(|g, input| {
         let shape = g.constant_i64("flat", &[0, -1]).unwrap();
         let flat = g.op("Reshape", &[input, &shape], vec![]).unwrap();
-        let mut slice = |start: i64, end: i64| {
-            let (s, e, axis) = (
-                g.constant_i64("s", &[start]).unwrap(),
-                g.constant_i64("e", &[end]).unwrap(),
-                g.constant_i64("axis", &[1]).unwrap(),
-            );
-            g.op("Slice", &[&flat, &s, &e, &axis], vec![]).unwrap()
-        };
-        let (first, boxes, scores) = (slice(0, 1), slice(0, 20), slice(20, 23));
+        let (first, boxes, scores) = (slice(g, &flat, 1, 0, 1), slice(g, &flat, 1, 0, 20), slice(g, &flat, 1, 20, 23));
         let zero = g.constant_f32("zero", &[1], &[0.0]).unwrap();
         let three = g.constant_f32("three", &[1], &[3.0]).unwrap();
         let scaled = g.op("Mul", &[&first, &zero], vec![]).unwrap();

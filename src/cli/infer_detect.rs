@@ -87,21 +87,15 @@ pub fn run(
         let settings = nms.flags.overrides().apply(*detector.nms());
         if let Some(first) = detectors.first() {
             let first: &Detector = first;
+            // Fused models must see the same classes in the same images.
+            let reads = |d: &Detector| format!("{:?} (EXIF orientation {})", d.class_names(), d.exif());
             anyhow::ensure!(
-                first.class_names() == detector.class_names(),
-                "{} detects {:?}, {} detects {:?}: fused models must share their classes",
+                (first.class_names(), first.exif()) == (detector.class_names(), detector.exif()),
+                "{} detects {}, {} detects {}: fused models must share their classes and read images alike",
                 first.model().path().display(),
-                first.class_names(),
+                reads(first),
                 path.display(),
-                detector.class_names()
-            );
-            anyhow::ensure!(
-                first.exif() == detector.exif(),
-                "{} reads images with EXIF orientation {}, {} with it {}: fused models must read them alike",
-                first.model().path().display(),
-                first.exif(),
-                path.display(),
-                detector.exif()
+                reads(&detector)
             );
         }
         detectors.push(detector.with_nms(settings)?);

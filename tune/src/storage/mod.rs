@@ -203,10 +203,10 @@ impl StorageUrl {
 
     /// Connects (creating the file or the tables when missing).
     pub fn open(&self) -> Result<Box<dyn Storage>> {
-        Ok(match self {
-            StorageUrl::Sqlite(path) => Box::new(SqliteStorage::open(path)?),
-            StorageUrl::Postgres(url) => Box::new(PostgresStorage::connect(url)?),
-        })
+        match self {
+            StorageUrl::Sqlite(_) => self.open_with_patience(Duration::ZERO),
+            StorageUrl::Postgres(_) => self.open_with_patience(patience_from_environment()?),
+        }
     }
 
     /// [`open`](Self::open), with a server's lost connection retried for `patience` only (a heartbeat retries at

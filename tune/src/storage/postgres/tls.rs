@@ -56,7 +56,13 @@ impl TlsMode {
         for pair in query.split('&') {
             match pair.split_once('=') {
                 Some(("sslmode", value)) => mode = Some(value.to_string()),
-                Some(("sslrootcert", value)) => root = Some(PathBuf::from(percent_decode(value)?)),
+                // Decoded as tokio-postgres decodes the rest of the URL (an invalid escape is kept as written).
+                Some(("sslrootcert", value)) => {
+                    let path = percent_encoding::percent_decode_str(value)
+                        .decode_utf8()
+                        .map_err(|_| format!("sslrootcert={value}: not UTF-8 once decoded"))?;
+                    root = Some(PathBuf::from(path.as_ref()))
+                }
                 _ => kept.push(pair),
             }
         }
@@ -118,24 +124,6 @@ impl TlsMode {
             .with_no_client_auth();
         config.connect(MakeRustlsConnect::new(tls)).map_err(ConnectFailure::Server)
     }
-}
-
-/// `%XX` escapes in a URL's query value.
-fn percent_decode(value: &str) -> Result<String, String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = value.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
-            out.push(hex.ok_or_else(|| format!("sslrootcert={value}: a '%' is not followed by two hex digits"))?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("sslrootcert={value}: not UTF-8 once decoded"))
 }
 
 /// ring's provider. rustls 0.23.48 deprecates it for lacking post-quantum key exchange; its alternative, aws-lc-rs,
