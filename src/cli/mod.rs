@@ -9,6 +9,7 @@ mod export;
 mod infer;
 mod infer_detect;
 mod infer_ocr;
+mod launch;
 mod output;
 mod predict;
 mod raw;

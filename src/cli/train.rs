@@ -153,6 +153,15 @@ pub struct TrainArgs {
     /// beat every timeout/4 (at most every 30 s). Give every worker of a study the same value.
     #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = super::seconds::parse_seconds, requires = "trials")]
     pub heartbeat_timeout: std::time::Duration,
+    /// Data-parallel training in N local processes (ranks), each with the per-rank batch `--batch`: the global
+    /// batch is N x batch. CPU ranks split the cores. Under torchrun (or any launcher setting RANK, WORLD_SIZE,
+    /// MASTER_ADDR, MASTER_PORT) leave it out.
+    #[arg(long, value_name = "N", conflicts_with_all = ["trials", "fast_dev_run"])]
+    pub nproc: Option<usize>,
+    /// Seconds a rank waits for the others (store, collectives) before it fails (default 300; under torchrun set
+    /// KILN_DIST_TIMEOUT).
+    #[arg(long, value_name = "SECONDS", requires = "nproc")]
+    pub dist_timeout: Option<f64>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
@@ -271,6 +280,17 @@ impl TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    if let Some(nproc) = args.nproc {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        anyhow::ensure!(nproc >= 1, "--nproc 0: a job needs at least one rank");
+        anyhow::ensure!(
+            nproc <= cores,
+            "--nproc {nproc} asks for more ranks than this machine has cores ({cores}); CPU ranks split the cores"
+        );
+        if nproc > 1 {
+            return super::launch::run_ranks(nproc, args.dist_timeout);
+        }
+    }
     if args.trials.is_some() {
         let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
         kiln_train::tasks::check_settings(&config)?;

@@ -45,6 +45,8 @@ thread_local std::string last_error;
 
 struct Group {
   c10::intrusive_ptr<c10d::ProcessGroup> group;
+  // The job's store without the restart's prefix: what must outlive a torchrun restart (the run directory's name).
+  c10::intrusive_ptr<c10d::Store> job_store;
 };
 
 struct ReducerHandle {
@@ -100,7 +102,7 @@ void* kiln_c10d_group_new(const char* host, int port, int rank, int world, int h
     auto group = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
     group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, gloo);
     group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
-    out = new Group{group};
+    out = new Group{group, tcp};
   });
   return out;
 }
@@ -191,6 +193,33 @@ int kiln_c10d_sync_params(void* group, at::Tensor** params, size_t count, int64_
     at::NoGradGuard no_grad;
     c10d::broadcast_coalesced(g, tensors, static_cast<size_t>(buffer_bytes), 0);
   });
+}
+
+// Sets `key` in the job's store (not under the restart's prefix) to `len` bytes.
+int kiln_c10d_store_set(void* group, const char* key, const uint8_t* value, size_t len) {
+  return guarded([&] {
+    std::vector<uint8_t> bytes(value, value + len);
+    static_cast<Group*>(group)->job_store->set(key, bytes);
+  });
+}
+
+// Whether `key` is set in the job's store: 1 yes, 0 no, -1 error.
+int kiln_c10d_store_has(void* group, const char* key) {
+  int out = -1;
+  guarded([&] { out = static_cast<Group*>(group)->job_store->check({key}) ? 1 : 0; });
+  return out;
+}
+
+// The value of `key` in the job's store, waiting for it up to the store's timeout: written into `out` (of
+// `capacity` bytes); returns its length (which may exceed `capacity`: call again with more room), or -1 on error.
+int64_t kiln_c10d_store_get(void* group, const char* key, uint8_t* out, size_t capacity) {
+  int64_t len = -1;
+  guarded([&] {
+    auto bytes = static_cast<Group*>(group)->job_store->get(key);
+    std::copy_n(bytes.begin(), std::min(bytes.size(), capacity), out);
+    len = static_cast<int64_t>(bytes.size());
+  });
+  return len;
 }
 
 }  // extern "C"

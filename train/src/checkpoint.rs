@@ -45,6 +45,13 @@ pub struct CheckpointState {
     #[serde(default)]
     pub top_k: Vec<(usize, f64)>,
     pub config: TrainConfig,
+    /// The data-parallel ranks that trained it (1 in a single process, and in checkpoints from before kiln said).
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// A loaded checkpoint.
@@ -191,6 +198,7 @@ mod tests {
             class_names: vec!["a".into(), "b".into()],
             top_k: vec![(2, 0.5)],
             config: TrainConfig { data: "/d".into(), ..Default::default() },
+            world_size: 1,
         }
     }
 

@@ -19,4 +19,9 @@ pub trait Batches {
     fn sample_batches(&self, batches: usize) -> Self
     where
         Self: Sized;
+    /// This loader as rank `rank` of `world` data-parallel ranks: every pass is this rank's share of the order all
+    /// ranks compute alike, with the same number of batches on every rank.
+    fn shard(self, world: usize, rank: usize) -> Self
+    where
+        Self: Sized;
 }

@@ -171,6 +171,10 @@ impl<S: Items> Batches for ItemLoader<S> {
             shard: self.shard,
         }
     }
+
+    fn shard(self, world: usize, rank: usize) -> Self {
+        self.with_shard(world, rank)
+    }
 }
 
 /// The batches of one pass, in order, each `Ok`; a worker that panicked ends the pass with one `Err` naming the

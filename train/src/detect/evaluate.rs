@@ -104,7 +104,9 @@ pub fn evaluate(
     let (mut gts, mut preds) = (Vec::new(), Vec::new());
     let (mut matched, mut num_truths): (Vec<Matched>, usize) = (Vec::new(), 0);
     let mut detections = Vec::new();
-    let (mut loss_sum, mut images) = (0.0, 0usize);
+    // The loss over the whole split, as one batch: summed, then divided by all its positive locations (so that it
+    // does not depend on how the split is batched).
+    let (mut loss_sum, mut positives, mut images) = (0.0, 0i64, 0usize);
     tch::no_grad(|| -> Result<()> {
         for batch in loader.epoch(0, false) {
             let batch = batch?;
@@ -118,7 +120,8 @@ pub fn evaluate(
                 .collect();
             let losses = fcos_losses(&outputs.cls_logits, &outputs.box_ltrb, &outputs.centerness_logits, &assignments);
             let n = batch.targets.len();
-            loss_sum += losses.total.double_value(&[]) * n as f64;
+            loss_sum += losses.total.double_value(&[]) * losses.positives.max(1) as f64;
+            positives += losses.positives;
             let (boxes, scores) = model.decode(&outputs, &locations_on_device(&locations, device));
             let boxes: Vec<f32> = Vec::try_from(boxes.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
             let scores: Vec<f32> = Vec::try_from(scores.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
@@ -168,7 +171,7 @@ pub fn evaluate(
     let coco = coco_eval::evaluate(&image_ids, &categories, &gts, &preds, &CocoParams::default());
     let pr_curves = categories.iter().map(|&c| coco.pr_curve(c, 0)).collect();
     Ok(DetectionEvaluation {
-        loss: if images > 0 { loss_sum / images as f64 } else { f64::NAN },
+        loss: if images > 0 { loss_sum / positives.max(1) as f64 } else { f64::NAN },
         metrics: DetectionMetrics {
             coco: coco.into_stats(),
             at_threshold: threshold_metrics(&matched, num_truths, settings.score_threshold),

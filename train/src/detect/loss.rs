@@ -10,6 +10,7 @@ use super::loader::DetectBatch;
 #[cfg(doc)]
 use super::targets::locations_on;
 use super::targets::{assign, Assignment};
+use crate::engine::task::Normaliser;
 use crate::engine::Losses;
 use crate::precision::Precision;
 use crate::Result;
@@ -116,7 +117,13 @@ pub fn batch_losses(
         })
         .collect();
     let l = fcos_losses(&outputs.cls_logits, &outputs.box_ltrb, &outputs.centerness_logits, &assignments);
-    Ok(Losses { parts: vec![l.total.shallow_clone(), l.classification, l.boxes, l.centerness], total: l.total })
+    let count = l.positives as f64;
+    Ok(Losses {
+        parts: vec![l.total.shallow_clone(), l.classification, l.boxes, l.centerness],
+        total: l.total,
+        // fcos_losses divides by the positive locations, at least 1.
+        normaliser: Some(Normaliser { count, divisor: count.max(1.0), floor: 1.0 }),
+    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,9 @@ pub(super) mod ffi {
         ) -> *mut c_void;
         pub fn kiln_c10d_reducer_free(reducer: *mut c_void);
         pub fn kiln_c10d_reducer_prepare(reducer: *mut c_void, outputs: *mut *mut c_void, count: usize) -> c_int;
+        pub fn kiln_c10d_store_set(group: *mut c_void, key: *const c_char, value: *const u8, len: usize) -> c_int;
+        pub fn kiln_c10d_store_has(group: *mut c_void, key: *const c_char) -> c_int;
+        pub fn kiln_c10d_store_get(group: *mut c_void, key: *const c_char, out: *mut u8, capacity: usize) -> i64;
     }
 }
 
@@ -64,6 +67,11 @@ pub(super) fn check(status: c_int, call: &str) -> Result<()> {
 /// tch handles as the shim takes them.
 pub(super) fn handles(tensors: &[&Tensor]) -> Vec<*mut c_void> {
     tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect()
+}
+
+fn store_key(key: &str) -> Result<CString> {
+    CString::new(key)
+        .map_err(|_| Error::InvalidSetting { key: "store key".into(), reason: "contains a NUL byte".into() })
 }
 
 /// How [`ProcessGroup::all_reduce`] combines the ranks' values.
@@ -177,6 +185,41 @@ impl ProcessGroup {
         // SAFETY: a live group; `ptrs` holds live handles.
         let status = unsafe { ffi::kiln_c10d_sync_params(self.handle, ptrs.as_mut_ptr(), ptrs.len(), 250 << 20) };
         check(status, "checking and broadcasting the parameters")
+    }
+
+    /// Sets `key` in the job's store, outside the restart's prefix (a value every restart of the job sees).
+    pub fn store_set(&self, key: &str, value: &[u8]) -> Result<()> {
+        let c_key = store_key(key)?;
+        // SAFETY: a live group; the key and value outlive the call, which copies them.
+        let status = unsafe { ffi::kiln_c10d_store_set(self.handle, c_key.as_ptr(), value.as_ptr(), value.len()) };
+        check(status, &format!("setting '{key}' in the store"))
+    }
+
+    /// Whether `key` is set in the job's store.
+    pub fn store_has(&self, key: &str) -> Result<bool> {
+        let c_key = store_key(key)?;
+        // SAFETY: a live group; the key outlives the call.
+        match unsafe { ffi::kiln_c10d_store_has(self.handle, c_key.as_ptr()) } {
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(c10d_error(&format!("looking for '{key}' in the store"))),
+        }
+    }
+
+    /// The value of `key` in the job's store, waiting for another rank to set it (up to the group's timeout).
+    pub fn store_get(&self, key: &str) -> Result<Vec<u8>> {
+        let c_key = store_key(key)?;
+        let mut out = vec![0u8; 4096];
+        loop {
+            // SAFETY: a live group; `out` has `out.len()` writable bytes.
+            let len = unsafe { ffi::kiln_c10d_store_get(self.handle, c_key.as_ptr(), out.as_mut_ptr(), out.len()) };
+            let len = usize::try_from(len).map_err(|_| c10d_error(&format!("waiting for '{key}' in the store")))?;
+            if len <= out.len() {
+                out.truncate(len);
+                return Ok(out);
+            }
+            out.resize(len, 0);
+        }
     }
 
     pub(super) fn handle(&self) -> *mut c_void {

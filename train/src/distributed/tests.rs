@@ -88,6 +88,14 @@ fn collectives_reduce_gather_and_broadcast_across_two_ranks() {
     let t = Tensor::from_slice(&[r + 7.0]);
     group.broadcast(&t, 1).unwrap();
     assert_eq!(values(&t), [8.0]);
+    // The job's store: rank 1 waits for what rank 0 sets (longer than the first read's buffer).
+    let long = "r".repeat(5000);
+    if env.rank == 0 {
+        group.store_set("kiln/test", long.as_bytes()).unwrap();
+    }
+    assert_eq!(group.store_get("kiln/test").unwrap(), long.as_bytes());
+    assert!(group.store_has("kiln/test").unwrap());
+    assert!(!group.store_has("kiln/never-set").unwrap());
     group.barrier().unwrap();
 }
 

@@ -22,7 +22,7 @@ pub fn fast_dev_run<T: Task>(config: &TrainConfig) -> Result<FastDevRunReport> {
     let device = prepare_runtime(&config, None)?;
     let task = T::open(&config)?;
     let run = RunDir::create_bare(&config.project, config.task, config.name.as_deref())?;
-    let report = Trainer::new(task, run, config, device, None)?.fast_dev_run(batches)?;
+    let report = Trainer::new(task, run, config, device, None, None)?.fast_dev_run(batches)?;
     write_atomic(&report.report, &serde_json::to_vec_pretty(&report).expect("the report serialises"))?;
     Ok(report)
 }

@@ -4,6 +4,7 @@
 //! names them all.
 
 pub mod curves;
+pub mod data_parallel;
 pub mod export_run;
 pub mod fast_dev_run;
 pub mod fast_dev_run_report;

@@ -38,12 +38,24 @@ pub struct Objective {
 pub struct Losses {
     pub total: Tensor,
     pub parts: Vec<Tensor>,
+    /// Set when the loss is a sum over the batch divided by a count that depends on the batch (the detector's
+    /// positive locations): under data-parallel training every rank's loss is rescaled to divide by the count over
+    /// all ranks' batches, so that the ranks train as one process on the combined batch.
+    pub normaliser: Option<Normaliser>,
+}
+
+/// What a count-normalised loss was divided by: `divisor = max(count, floor)` of this batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normaliser {
+    pub count: f64,
+    pub divisor: f64,
+    pub floor: f64,
 }
 
 impl Losses {
     /// A loss with no separately reported parts.
     pub fn single(total: Tensor) -> Self {
-        Self { parts: vec![total.shallow_clone()], total }
+        Self { parts: vec![total.shallow_clone()], total, normaliser: None }
     }
 }
 

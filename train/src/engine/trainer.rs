@@ -12,6 +12,7 @@ use tch::{Device, Tensor};
 use kiln_models::weights::{load_into, HeadPolicy};
 
 use super::curves::plot_curves;
+use super::data_parallel::DataParallel;
 use super::fast_dev_run_report::{EvalPass, FastDevRunReport, TrainPass, REPORT_FILE};
 use super::records::{read_results, write_results, EpochRecord};
 use super::task::{Batches, Direction, Evaluation, Task};
@@ -29,6 +30,15 @@ use crate::run_lock::RunLock;
 use crate::{Error, Result};
 
 use crate::native::{rng_state, set_rng_state, TORCH_RNG};
+
+/// A generator's name in a checkpoint for `rank` (rank 0 keeps the single-process name).
+fn rank_rng_name(name: &str, rank: usize) -> String {
+    if rank == 0 {
+        name.to_string()
+    } else {
+        format!("{name}.rank{rank}")
+    }
+}
 
 /// How much the validation score must rise to count as an improvement (best checkpoint, early stopping).
 const MIN_IMPROVEMENT: f64 = 1e-9;
@@ -119,29 +129,58 @@ pub fn train<T: Task>(config: &TrainConfig, on_epoch: EpochCallback) -> Result<O
             reason: "a fast dev run trains no model to return: run it with engine::fast_dev_run".into(),
         });
     }
+    let data_parallel = DataParallel::from_env()?;
+    if let Some(dp) = &data_parallel {
+        // A torchrun restart of the job continues the run its first launch made.
+        if let (true, Some(path)) = (dp.env.restart_count > 0, dp.recorded_run_dir()?) {
+            eprintln!("rank {}: restart {} of the job resumes {}", dp.rank(), dp.env.restart_count, path.display());
+            return resume_with::<T>(RunDir::open(&path)?, on_epoch, data_parallel);
+        }
+    }
     let device = prepare_runtime(config, None)?;
     let task = T::open(config)?;
-    let run = RunDir::create(&config.project, config.task, config.name.as_deref())?;
-    // Held until the run ends (or the process dies): a second writer of this run is refused.
-    let _lock = RunLock::acquire(&run, "kiln train")?;
-    write_atomic(&run.config(), config.to_yaml().as_bytes())?;
-    let summary = serde_json::to_vec_pretty(&task.dataset_summary()).expect("serialises");
-    write_atomic(&run.dataset(), &summary)?;
-    Trainer::new(task, run, config.clone(), device, None)?.run(on_epoch)
+    let (run, _lock) = match &data_parallel {
+        Some(dp) if !dp.is_main() => (RunDir::open(&dp.share_run_dir(None)?)?, None),
+        _ => {
+            let run = RunDir::create(&config.project, config.task, config.name.as_deref())?;
+            // Held until the run ends (or the process dies): a second writer of this run is refused.
+            let lock = RunLock::acquire(&run, "kiln train")?;
+            write_atomic(&run.config(), config.to_yaml().as_bytes())?;
+            let summary = serde_json::to_vec_pretty(&task.dataset_summary()).expect("serialises");
+            write_atomic(&run.dataset(), &summary)?;
+            if let Some(dp) = &data_parallel {
+                dp.share_run_dir(Some(&run.path))?;
+            }
+            (run, Some(lock))
+        }
+    };
+    Trainer::new(task, run, config.clone(), device, None, data_parallel)?.run(on_epoch)
 }
 
 /// Continues a run from its `last` checkpoint: weights, optimiser state, EMA, schedule position and epoch.
 pub fn resume<T: Task>(run: RunDir, on_epoch: EpochCallback) -> Result<Outcome<T>> {
-    let _lock = RunLock::acquire(&run, "kiln train --resume")?;
+    resume_with::<T>(run, on_epoch, DataParallel::from_env()?)
+}
+
+/// [`resume`] as a rank of a data-parallel job (or in one process): rank 0 holds the lock and repairs the run.
+fn resume_with<T: Task>(
+    run: RunDir,
+    on_epoch: EpochCallback,
+    data_parallel: Option<DataParallel>,
+) -> Result<Outcome<T>> {
+    let main = data_parallel.as_ref().is_none_or(DataParallel::is_main);
+    let _lock = if main { Some(RunLock::acquire(&run, "kiln train --resume")?) } else { None };
     let config = super::run_config::load_run_config::<T>(&run, "resume")?;
     let ckpt = checkpoint::load(&run.checkpoint(Which::Last))?;
-    for repaired in super::reconcile::reconcile_checkpoints(&run, &ckpt.state)? {
-        eprintln!("resume: {repaired}");
+    if main {
+        for repaired in super::reconcile::reconcile_checkpoints(&run, &ckpt.state)? {
+            eprintln!("resume: {repaired}");
+        }
     }
     let device = prepare_runtime(&config, None)?;
     let task = T::open(&config)?;
     task.check_resume(&config, &ckpt)?;
-    Trainer::new(task, run, config, device, Some(ckpt))?.run(on_epoch)
+    Trainer::new(task, run, config, device, Some(ckpt), data_parallel)?.run(on_epoch)
 }
 
 pub(super) struct Trainer<T: Task> {
@@ -170,6 +209,8 @@ pub(super) struct Trainer<T: Task> {
     /// What ranks the top-k checkpoints: a validation metric's index and direction (`None`: the objective's
     /// score, which is also the best checkpoint's).
     monitor: Option<(usize, Direction)>,
+    /// This process's rank of a data-parallel job (`None`: training alone).
+    data_parallel: Option<DataParallel>,
 }
 
 /// The metric `save_top_k` ranks by, from `checkpoint.monitor` / `checkpoint.mode`: its index among the task's
@@ -216,6 +257,7 @@ impl<T: Task> Trainer<T> {
         config: TrainConfig,
         device: Device,
         resume_from: Option<Checkpoint>,
+        mut data_parallel: Option<DataParallel>,
     ) -> Result<Self> {
         let vs = nn::VarStore::new(device);
         // A resumed run takes its weights from the checkpoint, not from `weights`.
@@ -234,7 +276,18 @@ impl<T: Task> Trainer<T> {
         let model = built.model;
         let precision = Precision::resolve(config.amp, config.channels_last, device)?;
         precision.prepare_params(&vs)?;
+        // Variables that are not parameters (BatchNorm's statistics), named before freezing turns parameters off.
+        let buffers: Vec<String> =
+            vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).map(|(name, _)| name).collect();
         let params = task.trainable_params(&vs, &model, &config);
+        if let Some(dp) = &mut data_parallel {
+            let tensors: Vec<&Tensor> = params.iter().map(|p| &p.tensor).collect();
+            dp.wrap(&vs, &tensors, &buffers)?;
+            if dp.rank() > 0 {
+                // Rank 0 goes on with the run's stream; the others draw their own (drop-path, MixUp).
+                tch::manual_seed((config.seed as i64).wrapping_add(dp.rank() as i64));
+            }
+        }
         let optimizer = Optimizer::new(
             params,
             OptimizerConfig {
@@ -247,6 +300,10 @@ impl<T: Task> Trainer<T> {
         );
         let skips = Arc::new(SkipLog::default());
         let (train_loader, val_loader) = task.loaders(&config, &skips)?;
+        let train_loader = match &data_parallel {
+            Some(dp) => train_loader.shard(dp.world_size(), dp.rank()),
+            None => train_loader,
+        };
         let steps_per_epoch =
             config.limit_train_batches.map_or(train_loader.num_batches(), |limit| limit.of(train_loader.num_batches()));
         let monitor = resolve_monitor::<T>(&config, val_loader.is_some())?;
@@ -287,6 +344,7 @@ impl<T: Task> Trainer<T> {
             top_k: Vec::new(),
             train_batches: steps_per_epoch,
             monitor,
+            data_parallel,
         };
         match resume_from {
             Some(ckpt) => trainer.restore(ckpt)?,
@@ -316,9 +374,17 @@ impl<T: Task> Trainer<T> {
         // The random stream continues where it stopped (drop-path masks, random init of anything built later);
         // checkpoints from before kiln saved it restart from the seed.
         for (name, device) in self.rng_devices() {
-            if let Some(saved) = ckpt.tensors.get(&name) {
+            if let Some(saved) = ckpt.tensors.get(&rank_rng_name(&name, self.rank())) {
                 set_rng_state(device, saved)?;
             }
+        }
+        let world = self.data_parallel.as_ref().map_or(1, DataParallel::world_size);
+        if state.world_size != world && self.is_main() {
+            eprintln!(
+                "warning: resuming a run trained on {} rank(s) with {world}: weights, optimiser and schedule go on, \
+                 but the data order differs from an uninterrupted run",
+                state.world_size
+            );
         }
         self.start_epoch = state.epoch;
         self.global_step = state.global_step;
@@ -326,7 +392,9 @@ impl<T: Task> Trainer<T> {
         self.best_epoch = state.best_epoch;
         self.top_k = state.top_k.clone();
         self.records.truncate(state.epoch);
-        eprintln!("resuming {} after epoch {} (step {})", self.run.path.display(), state.epoch, state.global_step);
+        if self.is_main() {
+            eprintln!("resuming {} after epoch {} (step {})", self.run.path.display(), state.epoch, state.global_step);
+        }
         Ok(())
     }
 
@@ -338,14 +406,20 @@ impl<T: Task> Trainer<T> {
                 reason: format!("{} already finished all {epochs} epochs", self.run.path.display()),
             });
         }
-        eprintln!(
-            "training {} on {} in {} ({}) -> {}",
-            T::model_name(&self.config),
-            device_name(self.device),
-            self.precision.describe(),
-            self.task.describe(),
-            self.run.path.display()
-        );
+        if self.is_main() {
+            let ranks = match &self.data_parallel {
+                Some(dp) => format!(" x {} ranks", dp.world_size()),
+                None => String::new(),
+            };
+            eprintln!(
+                "training {} on {}{ranks} in {} ({}) -> {}",
+                T::model_name(&self.config),
+                device_name(self.device),
+                self.precision.describe(),
+                self.task.describe(),
+                self.run.path.display()
+            );
+        }
         let objective = T::OBJECTIVE;
         let objective_index =
             T::METRICS.iter().position(|m| *m == objective.metric).expect("the objective is a metric");
@@ -356,7 +430,10 @@ impl<T: Task> Trainer<T> {
             let (train_losses, lr, seconds, images) = self.train_epoch(epoch)?;
             let images_per_second = images as f64 / seconds.max(1e-9);
             let eval = self.validate()?;
-            let values = eval.as_ref().map(|e| e.values());
+            let values = match eval.as_ref().map(|e| e.values()) {
+                Some(values) => Some(self.shared_values(values)?),
+                None => None,
+            };
             let record = self.record(epoch, &train_losses, lr, seconds, images_per_second, values.as_deref());
             // Higher is better: the objective in its direction, ties broken by a lower validation loss; without
             // validation data, a lower training loss.
@@ -374,12 +451,14 @@ impl<T: Task> Trainer<T> {
                 self.best_score = score;
                 self.best_epoch = epoch + 1;
                 best_val = eval.as_ref().map(T::metrics);
-                if let Some(e) = &eval {
+                if let (Some(e), true) = (&eval, self.is_main()) {
                     self.task.plot_validation(&self.run, e)?;
                 }
             }
             self.records.push(record.clone());
-            write_results(&self.run.results(), &self.records)?;
+            if self.is_main() {
+                write_results(&self.run.results(), &self.records)?;
+            }
             let metrics = eval.as_ref().map(|e| serde_json::to_value(T::metrics(e)).expect("metrics serialise"));
             // The top-k rank: every N-th epoch only, by the monitored metric (undefined values never enter).
             let every = self.config.checkpoint.every_n_epochs.unwrap_or(1);
@@ -390,9 +469,15 @@ impl<T: Task> Trainer<T> {
                 (None, _) => Some(score),
             };
             self.save_checkpoints(epoch + 1, metrics, rank, improved)?;
+            // Rank 0 has written the epoch's files before any rank goes on.
+            if let Some(dp) = &self.data_parallel {
+                dp.barrier()?;
+            }
             // Plots are best-effort: results.csv and the checkpoints above are the record.
-            if let Err(e) = plot_curves::<T>(&self.records, &self.run.curves()) {
-                eprintln!("warning: no training curves plot: {e}");
+            if self.is_main() {
+                if let Err(e) = plot_curves::<T>(&self.records, &self.run.curves()) {
+                    eprintln!("warning: no training curves plot: {e}");
+                }
             }
             let summary = match &values {
                 Some(v) => {
@@ -411,24 +496,42 @@ impl<T: Task> Trainer<T> {
                 }
                 None => format!("train loss {:.4} (no val split)", train_losses[0]),
             };
-            eprintln!("epoch {}/{epochs} {summary} | {images_per_second:.1} img/s, {seconds:.1}s", epoch + 1);
-            if on_epoch(&record).is_break() {
+            if self.is_main() {
+                eprintln!("epoch {}/{epochs} {summary} | {images_per_second:.1} img/s, {seconds:.1}s", epoch + 1);
+            }
+            let stop = on_epoch(&record).is_break();
+            // Rank 0's callback decides for the job.
+            let stop = match &self.data_parallel {
+                Some(dp) => dp.from_main(&[f64::from(u8::from(stop))])?[0] != 0.0,
+                None => stop,
+            };
+            if stop {
                 interrupted = epoch + 1 < epochs;
                 break;
             }
             let patience = self.config.patience;
             if patience > 0 && epoch + 1 - self.best_epoch >= patience && epoch + 1 < epochs {
-                eprintln!("early stop: no improvement for {patience} epochs (best epoch {})", self.best_epoch);
+                if self.is_main() {
+                    eprintln!("early stop: no improvement for {patience} epochs (best epoch {})", self.best_epoch);
+                }
                 stopped_early = true;
                 break;
             }
         }
-        let best_state = checkpoint::load(&self.run.checkpoint(Which::Best))?.state;
+        // Ranks other than 0 may not see rank 0's files (several machines); they keep what they computed.
+        let best_state = match self.is_main() {
+            true => Some(checkpoint::load(&self.run.checkpoint(Which::Best))?.state),
+            false => None,
+        };
         if best_val.is_none() {
-            best_val = best_state.val_metrics.clone().and_then(|v| serde_json::from_value(v).ok());
+            best_val =
+                best_state.as_ref().and_then(|s| s.val_metrics.clone()).and_then(|v| serde_json::from_value(v).ok());
         }
-        let best_objective =
-            self.records.iter().find(|r| r.epoch == best_state.best_epoch).and_then(|r| r.val(objective.metric));
+        let best_objective = self
+            .records
+            .iter()
+            .find(|r| r.epoch == best_state.as_ref().map_or(self.best_epoch, |s| s.best_epoch))
+            .and_then(|r| r.val(objective.metric));
         let skipped = self.skips.entries();
         if !skipped.is_empty() {
             eprintln!(
@@ -439,7 +542,7 @@ impl<T: Task> Trainer<T> {
             );
         }
         let epochs_done = self.records.len();
-        let test = if !self.task.has_test() || interrupted {
+        let test = if !self.task.has_test() || interrupted || !self.is_main() {
             None
         } else {
             Some(T::test(&self.run, &device_name(self.device))?)
@@ -462,21 +565,36 @@ impl<T: Task> Trainer<T> {
     fn train_epoch(&mut self, epoch: usize) -> Result<(Vec<f64>, f64, f64, usize)> {
         let started = Instant::now();
         let steps = self.train_batches;
-        let mut progress = EpochProgress::new(format!("epoch {}/{}", epoch + 1, self.config.epochs), steps);
+        let mut progress =
+            self.is_main().then(|| EpochProgress::new(format!("epoch {}/{}", epoch + 1, self.config.epochs), steps));
         let mut sums = vec![0.0; T::LOSSES.len()];
         let (mut images, mut lr) = (0usize, 0.0);
         let skipped_before = self.scaler.skipped_steps;
         for (i, batch) in self.train_loader.epoch(epoch, true).take(steps).enumerate() {
             let batch = batch?;
             lr = self.schedule.lr(self.global_step);
-            let losses = self.task.losses(&self.model, &batch, &self.precision, &self.config)?;
-            let loss_value = Update {
-                optimizer: &mut self.optimizer,
-                scaler: &mut self.scaler,
-                ema: self.ema.as_mut(),
-                grad_clip: self.config.grad_clip,
+            if let Some(dp) = &self.data_parallel {
+                dp.sync_buffers()?;
             }
-            .apply(&losses.total, lr)?;
+            let losses = self.task.losses(&self.model, &batch, &self.precision, &self.config)?;
+            let (losses, finite_everywhere) = match &self.data_parallel {
+                Some(dp) => dp.share_step(losses)?,
+                None => (losses, true),
+            };
+            let loss_value = if finite_everywhere {
+                if let Some(dp) = &self.data_parallel {
+                    dp.prepare_backward(&losses.total)?;
+                }
+                Update {
+                    optimizer: &mut self.optimizer,
+                    scaler: &mut self.scaler,
+                    ema: self.ema.as_mut(),
+                    grad_clip: self.config.grad_clip,
+                }
+                .apply(&losses.total, lr)?
+            } else {
+                f64::NAN
+            };
             if !loss_value.is_finite() {
                 // Under fp16 loss scaling an overflowing step is skipped (as torch.amp.GradScaler does); a run
                 // whose loss stays non-finite, or one without scaling, has diverged.
@@ -494,10 +612,20 @@ impl<T: Task> Trainer<T> {
             }
             images += n;
             let images_per_second = images as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            progress.step(i + 1, &StepStats { loss: sums[0] / images as f64, lr, images_per_second });
+            if let Some(progress) = &mut progress {
+                progress.step(i + 1, &StepStats { loss: sums[0] / images as f64, lr, images_per_second });
+            }
+        }
+        // The job's losses and images: every rank's, summed.
+        if let Some(dp) = &self.data_parallel {
+            let mut local = sums.clone();
+            local.push(images as f64);
+            let mut shared = dp.sum(&local)?;
+            images = shared.pop().unwrap_or(0.0) as usize;
+            sums = shared;
         }
         let skipped = self.scaler.skipped_steps - skipped_before;
-        if skipped > 0 {
+        if skipped > 0 && self.is_main() {
             eprintln!(
                 "epoch {}: {skipped} of {steps} steps skipped for non-finite fp16 loss or gradients (loss scale now {})",
                 epoch + 1,
@@ -511,7 +639,9 @@ impl<T: Task> Trainer<T> {
                 skipped: self.skips.count(),
             });
         }
-        progress.finish();
+        if let Some(progress) = progress {
+            progress.finish();
+        }
         let seconds = started.elapsed().as_secs_f64();
         let means = sums.iter().map(|s| s / images as f64).collect();
         Ok((means, lr, seconds, images))
@@ -615,6 +745,23 @@ impl<T: Task> Trainer<T> {
         }
     }
 
+    /// Rank 0 of a data-parallel job, or a process training alone: the one that writes and reports.
+    fn is_main(&self) -> bool {
+        self.data_parallel.as_ref().is_none_or(DataParallel::is_main)
+    }
+
+    fn rank(&self) -> usize {
+        self.data_parallel.as_ref().map_or(0, DataParallel::rank)
+    }
+
+    /// Validation values every rank agrees on: rank 0's (`None` travels as NaN, which every decision treats alike).
+    fn shared_values(&self, values: Vec<Option<f64>>) -> Result<Vec<Option<f64>>> {
+        let Some(dp) = &self.data_parallel else { return Ok(values) };
+        let encoded: Vec<f64> = values.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+        let shared = dp.from_main(&encoded)?;
+        Ok(if dp.is_main() { values } else { shared.into_iter().map(|x| (!x.is_nan()).then_some(x)).collect() })
+    }
+
     /// The generators whose state a checkpoint keeps, by tensor name: the CPU's, and the training GPU's.
     fn rng_devices(&self) -> Vec<(String, Device)> {
         let mut devices = vec![("rng.cpu".to_string(), Device::Cpu)];
@@ -644,7 +791,16 @@ impl<T: Task> Trainer<T> {
         let (optimizer_state, optimizer_step) = self.optimizer.state();
         tensors.extend(optimizer_state);
         for (name, device) in self.rng_devices() {
-            tensors.push((name, rng_state(device)?));
+            let state = rng_state(device)?;
+            match &self.data_parallel {
+                // Every rank's generator, so that each resumes its own stream.
+                Some(dp) => {
+                    for (rank, state) in dp.gather_bytes(&state)?.into_iter().enumerate() {
+                        tensors.push((rank_rng_name(&name, rank), state));
+                    }
+                }
+                None => tensors.push((name, state)),
+            }
         }
         // The top-k list this checkpoint belongs to: this epoch enters when it beats the worst kept one.
         let k = self.config.save_top_k;
@@ -671,7 +827,12 @@ impl<T: Task> Trainer<T> {
             class_names: self.task.class_names().to_vec(),
             top_k: top_k.clone(),
             config: self.config.clone(),
+            world_size: self.data_parallel.as_ref().map_or(1, DataParallel::world_size),
         };
+        if !self.is_main() {
+            self.top_k = top_k;
+            return Ok(());
+        }
         let bytes = checkpoint::to_bytes(&tensors, &state)?;
         // `last` first, the record a resume continues from; a kill before `best` or the top-k copy is written is
         // repaired from it on resume (`reconcile_checkpoints`), as both are these very bytes.
