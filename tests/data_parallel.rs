@@ -159,3 +159,78 @@ fn text_recognition_on_two_ranks_trains_as_one_process_on_the_combined_batch() {
     let ranks = train(&args, dir.path(), "ranks", 2, Some(2));
     assert_same_training(&single, &ranks, "ocr");
 }
+
+/// Starts rank `rank` of a two-rank job as torchrun would (the launch variables, no `--nproc`), its output in
+/// `log`.
+fn start_rank(args: &[&str], rank: usize, port: u16, log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", "2")
+        .env("LOCAL_WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("GLOO_SOCKET_IFNAME", "lo")
+        .env("OMP_NUM_THREADS", "1")
+        .env("KILN_DIST_TIMEOUT", "30")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_killed_rank_stops_the_job_with_a_clear_error_and_a_resume_ends_as_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (12, 3, 0), 4);
+    let project = dir.path().to_str().unwrap();
+    let args = ["train", "--task", "classify", "--data", data.to_str().unwrap(), "--model", "convnext_atto"];
+    let rest = ["--img-size", "32", "--epochs", "4", "--batch", "3", "--workers", "1", "--device", "cpu"];
+    let common = [&args[..], &rest, &["--drop-path-rate", "0", "--project", project]].concat();
+    let named = |name: &'static str| [&common[..], &["--name", name]].concat();
+
+    // The uninterrupted job.
+    let out = common::kiln(&[&named("whole")[..], &["--nproc", "2"]].concat(), dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The same job, rank 1 killed (SIGKILL) once the first epoch's checkpoint is written.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cut = named("cut");
+    let logs = [dir.path().join("rank0.log"), dir.path().join("rank1.log")];
+    let mut ranks: Vec<_> = (0..2).map(|r| start_rank(&cut, r, port, &logs[r])).collect();
+    let last = dir.path().join("classify/cut/weights/last.safetensors");
+    let started = std::time::Instant::now();
+    while !last.exists() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    ranks[1].kill().unwrap();
+    ranks[1].wait().unwrap();
+    let killed = std::time::Instant::now();
+    let status = ranks[0].wait().unwrap();
+    let waited = killed.elapsed();
+    let log = std::fs::read_to_string(&logs[0]).unwrap();
+    assert!(!status.success(), "rank 0 finished the job although rank 1 was killed: {log}");
+    assert!(waited.as_secs() < 40, "rank 0 took {waited:?} to fail (timeout 30 s)");
+    assert!(log.contains("rank 0 of 2") && log.contains("another rank of the job died"), "a clear error: {log}");
+    let rows = records(&dir.path().join("classify/cut")).len();
+    assert!(rows < 4, "the cut run had not finished: {rows} epochs");
+
+    // Resumed with --nproc: the same epochs and weights as the uninterrupted job.
+    let (whole, cut) = (dir.path().join("classify/whole"), dir.path().join("classify/cut"));
+    let out = common::kiln(&["train", "--resume", cut.to_str().unwrap(), "--nproc", "2"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (records(&whole), records(&cut));
+    assert_eq!(a.len(), 4);
+    assert_eq!(b.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.train, &x.val), (&y.train, &y.val), "epoch {}", x.epoch);
+    }
+    let (wa, wb) = (learned(&whole), learned(&cut));
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    for (name, x) in &wa {
+        assert!(x.equal(&wb[name]), "{name} differs after the resume");
+    }
+}

@@ -208,7 +208,16 @@ impl DataParallel {
     fn named(&self, error: Error) -> Error {
         match error {
             Error::Distributed { call, reason } => {
-                Error::Distributed { call: format!("rank {} of {}: {call}", self.rank(), self.world_size()), reason }
+                let lost = ["closed by peer", "Connection reset", "Timed out", "timed out", "Broken pipe"];
+                let hint = if lost.iter().any(|l| reason.contains(l)) {
+                    " (another rank of the job died or stopped answering: its own log says why)"
+                } else {
+                    ""
+                };
+                Error::Distributed {
+                    call: format!("rank {} of {}: {call}", self.rank(), self.world_size()),
+                    reason: format!("{reason}{hint}"),
+                }
             }
             other => other,
         }
