@@ -234,3 +234,50 @@ fn a_killed_rank_stops_the_job_with_a_clear_error_and_a_resume_ends_as_an_uninte
         assert!(x.equal(&wb[name]), "{name} differs after the resume");
     }
 }
+
+/// The processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(marker) {
+                found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn interrupting_the_launcher_stops_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (12, 3, 0), 6);
+    let marker = format!("interrupted-{}", std::process::id());
+    let project = dir.path().to_str().unwrap();
+    let args = ["train", "--task", "classify", "--data", data.to_str().unwrap(), "--model", "convnext_atto"];
+    let rest = ["--img-size", "32", "--epochs", "200", "--batch", "3", "--workers", "1", "--device", "cpu"];
+    let all = [&args[..], &rest, &["--project", project, "--name", &marker, "--nproc", "2"]].concat();
+    let launcher = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(&all)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both ranks training: rank 0 has finished an epoch.
+    let results = dir.path().join("classify").join(&marker).join("results.csv");
+    let started = std::time::Instant::now();
+    while !results.exists() {
+        assert!(started.elapsed().as_secs() < 120, "no epoch within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(processes_with(&marker).len(), 3, "the launcher and two ranks: {:?}", processes_with(&marker));
+    let status = std::process::Command::new("kill").args(["-INT", &launcher.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let interrupted = std::time::Instant::now();
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("interrupted: every rank was stopped"), "{stderr}");
+    assert!(interrupted.elapsed().as_secs() < 20, "stopping took {:?}", interrupted.elapsed());
+    assert!(processes_with(&marker).is_empty(), "ranks left running: {:?}", processes_with(&marker));
+}

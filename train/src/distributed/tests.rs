@@ -167,3 +167,23 @@ fn a_rank_that_dies_fails_the_others_collective_instead_of_hanging() {
     assert!(err.starts_with("distributed all-reduce:"), "{err}");
     eprintln!("rank 0 was told: {}", err.lines().next().unwrap_or_default());
 }
+
+#[test]
+fn a_rank_that_cannot_reach_the_store_names_its_address_and_port() {
+    // A port nobody listens on: rank 1 waits for rank 0's store there, then gives up naming it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let env = DistEnv {
+        rank: 1,
+        local_rank: 1,
+        world_size: 2,
+        local_world_size: 2,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        agent_store: false,
+        restart_count: 0,
+    };
+    let started = Instant::now();
+    let err = ProcessGroup::join(&env, Duration::from_secs(2)).err().expect("no store listens there").to_string();
+    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("rank 1 of 2"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "gave up after {:?}", started.elapsed());
+}
