@@ -281,3 +281,29 @@ fn interrupting_the_launcher_stops_every_rank() {
     assert!(interrupted.elapsed().as_secs() < 20, "stopping took {:?}", interrupted.elapsed());
     assert!(processes_with(&marker).is_empty(), "ranks left running: {:?}", processes_with(&marker));
 }
+
+#[test]
+fn launches_that_cannot_work_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (2, 0, 0), 1);
+    let data = data.to_str().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["train", "--data", data, "--nproc", "2", "--trials", "2"], &[]);
+    assert!(err.contains("--nproc") && err.contains("--trials"), "{err}");
+    let err = run(&["train", "--data", data, "--nproc", "100000"], &[]);
+    assert!(err.contains("more ranks than this machine has cores"), "{err}");
+    let err = run(&["train", "--data", data, "--nproc", "2"], &[("WORLD_SIZE", "2")]);
+    assert!(err.contains("already a rank of a job"), "{err}");
+    let err = run(&["train", "--data", data, "--trials", "2"], &[("WORLD_SIZE", "2"), ("RANK", "0")]);
+    assert!(err.contains("data-parallel trials are not supported yet"), "{err}");
+    assert!(!dir.path().join("runs").exists(), "nothing was written");
+}

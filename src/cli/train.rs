@@ -363,6 +363,11 @@ fn print_fast_dev_run(report: &kiln_train::engine::FastDevRunReport) {
 
 fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
+        std::env::var("WORLD_SIZE").map_or(true, |w| w.trim() == "1"),
+        "a study under a data-parallel launcher (WORLD_SIZE is set) would run one study worker per rank: data-parallel \
+         trials are not supported yet; run study workers side by side instead (the same command on each machine)"
+    );
+    anyhow::ensure!(
         config.fast_dev_run == 0,
         "--fast-dev-run checks one run's config and data; it does not run a study (drop --trials or fast_dev_run)"
     );
