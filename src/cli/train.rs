@@ -319,7 +319,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             kiln_train::tasks::train(&config)?
         }
     };
-    print_outcome(&*outcome);
+    // Under a data-parallel launcher, rank 0 reports for the job.
+    let other_rank = std::env::var_os("WORLD_SIZE").is_some() && std::env::var("RANK").is_ok_and(|r| r.trim() != "0");
+    if !other_rank {
+        print_outcome(&*outcome);
+    }
     Ok(())
 }
 

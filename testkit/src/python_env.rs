@@ -22,6 +22,8 @@ pub struct PythonEnv {
 
 /// The file marking a completely built environment.
 const COMPLETE: &str = "kiln-complete";
+/// Where each build's duration is appended, in `$KILN_VENV_DIR`.
+pub const BUILD_LOG: &str = "builds.log";
 
 impl PythonEnv {
     /// The environment `name` with `requirements` (pip specifiers such as `pycocotools==2.0.10`), built if it is
@@ -38,7 +40,14 @@ impl PythonEnv {
         static BUILDS: AtomicUsize = AtomicUsize::new(0);
         let staging =
             root.join(format!(".{name}-building-{}-{}", std::process::id(), BUILDS.fetch_add(1, Ordering::Relaxed)));
+        let started = std::time::Instant::now();
         let result = build(&staging, requirements);
+        if result.is_ok() {
+            // What building the reference tools costs (`.ci/run` prints it after the suite).
+            let line = format!("{name}: built in {:.0} s\n", started.elapsed().as_secs_f64());
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(root.join(BUILD_LOG));
+            let _ = log.and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+        }
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);

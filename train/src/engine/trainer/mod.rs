@@ -128,7 +128,9 @@ pub fn train<T: Task>(config: &TrainConfig, on_epoch: EpochCallback) -> Result<O
     if let Some(dp) = &data_parallel {
         // A torchrun restart of the job continues the run its first launch made.
         if let (true, Some(path)) = (dp.env.restart_count > 0, dp.recorded_run_dir()?) {
-            eprintln!("rank {}: restart {} of the job resumes {}", dp.rank(), dp.env.restart_count, path.display());
+            if dp.is_main() {
+                eprintln!("restart {} of the job resumes {}", dp.env.restart_count, path.display());
+            }
             return resume_with::<T>(RunDir::open(&path)?, on_epoch, data_parallel);
         }
     }
