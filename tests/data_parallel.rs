@@ -307,3 +307,28 @@ fn launches_that_cannot_work_are_refused_with_the_reason() {
     assert!(err.contains("data-parallel trials are not supported yet"), "{err}");
     assert!(!dir.path().join("runs").exists(), "nothing was written");
 }
+
+#[test]
+fn a_single_process_run_resumes_on_two_ranks_with_a_warning_that_the_data_order_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (6, 2, 0), 9);
+    let mut config = common::quick_config(&data, &dir.path().join("runs"), 2);
+    (config.img_size, config.batch, config.workers) = (32, 4, 1);
+    let stopped = kiln_train::classify::train_observed(&config, &mut |_| std::ops::ControlFlow::Break(())).unwrap();
+    assert!(stopped.interrupted);
+    let run = stopped.run.path.to_str().unwrap().to_string();
+    let out = common::kiln(&["train", "--resume", &run, "--nproc", "2"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resuming a run trained on 1 rank(s) with 2") && stderr.contains("data order differs"),
+        "{stderr}"
+    );
+    assert_eq!(records(&stopped.run.path).len(), 2);
+    let saved = kiln_train::checkpoint::load(&stopped.run.path.join("weights/last.safetensors")).unwrap();
+    assert_eq!(saved.state.world_size, 2);
+    assert!(
+        saved.tensors.contains_key("rng.cpu") && saved.tensors.contains_key("rng.cpu.rank1"),
+        "both ranks' generators"
+    );
+}
