@@ -103,6 +103,23 @@ fn assert_same_training(single: &Path, ranks: &Path, what: &str) {
     assert_eq!(siblings, 2, "{what}: one run directory per run, none made by rank 1");
 }
 
+/// The 2-rank run's sharded validation (its last epoch in `results.csv`) against one process evaluating the same
+/// weights on the whole split (`kiln val --checkpoint last`): `metric` (a `results.csv` name, at `path` in the
+/// report) exactly, the loss to float noise.
+fn assert_sharded_validation_is_one_process(ranks: &Path, metric: &str, path: &[&str]) {
+    let out =
+        common::kiln(&["val", "--run", ranks.to_str().unwrap(), "--checkpoint", "last", "--device", "cpu"], ranks);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ranks.join("val_metrics.json")).unwrap()).unwrap();
+    let whole = path.iter().fold(&report["metrics"], |v, key| &v[*key]).as_f64().unwrap();
+    let last = records(ranks).pop().unwrap();
+    let sharded = last.val(metric).unwrap();
+    assert_eq!(sharded, whole, "{metric}: the ranks' shares merged vs one process on the whole split");
+    let (a, b) = (last.val("loss").unwrap(), report["loss"].as_f64().unwrap());
+    assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "val loss {a} vs {b}");
+}
+
 fn records(run: &Path) -> Vec<EpochRecord> {
     read_results(&run.join("results.csv")).unwrap()
 }
@@ -130,6 +147,7 @@ fn classification_on_two_ranks_trains_as_one_process_on_the_combined_batch() {
     let single = train(&args, dir.path(), "single", 6, None);
     let ranks = train(&args, dir.path(), "ranks", 3, Some(2));
     assert_same_training(&single, &ranks, "classify");
+    assert_sharded_validation_is_one_process(&ranks, "accuracy", &["accuracy"]);
 }
 
 #[test]
@@ -144,6 +162,7 @@ fn detection_on_two_ranks_trains_as_one_process_with_positives_counted_over_both
     let single = train(&args, dir.path(), "single", 6, None);
     let ranks = train(&args, dir.path(), "ranks", 3, Some(2));
     assert_same_training(&single, &ranks, "detect");
+    assert_sharded_validation_is_one_process(&ranks, "map", &["coco", "map"]);
 }
 
 #[test]
@@ -158,6 +177,7 @@ fn text_recognition_on_two_ranks_trains_as_one_process_on_the_combined_batch() {
     let single = train(&args, dir.path(), "single", 4, None);
     let ranks = train(&args, dir.path(), "ranks", 2, Some(2));
     assert_same_training(&single, &ranks, "ocr");
+    assert_sharded_validation_is_one_process(&ranks, "cer", &["cer"]);
 }
 
 /// Starts rank `rank` of a two-rank job as torchrun would (the launch variables, no `--nproc`), its output in

@@ -2,6 +2,7 @@
 //! calibration error, optionally under test-time augmentation ([`Tta`]), optionally keeping every image's scores
 //! (for fitting a temperature).
 
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::precision::Precision;
@@ -22,6 +23,8 @@ pub struct Evaluation {
     pub confusion: ConfusionMatrix,
     pub metrics: ClassificationMetrics,
     pub images: usize,
+    /// Images whose label was among the five highest scores.
+    pub top5_hits: usize,
     /// Top-1 confidence against correctness, binned (the ECE and the reliability diagram).
     pub reliability: Reliability,
     /// Every image's log-probabilities `[N, classes]` and labels `[N]` on the CPU, when asked for.
@@ -75,20 +78,73 @@ pub fn evaluate(
         }
         Ok(())
     })?;
-    let mut metrics = confusion.metrics();
-    metrics.top5_accuracy = Some(if images > 0 { top5 as f64 / images as f64 } else { 0.0 });
-    metrics.ece = Some(reliability.ece());
     let scores = (settings.keep_scores && !kept_scores.is_empty())
         .then(|| (Tensor::cat(&kept_scores, 0), Tensor::cat(&kept_labels, 0)));
-    Ok(Evaluation {
-        loss: if images > 0 { loss_sum / images as f64 } else { f64::NAN },
-        confusion,
-        metrics,
-        images,
-        reliability,
-        scores,
-        energies,
-    })
+    let share = EvaluationShare { loss_sum, images, top5_hits: top5, confusion, reliability, energies };
+    Ok(share.into_evaluation(scores))
+}
+
+/// What a classifier's evaluation of part of a split contributes to the whole's: sums and counts, merged by adding
+/// (data-parallel validation; energies in the order of the parts).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EvaluationShare {
+    pub loss_sum: f64,
+    pub images: usize,
+    pub top5_hits: usize,
+    pub confusion: ConfusionMatrix,
+    pub reliability: Reliability,
+    pub energies: Vec<f64>,
+}
+
+impl EvaluationShare {
+    /// The share an evaluation is.
+    pub fn of(evaluation: &Evaluation) -> Self {
+        let images = evaluation.images;
+        Self {
+            loss_sum: if images > 0 { evaluation.loss * images as f64 } else { 0.0 },
+            images,
+            top5_hits: evaluation.top5_hits,
+            confusion: evaluation.confusion.clone(),
+            reliability: evaluation.reliability.clone(),
+            energies: evaluation.energies.clone(),
+        }
+    }
+
+    /// The evaluation of all `shares`' images together (at least one share).
+    pub fn merge(shares: Vec<Self>) -> Result<Evaluation> {
+        let mut shares = shares.into_iter();
+        let mut whole = shares.next().ok_or_else(|| crate::Error::Distributed {
+            call: "merging classification shares".into(),
+            reason: "no share".into(),
+        })?;
+        for share in shares {
+            whole.loss_sum += share.loss_sum;
+            whole.images += share.images;
+            whole.top5_hits += share.top5_hits;
+            whole.confusion.merge(&share.confusion);
+            whole.reliability.merge(&share.reliability);
+            whole.energies.extend(share.energies);
+        }
+        Ok(whole.into_evaluation(None))
+    }
+
+    /// The evaluation these sums give.
+    fn into_evaluation(self, scores: Option<(Tensor, Tensor)>) -> Evaluation {
+        let images = self.images;
+        let mut metrics = self.confusion.metrics();
+        metrics.top5_accuracy = Some(if images > 0 { self.top5_hits as f64 / images as f64 } else { 0.0 });
+        metrics.ece = Some(self.reliability.ece());
+        Evaluation {
+            loss: if images > 0 { self.loss_sum / images as f64 } else { f64::NAN },
+            confusion: self.confusion,
+            metrics,
+            images,
+            top5_hits: self.top5_hits,
+            reliability: self.reliability,
+            scores,
+            energies: self.energies,
+        }
+    }
 }
 
 /// How many rows of `scores` `[N, classes]` rank their `labels` `[N]` among the `k` highest (all classes when

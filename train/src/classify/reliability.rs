@@ -31,6 +31,16 @@ impl Reliability {
         Self { counts: vec![0; bins], confidence_sums: vec![0.0; bins], correct: vec![0; bins] }
     }
 
+    /// Adds `other`'s counts (the same bins) to these.
+    pub fn merge(&mut self, other: &Reliability) {
+        assert_eq!(self.counts.len(), other.counts.len(), "the same bins");
+        for (i, count) in other.counts.iter().enumerate() {
+            self.counts[i] += count;
+            self.confidence_sums[i] += other.confidence_sums[i];
+            self.correct[i] += other.correct[i];
+        }
+    }
+
     /// Adds an image whose top class had probability `confidence` and was (or was not) its label.
     pub fn add(&mut self, confidence: f64, correct: bool) {
         let bins = self.counts.len();

@@ -13,7 +13,7 @@ use tch::{nn, Reduction, Tensor};
 use kiln_models::ImageClassifier;
 
 use super::distill::{distillation_term, Teacher};
-use super::evaluate::{evaluate, EvalSettings, Evaluation};
+use super::evaluate::{evaluate, EvalSettings, Evaluation, EvaluationShare};
 use super::export::{classifier_onnx, GraphSpec};
 use super::image_folder::{ImageFolder, SplitSource};
 use super::loader::{Batch, ClassifyLoader};
@@ -295,6 +295,16 @@ impl Task for Classification {
 
     fn metrics(evaluation: &Evaluation) -> ClassificationMetrics {
         evaluation.metrics.clone()
+    }
+
+    const MERGES_EVALUATIONS: bool = true;
+
+    fn evaluation_share(evaluation: &Evaluation) -> Result<Vec<u8>> {
+        engine::task::encode_share(&EvaluationShare::of(evaluation))
+    }
+
+    fn merge_evaluation_shares(&self, shares: Vec<Vec<u8>>) -> Result<Evaluation> {
+        EvaluationShare::merge(engine::task::decode_shares(&shares)?)
     }
 
     fn default_space() -> SearchSpace {

@@ -24,4 +24,9 @@ pub trait Batches {
     fn shard(self, world: usize, rank: usize) -> Self
     where
         Self: Sized;
+    /// This loader as rank `rank`'s share of an evaluation split: the ranks' shares are disjoint and together
+    /// exactly the split (no padding, so a rank may get one item fewer).
+    fn shard_exact(self, world: usize, rank: usize) -> Self
+    where
+        Self: Sized;
 }

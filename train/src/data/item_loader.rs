@@ -52,8 +52,17 @@ pub struct ItemLoader<S> {
     weights: Option<Vec<f64>>,
     settings: LoaderSettings,
     pool: Arc<rayon::ThreadPool>,
-    /// Data-parallel training: `(world, rank)`; each pass deals this rank its share of the shared order.
-    shard: Option<(usize, usize)>,
+    /// Data-parallel training: each pass deals this rank its share of the shared order.
+    shard: Option<Shard>,
+}
+
+/// A rank's share of every pass: of `world` ranks, rank `rank`; `padded` (training) repeats the order's start so that
+/// every rank gets as many items, unpadded (evaluation) shares are disjoint and together exactly the split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shard {
+    world: usize,
+    rank: usize,
+    padded: bool,
 }
 
 impl<S: Items> ItemLoader<S> {
@@ -82,7 +91,15 @@ impl<S: Items> ItemLoader<S> {
     /// padding that gives every rank the same number of items, and dealt anew each epoch.
     pub fn with_shard(mut self, world: usize, rank: usize) -> Self {
         assert!(rank < world, "rank {rank} of {world}");
-        self.shard = (world > 1).then_some((world, rank));
+        self.shard = (world > 1).then_some(Shard { world, rank, padded: true });
+        self
+    }
+
+    /// Sharded evaluation: every pass is this rank's items of the order at positions `rank`, `rank + world`, …, so
+    /// that the ranks' shares are disjoint and together exactly the split (ranks may get one item fewer).
+    pub fn with_exact_shard(mut self, world: usize, rank: usize) -> Self {
+        assert!(rank < world, "rank {rank} of {world}");
+        self.shard = (world > 1).then_some(Shard { world, rank, padded: false });
         self
     }
 
@@ -118,8 +135,12 @@ impl<S: Items> ItemLoader<S> {
             _ if shuffle => order.shuffle(&mut rng),
             _ => {}
         }
-        if let Some((world, rank)) = self.shard {
-            order = crate::distributed::deal(&order, world, rank);
+        match self.shard {
+            Some(Shard { world, rank, padded: true }) => order = crate::distributed::deal(&order, world, rank),
+            Some(Shard { world, rank, padded: false }) => {
+                order = order.into_iter().skip(rank).step_by(world).collect();
+            }
+            None => {}
         }
         (order, epoch_seed)
     }
@@ -129,9 +150,11 @@ impl<S: Items> Batches for ItemLoader<S> {
     type Batch = S::Batch;
 
     fn len(&self) -> usize {
+        let n = self.indices.len();
         match self.shard {
-            Some((world, _)) => self.indices.len().div_ceil(world),
-            None => self.indices.len(),
+            Some(Shard { world, padded: true, .. }) => n.div_ceil(world),
+            Some(Shard { world, rank, padded: false }) => (n + world - 1 - rank) / world,
+            None => n,
         }
     }
 
@@ -174,6 +197,10 @@ impl<S: Items> Batches for ItemLoader<S> {
 
     fn shard(self, world: usize, rank: usize) -> Self {
         self.with_shard(world, rank)
+    }
+
+    fn shard_exact(self, world: usize, rank: usize) -> Self {
+        self.with_exact_shard(world, rank)
     }
 }
 
@@ -281,6 +308,24 @@ mod tests {
         }
         assert_ne!(order(&a, 0), order(&a, 1), "dealt anew each epoch");
         assert_eq!(loader(11, vec![]).with_shard(1, 0).len(), 11, "one rank: the whole split");
+    }
+
+    #[test]
+    fn evaluation_shares_are_disjoint_and_exactly_the_split() {
+        let whole = pass(&loader(11, vec![]), 0, false).into_iter().flat_map(|b| b.1).collect::<Vec<_>>();
+        for world in [2, 3, 12] {
+            let shares: Vec<ItemLoader<Numbers>> =
+                (0..world).map(|rank| loader(11, vec![]).with_exact_shard(world, rank)).collect();
+            let mut all: Vec<usize> = Vec::new();
+            for (rank, share) in shares.iter().enumerate() {
+                let items: Vec<usize> = pass(share, 0, false).into_iter().flat_map(|b| b.1).collect();
+                assert_eq!(items.len(), share.len(), "world {world}, rank {rank}: len() counts the share");
+                assert_eq!(items, whole.iter().skip(rank).step_by(world).copied().collect::<Vec<_>>());
+                all.extend(items);
+            }
+            all.sort_unstable();
+            assert_eq!(all, (0..11).collect::<Vec<_>>(), "world {world}: each item exactly once");
+        }
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub struct DetectionMetrics {
 /// One evaluation pass.
 #[derive(Clone, Debug)]
 pub struct DetectionEvaluation {
+    /// The split's loss summed over its images, divided by all its positive locations.
     pub loss: f64,
+    pub loss_sum: f64,
+    pub positives: i64,
     pub metrics: DetectionMetrics,
     pub images: usize,
     /// Per class: the precision–recall curve at IoU 0.5 (COCO's 101 recall points; empty without ground truth).
@@ -101,12 +104,7 @@ pub fn evaluate(
     let device = precision.device;
     let (locations, points, strides) = locations_on(model, img_size as i64, device);
     let samples = loader.items().samples();
-    let (mut gts, mut preds) = (Vec::new(), Vec::new());
-    let (mut matched, mut num_truths): (Vec<Matched>, usize) = (Vec::new(), 0);
-    let mut detections = Vec::new();
-    // The loss over the whole split, as one batch: summed, then divided by all its positive locations (so that it
-    // does not depend on how the split is batched).
-    let (mut loss_sum, mut positives, mut images) = (0.0, 0i64, 0usize);
+    let mut share = DetectionShare { loss_sum: 0.0, positives: 0, images: 0, detections: Vec::new() };
     tch::no_grad(|| -> Result<()> {
         for batch in loader.epoch(0, false) {
             let batch = batch?;
@@ -119,9 +117,10 @@ pub fn evaluate(
                 })
                 .collect();
             let losses = fcos_losses(&outputs.cls_logits, &outputs.box_ltrb, &outputs.centerness_logits, &assignments);
-            let n = batch.targets.len();
-            loss_sum += losses.total.double_value(&[]) * losses.positives.max(1) as f64;
-            positives += losses.positives;
+            // The loss over the whole split, as one batch: summed, then divided by all its positive locations (so
+            // that it does not depend on how the split is batched or shared between ranks).
+            share.loss_sum += losses.total.double_value(&[]) * losses.positives.max(1) as f64;
+            share.positives += losses.positives;
             let (boxes, scores) = model.decode(&outputs, &locations_on_device(&locations, device));
             let boxes: Vec<f32> = Vec::try_from(boxes.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
             let scores: Vec<f32> = Vec::try_from(scores.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
@@ -136,50 +135,108 @@ pub fn evaluate(
                     .into_iter()
                     .map(|d| Detection { bbox: unletterbox(d.bbox, &placement, sample.width, sample.height), ..d })
                     .collect();
-                let truths: Vec<TruthBox> =
-                    sample.boxes.iter().map(|b| TruthBox { bbox: b.bbox, class: b.class, crowd: b.crowd }).collect();
-                num_truths += truths.iter().filter(|t| !t.crowd).count();
-                matched.extend(match_image(&original, &truths, 0.5));
-                let image_id = target.index as u64;
-                for t in &truths {
-                    let [x1, y1, x2, y2] = t.bbox.map(f64::from);
-                    gts.push(GroundTruth {
-                        image: image_id,
-                        category: t.class as u64,
-                        bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
-                        area: (x2 - x1) * (y2 - y1),
-                        iscrowd: t.crowd,
-                    });
-                }
-                for d in &original {
-                    let [x1, y1, x2, y2] = d.bbox.map(f64::from);
-                    preds.push(Prediction {
-                        image: image_id,
-                        category: d.class as u64,
-                        bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
-                        score: d.score as f64,
-                    });
-                }
-                detections.push((target.index, original));
+                share.detections.push((target.index, original));
             }
-            images += n;
+            share.images += batch.targets.len();
         }
         Ok(())
     })?;
-    let image_ids: Vec<u64> = detections.iter().map(|(i, _)| *i as u64).collect();
-    let categories: Vec<u64> = (0..num_classes as u64).collect();
-    let coco = coco_eval::evaluate(&image_ids, &categories, &gts, &preds, &CocoParams::default());
-    let pr_curves = categories.iter().map(|&c| coco.pr_curve(c, 0)).collect();
-    Ok(DetectionEvaluation {
-        loss: if images > 0 { loss_sum / positives.max(1) as f64 } else { f64::NAN },
-        metrics: DetectionMetrics {
-            coco: coco.into_stats(),
-            at_threshold: threshold_metrics(&matched, num_truths, settings.score_threshold),
-        },
-        images,
-        pr_curves,
-        detections,
-    })
+    Ok(share.into_evaluation(samples, settings, num_classes))
+}
+
+/// What a detector's evaluation of part of a split contributes to the whole's: each image's detections (in
+/// original pixels, by sample index) and the loss's sums; COCO's and the threshold's metrics are computed over all
+/// of them (data-parallel validation merges the ranks' shares).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DetectionShare {
+    pub loss_sum: f64,
+    pub positives: i64,
+    pub images: usize,
+    pub detections: Vec<(usize, Vec<Detection>)>,
+}
+
+impl DetectionShare {
+    /// The share an evaluation is.
+    pub fn of(evaluation: &DetectionEvaluation) -> Self {
+        Self {
+            loss_sum: evaluation.loss_sum,
+            positives: evaluation.positives,
+            images: evaluation.images,
+            detections: evaluation.detections.clone(),
+        }
+    }
+
+    /// The evaluation of all `shares`' images together, in sample order, against `samples` (the split's).
+    pub fn merge(
+        shares: Vec<Self>,
+        samples: &[super::annotations::DetectionSample],
+        settings: &DetectSettings,
+        num_classes: usize,
+    ) -> DetectionEvaluation {
+        let mut whole = DetectionShare { loss_sum: 0.0, positives: 0, images: 0, detections: Vec::new() };
+        for share in shares {
+            whole.loss_sum += share.loss_sum;
+            whole.positives += share.positives;
+            whole.images += share.images;
+            whole.detections.extend(share.detections);
+        }
+        whole.detections.sort_by_key(|(index, _)| *index);
+        whole.into_evaluation(samples, settings, num_classes)
+    }
+
+    /// COCO mAP, the precision-recall curves and the threshold metrics of these detections against `samples`.
+    fn into_evaluation(
+        self,
+        samples: &[super::annotations::DetectionSample],
+        settings: &DetectSettings,
+        num_classes: usize,
+    ) -> DetectionEvaluation {
+        let (mut gts, mut preds) = (Vec::new(), Vec::new());
+        let (mut matched, mut num_truths): (Vec<Matched>, usize) = (Vec::new(), 0);
+        for (index, original) in &self.detections {
+            let sample = &samples[*index];
+            let truths: Vec<TruthBox> =
+                sample.boxes.iter().map(|b| TruthBox { bbox: b.bbox, class: b.class, crowd: b.crowd }).collect();
+            num_truths += truths.iter().filter(|t| !t.crowd).count();
+            matched.extend(match_image(original, &truths, 0.5));
+            let image_id = *index as u64;
+            for t in &truths {
+                let [x1, y1, x2, y2] = t.bbox.map(f64::from);
+                gts.push(GroundTruth {
+                    image: image_id,
+                    category: t.class as u64,
+                    bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
+                    area: (x2 - x1) * (y2 - y1),
+                    iscrowd: t.crowd,
+                });
+            }
+            for d in original {
+                let [x1, y1, x2, y2] = d.bbox.map(f64::from);
+                preds.push(Prediction {
+                    image: image_id,
+                    category: d.class as u64,
+                    bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
+                    score: d.score as f64,
+                });
+            }
+        }
+        let image_ids: Vec<u64> = self.detections.iter().map(|(i, _)| *i as u64).collect();
+        let categories: Vec<u64> = (0..num_classes as u64).collect();
+        let coco = coco_eval::evaluate(&image_ids, &categories, &gts, &preds, &CocoParams::default());
+        let pr_curves = categories.iter().map(|&c| coco.pr_curve(c, 0)).collect();
+        DetectionEvaluation {
+            loss: if self.images > 0 { self.loss_sum / self.positives.max(1) as f64 } else { f64::NAN },
+            loss_sum: self.loss_sum,
+            positives: self.positives,
+            metrics: DetectionMetrics {
+                coco: coco.into_stats(),
+                at_threshold: threshold_metrics(&matched, num_truths, settings.score_threshold),
+            },
+            images: self.images,
+            pr_curves,
+            detections: self.detections,
+        }
+    }
 }
 
 fn locations_on_device(locations: &Locations, device: Device) -> Locations {

@@ -12,7 +12,7 @@ use kiln_models::ObjectDetector;
 
 use super::annotations::{self, DetectionDataset, Split};
 use super::augment::TargetBox;
-use super::evaluate::{draw_first_images, evaluate, DetectionEvaluation, DetectionMetrics};
+use super::evaluate::{draw_first_images, evaluate, DetectionEvaluation, DetectionMetrics, DetectionShare};
 use super::export::{detector_onnx, DetectorGraphSpec};
 use super::loader::{with_balanced_sampling, DetectBatch, DetectLoader, DetectTransform, ImageTargets};
 use super::loss::batch_losses;
@@ -284,6 +284,17 @@ impl Task for Detection {
 
     fn metrics(evaluation: &DetectionEvaluation) -> DetectionMetrics {
         evaluation.metrics.clone()
+    }
+
+    const MERGES_EVALUATIONS: bool = true;
+
+    fn evaluation_share(evaluation: &DetectionEvaluation) -> Result<Vec<u8>> {
+        engine::task::encode_share(&DetectionShare::of(evaluation))
+    }
+
+    fn merge_evaluation_shares(&self, shares: Vec<Vec<u8>>) -> Result<DetectionEvaluation> {
+        let shares = engine::task::decode_shares(&shares)?;
+        Ok(DetectionShare::merge(shares, &self.dataset.val, &self.settings, self.dataset.num_classes()))
     }
 
     fn plot_validation(&self, run: &RunDir, evaluation: &DetectionEvaluation) -> Result<()> {

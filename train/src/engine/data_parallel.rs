@@ -14,9 +14,11 @@
 //! - **A step is skipped everywhere or nowhere**: the step's loss is summed over the ranks before backward, and a
 //!   non-finite sum skips the step on every rank (a rank that skipped alone would leave the others waiting in the
 //!   gradient all-reduce).
-//! - **Decisions.** Every rank evaluates the whole validation split (the metrics are those of one process by
-//!   construction, and no rank waits on another's validation); rank 0's values are broadcast so that the best
-//!   checkpoint, top-k and early stopping are decided alike.
+//! - **Validation.** Each rank evaluates its share of the split (disjoint, no padding), the shares' predictions
+//!   and sums are gathered, and every rank merges them into the split's metrics as one process computes them
+//!   ([`Task::merge_evaluation_shares`](super::Task::merge_evaluation_shares); a task that does not merge has every
+//!   rank evaluate the whole split). Rank 0's values are broadcast so that the best checkpoint, top-k and early
+//!   stopping are decided alike.
 //! - **Writes.** Rank 0 alone creates the run directory, holds its lock, and writes `results.csv`, checkpoints and
 //!   plots; the directory's name reaches the others through the job's store (the same key across torchrun restarts,
 //!   which resume it). Each rank's generator state goes into the checkpoint, so a resume stays exact.
@@ -166,6 +168,17 @@ impl DataParallel {
     /// Every rank's `bytes` (the same length on every rank), by rank.
     pub fn gather_bytes(&self, bytes: &Tensor) -> Result<Vec<Tensor>> {
         self.group.all_gather(&bytes.contiguous()).map_err(|e| self.named(e))
+    }
+
+    /// Every rank's `bytes` (any length), by rank.
+    pub fn gather_variable(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let lengths = self.gather_bytes(&Tensor::from_slice(&[bytes.len() as i64]))?;
+        let lengths: Vec<usize> = lengths.iter().map(|t| t.int64_value(&[0]) as usize).collect();
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let mut padded = bytes.to_vec();
+        padded.resize(longest, 0);
+        let gathered = self.gather_bytes(&Tensor::from_slice(&padded))?;
+        gathered.iter().zip(&lengths).map(|(t, &len)| Ok(Vec::<u8>::try_from(t)?[..len].to_vec())).collect()
     }
 
     pub fn barrier(&self) -> Result<()> {

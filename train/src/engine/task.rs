@@ -160,6 +160,19 @@ pub trait Task: Sized {
     /// Evaluates the model (in inference mode) over a loader.
     fn evaluate(&self, model: &Self::Model, loader: &Self::Loader, precision: &Precision) -> Result<Self::Evaluation>;
     fn metrics(evaluation: &Self::Evaluation) -> Self::Metrics;
+    /// Whether validation under data-parallel training is sharded: each rank evaluates its share of the split,
+    /// and every rank merges all the shares ([`Task::evaluation_share`], [`Task::merge_evaluation_shares`]).
+    /// Without it every rank evaluates the whole split.
+    const MERGES_EVALUATIONS: bool = false;
+    /// What the evaluation of one rank's share contributes to the split's, as bytes for the other ranks.
+    fn evaluation_share(_evaluation: &Self::Evaluation) -> Result<Vec<u8>> {
+        Err(no_merge::<Self>())
+    }
+    /// The split's evaluation from every rank's [`Task::evaluation_share`] (by rank; disjoint shares that together
+    /// are the split), as one process evaluating the whole split computes it.
+    fn merge_evaluation_shares(&self, _shares: Vec<Vec<u8>>) -> Result<Self::Evaluation> {
+        Err(no_merge::<Self>())
+    }
     /// Draws the task's validation plots into the run (called when an epoch gives a new best checkpoint).
     fn plot_validation(&self, _run: &RunDir, _evaluation: &Self::Evaluation) -> Result<()> {
         Ok(())
@@ -204,4 +217,31 @@ pub trait Task: Sized {
     /// application runs it; `None` without val data, or where the comparison computes it from the images' class
     /// labels (classification's top-1).
     fn deployed_metric(config: &TrainConfig, path: &Path) -> Result<Option<f64>>;
+}
+
+fn no_merge<T: Task>() -> crate::Error {
+    crate::Error::Distributed {
+        call: "merging the ranks' validation shares".into(),
+        reason: format!("the {} task does not merge evaluations (MERGES_EVALUATIONS is false)", T::KIND.name()),
+    }
+}
+
+/// A task's evaluation share as bytes ([`Task::evaluation_share`]).
+pub fn encode_share(share: &impl Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec(share)
+        .map_err(|e| crate::Error::Distributed { call: "encoding a validation share".into(), reason: e.to_string() })
+}
+
+/// The shares [`encode_share`] made, by rank.
+pub fn decode_shares<S: DeserializeOwned>(shares: &[Vec<u8>]) -> Result<Vec<S>> {
+    shares
+        .iter()
+        .enumerate()
+        .map(|(rank, bytes)| {
+            serde_json::from_slice(bytes).map_err(|e| crate::Error::Distributed {
+                call: format!("decoding rank {rank}'s validation share"),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }

@@ -43,7 +43,7 @@ pub struct TextMetrics {
 }
 
 /// One line's reading.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LineReading {
     pub index: usize,
     pub text: String,
@@ -71,7 +71,6 @@ pub fn evaluate(
 ) -> Result<TextEvaluation> {
     let device = precision.device;
     let samples = loader.items().samples();
-    let mut scores = TextScores::default();
     let mut readings = Vec::with_capacity(samples.len());
     let (mut loss_sum, mut images) = (0.0, 0usize);
     tch::no_grad(|| -> Result<()> {
@@ -88,7 +87,6 @@ pub fn evaluate(
                 let line = &probs[i * frames * classes..(i * frames + target.frames) * classes];
                 let decoded = ctc::greedy(line, classes, BLANK as usize);
                 let text = charset.decode(&decoded.labels);
-                scores.add(&samples[target.index].text, &text);
                 let chars = decoded
                     .labels
                     .iter()
@@ -101,15 +99,58 @@ pub fn evaluate(
         }
         Ok(())
     })?;
-    Ok(TextEvaluation {
-        loss: if images > 0 { loss_sum / images as f64 } else { f64::NAN },
-        metrics: TextMetrics {
-            cer: scores.cer(),
-            wer: scores.wer(),
-            accuracy: scores.exact_match(),
-            mean_ned: scores.mean_ned(),
-        },
-        images,
-        readings,
-    })
+    Ok(TextShare { loss_sum, images, readings }.into_evaluation(samples))
+}
+
+/// What a recognizer's evaluation of part of a split contributes to the whole's: each line's reading (by sample
+/// index) and the loss's sum; the text metrics are computed over all of them (data-parallel validation merges the
+/// ranks' shares).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TextShare {
+    pub loss_sum: f64,
+    pub images: usize,
+    pub readings: Vec<LineReading>,
+}
+
+impl TextShare {
+    /// The share an evaluation is.
+    pub fn of(evaluation: &TextEvaluation) -> Self {
+        let images = evaluation.images;
+        Self {
+            loss_sum: if images > 0 { evaluation.loss * images as f64 } else { 0.0 },
+            images,
+            readings: evaluation.readings.clone(),
+        }
+    }
+
+    /// The evaluation of all `shares`' lines together, in sample order, against `samples` (the split's).
+    pub fn merge(shares: Vec<Self>, samples: &[super::dataset::TextSample]) -> TextEvaluation {
+        let mut whole = TextShare { loss_sum: 0.0, images: 0, readings: Vec::new() };
+        for share in shares {
+            whole.loss_sum += share.loss_sum;
+            whole.images += share.images;
+            whole.readings.extend(share.readings);
+        }
+        whole.readings.sort_by_key(|r| r.index);
+        whole.into_evaluation(samples)
+    }
+
+    /// CER, WER, exact match and mean NED of these readings against `samples`' labels.
+    fn into_evaluation(self, samples: &[super::dataset::TextSample]) -> TextEvaluation {
+        let mut scores = TextScores::default();
+        for reading in &self.readings {
+            scores.add(&samples[reading.index].text, &reading.text);
+        }
+        TextEvaluation {
+            loss: if self.images > 0 { self.loss_sum / self.images as f64 } else { f64::NAN },
+            metrics: TextMetrics {
+                cer: scores.cer(),
+                wer: scores.wer(),
+                accuracy: scores.exact_match(),
+                mean_ned: scores.mean_ned(),
+            },
+            images: self.images,
+            readings: self.readings,
+        }
+    }
 }

@@ -12,7 +12,7 @@ use kiln_models::TextLineRecognizer;
 
 use super::charset::Charset;
 use super::dataset::{self, TextDataset};
-use super::evaluate::{evaluate, TextEvaluation, TextMetrics};
+use super::evaluate::{evaluate, TextEvaluation, TextMetrics, TextShare};
 use super::export::{recognizer_onnx, RecognizerGraphSpec};
 use super::loader::{LineTarget, TextBatch, TextLoader, TextTransform, WIDTH_STRIDE};
 use super::loss::batch_loss;
@@ -246,6 +246,16 @@ impl Task for TextRecognition {
 
     fn metrics(evaluation: &TextEvaluation) -> TextMetrics {
         evaluation.metrics.clone()
+    }
+
+    const MERGES_EVALUATIONS: bool = true;
+
+    fn evaluation_share(evaluation: &TextEvaluation) -> Result<Vec<u8>> {
+        engine::task::encode_share(&TextShare::of(evaluation))
+    }
+
+    fn merge_evaluation_shares(&self, shares: Vec<Vec<u8>>) -> Result<TextEvaluation> {
+        Ok(TextShare::merge(engine::task::decode_shares(&shares)?, &self.dataset.val))
     }
 
     fn default_space() -> SearchSpace {

@@ -301,6 +301,10 @@ impl<T: Task> Trainer<T> {
             Some(dp) => train_loader.shard(dp.world_size(), dp.rank()),
             None => train_loader,
         };
+        let val_loader = match (&data_parallel, val_loader) {
+            (Some(dp), Some(loader)) if T::MERGES_EVALUATIONS => Some(loader.shard_exact(dp.world_size(), dp.rank())),
+            (_, loader) => loader,
+        };
         let steps_per_epoch =
             config.limit_train_batches.map_or(train_loader.num_batches(), |limit| limit.of(train_loader.num_batches()));
         let monitor = resolve_monitor::<T>(&config, val_loader.is_some())?;
@@ -644,7 +648,8 @@ impl<T: Task> Trainer<T> {
         Ok((means, lr, seconds, images))
     }
 
-    /// Validation of the weights that will be saved (the EMA weights when EMA is on).
+    /// Validation of the weights that will be saved (the EMA weights when EMA is on); under data-parallel training,
+    /// of this rank's share, merged with the others' when the task merges evaluations.
     fn validate(&mut self) -> Result<Option<T::Evaluation>> {
         let Some(loader) = self.val_loader.take() else { return Ok(None) };
         let result = self.evaluate_saved(&loader, "val");
@@ -661,7 +666,13 @@ impl<T: Task> Trainer<T> {
         if let Some(ema) = &mut self.ema {
             ema.swap();
         }
-        let eval = result?;
+        let eval = match (&self.data_parallel, T::MERGES_EVALUATIONS) {
+            (Some(dp), true) => {
+                let shares = dp.gather_variable(&T::evaluation_share(&result?)?)?;
+                self.task.merge_evaluation_shares(shares)?
+            }
+            _ => result?,
+        };
         if eval.images() == 0 {
             return Err(Error::NoReadableImages {
                 root: self.config.data.clone(),
