@@ -72,6 +72,28 @@ pub struct Prediction {
     pub score: f64,
 }
 
+impl GroundTruth {
+    /// A box given by its corners `[x1, y1, x2, y2]` in pixels (its area the box's).
+    pub fn from_corners(image: u64, category: usize, corners: [f32; 4], iscrowd: bool) -> Self {
+        let [x1, y1, x2, y2] = corners.map(f64::from);
+        Self {
+            image,
+            category: category as u64,
+            bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
+            area: (x2 - x1) * (y2 - y1),
+            iscrowd,
+        }
+    }
+}
+
+impl Prediction {
+    /// A detection given by its corners `[x1, y1, x2, y2]` in pixels.
+    pub fn from_corners(image: u64, category: usize, corners: [f32; 4], score: f32) -> Self {
+        let [x1, y1, x2, y2] = corners.map(f64::from);
+        Self { image, category: category as u64, bbox_xywh: [x1, y1, x2 - x1, y2 - y1], score: f64::from(score) }
+    }
+}
+
 /// Labels of [`CocoParams::area_ranges`], in order.
 pub const AREA_LABELS: [&str; 4] = ["all", "small", "medium", "large"];
 

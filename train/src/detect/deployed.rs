@@ -24,25 +24,8 @@ pub fn deployed_map(config: &TrainConfig, path: &Path) -> Result<Option<f64>> {
     for (i, s) in samples.iter().enumerate() {
         let Ok(found) = detector.predict_path(&s.path) else { continue };
         images.push(i as u64);
-        for b in &s.boxes {
-            let [x1, y1, x2, y2] = b.bbox.map(f64::from);
-            gts.push(GroundTruth {
-                image: i as u64,
-                category: b.class as u64,
-                bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
-                area: (x2 - x1) * (y2 - y1),
-                iscrowd: b.crowd,
-            });
-        }
-        for d in found {
-            let [x1, y1, x2, y2] = d.bbox.map(f64::from);
-            preds.push(Prediction {
-                image: i as u64,
-                category: d.class as u64,
-                bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
-                score: d.score as f64,
-            });
-        }
+        gts.extend(s.boxes.iter().map(|b| GroundTruth::from_corners(i as u64, b.class, b.bbox, b.crowd)));
+        preds.extend(found.iter().map(|d| Prediction::from_corners(i as u64, d.class, d.bbox, d.score)));
     }
     let categories: Vec<u64> = (0..dataset.class_names.len() as u64).collect();
     Ok(Some(evaluate(&images, &categories, &gts, &preds, &CocoParams::default()).stats().map))

@@ -200,25 +200,8 @@ impl DetectionShare {
             num_truths += truths.iter().filter(|t| !t.crowd).count();
             matched.extend(match_image(original, &truths, 0.5));
             let image_id = *index as u64;
-            for t in &truths {
-                let [x1, y1, x2, y2] = t.bbox.map(f64::from);
-                gts.push(GroundTruth {
-                    image: image_id,
-                    category: t.class as u64,
-                    bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
-                    area: (x2 - x1) * (y2 - y1),
-                    iscrowd: t.crowd,
-                });
-            }
-            for d in original {
-                let [x1, y1, x2, y2] = d.bbox.map(f64::from);
-                preds.push(Prediction {
-                    image: image_id,
-                    category: d.class as u64,
-                    bbox_xywh: [x1, y1, x2 - x1, y2 - y1],
-                    score: d.score as f64,
-                });
-            }
+            gts.extend(truths.iter().map(|t| GroundTruth::from_corners(image_id, t.class, t.bbox, t.crowd)));
+            preds.extend(original.iter().map(|d| Prediction::from_corners(image_id, d.class, d.bbox, d.score)));
         }
         let image_ids: Vec<u64> = self.detections.iter().map(|(i, _)| *i as u64).collect();
         let categories: Vec<u64> = (0..num_classes as u64).collect();

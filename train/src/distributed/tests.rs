@@ -49,11 +49,9 @@ fn on_two_ranks_expecting(test: &str, check: [bool; 2]) {
     }
 }
 
-/// This process's rank when it runs as a spawned rank, else `None` (the test then spawns the ranks).
-fn spawned() -> Option<(DistEnv, ProcessGroup)> {
-    let rank: usize = std::env::var(RANK_VAR).ok()?.parse().unwrap();
-    let port: u16 = std::env::var(PORT_VAR).unwrap().parse().unwrap();
-    let env = DistEnv {
+/// Rank `rank` of a two-rank job whose rank 0 hosts the store on 127.0.0.1:`port`.
+fn two_rank_env(rank: usize, port: u16) -> DistEnv {
+    DistEnv {
         rank,
         local_rank: rank,
         world_size: 2,
@@ -62,7 +60,14 @@ fn spawned() -> Option<(DistEnv, ProcessGroup)> {
         master_port: port,
         agent_store: false,
         restart_count: 0,
-    };
+    }
+}
+
+/// This process's rank when it runs as a spawned rank, else `None` (the test then spawns the ranks).
+fn spawned() -> Option<(DistEnv, ProcessGroup)> {
+    let rank: usize = std::env::var(RANK_VAR).ok()?.parse().unwrap();
+    let port: u16 = std::env::var(PORT_VAR).unwrap().parse().unwrap();
+    let env = two_rank_env(rank, port);
     let group = ProcessGroup::join(&env, Duration::from_secs(60)).unwrap();
     Some((env, group))
 }
@@ -172,16 +177,7 @@ fn a_rank_that_dies_fails_the_others_collective_instead_of_hanging() {
 fn a_rank_that_cannot_reach_the_store_names_its_address_and_port() {
     // A port nobody listens on: rank 1 waits for rank 0's store there, then gives up naming it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let env = DistEnv {
-        rank: 1,
-        local_rank: 1,
-        world_size: 2,
-        local_world_size: 2,
-        master_addr: "127.0.0.1".into(),
-        master_port: port,
-        agent_store: false,
-        restart_count: 0,
-    };
+    let env = two_rank_env(1, port);
     let started = Instant::now();
     let err = ProcessGroup::join(&env, Duration::from_secs(2)).err().expect("no store listens there").to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("rank 1 of 2"), "{err}");
