@@ -352,3 +352,23 @@ fn a_single_process_run_resumes_on_two_ranks_with_a_warning_that_the_data_order_
         "both ranks' generators"
     );
 }
+
+#[test]
+fn unreadable_images_are_counted_for_the_job_not_for_rank_0s_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::shapes(dir.path(), (6, 3, 0), 10);
+    // Four in train (dealt between the ranks anew each epoch), two in val next to each other (one per rank's share).
+    for (split, i) in [("train", 0), ("train", 1), ("train", 2), ("train", 3), ("val", 0), ("val", 1)] {
+        common::write_truncated_png(&data.join(split).join("circle").join(format!("zz_bad{i}.png")));
+    }
+    let project = dir.path().to_str().unwrap();
+    let args = ["train", "--task", "classify", "--data", data.to_str().unwrap(), "--model", "convnext_atto"];
+    let rest = ["--img-size", "32", "--epochs", "1", "--batch", "3", "--workers", "1", "--cache", "none"];
+    let all = [&args[..], &rest, &["--project", project, "--name", "bad", "--nproc", "2", "--device", "cpu"]].concat();
+    let out = common::kiln(&all, dir.path());
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let rows = records(&dir.path().join("classify/bad"));
+    assert_eq!(rows[0].skipped_images, 6, "every rank's unreadable files, once each");
+    assert!(stdout.contains("skipped 6 unreadable image(s)"), "{stdout}");
+}

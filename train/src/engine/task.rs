@@ -226,7 +226,7 @@ fn no_merge<T: Task>() -> crate::Error {
     }
 }
 
-/// A task's evaluation share as bytes ([`Task::evaluation_share`]).
+/// A rank's share of something every rank gathers (e.g. [`Task::evaluation_share`]), as bytes.
 pub fn encode_share(share: &impl Serialize) -> Result<Vec<u8>> {
     serde_json::to_vec(share)
         .map_err(|e| crate::Error::Distributed { call: "encoding a validation share".into(), reason: e.to_string() })
@@ -239,7 +239,7 @@ pub fn decode_shares<S: DeserializeOwned>(shares: &[Vec<u8>]) -> Result<Vec<S>> 
         .enumerate()
         .map(|(rank, bytes)| {
             serde_json::from_slice(bytes).map_err(|e| crate::Error::Distributed {
-                call: format!("decoding rank {rank}'s validation share"),
+                call: format!("decoding rank {rank}'s share"),
                 reason: e.to_string(),
             })
         })

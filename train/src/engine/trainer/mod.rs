@@ -435,6 +435,7 @@ impl<T: Task> Trainer<T> {
                 Some(values) => Some(self.shared_values(values)?),
                 None => None,
             };
+            self.share_skips()?;
             let record = self.record(epoch, &train_losses, lr, seconds, images_per_second, values.as_deref());
             // Higher is better: the objective in its direction, ties broken by a lower validation loss; without
             // validation data, a lower training loss.
@@ -751,6 +752,20 @@ impl<T: Task> Trainer<T> {
             images_per_second: ips,
             skipped_images: self.skips.count(),
         }
+    }
+
+    /// Under data-parallel training, records every rank's unreadable files on every rank, so that the counts and
+    /// lists reported are the job's (each rank reads only its shares of the splits).
+    fn share_skips(&self) -> Result<()> {
+        let Some(dp) = &self.data_parallel else { return Ok(()) };
+        let mine = super::task::encode_share(&self.skips.entries())?;
+        let all = dp.gather_variable(&mine)?;
+        for entries in super::task::decode_shares::<Vec<(std::path::PathBuf, String)>>(&all)? {
+            for (path, reason) in entries {
+                self.skips.record(&path, reason);
+            }
+        }
+        Ok(())
     }
 
     /// Rank 0 of a data-parallel job, or a process training alone: the one that writes and reports.
