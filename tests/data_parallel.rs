@@ -77,8 +77,8 @@ fn assert_same_training(single: &Path, ranks: &Path, what: &str) {
         for ((name, u), (_, v)) in x.train.iter().zip(&y.train) {
             assert!((u - v).abs() <= 1e-5 * u.abs().max(1.0), "{what}: epoch {} train {name} {u} vs {v}", x.epoch);
         }
-        // Validation of weights equal to float noise: to 1e-4 of the value (the recognizer's val loss moves by 8e-5
-        // of itself for weights 8e-6 apart).
+        // Validation of weights equal to float noise: to 1e-4 of the value (measured: weights 8e-6 apart, after two
+        // of the recognizer's epochs, moved its val loss by 8e-5 of itself).
         assert_eq!(x.val.len(), y.val.len());
         for ((name, u), (_, v)) in x.val.iter().zip(&y.val) {
             match (u, v) {
@@ -172,7 +172,9 @@ fn text_recognition_on_two_ranks_trains_as_one_process_on_the_combined_batch() {
     write_text_lines(&data, &TextLinesSpec { lines: (16, 6, 0), length: (2, 4), ..TextLinesSpec::default() }).unwrap();
     let data = data.to_str().unwrap();
     let args = ["train", "--task", "ocr", "--data", data, "--ocr-backbone", "convnext", "--model", "convnext_atto"];
-    let rest = ["--epochs", "2", "--ocr-h", "32", "--ocr-w", "64", "--charset", "0-9"];
+    // One epoch (4 steps): the recognizer's head drifts further with each step (weights 2.4e-7 apart after one
+    // epoch, 8.1e-6 after two), and the bound should not depend on this CPU's noise.
+    let rest = ["--epochs", "1", "--ocr-h", "32", "--ocr-w", "64", "--charset", "0-9"];
     let args = [&args[..], &rest, &["--set", "ocr.dims=[16,24,32,48]", "--set", "ocr.depths=[1,1,1,1]"]].concat();
     let single = train(&args, dir.path(), "single", 4, None);
     let ranks = train(&args, dir.path(), "ranks", 2, Some(2));
