@@ -321,6 +321,8 @@ fn launches_that_cannot_work_are_refused_with_the_reason() {
     };
     let err = run(&["train", "--data", data, "--nproc", "2", "--trials", "2"], &[]);
     assert!(err.contains("--nproc") && err.contains("--trials"), "{err}");
+    let err = run(&["train", "--data", data, "--nproc", "2", "--dist-timeout=-5"], &[]);
+    assert!(err.contains("--dist-timeout") && err.contains("not in (0"), "{err}");
     let err = run(&["train", "--data", data, "--nproc", "100000"], &[]);
     assert!(err.contains("more ranks than this machine has cores"), "{err}");
     let err = run(&["train", "--data", data, "--nproc", "2"], &[("WORLD_SIZE", "2")]);

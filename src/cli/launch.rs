@@ -34,7 +34,7 @@ pub fn rank_command_line(args: &[String]) -> Vec<String> {
 }
 
 /// Runs the job: `nproc` ranks of this very command line, waited for; an error names the first rank that failed.
-pub fn run_ranks(nproc: usize, dist_timeout: Option<f64>) -> anyhow::Result<()> {
+pub fn run_ranks(nproc: usize, dist_timeout: Option<Duration>) -> anyhow::Result<()> {
     anyhow::ensure!(
         std::env::var_os("WORLD_SIZE").is_none(),
         "--nproc starts the ranks itself; this process is already a rank of a job (WORLD_SIZE is set): drop --nproc"
@@ -70,8 +70,8 @@ pub fn run_ranks(nproc: usize, dist_timeout: Option<f64>) -> anyhow::Result<()> 
         if std::env::var_os("GLOO_SOCKET_IFNAME").is_none() {
             command.env("GLOO_SOCKET_IFNAME", "lo");
         }
-        if let Some(seconds) = dist_timeout {
-            command.env(kiln_train::engine::data_parallel::TIMEOUT_VAR, seconds.to_string());
+        if let Some(timeout) = dist_timeout {
+            command.env(kiln_train::engine::data_parallel::TIMEOUT_VAR, timeout.as_secs_f64().to_string());
         }
         match command.spawn() {
             Ok(child) => children.push(child),

@@ -160,8 +160,8 @@ pub struct TrainArgs {
     pub nproc: Option<usize>,
     /// Seconds a rank waits for the others (store, collectives) before it fails (default 300; under torchrun set
     /// KILN_DIST_TIMEOUT).
-    #[arg(long, value_name = "SECONDS", requires = "nproc")]
-    pub dist_timeout: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = super::seconds::parse_seconds, requires = "nproc")]
+    pub dist_timeout: Option<std::time::Duration>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]

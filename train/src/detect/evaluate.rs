@@ -58,7 +58,6 @@ pub struct DetectionMetrics {
 pub struct DetectionEvaluation {
     /// The split's loss summed over its images, divided by all its positive locations.
     pub loss: f64,
-    pub loss_sum: f64,
     pub positives: i64,
     pub metrics: DetectionMetrics,
     pub images: usize,
@@ -159,7 +158,7 @@ impl DetectionShare {
     /// The share an evaluation is.
     pub fn of(evaluation: &DetectionEvaluation) -> Self {
         Self {
-            loss_sum: evaluation.loss_sum,
+            loss_sum: if evaluation.images > 0 { evaluation.loss * evaluation.positives.max(1) as f64 } else { 0.0 },
             positives: evaluation.positives,
             images: evaluation.images,
             detections: evaluation.detections.clone(),
@@ -209,7 +208,6 @@ impl DetectionShare {
         let pr_curves = categories.iter().map(|&c| coco.pr_curve(c, 0)).collect();
         DetectionEvaluation {
             loss: if self.images > 0 { self.loss_sum / self.positives.max(1) as f64 } else { f64::NAN },
-            loss_sum: self.loss_sum,
             positives: self.positives,
             metrics: DetectionMetrics {
                 coco: coco.into_stats(),

@@ -13,4 +13,4 @@ mod tests;
 pub use group::{ProcessGroup, ReduceOp};
 pub use launch::{DistEnv, DEFAULT_TIMEOUT};
 pub use reducer::GradientReducer;
-pub use shard::{deal, shard_indices};
+pub use shard::deal;

@@ -81,7 +81,7 @@ impl DataParallel {
     }
 
     pub fn is_main(&self) -> bool {
-        self.env.rank == 0
+        self.env.is_main()
     }
 
     /// Checks that every rank built the same variables, gives all of them rank 0's values, and arms the gradient
