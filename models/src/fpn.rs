@@ -1,9 +1,10 @@
 //! Feature Pyramid Network (Lin et al., "Feature Pyramid Networks for Object Detection",
-//! <https://arxiv.org/abs/1612.03144>) with RetinaNet/FCOS's extra levels P6 and P7.
+//! <https://arxiv.org/abs/1612.03144>) with RetinaNet/FCOS's extra levels P6 and P7 ([`Fpn::new`], over C3–C5), or
+//! Faster R-CNN's P2–P5 plus a max-pooled P6 ([`Fpn::with_max_pool`], over C2–C5).
 //!
 //! Parameter paths follow torchvision's `FeaturePyramidNetwork` and `LastLevelP6P7` under `fpn.`:
 //! `fpn.inner_blocks.{i}.0` (the 1×1 laterals), `fpn.layer_blocks.{i}.0` (the 3×3 outputs),
-//! `fpn.extra_blocks.p6`, `fpn.extra_blocks.p7`.
+//! `fpn.extra_blocks.p6`, `fpn.extra_blocks.p7`. `LastLevelMaxPool` has no parameters.
 
 use kiln_export::{Attr, Graph, Value};
 use tch::nn;
@@ -38,6 +39,10 @@ pub struct Fpn {
     layer_blocks: Vec<nn::Conv2D>,
     p6: Option<nn::Conv2D>,
     p7: Option<nn::Conv2D>,
+    /// Faster R-CNN's extra level: `max_pool2d(P5, kernel 1, stride 2)` (torchvision's `LastLevelMaxPool`).
+    max_pool: bool,
+    /// The stride of the first level: 8 over C3–C5, 4 over C2–C5.
+    first_stride: i64,
     pub channels: i64,
     pub num_levels: usize,
     name: String,
@@ -60,23 +65,69 @@ impl Fpn {
         if !FPN_LEVELS.contains(&num_levels) {
             return invalid("num_levels", format!("{num_levels} is not 3, 4 or 5 (P3–P5, P3–P6, P3–P7)"));
         }
-        let inner_blocks = in_channels
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| nn::conv2d(p / "inner_blocks" / i / 0, c, channels, 1, conv_config(0, 1)))
-            .collect();
-        let layer_blocks = (0..in_channels.len())
-            .map(|i| nn::conv2d(p / "layer_blocks" / i / 0, channels, channels, 3, conv_config(1, 1)))
-            .collect();
+        let inner_blocks = Self::laterals(p, in_channels, channels);
+        let layer_blocks = Self::outputs(p, in_channels.len(), channels);
         let extra = |name: &str| nn::conv2d(p / "extra_blocks" / name, channels, channels, 3, conv_config(1, 2));
         let p6 = (num_levels >= 4).then(|| extra("p6"));
         let p7 = (num_levels >= 5).then(|| extra("p7"));
-        Ok(Self { inner_blocks, layer_blocks, p6, p7, channels, num_levels, name: path_of(p) })
+        Ok(Self {
+            inner_blocks,
+            layer_blocks,
+            p6,
+            p7,
+            max_pool: false,
+            first_stride: 8,
+            channels,
+            num_levels,
+            name: path_of(p),
+        })
     }
 
-    /// Output stride of each level: 8, 16, 32 (, 64 (, 128)).
+    /// torchvision's Faster R-CNN pyramid under `p`: over C2–C5 (strides 4–32, `in_channels`), `channels` wide, with
+    /// P2–P5 and P6 = `max_pool2d(P5, 1, stride 2)` (`LastLevelMaxPool`): strides 4, 8, 16, 32, 64.
+    pub fn with_max_pool(p: &nn::Path, in_channels: &[i64], channels: i64) -> Result<Self> {
+        if in_channels.len() != 4 {
+            return Err(Error::InvalidSetting {
+                key: "fpn.in_channels".into(),
+                reason: format!("{} inputs (need C2, C3, C4, C5)", in_channels.len()),
+            });
+        }
+        if channels < 1 {
+            return Err(Error::InvalidSetting {
+                key: "fpn_channels".into(),
+                reason: format!("{channels} (need at least 1)"),
+            });
+        }
+        Ok(Self {
+            inner_blocks: Self::laterals(p, in_channels, channels),
+            layer_blocks: Self::outputs(p, in_channels.len(), channels),
+            p6: None,
+            p7: None,
+            max_pool: true,
+            first_stride: 4,
+            channels,
+            num_levels: 5,
+            name: path_of(p),
+        })
+    }
+
+    /// The 1×1 laterals, `inner_blocks.{i}.0`.
+    fn laterals(p: &nn::Path, in_channels: &[i64], channels: i64) -> Vec<nn::Conv2D> {
+        in_channels
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| nn::conv2d(p / "inner_blocks" / i / 0, c, channels, 1, conv_config(0, 1)))
+            .collect()
+    }
+
+    /// The 3×3 outputs, `layer_blocks.{i}.0`.
+    fn outputs(p: &nn::Path, count: usize, channels: i64) -> Vec<nn::Conv2D> {
+        (0..count).map(|i| nn::conv2d(p / "layer_blocks" / i / 0, channels, channels, 3, conv_config(1, 1))).collect()
+    }
+
+    /// Output stride of each level: 8, 16, 32 (, 64 (, 128)); 4 … 64 for [`Fpn::with_max_pool`].
     pub fn strides(&self) -> Vec<i64> {
-        (0..self.num_levels).map(|i| 8 << i).collect()
+        (0..self.num_levels).map(|i| self.first_stride << i).collect()
     }
 
     /// # Shapes
@@ -86,7 +137,7 @@ impl Fpn {
     /// # Panics
     /// If a level is not exactly twice the size of the next (the input was not a multiple of 32).
     pub fn forward(&self, features: &[Tensor]) -> Vec<Tensor> {
-        assert_eq!(features.len(), self.inner_blocks.len(), "the FPN takes C3, C4 and C5");
+        assert_eq!(features.len(), self.inner_blocks.len(), "the FPN takes one feature map per lateral");
         let last = features.len() - 1;
         let mut inner = features[last].apply(&self.inner_blocks[last]);
         let mut outputs = vec![inner.apply(&self.layer_blocks[last])];
@@ -114,6 +165,10 @@ impl Fpn {
                 outputs.push(level6);
             }
         }
+        if self.max_pool {
+            let pooled = outputs[last].max_pool2d([1, 1], [2, 2], [0, 0], [1, 1], false);
+            outputs.push(pooled);
+        }
         outputs
     }
 
@@ -123,7 +178,7 @@ impl Fpn {
         if features.len() != self.inner_blocks.len() {
             return Err(Error::InvalidSetting {
                 key: "fpn.inputs".into(),
-                reason: format!("{} features (need C3, C4, C5)", features.len()),
+                reason: format!("{} features (need {})", features.len(), self.inner_blocks.len()),
             });
         }
         let name = &self.name;
@@ -151,6 +206,16 @@ impl Fpn {
             } else {
                 outputs.push(level6);
             }
+        }
+        if self.max_pool {
+            let pooled = g.scoped(&join(name, "extra_blocks"), |g| {
+                g.op(
+                    "MaxPool",
+                    &[&outputs[last]],
+                    vec![Attr::Ints("kernel_shape", vec![1, 1]), Attr::Ints("strides", vec![2, 2])],
+                )
+            })?;
+            outputs.push(pooled);
         }
         Ok(outputs)
     }
@@ -234,6 +299,27 @@ mod tests {
         let p3: Vec<f32> = Vec::try_from(out[0].narrow(2, 0, 2).flatten(0, -1)).unwrap();
         let row = [11.0, 11.0, 21.0, 21.0, 32.0, 32.0, 42.0, 42.0];
         assert_eq!(p3, [row, row].concat());
+    }
+
+    #[test]
+    fn faster_rcnn_pyramid_has_p2_to_p6_with_a_max_pooled_p6() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let fpn = Fpn::with_max_pool(&(vs.root() / "fpn"), &[4, 8, 12, 16], 16).unwrap();
+        assert_eq!(fpn.strides(), [4, 8, 16, 32, 64]);
+        assert_eq!(vs.variables()["fpn.inner_blocks.0.0.weight"].size(), [16, 4, 1, 1], "C2 is lateral 0");
+        assert_eq!(vs.variables().len(), 16, "4 laterals and 4 outputs, weight and bias; the pool has none");
+        let features: Vec<Tensor> = [(4, 4), (8, 8), (12, 16), (16, 32)]
+            .iter()
+            .map(|&(c, s)| Tensor::randn([2, c, 96 / s, 160 / s], (Kind::Float, Device::Cpu)))
+            .collect();
+        let out = tch::no_grad(|| fpn.forward(&features));
+        let shapes: Vec<Vec<i64>> = out.iter().map(Tensor::size).collect();
+        assert_eq!(shapes, [[2, 16, 24, 40], [2, 16, 12, 20], [2, 16, 6, 10], [2, 16, 3, 5], [2, 16, 2, 3]]);
+        // P6 picks every other P5 pixel, starting at the first.
+        let picked = out[3].slice(2, 0, 3, 2).slice(3, 0, 5, 2);
+        assert_eq!(f64::try_from((&out[4] - picked).abs().max()).unwrap(), 0.0);
+        let err = Fpn::with_max_pool(&vs.root(), &[8, 12, 16], 16).unwrap_err().to_string();
+        assert!(err.contains("3 inputs"), "{err}");
     }
 
     #[test]
