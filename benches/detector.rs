@@ -18,6 +18,7 @@ use kiln_infer::{Backend, Detector, Ep, Model};
 use kiln_models::ObjectDetector;
 use kiln_train::data::Normalize;
 use kiln_train::detect::export::{detector_onnx, DetectorGraphSpec};
+use kiln_train::detect::model::DetectorModel;
 use kiln_train::detect::synthetic::{draw_scene, ScenesSpec};
 use kiln_train::detect::task::detector_config;
 use kiln_train::export::ExportOptions;
@@ -46,7 +47,8 @@ fn setup() -> Setup {
     let vs = nn::VarStore::new(Device::Cpu);
     // The detector `kiln train --task detect --model convnext_atto` builds.
     let config = TrainConfig { model: "convnext_atto".into(), ..TrainConfig::default() };
-    let model = ObjectDetector::new(&vs.root(), &detector_config(&config, CLASSES).unwrap()).unwrap();
+    let model =
+        DetectorModel::Fcos(ObjectDetector::new(&vs.root(), &detector_config(&config, CLASSES).unwrap()).unwrap());
     let spec = DetectorGraphSpec {
         img_size: SIZE,
         normalize: Normalize::default(),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Trains torchvision's FCOS and kiln's detector side by side on one COCO-layout detection set, with the same
+"""Trains torchvision's FCOS (or Faster R-CNN, `--head faster_rcnn`) and kiln's detector side by side on one COCO-layout detection set, with the same
 epochs, input size, batch, optimiser and schedule, and scores both on the test split with pycocotools.
 
 The reference (torchvision 0.26): `torchvision.models.detection.FCOS` on timm's `convnext_atto` (random init,
@@ -23,6 +23,11 @@ the last epoch is scored. Recipes:
     python scripts/detect_vs_torchvision.py --data SETS/digits_small --epochs 60 --seeds 0,1,2 --recipe matched \
         --json digits_matched.json
     ... --which kiln  (or torch) to run one side; --kiln PATH for the binary (default target/release/kiln)
+
+--head faster_rcnn: torchvision's `FasterRCNN` (v1) on timm's `convnext_atto` (all four stages) with torchvision's
+FPN and `LastLevelMaxPool` (P2-P6), anchors of `--anchor-sizes` (one per level) and ratios 0.5 / 1 / 2, its
+default RPN and RoI settings, score threshold 0.05, NMS 0.5, 100 detections; kiln with `detect.head: faster_rcnn`,
+the same anchors and `detect.nms.iou_threshold: 0.5`. Both sides take the same epochs, sizes and sampling.
 
 Needs torch 2.11, torchvision 0.26, timm, pycocotools (a throwaway venv). Prints a markdown table with each seed's
 test mAP@[.5:.95] and mAP@.5 (pycocotools for both), training images/s, and the means over seeds.
@@ -59,6 +64,8 @@ def parse_args():
     ap.add_argument("--fpn-channels", type=int, default=96)
     ap.add_argument("--head-convs", type=int, default=4)
     ap.add_argument("--recipe", choices=["matched", "default"], default="matched")
+    ap.add_argument("--head", choices=["fcos", "faster_rcnn"], default="fcos")
+    ap.add_argument("--anchor-sizes", default="16,32,64,128,256", help="Faster R-CNN: one anchor size per level P2-P6")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--which", default="kiln,torch")
@@ -81,7 +88,8 @@ try:
     from PIL import Image
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    from torchvision.models.detection import FCOS
+    from torchvision.models.detection import FCOS, FasterRCNN
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.ops import FeaturePyramidNetwork
 except ImportError as e:
@@ -135,6 +143,32 @@ def torchvision_fcos(num_classes, head_convs=4, drop_path_rate=0.0):
         from torchvision.models.detection.fcos import FCOSHead
         model.head = FCOSHead(args.fpn_channels, 1, num_classes, num_convs=head_convs)
     return model
+
+
+class TimmFpnP2P6(torch.nn.Module):
+    """timm's convnext C2-C5 with torchvision's FPN and LastLevelMaxPool (P2-P6), as BackboneWithFPN."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.body = timm.create_model("convnext_atto", pretrained=False, features_only=True, out_indices=(0, 1, 2, 3),
+                                      drop_path_rate=0.0)
+        self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = channels
+
+    def forward(self, x):
+        return self.fpn({str(i): f for i, f in enumerate(self.body(x))})
+
+
+def anchor_sizes():
+    return [float(s) for s in args.anchor_sizes.split(",")]
+
+
+def torchvision_faster_rcnn(num_classes):
+    anchors = AnchorGenerator(sizes=tuple((s,) for s in anchor_sizes()), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    return FasterRCNN(TimmFpnP2P6(args.fpn_channels), num_classes=num_classes + 1, min_size=args.img_size,
+                      max_size=args.img_size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+                      rpn_anchor_generator=anchors, box_score_thresh=0.05, box_nms_thresh=0.5,
+                      box_detections_per_img=100)
 
 
 def load_kiln_weights(model, path):
@@ -195,7 +229,9 @@ def train_torch(seed):
     torch.set_num_threads(args.threads)
     train, cats = read_split("train")
     test, _ = read_split("test")
-    model = torchvision_fcos(len(cats), head_convs=args.head_convs)
+    two_stage = args.head == "faster_rcnn"
+    model = torchvision_faster_rcnn(len(cats)) if two_stage else torchvision_fcos(len(cats), head_convs=args.head_convs)
+    shift = 1 if two_stage else 0  # torchvision's two-stage labels count the background as 0
     if args.torch_init:
         load_kiln_weights(model, args.torch_init)
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -221,6 +257,7 @@ def train_torch(seed):
                     boxes[:, [0, 2]] = w - t["boxes"][:, [2, 0]]
                     t = {"boxes": boxes, "labels": t["labels"]}
                 xs.append(x)
+                t = {"boxes": t["boxes"], "labels": t["labels"] + shift}
                 ts.append(t)
             for g in opt.param_groups:
                 g["lr"] = kiln_schedule(step, steps_per_epoch)
@@ -237,8 +274,8 @@ def train_torch(seed):
         losses.append(parts[0])
         box_losses.append(parts[2])
         if epoch % 10 == 0 or epoch == args.epochs - 1:
-            print(f"  torch seed {seed} epoch {epoch + 1}: loss {parts[0]:.4f} (cls {parts[1]:.4f}, box {parts[2]:.4f}, "
-                  f"ctr {parts[3]:.4f})", file=sys.stderr, flush=True)
+            named = ", ".join(f"{k} {v:.4f}" for k, v in zip(loss_dict.keys(), parts[1:]))
+            print(f"  torch seed {seed} epoch {epoch + 1}: loss {parts[0]:.4f} ({named})", file=sys.stderr, flush=True)
     model.eval()
     results = []
     with torch.no_grad():
@@ -248,7 +285,7 @@ def train_torch(seed):
             for (_, _, image_id), out in zip(chunk, outs):
                 for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
                     x1, y1, x2, y2 = box
-                    results.append({"image_id": image_id, "category_id": cats[label],
+                    results.append({"image_id": image_id, "category_id": cats[label - shift],
                                     "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     stats = coco_stats("test", results)
     return {**stats, "images_per_s": images / seconds, "first_loss": losses[0], "last_loss": losses[-1],
@@ -269,6 +306,11 @@ def kiln_config(seed, workdir):
             "augment": {"hflip": 0.5, "scale": [1.0, 1.0], "translate": 0.0, "hsv_h": 0.0, "hsv_s": 0.0,
                         "hsv_v": 0.0, "mosaic": 0.0},
         }
+    if args.head == "faster_rcnn":
+        detect = config.setdefault("detect", {})
+        detect.update({"head": "faster_rcnn", "fpn_channels": args.fpn_channels,
+                       "anchors": {"sizes": [[s] for s in anchor_sizes()], "aspect_ratios": [0.5, 1.0, 2.0]}})
+        detect.setdefault("nms", {})["iou_threshold"] = 0.5
     for item in args.kiln_set:
         key, value = item.split("=", 1)
         node = config
@@ -309,7 +351,7 @@ def train_kiln(seed, workdir):
 def main():
     seeds = [int(s) for s in args.seeds.split(",")]
     which = args.which.split(",")
-    results = {"data": args.data, "recipe": args.recipe, "epochs": args.epochs, "batch": args.batch,
+    results = {"data": args.data, "recipe": args.recipe, "head": args.head, "epochs": args.epochs, "batch": args.batch,
                "lr": args.lr, "img_size": args.img_size, "cpu": cpu_name(), "torch": torch.__version__,
                "runs": {w: {} for w in which}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -323,7 +365,7 @@ def main():
                 results["runs"][w][seed] = r
                 print(f"{w} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in r.items()), file=sys.stderr,
                       flush=True)
-    print(f"\n{args.data} ({args.recipe}, {args.epochs} epochs, batch {args.batch}, lr {args.lr}); {cpu_name()}\n")
+    print(f"\n{args.data} ({args.head}, {args.recipe}, {args.epochs} epochs, batch {args.batch}, lr {args.lr}); {cpu_name()}\n")
     print("| trainer | seed | test mAP@[.5:.95] | test mAP@.5 | train images/s |")
     print("|---|---|---|---|---|")
     for w in which:

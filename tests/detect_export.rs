@@ -122,7 +122,9 @@ fn the_detector_in_kiln_infer_finds_what_validation_found() {
     // Validation's own detections (libtorch), in original pixels.
     let ckpt = kiln_train::checkpoint::load(&run.checkpoint(kiln_train::Which::Best)).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = ObjectDetector::new(&vs.root(), &detector_config(&ckpt.state.config, 2).unwrap()).unwrap();
+    let model = kiln_train::detect::model::DetectorModel::Fcos(
+        ObjectDetector::new(&vs.root(), &detector_config(&ckpt.state.config, 2).unwrap()).unwrap(),
+    );
     load_into(&vs, ckpt.weights(), &ckpt.path, HeadPolicy::Strict, &[]).unwrap();
     let saved = &ckpt.state.config;
     let dataset = open_dataset(saved).unwrap();

@@ -129,6 +129,10 @@ impl TractPlans {
     }
 }
 
+/// ONNX operators kiln's exports can contain that tract 0.23 does not implement: `RoiAlign` (Faster R-CNN's
+/// pooling).
+pub const TRACT_CANNOT_RUN: [&str; 1] = ["RoiAlign"];
+
 fn tract_error(e: tract_onnx::prelude::TractError) -> Error {
     Error::Tract(format!("{e:#}"))
 }
@@ -243,7 +247,21 @@ impl ModelBuilder {
                 })?;
                 Engine::Ort(Mutex::new(session))
             }
-            Backend::Tract => Engine::Tract(TractPlans::new(path, &input, image, input.shape[0].unwrap_or(1))?),
+            Backend::Tract => {
+                // Refused by name rather than by tract's translation error deep inside the graph.
+                if let Some(op) = proto.graph.node.iter().find(|n| TRACT_CANNOT_RUN.contains(&n.op_type.as_str())) {
+                    return Err(Error::ModelFile {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "tract cannot run its {} node '{}' ({}); open it with ONNX Runtime (`--backend ort-cpu`)",
+                            op.op_type,
+                            op.name,
+                            metadata.as_ref().map(|m| m.architecture.as_str()).unwrap_or("this graph"),
+                        ),
+                    });
+                }
+                Engine::Tract(TractPlans::new(path, &input, image, input.shape[0].unwrap_or(1))?)
+            }
         };
         Ok(Model {
             path: path.to_path_buf(),

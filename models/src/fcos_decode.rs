@@ -64,6 +64,17 @@ impl Locations {
         }
     }
 
+    /// The same locations with their tensors on `device`.
+    pub fn to_device(&self, device: Device) -> Self {
+        Self {
+            points: self.points.to_device(device),
+            strides: self.strides.to_device(device),
+            level_sizes: self.level_sizes.clone(),
+            strides_per_level: self.strides_per_level.clone(),
+            image_size: self.image_size,
+        }
+    }
+
     /// The number of locations, `A`.
     pub fn len(&self) -> i64 {
         self.level_sizes.iter().map(|(h, w)| h * w).sum()

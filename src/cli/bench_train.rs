@@ -46,6 +46,28 @@ pub struct BenchTrainArgs {
     /// Also write the result as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// A key of the task's config section, e.g. `--set head=faster_rcnn` for detection (repeatable; values are
+    /// YAML).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// `KEY=VALUE` pairs (dotted keys nest) as a JSON object.
+fn task_settings(pairs: &[String]) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    use anyhow::Context;
+    let mut root = serde_json::Map::new();
+    for item in pairs {
+        let (key, raw) = item.split_once('=').with_context(|| format!("--set {item}: expected KEY=VALUE"))?;
+        let value: serde_json::Value = serde_yaml::from_str(raw).with_context(|| format!("--set {item}: bad value"))?;
+        let mut node = &mut root;
+        let parts: Vec<&str> = key.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            let entry = node.entry(part.to_string()).or_insert_with(|| serde_json::json!({}));
+            node = entry.as_object_mut().with_context(|| format!("--set {item}: {part} is not a section"))?;
+        }
+        node.insert(parts[parts.len() - 1].to_string(), value);
+    }
+    Ok(root)
 }
 
 pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
@@ -61,6 +83,7 @@ pub fn run(args: BenchTrainArgs) -> anyhow::Result<()> {
         amp: args.amp,
         channels_last: args.channels_last,
         threads: args.threads,
+        task_settings: task_settings(&args.set)?,
         ..Default::default()
     };
     let r = bench_train_step(&config)?;

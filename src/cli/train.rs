@@ -158,6 +158,11 @@ pub struct TrainArgs {
     /// MASTER_ADDR, MASTER_PORT) leave it out.
     #[arg(long, value_name = "N", conflicts_with_all = ["trials", "fast_dev_run"])]
     pub nproc: Option<usize>,
+    /// `auto`: fit Faster R-CNN's anchors to the training boxes (k-means with 1 - IoU at the letterboxed training
+    /// scale, one size per pyramid level and the configured number of aspect ratios) and train with them; the run's
+    /// config.yaml keeps them. Needs detect.head: faster_rcnn.
+    #[arg(long, value_name = "auto", value_parser = ["auto"], conflicts_with = "resume")]
+    pub anchors: Option<String>,
     /// Seconds a rank waits for the others (store, collectives) before it fails (default 300; under torchrun set
     /// KILN_DIST_TIMEOUT).
     #[arg(long, value_name = "SECONDS", value_parser = super::seconds::parse_seconds, requires = "nproc")]
@@ -292,8 +297,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     }
     if args.trials.is_some() {
-        let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
+        let mut config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
         kiln_train::tasks::check_settings(&config)?;
+        fit_anchors(&args, &mut config)?;
         return run_study(&args, &config);
     }
     let outcome = match &args.resume {
@@ -311,7 +317,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             kiln_train::tasks::resume(RunDir::open(dir)?)?
         }
         None => {
-            let config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
+            let mut config = TrainConfig::resolve(args.config.as_deref(), &args.overrides()?)?;
+            fit_anchors(&args, &mut config)?;
             if config.fast_dev_run > 0 {
                 print_fast_dev_run(&kiln_train::tasks::fast_dev_run(&config)?);
                 return Ok(());
@@ -324,6 +331,27 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if !other_rank {
         print_outcome(&*outcome);
     }
+    Ok(())
+}
+
+/// `--anchors auto`: fits the anchors into `config` and says how well they and the ones they replace cover the boxes.
+fn fit_anchors(args: &TrainArgs, config: &mut TrainConfig) -> anyhow::Result<()> {
+    if args.anchors.is_none() {
+        return Ok(());
+    }
+    let fit = kiln_train::detect::anchor_fit::fit_into_config(config)?;
+    let sizes: Vec<String> = fit.anchors.sizes.iter().map(|s| format!("{}", s[0])).collect();
+    let ratios: Vec<String> = fit.anchors.aspect_ratios.iter().map(|r| format!("{r}")).collect();
+    println!(
+        "anchors fitted to {} training boxes at {} px: sizes {} (P2-P6), aspect ratios {}; mean best IoU {:.3} \
+         (the anchors they replace: {:.3})",
+        fit.boxes,
+        config.img_size,
+        sizes.join(", "),
+        ratios.join(", "),
+        fit.fitted_iou,
+        fit.default_iou
+    );
     Ok(())
 }
 
@@ -404,7 +432,7 @@ fn run_study(args: &TrainArgs, config: &TrainConfig) -> anyhow::Result<()> {
     };
     fail_trial_on_interrupt(options.running.clone().expect("set above"))?;
     let outcome = kiln_train::tune::run_study(config, &options)?;
-    let objective = format!("val {}", kiln_train::tasks::objective(config.task)?.metric);
+    let objective = format!("val {}", kiln_train::tasks::objective(config)?.metric);
     super::study::print_trials(&outcome.trials, &objective);
     super::study::print_best(outcome.best.as_ref(), &objective)?;
     println!("study directory: {} (ran {} trial(s) now)", outcome.dir.display(), outcome.ran);

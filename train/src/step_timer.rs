@@ -29,6 +29,8 @@ pub struct StepBenchConfig {
     /// libtorch threads; 0 keeps libtorch's default.
     pub threads: usize,
     pub drop_path_rate: f64,
+    /// The task's section of the config (e.g. detection's `{"head": "faster_rcnn"}`); empty: its defaults.
+    pub task_settings: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for StepBenchConfig {
@@ -45,6 +47,7 @@ impl Default for StepBenchConfig {
             amp: AmpMode::Auto,
             channels_last: true,
             threads: 0,
+            task_settings: Default::default(),
             drop_path_rate: 0.1,
         }
     }

@@ -93,7 +93,7 @@ pub fn run_study(base: &TrainConfig, options: &StudyOptions) -> Result<StudyOutc
         Some(space) => space.clone(),
         None => default_space(base.task)?,
     };
-    let objective = tasks::objective(base.task)?;
+    let objective = tasks::objective(base)?;
     let mut trainer = RunTrainer {
         base,
         objective: kiln_tune::Objective { metric: objective.metric.into(), direction: objective.direction },

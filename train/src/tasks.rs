@@ -63,9 +63,9 @@ fn summary<T: Task>(outcome: Outcome<T>) -> RunSummary {
     RunSummary { run: outcome.run, interrupted: outcome.interrupted, best_objective: outcome.best_objective }
 }
 
-/// The validation metric that task `kind` optimises.
-pub fn objective(kind: TaskKind) -> Result<Objective> {
-    with_task!(kind, T => Ok(T::OBJECTIVE))
+/// The validation metric that a run of `config` optimises (its task's, or the one its settings choose).
+pub fn objective(config: &TrainConfig) -> Result<Objective> {
+    with_task!(config.task, T => T::objective_of(config))
 }
 
 /// The search space a study of task `kind` uses by default.

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 /// Anchor sizes per level (the square root of the anchor's area, in input pixels) and the aspect ratios
 /// (height / width) every level shares.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AnchorConfig {
     /// One list per pyramid level, smallest level first (P2 …): torchvision's `((32,), (64,), (128,), (256,), (512,))`.
     pub sizes: Vec<Vec<f64>>,

@@ -14,6 +14,7 @@
 
 pub mod anchors;
 pub mod box_coder;
+pub mod emit;
 pub mod matcher;
 pub mod roi_align;
 pub mod roi_heads;
@@ -206,7 +207,7 @@ impl FasterRcnn {
         let features = self.features(images, false);
         let outputs = self.rpn.forward(&features);
         let proposals = self.rpn.proposals(&outputs, anchors, size[2], size[3], false);
-        self.roi_heads.detect(&features[..4], &proposals, size[2], size[3])
+        self.roi_heads.detect(&features[..4], &proposals, size[2], size[3], self.num_candidates())
     }
 
     /// Parameter-path prefixes of the backbone's units in forward order (see [`ConvNext::unit_prefixes`]).

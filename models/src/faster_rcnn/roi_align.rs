@@ -8,9 +8,10 @@
 //! the map. Unaligned boxes are at least one pixel wide and high. The ONNX equivalent is `RoiAlign` (opset 16)
 //! with `coordinate_transformation_mode` `output_half_pixel` (unaligned) or `half_pixel` (aligned).
 //!
-//! Bilinear sampling is separable, so the bins are made in two gathers: each output row mixes the `2 · ratio`
-//! feature rows its samples touch, then each output column the `2 · ratio` columns. Memory is
-//! `K · output · C · W` per step, not `K · C · H · W`.
+//! Bilinear sampling is separable, so a box's bins are two small matrix products: an `output × H` matrix (each
+//! row the weights of the feature rows a bin's samples touch) times the map, then times a `W × output` matrix.
+//! Per image that is one `[K·output, H] × [H, C·W]` product and a batched `[output·C, W] × [W, output]` one, with
+//! `K · output · C · W` floats in between, not `K · C · H · W`; the backward pass is matrix products too.
 
 use kiln_export::{Attr, Graph, Value};
 use tch::{Kind, Tensor};
@@ -50,34 +51,34 @@ impl RoiAlign {
             width = width.clamp_min(1.0);
             height = height.clamp_min(1.0);
         }
-        let (rows, row_weights) = self.taps(&start_y, &height, h);
-        let (cols, col_weights) = self.taps(&start_x, &width, w);
         let kind = features.kind();
-        // Rows: [N·H, C, W] indexed by image · H + row.
-        let by_row = features.permute([0, 2, 1, 3]).reshape([n * h, c, w]);
-        let row_base = (&batch * h).view([k, 1]);
-        let mut mixed_rows: Option<Tensor> = None;
-        for t in 0..rows.size()[2] {
-            let index = (rows.select(2, t) + &row_base).reshape([-1]);
-            let weight = row_weights.select(2, t).reshape([k, out, 1, 1]).to_kind(kind);
-            let part = by_row.index_select(0, &index).view([k, out, c, w]) * weight;
-            mixed_rows = Some(match mixed_rows {
-                Some(sum) => sum + part,
-                None => part,
-            });
+        let device = features.device();
+        // Dense interpolation matrices: row_mix [K, out, H] and col_mix [K, out, W], each row a bin's weights.
+        let mix = |start: &Tensor, length: &Tensor, size: i64| {
+            let (index, weight) = self.taps(start, length, size);
+            Tensor::zeros([k, out, size], (Kind::Float, device)).scatter_add(2, &index, &weight).to_kind(kind)
+        };
+        let row_mix = mix(&start_y, &height, h);
+        let col_mix = mix(&start_x, &width, w);
+        let batch: Vec<i64> = Vec::try_from(batch.to_device(tch::Device::Cpu)).expect("int64 image indices");
+        let mut parts = Vec::new();
+        let mut order = Vec::with_capacity(k as usize);
+        for image in 0..n {
+            let mine: Vec<i64> = (0..k).filter(|&i| batch[i as usize] == image).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let index = Tensor::from_slice(&mine).to_device(device);
+            let kb = mine.len() as i64;
+            // Rows: [Kb·out, H] @ [H, C·W] → [Kb, out, C, W].
+            let map = features.get(image).permute([1, 0, 2]).reshape([h, c * w]);
+            let rows = row_mix.index_select(0, &index).reshape([kb * out, h]).matmul(&map);
+            // Columns: [Kb, out·C, W] @ [Kb, W, out] → [Kb, out, C, out].
+            let cols = col_mix.index_select(0, &index).transpose(1, 2);
+            parts.push(rows.view([kb, out * c, w]).bmm(&cols).view([kb, out, c, out]));
+            order.extend(mine);
         }
-        let mixed_rows = mixed_rows.expect("at least one tap"); // [K, out, C, W]
-        let mut pooled: Option<Tensor> = None;
-        for t in 0..cols.size()[2] {
-            let index = cols.select(2, t).view([k, 1, 1, out]).expand([k, out, c, out], false);
-            let weight = col_weights.select(2, t).view([k, 1, 1, out]).to_kind(kind);
-            let part = mixed_rows.gather(3, &index, false) * weight;
-            pooled = Some(match pooled {
-                Some(sum) => sum + part,
-                None => part,
-            });
-        }
-        pooled.expect("at least one tap").permute([0, 2, 1, 3]).contiguous()
+        restore_order(Tensor::cat(&parts, 0), &order).permute([0, 2, 1, 3])
     }
 
     /// The feature indices `[K, output, 2 · ratio]` (int64) and weights (each divided by `ratio`) that one axis's
@@ -132,6 +133,18 @@ impl RoiAlign {
     }
 }
 
+/// `rows` (the items at positions `order` of some list, in that order) put back in list order.
+fn restore_order(rows: Tensor, order: &[i64]) -> Tensor {
+    if order.windows(2).all(|w| w[0] < w[1]) {
+        return rows;
+    }
+    let mut inverse = vec![0i64; order.len()];
+    for (position, &item) in order.iter().enumerate() {
+        inverse[item as usize] = position as i64;
+    }
+    rows.index_select(0, &Tensor::from_slice(&inverse).to_device(rows.device()))
+}
+
 /// torchvision's `LevelMapper`: a box of area `a` pools from level `⌊4 + log2(√a / 224) + 1e-6⌋` clamped to
 /// `[k_min, k_max]`, returned as an index from `k_min`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -175,16 +188,22 @@ impl MultiScaleRoiAlign {
         let c = features[0].size()[1];
         let out = self.align.output;
         let levels = LevelMapper::for_strides(&self.strides).levels(&rois.narrow(1, 1, 4));
-        let mut result = Tensor::zeros([k, c, out, out], (features[0].kind(), features[0].device()));
+        let levels: Vec<i64> = Vec::try_from(levels.to_device(tch::Device::Cpu)).expect("int64 levels");
+        let mut parts = Vec::new();
+        let mut order = Vec::with_capacity(k as usize);
         for (level, (map, &stride)) in features.iter().zip(&self.strides).enumerate() {
-            let index = levels.eq(level as i64).nonzero().squeeze_dim(1);
-            if index.size()[0] == 0 {
+            let mine: Vec<i64> = (0..k).filter(|&i| levels[i as usize] == level as i64).collect();
+            if mine.is_empty() {
                 continue;
             }
-            let pooled = self.align.forward(map, &rois.index_select(0, &index), 1.0 / stride as f64);
-            result = result.index_copy(0, &index, &pooled);
+            let index = Tensor::from_slice(&mine).to_device(rois.device());
+            parts.push(self.align.forward(map, &rois.index_select(0, &index), 1.0 / stride as f64));
+            order.extend(mine);
         }
-        result
+        if parts.is_empty() {
+            return Tensor::zeros([0, c, out, out], (features[0].kind(), features[0].device()));
+        }
+        restore_order(Tensor::cat(&parts, 0), &order)
     }
 }
 

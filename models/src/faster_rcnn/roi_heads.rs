@@ -63,7 +63,7 @@ pub struct RoiLosses {
 
 #[derive(Debug)]
 pub struct RoiHeads {
-    pub(crate) fc6: nn::Linear,
+    pub fc6: nn::Linear,
     pub(crate) fc7: nn::Linear,
     pub(crate) cls_score: nn::Linear,
     pub(crate) bbox_pred: nn::Linear,
@@ -167,10 +167,17 @@ impl RoiHeads {
         RoiLosses { classifier, box_regression }
     }
 
-    /// Inference on `proposals` of an `height × width` input: per image, the best [`RoiSettings::candidates`]
-    /// (box, class) pairs as boxes `[N, M, 4]` and scores `[N, M, C]` (each row's score in its class's column,
-    /// zeros elsewhere and in padding), the form FCOS's decoding gives, for the same NMS.
-    pub fn detect(&self, features: &[Tensor], proposals: &[Tensor], height: i64, width: i64) -> (Tensor, Tensor) {
+    /// Inference on `proposals` of an `height × width` input: per image, the best `m` (box, class) pairs as boxes
+    /// `[N, m, 4]` and scores `[N, m, C]` (each row's score in its class's column, zeros elsewhere and in padding),
+    /// the form FCOS's decoding gives, for the same NMS.
+    pub fn detect(
+        &self,
+        features: &[Tensor],
+        proposals: &[Tensor],
+        height: i64,
+        width: i64,
+        m: i64,
+    ) -> (Tensor, Tensor) {
         let c = self.num_classes;
         let device = features[0].device();
         let (class_logits, deltas) = self.forward(features, &Self::rois(proposals));
@@ -192,7 +199,6 @@ impl RoiHeads {
         let h = boxes.select(2, 3) - boxes.select(2, 1);
         let big = w.ge(self.settings.min_size).logical_and(&h.ge(self.settings.min_size));
         let scores = scores * big.to_kind(Kind::Float);
-        let m = (proposals.iter().map(|p| p.size()[0]).max().unwrap_or(0) * c).min(self.settings.candidates);
         let mut out_boxes = Vec::new();
         let mut out_scores = Vec::new();
         for (&start, p) in starts.iter().zip(proposals) {

@@ -8,12 +8,13 @@ use tch::{Device, Kind};
 
 use kiln_infer::nms::{nms_per_image, Detection};
 use kiln_infer::unletterbox;
-use kiln_models::{Locations, ObjectDetector};
+use kiln_models::faster_rcnn::SplitMix64;
 
 use super::coco_eval::{self, CocoParams, CocoStats, GroundTruth, Prediction};
 use super::loader::DetectLoader;
 use super::loss::fcos_losses;
 use super::matching::{match_image, threshold_metrics, Matched, ThresholdMetrics, TruthBox};
+use super::model::DetectorModel;
 use super::settings::DetectSettings;
 use super::targets::{assign, locations_on};
 use crate::engine::Batches;
@@ -92,8 +93,11 @@ pub fn draw_first_images(
     super::drawing::draw_predictions(path, &drawn, class_names, score_threshold as f32)
 }
 
+/// Detects on every image of `loader` as production does and scores the detections; also the split's loss (FCOS:
+/// summed over the batches and divided by all their positive locations; Faster R-CNN: the mean over images of its
+/// training loss, with the samplers seeded per batch so that the value does not move between evaluations).
 pub fn evaluate(
-    model: &ObjectDetector,
+    model: &DetectorModel,
     loader: &DetectLoader,
     precision: &Precision,
     settings: &DetectSettings,
@@ -101,29 +105,50 @@ pub fn evaluate(
     img_size: u32,
 ) -> Result<DetectionEvaluation> {
     let device = precision.device;
-    let (locations, points, strides) = locations_on(model, img_size as i64, device);
     let samples = loader.items().samples();
     let mut share = DetectionShare { loss_sum: 0.0, positives: 0, images: 0, detections: Vec::new() };
+    let fcos_locations = match model {
+        DetectorModel::Fcos(m) => Some(locations_on(m, img_size as i64, device)),
+        DetectorModel::FasterRcnn(_) => None,
+    };
     tch::no_grad(|| -> Result<()> {
         for batch in loader.epoch(0, false) {
             let batch = batch?;
             let xs = precision.prepare_batch(&batch.images.to_device(device))?;
-            let outputs = precision.autocast(|| model.forward_t(&xs, false));
-            let assignments: Vec<_> = (0..batch.targets.len())
+            let truths: Vec<(tch::Tensor, tch::Tensor)> = (0..batch.targets.len())
                 .map(|i| {
                     let (boxes, classes) = batch.boxes_tensors(i);
-                    assign(&points, &strides, &boxes.to_device(device), &classes.to_device(device))
+                    (boxes.to_device(device), classes.to_device(device))
                 })
                 .collect();
-            let losses = fcos_losses(&outputs.cls_logits, &outputs.box_ltrb, &outputs.centerness_logits, &assignments);
-            // The loss over the whole split, as one batch: summed, then divided by all its positive locations (so
-            // that it does not depend on how the split is batched or shared between ranks).
-            share.loss_sum += losses.total.double_value(&[]) * losses.positives.max(1) as f64;
-            share.positives += losses.positives;
-            let (boxes, scores) = model.decode(&outputs, &locations_on_device(&locations, device));
+            let (boxes, scores) = match (model, &fcos_locations) {
+                (DetectorModel::Fcos(m), Some((locations, points, strides))) => {
+                    let outputs = precision.autocast(|| m.forward_t(&xs, false));
+                    let assignments: Vec<_> =
+                        truths.iter().map(|(boxes, classes)| assign(points, strides, boxes, classes)).collect();
+                    let losses =
+                        fcos_losses(&outputs.cls_logits, &outputs.box_ltrb, &outputs.centerness_logits, &assignments);
+                    // The loss over the whole split, as one batch: summed, then divided by all its positive
+                    // locations (so that it does not depend on how the split is batched or shared between ranks).
+                    share.loss_sum += losses.total.double_value(&[]) * losses.positives.max(1) as f64;
+                    share.positives += losses.positives;
+                    m.decode(&outputs, &locations.to_device(device))
+                }
+                (DetectorModel::FasterRcnn(m), _) => {
+                    let size = xs.size();
+                    let anchors = m.anchors(size[2], size[3]);
+                    let mut rng = SplitMix64::new(VAL_SAMPLER_SEED ^ batch.targets[0].index as u64);
+                    let losses = precision.autocast(|| m.losses(&xs, &anchors, &truths, &mut rng, false));
+                    let images = batch.targets.len() as i64;
+                    share.loss_sum += losses.total().double_value(&[]) * images as f64;
+                    share.positives += images;
+                    precision.autocast(|| m.detect(&xs, &anchors))
+                }
+                (DetectorModel::Fcos(_), None) => unreachable!("FCOS's locations are made above"),
+            };
             let boxes: Vec<f32> = Vec::try_from(boxes.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
             let scores: Vec<f32> = Vec::try_from(scores.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
-            let a = locations.len() as usize;
+            let a = boxes.len() / 4 / batch.targets.len().max(1);
             for (i, target) in batch.targets.iter().enumerate() {
                 let image_boxes: Vec<[f32; 4]> =
                     boxes[i * a * 4..(i + 1) * a * 4].chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
@@ -142,6 +167,9 @@ pub fn evaluate(
     })?;
     Ok(share.into_evaluation(samples, settings, num_classes))
 }
+
+/// The seed of Faster R-CNN's samplers in validation, mixed with each batch's first sample index.
+const VAL_SAMPLER_SEED: u64 = 0x6b69_6c6e_5f76_616c;
 
 /// What a detector's evaluation of part of a split contributes to the whole's: each image's detections (in
 /// original pixels, by sample index) and the loss's sums; COCO's and the threshold's metrics are computed over all
@@ -217,15 +245,5 @@ impl DetectionShare {
             pr_curves,
             detections: self.detections,
         }
-    }
-}
-
-fn locations_on_device(locations: &Locations, device: Device) -> Locations {
-    Locations {
-        points: locations.points.to_device(device),
-        strides: locations.strides.to_device(device),
-        level_sizes: locations.level_sizes.clone(),
-        strides_per_level: locations.strides_per_level.clone(),
-        image_size: locations.image_size,
     }
 }

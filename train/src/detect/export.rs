@@ -8,8 +8,8 @@ use kiln_export::{
 };
 use kiln_infer::nms::NmsConfig;
 use kiln_infer::Exif;
-use kiln_models::ObjectDetector;
 
+use super::model::DetectorModel;
 use super::settings::DetectSettings;
 use crate::checkpoint;
 use crate::config::TaskKind;
@@ -48,19 +48,44 @@ pub fn nms_settings(nms: &NmsConfig) -> NmsSettings {
 /// `options.nms_in_graph` the graph ends in non-maximum suppression with `spec.nms`
 /// ([`kiln_export::emit_nms`]).
 pub fn detector_onnx(
-    model: &ObjectDetector,
+    model: &DetectorModel,
     spec: &DetectorGraphSpec,
     options: &ExportOptions,
 ) -> Result<(Vec<u8>, ModelMetadata, usize)> {
     let (compute, io) = options.elem_types();
+    if let DetectorModel::FasterRcnn(_) = model {
+        let refuse = |reason: &str| crate::Error::InvalidSetting { key: "export".into(), reason: reason.into() };
+        if compute != ElemType::F32 || io != ElemType::F32 {
+            return Err(refuse("a faster_rcnn detector exports in fp32 only (its proposals and RoIAlign run in fp32)"));
+        }
+        if options.opset < 16 {
+            return Err(refuse("a faster_rcnn detector needs opset 16 or later (RoiAlign's coordinate mode)"));
+        }
+    }
     let mut g = Graph::new(options.opset, compute)?;
     let batch = if options.dynamic_batch { Dim::Symbolic("batch".into()) } else { Dim::Fixed(1) };
     let s = spec.img_size as i64;
     let classes = spec.class_names.len() as i64;
-    let locations = model.num_locations(s, s);
     let images = g.input("images", io, &[batch.clone(), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)])?;
     let x = if io != compute { g.op("Cast", &[&images], vec![Attr::Int("to", ONNX_FLOAT16)])? } else { images };
-    let (boxes, scores) = model.emit(&mut g, &x, s, s)?;
+    let (locations, (boxes, scores)) = match model {
+        DetectorModel::Fcos(m) => (m.num_locations(s, s), m.emit(&mut g, &x, s, s)?),
+        DetectorModel::FasterRcnn(m) => (m.num_candidates(), m.emit(&mut g, &x, s, s)?),
+    };
+    let (box_meaning, score_meaning) = match model {
+        DetectorModel::Fcos(_) => (
+            "one candidate box per feature-map location: x1, y1, x2, y2 in input (letterboxed) pixels, clamped to \
+             the input; apply NMS with the `nms` settings and undo the letterbox",
+            "per-class score of each candidate box, sqrt(sigmoid(class logit) * sigmoid(centerness)), one per \
+             class_names entry",
+        ),
+        DetectorModel::FasterRcnn(_) => (
+            "the image's best (proposal, class) candidates of Faster R-CNN: x1, y1, x2, y2 in input (letterboxed) \
+             pixels, clamped to the input; apply NMS with the `nms` settings and undo the letterbox",
+            "each candidate's softmax score in its class's column, 0 in the others (and in padding), one column \
+             per class_names entry",
+        ),
+    };
     let cast = |g: &mut Graph, v: &Value, to: i64| g.op("Cast", &[v], vec![Attr::Int("to", to)]);
     let mut nms = nms_settings(&spec.nms);
     let outputs = if options.nms_in_graph {
@@ -126,8 +151,7 @@ pub fn detector_onnx(
                 "boxes",
                 io,
                 &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(4)],
-                "one candidate box per feature-map location: x1, y1, x2, y2 in input (letterboxed) pixels, \
-                 clamped to the input; apply NMS with the `nms` settings and undo the letterbox",
+                box_meaning,
             )?,
             declare_output(
                 &mut g,
@@ -135,15 +159,18 @@ pub fn detector_onnx(
                 "scores",
                 io,
                 &[batch.clone(), Dim::Fixed(locations), Dim::Fixed(classes)],
-                "per-class score of each candidate box, sqrt(sigmoid(class logit) * sigmoid(centerness)), one per \
-                 class_names entry",
+                score_meaning,
             )?,
         ]
     };
     let batch_meta = if options.dynamic_batch { None } else { Some(1) };
     let description = GraphDescription {
         task: TaskKind::Detect,
-        architecture: "convnext-fpn-fcos".into(),
+        architecture: match model {
+            DetectorModel::Fcos(_) => "convnext-fpn-fcos",
+            DetectorModel::FasterRcnn(_) => "convnext-fpn-faster-rcnn",
+        }
+        .into(),
         variant: spec.variant.clone(),
         class_names: spec.class_names.clone(),
         input: InputSpec {

@@ -4,7 +4,8 @@
 
 use tch::{Kind, Reduction, Tensor};
 
-use kiln_models::ObjectDetector;
+use kiln_models::faster_rcnn::SplitMix64;
+use kiln_models::{FasterRcnn, ObjectDetector};
 
 use super::loader::DetectBatch;
 #[cfg(doc)]
@@ -123,6 +124,35 @@ pub fn batch_losses(
         total: l.total,
         // fcos_losses divides by the positive locations, at least 1.
         normaliser: Some(Normaliser { count, divisor: count.max(1.0), floor: 1.0 }),
+    })
+}
+
+/// Faster R-CNN's training loss of a batch: forward in training mode under `precision` with each image's canvas
+/// boxes, the samplers drawing from `rng`, as the engine's loss parts `[total, rpn_obj, rpn_box, cls, box]` (the
+/// RPN's objectness and box losses, the RoI heads' classification and box losses). Each part is a mean over the
+/// batch's samples, as torchvision's, so no count is shared between ranks.
+pub fn faster_rcnn_batch_losses(
+    model: &FasterRcnn,
+    batch: &DetectBatch,
+    precision: &Precision,
+    rng: &mut SplitMix64,
+) -> Result<Losses> {
+    let device = precision.device;
+    let xs = precision.prepare_batch(&batch.images.to_device(device))?;
+    let size = xs.size();
+    let anchors = model.anchors(size[2], size[3]);
+    let truths: Vec<(Tensor, Tensor)> = (0..batch.targets.len())
+        .map(|i| {
+            let (boxes, classes) = batch.boxes_tensors(i);
+            (boxes.to_device(device), classes.to_device(device))
+        })
+        .collect();
+    let l = precision.autocast(|| model.losses(&xs, &anchors, &truths, rng, true));
+    let total = l.total();
+    Ok(Losses {
+        parts: vec![total.shallow_clone(), l.objectness, l.rpn_box_regression, l.classifier, l.box_regression],
+        total,
+        normaliser: None,
     })
 }
 

@@ -1,12 +1,14 @@
 //! Object detection, one task of the shared engine: datasets in the CSV, COCO and YOLO layouts, box-aware
 //! augmentation, FCOS target assignment and losses, COCO evaluation equal to pycocotools, reports and export.
 
+pub mod anchor_fit;
 pub mod annotations;
 pub mod augment;
 pub mod coco_eval;
 pub mod deployed;
 pub mod loss;
 pub mod matching;
+pub mod model;
 pub mod synthetic;
 pub mod targets;
 

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::model::DetectorModel;
 use kiln_infer::nms::Detection;
-use kiln_models::ObjectDetector;
 
 use super::annotations::DetectionSample;
 use super::evaluate::evaluate;
@@ -20,10 +20,7 @@ use crate::Result;
 pub type DetectionPrediction = Predicted<Vec<Detection>>;
 
 /// Detects on `files` with a loaded checkpoint; unreadable files are reported and the rest go on.
-pub(crate) fn predict_loaded(
-    loaded: &LoadedRun<ObjectDetector>,
-    files: &[PathBuf],
-) -> Result<Vec<DetectionPrediction>> {
+pub(crate) fn predict_loaded(loaded: &LoadedRun<DetectorModel>, files: &[PathBuf]) -> Result<Vec<DetectionPrediction>> {
     let (config, model, precision) = (&loaded.config, &loaded.model, &loaded.precision);
     let class_names = &loaded.ckpt.state.class_names;
     let mut results = DetectionPrediction::unread(files);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_models::ObjectDetector;
+use super::model::DetectorModel;
 use serde::{Deserialize, Serialize};
 
 use super::annotations::{DetectionDataset, Split};
@@ -36,7 +36,7 @@ pub struct DetectionReport {
 /// Evaluates the loaded checkpoint on `split` of `dataset`, writing the report files into the run.
 pub(crate) fn report_split(
     dataset: &DetectionDataset,
-    loaded: &LoadedRun<ObjectDetector>,
+    loaded: &LoadedRun<DetectorModel>,
     run: &RunDir,
     split: Split,
 ) -> Result<DetectionReport> {

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use kiln_infer::nms::NmsConfig;
 use kiln_infer::Exif;
+use kiln_models::faster_rcnn::{AnchorConfig, RoiSettings, RpnSettings};
 use kiln_models::BoxActivation;
 
 use std::fmt;
@@ -29,6 +30,12 @@ pub struct DetectSettings {
     /// Ultralytics reads them) or `ignore` (the pixels as stored, as torchvision's `CocoDetection` reads them).
     /// Training, validation, the exported `Detector`, drawn boxes and COCO results all read images this way.
     pub exif: Exif,
+    /// What the run (best checkpoint, early stopping) and a study optimise: `map` (COCO mAP@[.5:.95], the default)
+    /// or `map50_f1` (the Faster R-CNN seed's score, 0.5 · mAP@.5 + 0.5 · F1 at `score_threshold`).
+    pub objective: DetectObjective,
+    /// The detector: `fcos` (one-stage and anchor-free, the default) or `faster_rcnn` (two-stage, torchvision's
+    /// v1 on the same backbone and data).
+    pub head: DetectHead,
     /// FPN width.
     pub fpn_channels: i64,
     /// Convolutions in each head tower (4, torchvision's FCOS).
@@ -51,6 +58,55 @@ pub struct DetectSettings {
     /// Draw each training epoch's images with replacement, weighted so that rare classes are seen as often as
     /// common ones (an image weighs the mean of its boxes' inverse class frequencies; negatives the mean weight).
     pub balanced_sampling: bool,
+    /// Faster R-CNN's anchors: sizes for each of P2–P6 and the aspect ratios (torchvision's by default).
+    pub anchors: AnchorConfig,
+    /// Faster R-CNN's region proposal network (torchvision's defaults).
+    pub rpn: RpnSettings,
+    /// Faster R-CNN's second stage (torchvision's defaults).
+    pub roi_heads: RoiSettings,
+}
+
+/// `detect.objective`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectObjective {
+    #[default]
+    Map,
+    Map50F1,
+}
+
+impl DetectObjective {
+    /// The validation metric (`results.csv`'s `val_<name>`).
+    pub fn metric(self) -> &'static str {
+        match self {
+            DetectObjective::Map => "map",
+            DetectObjective::Map50F1 => "map50_f1",
+        }
+    }
+}
+
+/// `detect.head`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectHead {
+    #[default]
+    Fcos,
+    FasterRcnn,
+}
+
+impl DetectHead {
+    pub fn name(self) -> &'static str {
+        match self {
+            DetectHead::Fcos => "fcos",
+            DetectHead::FasterRcnn => "faster_rcnn",
+        }
+    }
+}
+
+impl fmt::Display for DetectHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Default for DetectSettings {
@@ -68,6 +124,11 @@ impl Default for DetectSettings {
             nms: NmsConfig::default(),
             score_threshold: 0.3,
             balanced_sampling: false,
+            head: DetectHead::Fcos,
+            objective: DetectObjective::Map,
+            anchors: AnchorConfig::default(),
+            rpn: RpnSettings::default(),
+            roi_heads: RoiSettings::default(),
         }
     }
 }
@@ -116,7 +177,66 @@ impl TaskSettings for DetectSettings {
                 );
             }
         }
+        if self.head == DetectHead::FasterRcnn {
+            self.anchors.check(5).or_else(|reason| bad("anchors", reason))?;
+            self.validate_two_stage().or_else(|(key, reason)| bad(&key, reason))?;
+        }
         self.augment.validate().or_else(|reason| bad("augment", reason))
+    }
+}
+
+impl DetectSettings {
+    /// The ranges of the RPN's and the RoI heads' settings; the key is relative to `detect.`.
+    fn validate_two_stage(&self) -> Result<(), (String, String)> {
+        let (r, h) = (&self.rpn, &self.roi_heads);
+        let fraction = |key: &str, v: f64, low_open: bool| {
+            let ok = v.is_finite() && v <= 1.0 && if low_open { v > 0.0 } else { v >= 0.0 };
+            if ok {
+                Ok(())
+            } else {
+                Err((key.to_string(), format!("{v} is not in {}0, 1]", if low_open { "(" } else { "[" })))
+            }
+        };
+        let at_least_one = |key: &str, v: i64| {
+            if v >= 1 {
+                Ok(())
+            } else {
+                Err((key.to_string(), format!("{v} (need at least 1)")))
+            }
+        };
+        for (key, v) in [
+            ("rpn.nms_thresh", r.nms_thresh),
+            ("rpn.fg_iou_thresh", r.fg_iou_thresh),
+            ("rpn.bg_iou_thresh", r.bg_iou_thresh),
+            ("rpn.score_thresh", r.score_thresh),
+            ("roi_heads.fg_iou_thresh", h.fg_iou_thresh),
+            ("roi_heads.bg_iou_thresh", h.bg_iou_thresh),
+        ] {
+            fraction(key, v, false)?;
+        }
+        fraction("rpn.positive_fraction", r.positive_fraction, true)?;
+        fraction("roi_heads.positive_fraction", h.positive_fraction, true)?;
+        if r.bg_iou_thresh > r.fg_iou_thresh || h.bg_iou_thresh > h.fg_iou_thresh {
+            return Err(("rpn".into(), "bg_iou_thresh must not be above fg_iou_thresh".into()));
+        }
+        for (key, v) in [
+            ("rpn.pre_nms_top_n_train", r.pre_nms_top_n_train),
+            ("rpn.post_nms_top_n_train", r.post_nms_top_n_train),
+            ("rpn.pre_nms_top_n_test", r.pre_nms_top_n_test),
+            ("rpn.post_nms_top_n_test", r.post_nms_top_n_test),
+            ("rpn.batch_size_per_image", r.batch_size_per_image as i64),
+            ("roi_heads.batch_size_per_image", h.batch_size_per_image as i64),
+            ("roi_heads.representation_size", h.representation_size),
+            ("roi_heads.pool_size", h.pool_size),
+            ("roi_heads.sampling_ratio", h.sampling_ratio),
+            ("roi_heads.candidates", h.candidates),
+        ] {
+            at_least_one(key, v)?;
+        }
+        if !(r.min_size.is_finite() && r.min_size >= 0.0 && h.min_size.is_finite() && h.min_size >= 0.0) {
+            return Err(("rpn.min_size".into(), "sizes must be finite and not negative".into()));
+        }
+        Ok(())
     }
 }
 
@@ -336,5 +456,33 @@ mod tests {
         assert!(refused(json!({"layout": "yolo", "coco": {"val": split}})).contains("detect.layout is yolo"));
         assert!(refused(json!({"coco": {}})).contains("names no split"));
         assert!(refused(json!({"coco": {"val": {"images": "i"}}})).contains("annotations"));
+    }
+
+    #[test]
+    fn the_head_objective_and_two_stage_settings_are_read_and_checked() {
+        let settings = |detect: serde_json::Value| {
+            TrainConfig::resolve(None, &json!({"data": "/d", "task": "detect", "detect": detect}))
+                .unwrap()
+                .task_settings::<DetectSettings>()
+        };
+        let read = settings(json!({"head": "faster_rcnn", "objective": "map50_f1", "anchors": {"sizes": [[8], [16], [32], [64], [128]]}}))
+            .unwrap();
+        assert_eq!((read.head, read.objective.metric()), (DetectHead::FasterRcnn, "map50_f1"));
+        assert_eq!(read.anchors.aspect_ratios, [0.5, 1.0, 2.0], "unnamed anchor keys keep torchvision's");
+        assert_eq!(
+            (settings(json!({})).unwrap().head, settings(json!({})).unwrap().objective),
+            (DetectHead::Fcos, DetectObjective::Map)
+        );
+        let refused = |detect: serde_json::Value| settings(detect).unwrap_err().to_string();
+        let err = refused(json!({"head": "faster_rcnn", "anchors": {"sizes": [[32], [64]]}}));
+        assert!(err.contains("detect.anchors") && err.contains("2 size lists for 5"), "{err}");
+        let err = refused(json!({"head": "faster_rcnn", "rpn": {"positive_fraction": 0.0}}));
+        assert!(err.contains("detect.rpn.positive_fraction"), "{err}");
+        let err = refused(json!({"head": "faster_rcnn", "roi_heads": {"sampling_ratio": 0}}));
+        assert!(err.contains("detect.roi_heads.sampling_ratio"), "{err}");
+        assert!(refused(json!({"objective": "f1"})).contains("f1"));
+        assert!(refused(json!({"head": "yolo"})).contains("yolo"));
+        // FCOS ignores the two-stage settings: an odd value there is no error until the head is faster_rcnn.
+        assert!(settings(json!({"anchors": {"sizes": [[32]]}})).is_ok());
     }
 }

@@ -1,5 +1,6 @@
 //! Object detection as a [`Task`] of the shared engine: a CSV / COCO / YOLO dataset, the ConvNeXt + FPN + FCOS
-//! detector, FCOS's losses, COCO mAP@[.5:.95] as the objective, and the test report.
+//! detector or Faster R-CNN on the same backbone (`detect.head`), their losses, COCO mAP@[.5:.95] as the
+//! objective, and the test report.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -8,16 +9,17 @@ use std::sync::Arc;
 use tch::nn;
 
 use kiln_models::weights::{load_into, read_safetensors, HeadPolicy};
-use kiln_models::ObjectDetector;
+use kiln_models::FasterRcnn;
 
 use super::annotations::{self, DetectionDataset, Split};
 use super::augment::TargetBox;
 use super::evaluate::{draw_first_images, evaluate, DetectionEvaluation, DetectionMetrics, DetectionShare};
 use super::export::{detector_onnx, DetectorGraphSpec};
 use super::loader::{with_balanced_sampling, DetectBatch, DetectLoader, DetectTransform, ImageTargets};
-use super::loss::batch_losses;
+use super::loss::{batch_losses, faster_rcnn_batch_losses};
+use super::model::DetectorModel;
 use super::report::{report_split, DetectionReport};
-use super::settings::DetectSettings;
+use super::settings::{DetectHead, DetectSettings};
 pub use super::setup::{detector_config, make_loader, open_dataset};
 use super::targets::locations_on;
 use crate::checkpoint::{Checkpoint, TRAINING_PREFIXES};
@@ -49,6 +51,10 @@ pub fn resume(run: RunDir) -> Result<TrainOutcome> {
     engine::resume::<Detection>(run, &mut |_| ControlFlow::Continue(()))
 }
 
+/// The loss parts of a Faster R-CNN run (`results.csv`'s `train_*`): the total, the RPN's objectness and box
+/// losses, the RoI heads' classification and box losses.
+pub const FASTER_RCNN_LOSSES: &[&str] = &["loss", "rpn_obj", "rpn_box", "cls", "box"];
+
 /// The detection task over one dataset.
 pub struct Detection {
     dataset: DetectionDataset,
@@ -78,6 +84,7 @@ impl engine::Evaluation for DetectionEvaluation {
             Some(t.f1),
             Some(t.mean_iou),
             Some(t.best_f1_threshold),
+            coco(c.map_50).map(|m| 0.5 * m + 0.5 * t.f1),
         ]
     }
     fn images(&self) -> usize {
@@ -102,6 +109,7 @@ impl Task for Detection {
         "f1",
         "mean_iou",
         "best_f1_threshold",
+        "map50_f1",
     ];
     const OBJECTIVE: Objective = Objective { metric: "map", direction: Direction::Maximize };
     const PLOTTED: &'static [(&'static str, &'static str)] =
@@ -109,7 +117,7 @@ impl Task for Detection {
     const LOSS_LABEL: &'static str = "focal + GIoU + centerness";
 
     type Settings = DetectSettings;
-    type Model = ObjectDetector;
+    type Model = DetectorModel;
     type Loader = DetectLoader;
     type Evaluation = DetectionEvaluation;
     type Metrics = DetectionMetrics;
@@ -180,27 +188,46 @@ impl Task for Detection {
         )
     }
 
+    fn objective_of(config: &TrainConfig) -> Result<Objective> {
+        let settings: DetectSettings = config.task_settings()?;
+        Ok(Objective { metric: settings.objective.metric(), direction: Direction::Maximize })
+    }
+
     fn has_test(&self) -> bool {
         !self.dataset.test.is_empty()
+    }
+
+    fn loss_names(&self) -> &'static [&'static str] {
+        match self.settings.head {
+            DetectHead::Fcos => Self::LOSSES,
+            DetectHead::FasterRcnn => FASTER_RCNN_LOSSES,
+        }
+    }
+
+    fn loss_label(&self) -> &'static str {
+        match self.settings.head {
+            DetectHead::Fcos => Self::LOSS_LABEL,
+            DetectHead::FasterRcnn => "RPN BCE + smooth L1, RoI CE + smooth L1",
+        }
     }
 
     fn check_resume(&self, config: &TrainConfig, ckpt: &Checkpoint) -> Result<()> {
         engine::check_classes(&config.data, "train", &ckpt.state.class_names, &self.dataset.class_names)
     }
 
-    fn new_model(vs: &nn::VarStore, config: &TrainConfig, class_names: &[String]) -> Result<ObjectDetector> {
-        Ok(ObjectDetector::new(&vs.root(), &detector_config(config, class_names.len())?)?)
+    fn new_model(vs: &nn::VarStore, config: &TrainConfig, class_names: &[String]) -> Result<DetectorModel> {
+        DetectorModel::new(vs, config, class_names.len())
     }
 
-    fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<ObjectDetector>> {
-        let model = ObjectDetector::new(&vs.root(), &detector_config(config, self.dataset.num_classes())?)?;
+    fn build_model(&self, vs: &nn::VarStore, config: &TrainConfig) -> Result<Built<DetectorModel>> {
+        let model = DetectorModel::new(vs, config, self.dataset.num_classes())?;
         model.check_input_size(config.img_size as i64, config.img_size as i64)?;
         let loaded = match &config.weights {
             Some(path) => {
                 let tensors = read_safetensors(path)?;
                 let report = load_into(vs, tensors, path, HeadPolicy::Backbone, &TRAINING_PREFIXES)?;
                 Some(format!(
-                    "loaded {} backbone tensors from {} (FPN and head start fresh)",
+                    "loaded {} backbone tensors from {} (FPN and heads start fresh)",
                     report.loaded,
                     path.display()
                 ))
@@ -210,7 +237,7 @@ impl Task for Detection {
         Ok(Built { model, loaded })
     }
 
-    fn trainable_params(&self, vs: &nn::VarStore, model: &ObjectDetector, config: &TrainConfig) -> Vec<Param> {
+    fn trainable_params(&self, vs: &nn::VarStore, model: &DetectorModel, config: &TrainConfig) -> Vec<Param> {
         engine::freeze::trainable_params(vs, &model.encoder_units(), config.freeze.0)
     }
 
@@ -241,16 +268,23 @@ impl Task for Detection {
 
     fn losses(
         &self,
-        model: &ObjectDetector,
+        model: &DetectorModel,
         batch: &DetectBatch,
         precision: &Precision,
         _config: &TrainConfig,
     ) -> Result<Losses> {
-        let (points, strides) = self.locations.get_or_init(|| {
-            let (_, points, strides) = locations_on(model, self.img_size as i64, precision.device);
-            (points, strides)
-        });
-        batch_losses(model, batch, precision, points, strides)
+        match model {
+            DetectorModel::Fcos(model) => {
+                let (points, strides) = self.locations.get_or_init(|| {
+                    let (_, points, strides) = locations_on(model, self.img_size as i64, precision.device);
+                    (points, strides)
+                });
+                batch_losses(model, batch, precision, points, strides)
+            }
+            DetectorModel::FasterRcnn(model) => {
+                faster_rcnn_batch_losses(model, batch, precision, &mut FasterRcnn::seed_from_torch())
+            }
+        }
     }
 
     /// Two boxes per image at fixed places and sizes (a small and a large one), classes cycling.
@@ -275,7 +309,7 @@ impl Task for Detection {
 
     fn evaluate(
         &self,
-        model: &ObjectDetector,
+        model: &DetectorModel,
         loader: &DetectLoader,
         precision: &Precision,
     ) -> Result<DetectionEvaluation> {
@@ -320,7 +354,7 @@ impl Task for Detection {
 
     fn evaluate_split(
         &self,
-        loaded: &LoadedRun<ObjectDetector>,
+        loaded: &LoadedRun<DetectorModel>,
         run: &RunDir,
         split: Split,
         _settings: &(),
@@ -329,7 +363,7 @@ impl Task for Detection {
     }
 
     fn predict(
-        loaded: &LoadedRun<ObjectDetector>,
+        loaded: &LoadedRun<DetectorModel>,
         files: &[PathBuf],
         _settings: &(),
     ) -> Result<Vec<super::predict::DetectionPrediction>> {
@@ -341,7 +375,7 @@ impl Task for Detection {
     }
 
     fn onnx(
-        model: &ObjectDetector,
+        model: &DetectorModel,
         spec: &DetectorGraphSpec,
         options: &ExportOptions,
     ) -> Result<(Vec<u8>, kiln_export::ModelMetadata, usize)> {

@@ -8,7 +8,8 @@ use super::task::Task;
 use crate::plots::{plot_panels, Panel, Series};
 use crate::Result;
 
-pub fn plot_curves<T: Task>(records: &[EpochRecord], path: &Path) -> Result<()> {
+/// `loss_names` and `loss_label` are the task's ([`Task::loss_names`], [`Task::loss_label`]).
+pub fn plot_curves<T: Task>(records: &[EpochRecord], loss_names: &[&str], loss_label: &str, path: &Path) -> Result<()> {
     let series = |name: &str, f: &dyn Fn(&EpochRecord) -> Option<f64>| Series {
         name: name.into(),
         points: records.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect(),
@@ -21,7 +22,7 @@ pub fn plot_curves<T: Task>(records: &[EpochRecord], path: &Path) -> Result<()> 
         log_y: false,
     };
     let mut losses = Vec::new();
-    for (i, part) in T::LOSSES.iter().enumerate() {
+    for (i, part) in loss_names.iter().enumerate() {
         let name = if i == 0 { "train".to_string() } else { format!("train {part}") };
         losses.push(series(&name, &|r| r.train_part(part)));
     }
@@ -30,7 +31,7 @@ pub fn plot_curves<T: Task>(records: &[EpochRecord], path: &Path) -> Result<()> 
     }
     let validation = T::PLOTTED.iter().map(|(metric, legend)| series(legend, &|r| r.val(metric))).collect();
     let panels = [
-        panel("loss", T::LOSS_LABEL, losses),
+        panel("loss", loss_label, losses),
         panel("validation", "score", validation),
         panel("learning rate", "lr", vec![series("lr", &|r| Some(r.lr))]),
     ];

@@ -50,6 +50,17 @@ fn number(value: f64) -> String {
     format!("{value:?}").trim_end_matches(".0").to_string()
 }
 
+impl EpochRecord {
+    /// This record with its validation values in `metrics`' order: a metric added since it was written (a resumed
+    /// older run) is empty, one no longer computed is dropped; so every row of `results.csv` has the same columns.
+    pub fn with_metrics(mut self, metrics: &[&str]) -> Self {
+        if !self.val.is_empty() {
+            self.val = metrics.iter().map(|m| (m.to_string(), self.val(m))).collect();
+        }
+        self
+    }
+}
+
 pub fn write_results(path: &Path, records: &[EpochRecord]) -> Result<()> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     let write_err = |e: csv::Error| io_error(path, e);

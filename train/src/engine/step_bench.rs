@@ -16,7 +16,12 @@ use crate::Result;
 /// The training config the benchmark's task builds its model and batch from: the bench's task, model, input
 /// size, batch, precision and drop-path rate over the defaults.
 pub fn bench_train_config(bench: &StepBenchConfig) -> TrainConfig {
+    let mut sections = std::collections::BTreeMap::new();
+    if !bench.task_settings.is_empty() {
+        sections.insert(bench.task.name().to_string(), serde_json::Value::Object(bench.task_settings.clone()));
+    }
     TrainConfig {
+        sections,
         task: bench.task,
         model: bench.model.clone(),
         img_size: bench.img_size,

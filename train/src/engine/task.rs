@@ -130,6 +130,21 @@ pub trait Task: Sized {
     fn describe(&self) -> String;
     /// Whether there is a test split to evaluate after training.
     fn has_test(&self) -> bool;
+    /// The objective a run of `config` optimises (best checkpoint, early stopping, studies): [`Task::OBJECTIVE`]
+    /// unless the task's settings choose another of its metrics (detection's `detect.objective`).
+    fn objective_of(config: &TrainConfig) -> Result<Objective> {
+        let _ = config;
+        Ok(Self::OBJECTIVE)
+    }
+    /// The loss parts this task's steps report, the total first: [`Task::LOSSES`] unless its settings pick a model
+    /// with other parts (detection's Faster R-CNN head).
+    fn loss_names(&self) -> &'static [&'static str] {
+        Self::LOSSES
+    }
+    /// The loss panel's y-axis label, to go with [`Task::loss_names`].
+    fn loss_label(&self) -> &'static str {
+        Self::LOSS_LABEL
+    }
     /// Checks that a checkpoint fits this dataset before a resume.
     fn check_resume(&self, config: &TrainConfig, ckpt: &Checkpoint) -> Result<()>;
 

@@ -214,15 +214,16 @@ pub(super) struct Trainer<T: Task> {
 /// metrics and its direction, or `None` for the task's objective.
 fn resolve_monitor<T: Task>(config: &TrainConfig, has_val: bool) -> Result<Option<(usize, Direction)>> {
     let policy = &config.checkpoint;
+    let objective = T::objective_of(config)?;
     let bad = |key: &str, reason: String| Error::InvalidSetting { key: key.into(), reason };
     let Some(name) = policy.monitor.as_deref() else {
         return match policy.mode {
-            Some(mode) if mode != T::OBJECTIVE.direction => Err(bad(
+            Some(mode) if mode != objective.direction => Err(bad(
                 "checkpoint.mode",
                 format!(
                     "the default monitor, {}, is {}d; name a monitor to rank by another",
-                    T::OBJECTIVE.metric,
-                    T::OBJECTIVE.direction.name()
+                    objective.metric,
+                    objective.direction.name()
                 ),
             )),
             _ => Ok(None),
@@ -240,7 +241,7 @@ fn resolve_monitor<T: Task>(config: &TrainConfig, has_val: bool) -> Result<Optio
     }
     let direction = match policy.mode {
         Some(mode) => mode,
-        None if name == T::OBJECTIVE.metric => T::OBJECTIVE.direction,
+        None if name == objective.metric => objective.direction,
         None if name == "loss" => Direction::Minimize,
         None => return Err(bad("checkpoint.mode", format!("say whether {name} is better low (min) or high (max)"))),
     };
@@ -323,7 +324,7 @@ impl<T: Task> Trainer<T> {
         let ema = config.ema.then(|| Ema::new(&vs, config.ema_decay));
         let scaler = GradScaler::new(precision.needs_loss_scaling());
         let mut trainer = Self {
-            records: read_results(&run.results())?,
+            records: read_results(&run.results())?.into_iter().map(|r| r.with_metrics(T::METRICS)).collect(),
             task,
             run,
             config,
@@ -421,7 +422,7 @@ impl<T: Task> Trainer<T> {
                 self.run.path.display()
             );
         }
-        let objective = T::OBJECTIVE;
+        let objective = T::objective_of(&self.config)?;
         let objective_index =
             T::METRICS.iter().position(|m| *m == objective.metric).expect("the objective is a metric");
         let loss_index = T::METRICS.iter().position(|m| *m == "loss");
@@ -477,7 +478,9 @@ impl<T: Task> Trainer<T> {
             }
             // Plots are best-effort: results.csv and the checkpoints above are the record.
             if self.is_main() {
-                if let Err(e) = plot_curves::<T>(&self.records, &self.run.curves()) {
+                if let Err(e) =
+                    plot_curves::<T>(&self.records, self.task.loss_names(), self.task.loss_label(), &self.run.curves())
+                {
                     eprintln!("warning: no training curves plot: {e}");
                 }
             }
@@ -569,7 +572,7 @@ impl<T: Task> Trainer<T> {
         let steps = self.train_batches;
         let mut progress =
             self.is_main().then(|| EpochProgress::new(format!("epoch {}/{}", epoch + 1, self.config.epochs), steps));
-        let mut sums = vec![0.0; T::LOSSES.len()];
+        let mut sums = vec![0.0; self.task.loss_names().len()];
         let (mut images, mut lr) = (0usize, 0.0);
         let skipped_before = self.scaler.skipped_steps;
         for (i, batch) in self.train_loader.epoch(epoch, true).take(steps).enumerate() {
@@ -694,7 +697,7 @@ impl<T: Task> Trainer<T> {
         let train = TrainPass {
             batches: self.train_batches,
             images,
-            losses: T::LOSSES.iter().map(|n| n.to_string()).zip(losses).collect(),
+            losses: self.task.loss_names().iter().map(|n| n.to_string()).zip(losses).collect(),
             lr,
             seconds,
         };
@@ -741,7 +744,7 @@ impl<T: Task> Trainer<T> {
     ) -> EpochRecord {
         EpochRecord {
             epoch: epoch + 1,
-            train: T::LOSSES.iter().zip(train_losses).map(|(n, v)| (n.to_string(), *v)).collect(),
+            train: self.task.loss_names().iter().zip(train_losses).map(|(n, v)| (n.to_string(), *v)).collect(),
             val: T::METRICS
                 .iter()
                 .enumerate()
