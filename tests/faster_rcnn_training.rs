@@ -145,6 +145,33 @@ fn the_exported_two_stage_detector_finds_what_validation_found_and_tract_is_refu
         total += got.len();
     }
     assert!(total > 0, "the run detects something to compare");
+    // NMS inside the graph (`--nms-in-graph`) keeps what kiln-infer's NMS keeps on the plain export.
+    let in_graph = dir.path().join("frcnn_nms.onnx");
+    let options =
+        ExportOptions { out: Some(in_graph.clone()), nms_in_graph: true, dynamic_batch: true, ..Default::default() };
+    kiln_train::tasks::export_run(&run, &options).unwrap();
+    let fused = kiln_infer::Detector::new(Model::builder().open(&in_graph).unwrap()).unwrap();
+    let mut compared = 0;
+    for sample in &dataset.val {
+        let threshold = settings.nms.score_threshold + 1e-4;
+        let clear = |d: Vec<kiln_infer::Detection>| d.into_iter().filter(|x| x.score > threshold).collect::<Vec<_>>();
+        let (a, b) =
+            (clear(detector.predict_path(&sample.path).unwrap()), clear(fused.predict_path(&sample.path).unwrap()));
+        assert_eq!(a.len(), b.len(), "in-graph NMS on {}", sample.path.display());
+        // As sets: equal scores may come out in either order.
+        let mut unused: Vec<_> = b.iter().collect();
+        for x in &a {
+            let found = unused.iter().position(|y| {
+                x.class == y.class
+                    && (x.score - y.score).abs() < 1e-4
+                    && x.bbox.iter().zip(&y.bbox).all(|(p, q)| (p - q).abs() < 1e-2)
+            });
+            assert!(found.is_some(), "in-graph NMS lost {x:?}");
+            unused.swap_remove(found.unwrap());
+        }
+        compared += a.len();
+    }
+    assert!(compared > 0);
     let refused = Model::builder().backend(Backend::Tract).open(&out).err().expect("tract is refused").to_string();
     assert!(refused.contains("RoiAlign") && refused.contains("ONNX Runtime"), "{refused}");
 }
