@@ -39,6 +39,17 @@ pub fn legacy_location_offset() -> f64 {
     0.5
 }
 
+/// An error unless `height` and `width` are positive multiples of [`SIZE_DIVISOR`]: the inputs both detectors take.
+pub fn check_input_size(height: i64, width: i64) -> Result<()> {
+    if height < SIZE_DIVISOR || width < SIZE_DIVISOR || height % SIZE_DIVISOR != 0 || width % SIZE_DIVISOR != 0 {
+        return Err(Error::InvalidSetting {
+            key: "input size".into(),
+            reason: format!("{height}×{width} (height and width must be multiples of {SIZE_DIVISOR})"),
+        });
+    }
+    Ok(())
+}
+
 /// torchvision's FCOS: locations at its anchors' centres, the cells' top-left corners.
 pub const TORCHVISION_LOCATION_OFFSET: f64 = 0.0;
 
@@ -157,13 +168,7 @@ impl ObjectDetector {
 
     /// An error unless `height` and `width` are positive multiples of [`SIZE_DIVISOR`].
     pub fn check_input_size(&self, height: i64, width: i64) -> Result<()> {
-        if height < SIZE_DIVISOR || width < SIZE_DIVISOR || height % SIZE_DIVISOR != 0 || width % SIZE_DIVISOR != 0 {
-            return Err(Error::InvalidSetting {
-                key: "input size".into(),
-                reason: format!("{height}×{width} (height and width must be multiples of {SIZE_DIVISOR})"),
-            });
-        }
-        Ok(())
+        check_input_size(height, width)
     }
 
     /// `(height, width)` of each level's feature map for a `height × width` input: `H/s × W/s` for P3–P5,

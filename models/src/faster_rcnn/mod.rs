@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use crate::convnext::{ConvNext, ConvNextConfig};
-use crate::detector::SIZE_DIVISOR;
 use crate::fpn::Fpn;
 use crate::{Error, Result};
 
@@ -137,15 +136,9 @@ impl FasterRcnn {
         self.fpn.strides()
     }
 
-    /// An error unless `height` and `width` are positive multiples of [`SIZE_DIVISOR`].
+    /// An error unless `height` and `width` are positive multiples of [`crate::detector::SIZE_DIVISOR`].
     pub fn check_input_size(&self, height: i64, width: i64) -> Result<()> {
-        if height < SIZE_DIVISOR || width < SIZE_DIVISOR || height % SIZE_DIVISOR != 0 || width % SIZE_DIVISOR != 0 {
-            return Err(Error::InvalidSetting {
-                key: "input size".into(),
-                reason: format!("{height}×{width} (height and width must be multiples of {SIZE_DIVISOR})"),
-            });
-        }
-        Ok(())
+        crate::detector::check_input_size(height, width)
     }
 
     /// `(height, width)` of P2–P6 for a `height × width` input.
@@ -164,7 +157,7 @@ impl FasterRcnn {
     /// The pyramid P2–P6 of `images` `[N, 3, H, W]`.
     ///
     /// # Panics
-    /// If H or W is not a multiple of [`SIZE_DIVISOR`].
+    /// If H or W is not a multiple of [`crate::detector::SIZE_DIVISOR`].
     pub fn features(&self, images: &Tensor, train: bool) -> Vec<Tensor> {
         let size = images.size();
         if let Err(e) = self.check_input_size(size[2], size[3]) {
