@@ -178,12 +178,25 @@ impl FasterRcnn {
         rng: &mut SplitMix64,
         train: bool,
     ) -> FasterRcnnLosses {
-        let size = images.size();
         let features = self.features(images, train);
         let outputs = self.rpn.forward(&features);
-        let proposals = self.rpn.proposals(&outputs, anchors, size[2], size[3], true);
+        self.losses_of(&features, &outputs, images, anchors, truths, rng)
+    }
+
+    /// The losses of features and RPN outputs already computed for `images`.
+    fn losses_of(
+        &self,
+        features: &[Tensor],
+        outputs: &rpn::RpnOutputs,
+        images: &Tensor,
+        anchors: &Tensor,
+        truths: &[(Tensor, Tensor)],
+        rng: &mut SplitMix64,
+    ) -> FasterRcnnLosses {
+        let size = images.size();
+        let proposals = self.rpn.proposals(outputs, anchors, size[2], size[3], true);
         let boxes: Vec<Tensor> = truths.iter().map(|(b, _)| b.shallow_clone()).collect();
-        let rpn = self.rpn.losses(&outputs, anchors, &boxes, rng);
+        let rpn = self.rpn.losses(outputs, anchors, &boxes, rng);
         let roi = self.roi_heads.losses(&features[..4], &proposals, truths, rng);
         FasterRcnnLosses {
             objectness: rpn.objectness,
@@ -201,6 +214,24 @@ impl FasterRcnn {
         let outputs = self.rpn.forward(&features);
         let proposals = self.rpn.proposals(&outputs, anchors, size[2], size[3], false);
         self.roi_heads.detect(&features[..4], &proposals, size[2], size[3], self.num_candidates())
+    }
+
+    /// Validation's pass: the training losses (samplers drawing from `rng`) and [`FasterRcnn::detect`]'s candidates
+    /// from one evaluation-mode pass of the backbone, the pyramid and the RPN head.
+    pub fn losses_and_detect(
+        &self,
+        images: &Tensor,
+        anchors: &Tensor,
+        truths: &[(Tensor, Tensor)],
+        rng: &mut SplitMix64,
+    ) -> (FasterRcnnLosses, (Tensor, Tensor)) {
+        let size = images.size();
+        let features = self.features(images, false);
+        let outputs = self.rpn.forward(&features);
+        let losses = self.losses_of(&features, &outputs, images, anchors, truths, rng);
+        let proposals = self.rpn.proposals(&outputs, anchors, size[2], size[3], false);
+        let detections = self.roi_heads.detect(&features[..4], &proposals, size[2], size[3], self.num_candidates());
+        (losses, detections)
     }
 
     /// Parameter-path prefixes of the backbone's units in forward order (see [`ConvNext::unit_prefixes`]).

@@ -138,11 +138,13 @@ pub fn evaluate(
                     let size = xs.size();
                     let anchors = m.anchors(size[2], size[3]);
                     let mut rng = SplitMix64::new(VAL_SAMPLER_SEED ^ batch.targets[0].index as u64);
-                    let losses = precision.autocast(|| m.losses(&xs, &anchors, &truths, &mut rng, false));
+                    // One pass of the backbone for the loss and the detections.
+                    let (losses, candidates) =
+                        precision.autocast(|| m.losses_and_detect(&xs, &anchors, &truths, &mut rng));
                     let images = batch.targets.len() as i64;
                     share.loss_sum += losses.total().double_value(&[]) * images as f64;
                     share.positives += images;
-                    precision.autocast(|| m.detect(&xs, &anchors))
+                    candidates
                 }
                 (DetectorModel::Fcos(_), None) => unreachable!("FCOS's locations are made above"),
             };
